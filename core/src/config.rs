@@ -1,0 +1,290 @@
+//! `config.json` of a Qwen3 checkpoint, in both forms seen in the wild.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// The architecture hyper-parameters of a dense Qwen3 model (transformers' `Qwen3Config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Qwen3Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub tie_word_embeddings: bool,
+    /// Stored dtype of the checkpoint ("bfloat16", "float16", "float32").
+    pub dtype: String,
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token_id: Option<u32>,
+    /// The parsed JSON, kept so `merge` can write the same file back.
+    pub raw: Value,
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    architectures: Option<Vec<String>>,
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    max_position_embeddings: usize,
+    rms_norm_eps: f64,
+    // Published Qwen3 checkpoints: top-level `rope_theta`, `torch_dtype`.
+    rope_theta: Option<f64>,
+    torch_dtype: Option<String>,
+    // transformers >= 5: `rope_parameters.rope_theta`, `dtype`.
+    rope_parameters: Option<RopeParameters>,
+    dtype: Option<String>,
+    rope_scaling: Option<Value>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    attention_bias: bool,
+    hidden_act: Option<String>,
+    num_experts: Option<usize>,
+    eos_token_id: Option<Value>,
+    bos_token_id: Option<u32>,
+    use_sliding_window: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RopeParameters {
+    rope_theta: Option<f64>,
+    rope_type: Option<String>,
+}
+
+/// Token ids from a JSON value that holds one id or a list of ids.
+pub(crate) fn token_ids(value: &Value) -> Vec<u32> {
+    match value {
+        Value::Number(n) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+        Value::Array(items) => items.iter().filter_map(|v| v.as_u64()).map(|n| n as u32).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Qwen3Config {
+    /// Parses `config.json`; `source` names the file in error messages.
+    pub fn from_json(bytes: &[u8], source: &str) -> Result<Self> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Format(format!("{source}: not valid JSON: {e}")))?;
+        let raw: RawConfig = serde_json::from_value(value.clone())
+            .map_err(|e| Error::Format(format!("{source}: not a Qwen3 config: {e}")))?;
+        let bad = |why: String| Error::Unsupported(format!("{source}: {why}"));
+
+        let arch = raw.architectures.as_ref().and_then(|a| a.first().cloned());
+        if raw.num_experts.unwrap_or(0) > 0 || raw.model_type.as_deref() == Some("qwen3_moe") {
+            return Err(bad(format!(
+                "mixture-of-experts models ({}) are not supported; tiqu runs dense Qwen3ForCausalLM",
+                arch.as_deref().unwrap_or("qwen3_moe")
+            )));
+        }
+        match (&arch, raw.model_type.as_deref()) {
+            (Some(a), _) if a != "Qwen3ForCausalLM" => {
+                return Err(bad(format!("architecture {a} is not supported; tiqu runs Qwen3ForCausalLM")))
+            }
+            (None, Some(t)) if t != "qwen3" => {
+                return Err(bad(format!("model_type {t} is not supported; tiqu runs qwen3")))
+            }
+            (None, None) => return Err(bad("neither `architectures` nor `model_type` is set".into())),
+            _ => {}
+        }
+        if raw.attention_bias {
+            return Err(bad("attention_bias = true is not supported (Qwen3 has none)".into()));
+        }
+        if let Some(act) = raw.hidden_act.as_deref() {
+            if act != "silu" {
+                return Err(bad(format!("hidden_act {act} is not supported (Qwen3 uses silu)")));
+            }
+        }
+        if raw.use_sliding_window == Some(true) {
+            return Err(bad("use_sliding_window = true is not supported".into()));
+        }
+        let rope_type = raw.rope_parameters.as_ref().and_then(|r| r.rope_type.clone());
+        let scaled = match &raw.rope_scaling {
+            None | Some(Value::Null) => false,
+            Some(v) => v.get("rope_type").and_then(Value::as_str).unwrap_or("default") != "default",
+        };
+        if scaled || rope_type.as_deref().is_some_and(|t| t != "default") {
+            return Err(bad("RoPE scaling (yarn, linear, dynamic…) is not supported".into()));
+        }
+        let rope_theta = raw
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .or(raw.rope_theta)
+            .ok_or_else(|| bad("no rope_theta (top-level or in rope_parameters)".into()))?;
+
+        let heads = raw.num_attention_heads;
+        let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(bad(format!(
+                "num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv_heads}"
+            )));
+        }
+        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(bad(format!("head_dim {head_dim} must be even and positive")));
+        }
+        for (name, v) in [
+            ("vocab_size", raw.vocab_size),
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("num_hidden_layers", raw.num_hidden_layers),
+            ("max_position_embeddings", raw.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(bad(format!("{name} must be positive")));
+            }
+        }
+        let dtype = raw.dtype.or(raw.torch_dtype).unwrap_or_else(|| "float32".into());
+        let eos_token_ids = raw.eos_token_id.as_ref().map(token_ids).unwrap_or_default();
+        Ok(Self {
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            max_position_embeddings: raw.max_position_embeddings,
+            rms_norm_eps: raw.rms_norm_eps,
+            rope_theta,
+            tie_word_embeddings: raw.tie_word_embeddings,
+            dtype,
+            eos_token_ids,
+            bos_token_id: raw.bos_token_id,
+            raw: value,
+        })
+    }
+
+    /// Built-in shapes for benchmarks and dry runs (`--config qwen3-0.6b`).
+    pub fn preset(name: &str) -> Option<Self> {
+        let (hidden, inter, layers, heads, kv, tied) = match name {
+            "qwen3-0.6b" => (1024, 3072, 28, 16, 8, true),
+            "qwen3-1.7b" => (2048, 6144, 28, 16, 8, true),
+            "qwen3-4b" => (2560, 9728, 36, 32, 8, true),
+            _ => return None,
+        };
+        let json = serde_json::json!({
+            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+            "vocab_size": 151936, "hidden_size": hidden, "intermediate_size": inter,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
+            "head_dim": 128, "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0, "tie_word_embeddings": tied, "torch_dtype": "bfloat16",
+            "hidden_act": "silu", "attention_bias": false,
+            "bos_token_id": 151643, "eos_token_id": 151645
+        });
+        Self::from_json(json.to_string().as_bytes(), name).ok()
+    }
+
+    pub fn kv_groups(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+
+    /// Number of parameters, counting a tied `lm_head` once (as PEFT's line does).
+    pub fn num_parameters(&self) -> usize {
+        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let q = self.num_attention_heads * d;
+        let kv = self.num_key_value_heads * d;
+        let attn = h * q + 2 * h * kv + q * h + 2 * d;
+        let mlp = 3 * h * i;
+        let layer = attn + mlp + 2 * h;
+        let embed = self.vocab_size * h;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + self.num_hidden_layers * layer + h + head
+    }
+}
+
+/// The eos ids of `generation_config.json` (one id or a list), or `None` when it sets none.
+pub fn generation_eos(bytes: &[u8], source: &str) -> Result<Option<Vec<u32>>> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Format(format!("{source}: not valid JSON: {e}")))?;
+    Ok(value.get("eos_token_id").map(token_ids).filter(|ids| !ids.is_empty()))
+}
+
+impl Qwen3Config {
+    /// Every checkpoint tensor of this config, as transformers names and shapes it.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, d, i) = (self.hidden_size, self.head_dim, self.intermediate_size);
+        let (q, kv) = (self.num_attention_heads * d, self.num_key_value_heads * d);
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        for l in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            out.extend([
+                (format!("{p}.self_attn.q_proj.weight"), vec![q, h]),
+                (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
+                (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
+                (format!("{p}.self_attn.o_proj.weight"), vec![h, q]),
+                (format!("{p}.self_attn.q_norm.weight"), vec![d]),
+                (format!("{p}.self_attn.k_norm.weight"), vec![d]),
+                (format!("{p}.mlp.gate_proj.weight"), vec![i, h]),
+                (format!("{p}.mlp.up_proj.weight"), vec![i, h]),
+                (format!("{p}.mlp.down_proj.weight"), vec![h, i]),
+                (format!("{p}.input_layernorm.weight"), vec![h]),
+                (format!("{p}.post_attention_layernorm.weight"), vec![h]),
+            ]);
+        }
+        out.push(("model.norm.weight".to_string(), vec![h]));
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qwen3_0_6b_has_the_published_parameter_count() {
+        let cfg = Qwen3Config::preset("qwen3-0.6b").unwrap();
+        assert_eq!((cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads), (1024, 16, 128, 8));
+        // PEFT's line for the seed recipe: all params 601,096,192 = 596,049,920 base + 5,046,272 LoRA.
+        assert_eq!(cfg.num_parameters(), 596_049_920);
+        let counted: usize = cfg.tensor_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        assert_eq!(counted, cfg.num_parameters());
+    }
+
+    #[test]
+    fn both_config_forms_give_the_same_rope_theta_and_dtype() {
+        let old = r#"{"architectures":["Qwen3ForCausalLM"],"vocab_size":10,"hidden_size":8,"intermediate_size":8,
+            "num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"max_position_embeddings":16,
+            "rms_norm_eps":1e-6,"rope_theta":1000000,"torch_dtype":"bfloat16"}"#;
+        let new = r#"{"architectures":["Qwen3ForCausalLM"],"vocab_size":10,"hidden_size":8,"intermediate_size":8,
+            "num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"max_position_embeddings":16,
+            "rms_norm_eps":1e-6,"rope_parameters":{"rope_type":"default","rope_theta":1000000},"dtype":"bfloat16"}"#;
+        let (a, b) = (Qwen3Config::from_json(old.as_bytes(), "old").unwrap(), Qwen3Config::from_json(new.as_bytes(), "new").unwrap());
+        assert_eq!((a.rope_theta, a.dtype.as_str(), a.head_dim), (1e6, "bfloat16", 4));
+        assert_eq!((b.rope_theta, b.dtype.as_str()), (1e6, "bfloat16"));
+    }
+
+    #[test]
+    fn unsupported_configs_are_named() {
+        let base = serde_json::json!({"architectures":["Qwen3ForCausalLM"],"vocab_size":10,"hidden_size":8,
+            "intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":2,"max_position_embeddings":16,
+            "rms_norm_eps":1e-6,"rope_theta":10000});
+        let with = |k: &str, v: Value| {
+            let mut c = base.clone();
+            c[k] = v;
+            Qwen3Config::from_json(c.to_string().as_bytes(), "config.json").unwrap_err().to_string()
+        };
+        assert!(with("architectures", serde_json::json!(["Qwen2ForCausalLM"])).contains("Qwen2ForCausalLM"));
+        assert!(with("num_experts", serde_json::json!(8)).contains("mixture-of-experts"));
+        assert!(with("rope_scaling", serde_json::json!({"rope_type": "yarn", "factor": 4})).contains("RoPE scaling"));
+        assert!(with("num_key_value_heads", serde_json::json!(3)).contains("num_key_value_heads"));
+        let err = Qwen3Config::from_json(b"{not json", "config.json").unwrap_err().to_string();
+        assert!(err.starts_with("config.json: not valid JSON"), "{err}");
+    }
+}

@@ -1,0 +1,170 @@
+//! Batched generation with a preallocated KV cache and left padding: greedy or sampled
+//! (temperature, top-k, top-p), stopping on the eos ids or after `max_new_tokens`.
+
+use burn::prelude::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::model::{Positions, Qwen3ForCausalLM};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampling {
+    Greedy,
+    /// transformers' order: temperature, then top-k, then top-p.
+    Sample { temperature: f32, top_k: Option<usize>, top_p: Option<f32>, seed: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Any of these ends a row; the stop token is not part of the output.
+    pub eos_token_ids: Vec<u32>,
+    /// Written into padding slots; never attended to.
+    pub pad_token_id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// Generated ids, stop token excluded.
+    pub tokens: Vec<u32>,
+    pub stopped_on_eos: bool,
+}
+
+/// Generates a continuation for each prompt, all rows in one batch.
+pub fn generate<B: Backend>(
+    model: &Qwen3ForCausalLM<B>,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+) -> Result<Vec<Generated>> {
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(Error::Other(format!("prompt {i} is empty")));
+    }
+    if let Sampling::Sample { temperature, top_p, .. } = &opts.sampling {
+        if !(*temperature > 0.0 && temperature.is_finite()) {
+            return Err(Error::Other(format!("temperature must be positive, got {temperature}")));
+        }
+        if top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return Err(Error::Other("top_p must be in (0, 1]".into()));
+        }
+    }
+    let batch = prompts.len();
+    let seq = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let limit = model.max_position_embeddings;
+    if seq > limit {
+        return Err(Error::Limit(format!(
+            "the prompt has {seq} tokens, more than the model's max_position_embeddings ({limit})"
+        )));
+    }
+    // Generation stops at the context limit rather than failing.
+    let capacity = (seq + opts.max_new_tokens).min(limit);
+    let mut cache = model.new_cache(batch, capacity)?;
+    let mut rng = match opts.sampling {
+        Sampling::Sample { seed, .. } => StdRng::seed_from_u64(seed),
+        Sampling::Greedy => StdRng::seed_from_u64(0),
+    };
+
+    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let mut ids = Vec::with_capacity(batch * seq);
+    for p in prompts {
+        ids.extend(std::iter::repeat_n(opts.pad_token_id, seq - p.len()));
+        ids.extend_from_slice(p);
+    }
+    let mut pos = Positions::left_padded(&lengths, seq);
+    let mut next_pos: Vec<usize> = lengths.clone();
+    let mut out: Vec<Generated> = vec![Generated { tokens: Vec::new(), stopped_on_eos: false }; batch];
+    let mut done = vec![false; batch];
+    let mut step_ids = ids;
+    for _ in 0..opts.max_new_tokens {
+        if cache.len() + pos.seq > capacity {
+            break;
+        }
+        let hidden = model.hidden(&step_ids, &pos, Some(&mut cache))?;
+        let [b, t, d] = hidden.dims();
+        let last = hidden.narrow(1, t - 1, 1).reshape([b, d]);
+        let logits = model.logits(last);
+        let next = pick(logits, &opts.sampling, &mut rng)?;
+        for (row, &tok) in next.iter().enumerate() {
+            if done[row] {
+                continue;
+            }
+            if opts.eos_token_ids.contains(&tok) {
+                done[row] = true;
+                out[row].stopped_on_eos = true;
+            } else {
+                out[row].tokens.push(tok);
+                if out[row].tokens.len() >= opts.max_new_tokens {
+                    done[row] = true;
+                }
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        // Finished rows keep stepping with a pad token; their outputs are ignored.
+        step_ids = next.iter().zip(&done).map(|(&tok, &d)| if d { opts.pad_token_id } else { tok }).collect();
+        let past = cache.len();
+        let width = pos.past + pos.seq;
+        let mut grown = Vec::with_capacity(batch * (past + 1));
+        for row in 0..batch {
+            grown.extend_from_slice(&pos.key_valid[row * width..(row + 1) * width]);
+            grown.push(true);
+        }
+        pos = Positions { batch, seq: 1, past, positions: next_pos.clone(), key_valid: grown };
+        next_pos.iter_mut().for_each(|p| *p += 1);
+    }
+    Ok(out)
+}
+
+/// Chooses the next token of each row from logits `[batch, vocab]`.
+fn pick<B: Backend>(logits: Tensor<B, 2>, sampling: &Sampling, rng: &mut StdRng) -> Result<Vec<u32>> {
+    let read_err = |e| Error::Other(format!("reading logits: {e:?}"));
+    match sampling {
+        Sampling::Greedy => {
+            let ids = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(read_err)?;
+            Ok(ids.into_iter().map(|i| i as u32).collect())
+        }
+        Sampling::Sample { temperature, top_k, top_p, .. } => {
+            let [b, v] = logits.dims();
+            let values: Vec<f32> = logits.into_data().convert::<f32>().to_vec().map_err(read_err)?;
+            Ok((0..b).map(|r| sample_row(&values[r * v..(r + 1) * v], *temperature, *top_k, *top_p, rng)).collect())
+        }
+    }
+}
+
+/// One draw from `softmax(logits / temperature)` restricted to the top-k, then to the smallest
+/// set whose probability reaches top-p (always keeping the most likely token).
+pub fn sample_row(logits: &[f32], temperature: f32, top_k: Option<usize>, top_p: Option<f32>, rng: &mut StdRng) -> u32 {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if let Some(k) = top_k.filter(|&k| k > 0) {
+        order.truncate(k);
+    }
+    let max = logits[order[0]];
+    let mut probs: Vec<f64> = order.iter().map(|&i| (((logits[i] - max) / temperature) as f64).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if let Some(p) = top_p {
+        let mut acc = 0.0;
+        let keep = probs.iter().position(|&q| {
+            acc += q;
+            acc >= p as f64
+        });
+        let keep = keep.map_or(probs.len(), |i| i + 1);
+        order.truncate(keep);
+        probs.truncate(keep);
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= total);
+    }
+    let mut u: f64 = rng.random();
+    for (i, q) in probs.iter().enumerate() {
+        if u < *q {
+            return order[i] as u32;
+        }
+        u -= q;
+    }
+    order[probs.len() - 1] as u32
+}

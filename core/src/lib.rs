@@ -1,0 +1,23 @@
+//! tiqu-core: Qwen3 in burn — config, checkpoint loading, model, tokenizer + chat template,
+//! generation and loss. Backend-generic and free of filesystem calls, so the same code runs
+//! natively and in wasm32: files come in as bytes or readers.
+
+pub mod chat;
+pub mod config;
+pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod folder;
+pub mod generate;
+pub mod loss;
+pub mod model;
+pub mod sft;
+pub mod tokenizer;
+pub mod weights;
+
+pub use chat::{chat_prompt, Message};
+pub use config::Qwen3Config;
+pub use error::{Error, Result};
+pub use generate::{GenerateOptions, Generated, Sampling};
+pub use model::{KvCache, Qwen3ForCausalLM};
+pub use tokenizer::Tokenizer;
+pub use weights::{RandomInit, SafetensorsFile, WeightSource};

@@ -1,0 +1,443 @@
+//! Qwen3ForCausalLM, as transformers' `modeling_qwen3.py` defines it, in one file.
+//!
+//! Field names equal the checkpoint keys (`model.layers.3.self_attn.q_proj.weight`), so loading
+//! needs no remap table, and linear weights keep PyTorch's `[out, in]` layout.
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, silu, softmax};
+use burn::tensor::TensorData;
+
+use crate::config::Qwen3Config;
+use crate::weights::WeightSource;
+use crate::{Error, Result};
+
+/// Large enough to zero a softmax weight, small enough that a fully masked row (a padding query)
+/// stays finite instead of turning into NaN.
+const MASKED: f32 = -1.0e9;
+
+fn load<B: Backend, const D: usize>(
+    src: &mut dyn WeightSource,
+    name: &str,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Result<Param<Tensor<B, D>>> {
+    let values = src.load(name, &shape)?;
+    Ok(Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device)))
+}
+
+/// `nn.Linear(bias=False)`; `weight` is `[out, in]` as in the checkpoint.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Linear<B> {
+    fn load(src: &mut dyn WeightSource, prefix: &str, out: usize, inp: usize, device: &B::Device) -> Result<Self> {
+        Ok(Self { weight: load(src, &format!("{prefix}.weight"), [out, inp], device)? })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let out = x.reshape([b * t, d]).matmul(self.weight.val().transpose());
+        let n = out.dims()[1];
+        out.reshape([b, t, n])
+    }
+}
+
+/// `Qwen3RMSNorm`: `weight * x / sqrt(mean(x²) + eps)` over the last dimension.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    fn load(src: &mut dyn WeightSource, name: &str, dim: usize, eps: f64, device: &B::Device) -> Result<Self> {
+        Ok(Self { weight: load(src, &format!("{name}.weight"), [dim], device)?, eps })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
+        x.div(rms).mul(self.weight.val().unsqueeze())
+    }
+}
+
+/// `nn.Embedding`: one row of `weight` per token id.
+#[derive(Module, Debug)]
+pub struct Embedding<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Embedding<B> {
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, t] = ids.dims();
+        let d = self.weight.dims()[1];
+        self.weight.val().select(0, ids.reshape([b * t])).reshape([b, t, d])
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Qwen3Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub q_norm: RmsNorm<B>,
+    pub k_norm: RmsNorm<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// HF's `rotate_half` convention: the two halves of each head are the (x, y) pairs, not
+/// interleaved neighbours as in burn's `RotaryEncoding`.
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, rope: &Rope<B>) -> Tensor<B, 4> {
+    let d = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, d / 2);
+    let x2 = x.clone().narrow(3, d / 2, d / 2);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x.mul(rope.cos.clone()).add(rotated.mul(rope.sin.clone()))
+}
+
+impl<B: Backend> Qwen3Attention<B> {
+    fn forward(&self, x: Tensor<B, 3>, ctx: &Context<B>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self.q_norm.forward(self.q_proj.forward(x.clone()).reshape([b, t, h, d])).swap_dims(1, 2);
+        let k = self.k_norm.forward(self.k_proj.forward(x.clone()).reshape([b, t, kvh, d])).swap_dims(1, 2);
+        let v = self.v_proj.forward(x).reshape([b, t, kvh, d]).swap_dims(1, 2);
+        let q = apply_rope(q, &ctx.rope);
+        let k = apply_rope(k, &ctx.rope);
+        let (k, v) = match cache {
+            Some(cache) => cache.append(k, v),
+            None => (k, v),
+        };
+        let s = k.dims()[2];
+        let groups = h / kvh;
+        // Query heads of one KV group share its keys: fold them into the row dimension instead of
+        // copying K and V per head (transformers' repeat_kv), same numbers, less memory.
+        let q = q.reshape([b, kvh, groups * t, d]);
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((d as f64).powf(-0.5));
+        let scores = scores.reshape([b, h, t, s]).add(ctx.mask.clone());
+        let probs = softmax(scores, 3).reshape([b, kvh, groups * t, s]);
+        let out = probs.matmul(v).reshape([b, h, t, d]).swap_dims(1, 2).reshape([b, t, h * d]);
+        self.o_proj.forward(out)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Qwen3Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Qwen3Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate.mul(self.up_proj.forward(x)))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Qwen3DecoderLayer<B: Backend> {
+    pub self_attn: Qwen3Attention<B>,
+    pub mlp: Qwen3Mlp<B>,
+    pub input_layernorm: RmsNorm<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+impl<B: Backend> Qwen3DecoderLayer<B> {
+    fn forward(&self, x: Tensor<B, 3>, ctx: &Context<B>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
+        let h = x.clone().add(self.self_attn.forward(self.input_layernorm.forward(x), ctx, cache));
+        h.clone().add(self.mlp.forward(self.post_attention_layernorm.forward(h)))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Qwen3Model<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<Qwen3DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Qwen3ForCausalLM<B: Backend> {
+    pub model: Qwen3Model<B>,
+    /// `None` when the embeddings are tied: the output layer is `embed_tokens.weight`.
+    pub lm_head: Option<Linear<B>>,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+}
+
+/// Per-layer key/value cache, preallocated to its capacity.
+#[derive(Debug, Clone)]
+pub struct LayerCache<B: Backend> {
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    len: usize,
+}
+
+impl<B: Backend> LayerCache<B> {
+    fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, kvh, t, d] = k.dims();
+        let end = self.len + t;
+        self.k = self.k.clone().slice_assign([0..b, 0..kvh, self.len..end, 0..d], k);
+        self.v = self.v.clone().slice_assign([0..b, 0..kvh, self.len..end, 0..d], v);
+        self.len = end;
+        (self.k.clone().slice([0..b, 0..kvh, 0..end, 0..d]), self.v.clone().slice([0..b, 0..kvh, 0..end, 0..d]))
+    }
+}
+
+/// The KV cache of a whole model for one batch.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<LayerCache<B>>,
+    capacity: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.len)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// What one forward pass needs besides token ids, built on the host.
+#[derive(Debug, Clone)]
+pub struct Positions {
+    pub batch: usize,
+    pub seq: usize,
+    /// Tokens already in the KV cache.
+    pub past: usize,
+    /// Rotary position of each new token, `[batch * seq]`.
+    pub positions: Vec<usize>,
+    /// Which keys (cached and new) are real tokens, `[batch * (past + seq)]`.
+    pub key_valid: Vec<bool>,
+}
+
+impl Positions {
+    /// Right-padded rows starting at position 0 (training, loss): `lengths[i]` real tokens each.
+    pub fn right_padded(lengths: &[usize], seq: usize) -> Self {
+        let mut positions = Vec::with_capacity(lengths.len() * seq);
+        let mut key_valid = Vec::with_capacity(lengths.len() * seq);
+        for &len in lengths {
+            positions.extend(0..seq);
+            key_valid.extend((0..seq).map(|j| j < len));
+        }
+        Self { batch: lengths.len(), seq, past: 0, positions, key_valid }
+    }
+
+    /// Left-padded rows (generation prefill): `lengths[i]` real tokens at the end of each row.
+    pub fn left_padded(lengths: &[usize], seq: usize) -> Self {
+        let mut positions = Vec::with_capacity(lengths.len() * seq);
+        let mut key_valid = Vec::with_capacity(lengths.len() * seq);
+        for &len in lengths {
+            let pad = seq - len;
+            positions.extend((0..seq).map(|j| j.saturating_sub(pad)));
+            key_valid.extend((0..seq).map(|j| j >= pad));
+        }
+        Self { batch: lengths.len(), seq, past: 0, positions, key_valid }
+    }
+}
+
+/// Device tensors derived from [`Positions`], shared by every layer of one forward pass.
+struct Context<B: Backend> {
+    rope: Rope<B>,
+    mask: Tensor<B, 4>,
+}
+
+struct Rope<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> Context<B> {
+    fn new(p: &Positions, head_dim: usize, theta: f64, device: &B::Device) -> Self {
+        let half = head_dim / 2;
+        // f32 products as in transformers, so high positions round the same way.
+        let inv_freq: Vec<f32> =
+            (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect();
+        let n = p.positions.len();
+        let mut cos = Vec::with_capacity(n * head_dim);
+        let mut sin = Vec::with_capacity(n * head_dim);
+        for &pos in &p.positions {
+            let angles: Vec<f32> = inv_freq.iter().map(|f| pos as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+        let shape = [p.batch, 1, p.seq, head_dim];
+        let total = p.past + p.seq;
+        let mut mask = vec![0f32; p.batch * p.seq * total];
+        for b in 0..p.batch {
+            for i in 0..p.seq {
+                for j in 0..total {
+                    if !p.key_valid[b * total + j] || j > p.past + i {
+                        mask[(b * p.seq + i) * total + j] = MASKED;
+                    }
+                }
+            }
+        }
+        Self {
+            rope: Rope {
+                cos: Tensor::from_data(TensorData::new(cos, shape), device),
+                sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            },
+            mask: Tensor::from_data(TensorData::new(mask, [p.batch, 1, p.seq, total]), device),
+        }
+    }
+}
+
+impl<B: Backend> Qwen3ForCausalLM<B> {
+    /// Builds the model from a weight source (a checkpoint or a random init), checking every
+    /// tensor's shape against the config.
+    pub fn load(cfg: &Qwen3Config, src: &mut dyn WeightSource, device: &B::Device) -> Result<Self> {
+        let (hd, d) = (cfg.hidden_size, cfg.head_dim);
+        let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+        let eps = cfg.rms_norm_eps;
+        let embed_tokens = Embedding { weight: load(src, "model.embed_tokens.weight", [cfg.vocab_size, hd], device)? };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let a = format!("{p}.self_attn");
+            let m = format!("{p}.mlp");
+            layers.push(Qwen3DecoderLayer {
+                self_attn: Qwen3Attention {
+                    q_proj: Linear::load(src, &format!("{a}.q_proj"), q, hd, device)?,
+                    k_proj: Linear::load(src, &format!("{a}.k_proj"), kv, hd, device)?,
+                    v_proj: Linear::load(src, &format!("{a}.v_proj"), kv, hd, device)?,
+                    o_proj: Linear::load(src, &format!("{a}.o_proj"), hd, q, device)?,
+                    q_norm: RmsNorm::load(src, &format!("{a}.q_norm"), d, eps, device)?,
+                    k_norm: RmsNorm::load(src, &format!("{a}.k_norm"), d, eps, device)?,
+                    num_heads: cfg.num_attention_heads,
+                    num_kv_heads: cfg.num_key_value_heads,
+                    head_dim: d,
+                },
+                mlp: Qwen3Mlp {
+                    gate_proj: Linear::load(src, &format!("{m}.gate_proj"), cfg.intermediate_size, hd, device)?,
+                    up_proj: Linear::load(src, &format!("{m}.up_proj"), cfg.intermediate_size, hd, device)?,
+                    down_proj: Linear::load(src, &format!("{m}.down_proj"), hd, cfg.intermediate_size, device)?,
+                },
+                input_layernorm: RmsNorm::load(src, &format!("{p}.input_layernorm"), hd, eps, device)?,
+                post_attention_layernorm: RmsNorm::load(src, &format!("{p}.post_attention_layernorm"), hd, eps, device)?,
+            });
+        }
+        let norm = RmsNorm::load(src, "model.norm", hd, eps, device)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(Linear::load(src, "lm_head", cfg.vocab_size, hd, device)?)
+        };
+        Ok(Self {
+            model: Qwen3Model { embed_tokens, layers, norm },
+            lm_head,
+            rope_theta: cfg.rope_theta,
+            max_position_embeddings: cfg.max_position_embeddings,
+        })
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.model.embed_tokens.weight.device()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.model.embed_tokens.weight.dims()[0]
+    }
+
+    /// An empty KV cache for `batch` rows of up to `capacity` tokens.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache<B>> {
+        if capacity > self.max_position_embeddings {
+            return Err(Error::Limit(format!(
+                "{capacity} tokens exceed the model's max_position_embeddings ({})",
+                self.max_position_embeddings
+            )));
+        }
+        let device = self.device();
+        let layers = self
+            .model
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.self_attn;
+                let shape = [batch, a.num_kv_heads, capacity, a.head_dim];
+                LayerCache { k: Tensor::zeros(shape, &device), v: Tensor::zeros(shape, &device), len: 0 }
+            })
+            .collect();
+        Ok(KvCache { layers, capacity })
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` (after `model.norm`) for `ids` `[batch * seq]`.
+    /// With a cache, the new keys and values are appended to it.
+    pub fn hidden(&self, ids: &[u32], pos: &Positions, mut cache: Option<&mut KvCache<B>>) -> Result<Tensor<B, 3>> {
+        let device = self.device();
+        if let Some(c) = cache.as_deref() {
+            if c.len() != pos.past || pos.past + pos.seq > c.capacity {
+                return Err(Error::Limit(format!(
+                    "KV cache holds {} of {} tokens; cannot add {} after {}",
+                    c.len(),
+                    c.capacity,
+                    pos.seq,
+                    pos.past
+                )));
+            }
+        } else if pos.past != 0 {
+            return Err(Error::Other("positions say tokens are cached, but no cache was given".into()));
+        }
+        let max_pos = pos.positions.iter().copied().max().unwrap_or(0);
+        if max_pos >= self.max_position_embeddings {
+            return Err(Error::Limit(format!(
+                "position {max_pos} exceeds the model's max_position_embeddings ({})",
+                self.max_position_embeddings
+            )));
+        }
+        let vocab = self.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::Limit(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        }
+        let head_dim = self.model.layers.first().map_or(2, |l| l.self_attn.head_dim);
+        let ctx = Context::new(pos, head_dim, self.rope_theta, &device);
+        let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [pos.batch, pos.seq]), &device);
+        let mut x = self.model.embed_tokens.forward(ids);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &ctx, layer_cache);
+        }
+        Ok(self.model.norm.forward(x))
+    }
+
+    /// Logits `[rows, vocab]` for hidden-state rows `[rows, hidden]`.
+    pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        let weight = match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.model.embed_tokens.weight.val(),
+        };
+        hidden.matmul(weight.transpose())
+    }
+
+    /// Negative log-likelihood of `targets` given hidden rows `[rows, hidden]`, computed in chunks
+    /// so that at most `chunk` rows of full-vocabulary logits exist at once.
+    pub fn nll(&self, hidden: Tensor<B, 2>, targets: &[u32], chunk: usize) -> Tensor<B, 1> {
+        let rows = hidden.dims()[0];
+        let device = self.device();
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = chunk.max(1).min(rows - start);
+            let logp = log_softmax(self.logits(hidden.clone().narrow(0, start, n)), 1);
+            let idx: Vec<i64> = targets[start..start + n].iter().map(|&t| t as i64).collect();
+            let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), &device);
+            parts.push(logp.gather(1, idx).reshape([n]).neg());
+            start += n;
+        }
+        Tensor::cat(parts, 0)
+    }
+}

@@ -1,0 +1,95 @@
+//! SFT records in the seed's shape: `{system?, instruction, input?, output}`, as a JSON array
+//! or JSONL, and their tokenization into prompt and response.
+
+use serde::Deserialize;
+
+use crate::chat::{chat_prompt, IM_END};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+pub struct SftRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    pub instruction: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    pub output: Option<String>,
+}
+
+/// A record and where it came from, for messages.
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    /// 1-based line for JSONL, 1-based index for a JSON array.
+    pub line: usize,
+    pub value: T,
+}
+
+impl SftRecord {
+    /// The user message: instruction followed by input.
+    pub fn user_message(&self) -> String {
+        format!("{}{}", self.instruction, self.input.as_deref().unwrap_or(""))
+    }
+
+    pub fn prompt(&self) -> String {
+        chat_prompt(self.system.as_deref(), &self.user_message())
+    }
+}
+
+/// Parses a JSON array or JSONL file of records. `source` names the file in errors, which say
+/// `file:line`. A record without `output` is an error.
+pub fn parse_records(text: &str, source: &str) -> Result<Vec<Located<SftRecord>>> {
+    let trimmed = text.trim_start();
+    let mut out = Vec::new();
+    if trimmed.starts_with('[') {
+        let items: Vec<serde_json::Value> = serde_json::from_str(text)
+            .map_err(|e| Error::Format(format!("{source}:{}: invalid JSON array: {e}", e.line())))?;
+        for (i, item) in items.into_iter().enumerate() {
+            let rec: SftRecord = serde_json::from_value(item)
+                .map_err(|e| Error::Format(format!("{source}: record {}: {e}", i + 1)))?;
+            out.push(Located { line: i + 1, value: rec });
+        }
+    } else {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let rec: SftRecord = serde_json::from_str(line)
+                .map_err(|e| Error::Format(format!("{source}:{}: invalid record: {e}", i + 1)))?;
+            out.push(Located { line: i + 1, value: rec });
+        }
+    }
+    for rec in &out {
+        if rec.value.output.is_none() {
+            return Err(Error::Format(format!("{source}:{}: record has no `output`", rec.line)));
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Format(format!("{source}: no records")));
+    }
+    Ok(out)
+}
+
+/// A record as token ids: the chat-template prompt, then `output + "<|im_end|>"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    pub prompt: Vec<u32>,
+    pub response: Vec<u32>,
+}
+
+impl Example {
+    pub fn new(rec: &SftRecord, tok: &Tokenizer) -> Result<Self> {
+        let prompt = tok.encode(&rec.prompt())?;
+        let output = rec.output.as_deref().unwrap_or("");
+        let response = tok.encode(&format!("{output}{IM_END}"))?;
+        Ok(Self { prompt, response })
+    }
+
+    pub fn len(&self) -> usize {
+        self.prompt.len() + self.response.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

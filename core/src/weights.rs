@@ -1,0 +1,253 @@
+//! Where parameter values come from: safetensors shards read tensor by tensor (so loading
+//! never holds a second full copy of the weights), or a seeded random init for `--random-weights`.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+
+use half::slice::HalfFloatSliceExt;
+use rand::{rngs::StdRng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// A provider of named f32 tensors, checked against the shape the model expects.
+pub trait WeightSource {
+    /// Values of `name` in row-major order; `shape` is what the model expects.
+    fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+    /// Whether the source holds `name` (used for optional tensors such as an untied lm_head).
+    fn contains(&self, name: &str) -> bool;
+}
+
+pub trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
+/// Element type of a stored tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Dtype {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "F32" => Some(Self::F32),
+            "F16" => Some(Self::F16),
+            "BF16" => Some(Self::BF16),
+            _ => None,
+        }
+    }
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+        }
+    }
+    /// The safetensors spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    shard: usize,
+    /// Absolute byte range in the shard file.
+    start: u64,
+    end: u64,
+}
+
+struct Shard {
+    name: String,
+    reader: Box<dyn ReadSeek>,
+}
+
+/// One checkpoint's safetensors files (one or several shards), read lazily.
+pub struct SafetensorsFile {
+    shards: Vec<Shard>,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+impl SafetensorsFile {
+    /// Opens shards given as (file name for messages, reader). Only the headers are read here.
+    pub fn open(shards: Vec<(String, Box<dyn ReadSeek>)>) -> Result<Self> {
+        let mut out = Self { shards: Vec::new(), tensors: HashMap::new() };
+        for (idx, (name, mut reader)) in shards.into_iter().enumerate() {
+            let infos = read_header(&name, &mut reader, idx)?;
+            for (key, info) in infos {
+                if out.tensors.contains_key(&key) {
+                    return Err(Error::Format(format!("{name}: tensor `{key}` also stored in another shard")));
+                }
+                out.tensors.insert(key, info);
+            }
+            out.shards.push(Shard { name, reader });
+        }
+        Ok(out)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    /// The file names, for messages.
+    pub fn describe(&self) -> String {
+        self.shards.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The dtype most tensors are stored in (what `merge` writes back).
+    pub fn main_dtype(&self) -> Option<Dtype> {
+        let mut counts: HashMap<&'static str, (usize, Dtype)> = HashMap::new();
+        for info in self.tensors.values() {
+            counts.entry(info.dtype.name()).or_insert((0, info.dtype)).0 += 1;
+        }
+        counts.into_values().max_by_key(|(n, _)| *n).map(|(_, d)| d)
+    }
+
+    /// Reads one tensor as f32, whatever its shape.
+    pub fn read_f32(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let info = self.tensors.get(name).cloned().ok_or_else(|| {
+            Error::Tensor(format!("tensor `{name}` is missing from {}", self.describe()))
+        })?;
+        let shard = &mut self.shards[info.shard];
+        let len = (info.end - info.start) as usize;
+        let numel = len / info.dtype.size();
+        let io = |e: std::io::Error| Error::Format(format!("{}: reading tensor `{name}`: {e}", shard.name));
+        shard.reader.seek(SeekFrom::Start(info.start)).map_err(io)?;
+        let values = match info.dtype {
+            Dtype::F32 => {
+                // Read straight into the f32 buffer: no second copy of the largest tensor.
+                let mut values = vec![0f32; numel];
+                shard.reader.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(io)?;
+                if cfg!(target_endian = "big") {
+                    values.iter_mut().for_each(|v| *v = f32::from_bits(v.to_bits().swap_bytes()));
+                }
+                values
+            }
+            Dtype::F16 | Dtype::BF16 => {
+                let mut raw = vec![0u16; numel];
+                shard.reader.read_exact(bytemuck::cast_slice_mut(&mut raw)).map_err(io)?;
+                let mut values = vec![0f32; numel];
+                if info.dtype == Dtype::F16 {
+                    bytemuck::cast_slice::<u16, half::f16>(&raw).convert_to_f32_slice(&mut values);
+                } else {
+                    bytemuck::cast_slice::<u16, half::bf16>(&raw).convert_to_f32_slice(&mut values);
+                }
+                values
+            }
+        };
+        Ok((info.shape, values))
+    }
+}
+
+impl WeightSource for SafetensorsFile {
+    fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let info = self.tensors.get(name).ok_or_else(|| {
+            Error::Tensor(format!("tensor `{name}` is missing from {}", self.describe()))
+        })?;
+        if info.shape != shape {
+            return Err(Error::Tensor(format!(
+                "{}: tensor `{name}` has shape {:?}, but config.json implies {:?}",
+                self.shards[info.shard].name, info.shape, shape
+            )));
+        }
+        Ok(self.read_f32(name)?.1)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+fn read_header(name: &str, reader: &mut Box<dyn ReadSeek>, shard: usize) -> Result<Vec<(String, TensorInfo)>> {
+    let corrupt = |why: String| Error::Format(format!("{name}: not a valid safetensors file: {why}"));
+    let file_len = reader
+        .seek(SeekFrom::End(0))
+        .and_then(|n| reader.seek(SeekFrom::Start(0)).map(|_| n))
+        .map_err(|e| Error::Format(format!("{name}: {e}")))?;
+    let mut len = [0u8; 8];
+    reader.read_exact(&mut len).map_err(|_| corrupt(format!("only {file_len} bytes long")))?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > 100_000_000 || 8 + header_len > file_len {
+        return Err(corrupt(format!("header length {header_len} does not fit a {file_len}-byte file")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    reader.read_exact(&mut header).map_err(|e| corrupt(e.to_string()))?;
+    let header: HashMap<String, Value> =
+        serde_json::from_slice(&header).map_err(|e| corrupt(format!("header is not JSON: {e}")))?;
+    let data_start = 8 + header_len;
+    let mut out = Vec::new();
+    for (key, value) in header {
+        if key == "__metadata__" {
+            continue;
+        }
+        let dtype_s = value.get("dtype").and_then(Value::as_str).unwrap_or("?");
+        let dtype = Dtype::parse(dtype_s).ok_or_else(|| {
+            Error::Unsupported(format!("{name}: tensor `{key}` has dtype {dtype_s}; tiqu reads F32, F16 and BF16"))
+        })?;
+        let shape: Vec<usize> = value
+            .get("shape")
+            .and_then(Value::as_array)
+            .map(|s| s.iter().filter_map(Value::as_u64).map(|d| d as usize).collect())
+            .ok_or_else(|| corrupt(format!("tensor `{key}` has no shape")))?;
+        let offsets: Vec<u64> = value
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .map(|s| s.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        let [start, end] = offsets[..] else {
+            return Err(corrupt(format!("tensor `{key}` has no data_offsets")));
+        };
+        let numel: usize = shape.iter().product();
+        if end < start || (end - start) as usize != numel * dtype.size() {
+            return Err(corrupt(format!("tensor `{key}`: offsets {start}..{end} do not match shape {shape:?}")));
+        }
+        if data_start + end > file_len {
+            return Err(corrupt(format!(
+                "tensor `{key}` ends at byte {} but the file has {file_len} bytes (truncated?)",
+                data_start + end
+            )));
+        }
+        out.push((key, TensorInfo { dtype, shape, shard, start: data_start + start, end: data_start + end }));
+    }
+    Ok(out)
+}
+
+/// Seeded random parameters, like transformers' `_init_weights` for Qwen3: normal(0, std) for
+/// matrices, ones for RMSNorm weights.
+pub struct RandomInit {
+    rng: StdRng,
+    std: f32,
+}
+
+impl RandomInit {
+    pub fn new(seed: u64, std: f32) -> Self {
+        Self { rng: StdRng::seed_from_u64(seed), std }
+    }
+}
+
+impl WeightSource for RandomInit {
+    fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let n: usize = shape.iter().product();
+        if name.ends_with("norm.weight") {
+            return Ok(vec![1.0; n]);
+        }
+        let normal = Normal::new(0.0f32, self.std).map_err(|e| Error::Other(e.to_string()))?;
+        Ok((0..n).map(|_| normal.sample(&mut self.rng)).collect())
+    }
+
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+}

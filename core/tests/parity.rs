@@ -1,0 +1,216 @@
+//! Parity with transformers' Qwen3ForCausalLM on the committed tiny checkpoints
+//! (tests/reference/make_fixtures.py): logits within 1e-3, response-token losses within 1e-4
+//! relative, greedy tokens identical — alone and in left-padded batches — on every backend built.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use serde_json::Value;
+use tiqu_core::generate::{generate, GenerateOptions, Sampling};
+use tiqu_core::loss::nll_sums;
+use tiqu_core::model::Positions;
+use tiqu_core::sft::{parse_records, Example};
+use tiqu_core::{folder, Qwen3Config, Qwen3ForCausalLM, Tokenizer};
+
+const FIXTURES: [&str; 2] = ["tiny-tied", "tiny-untied"];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+struct Fixture<B: Backend> {
+    config: Qwen3Config,
+    model: Qwen3ForCausalLM<B>,
+    tokenizer: Tokenizer,
+    eos: Vec<u32>,
+    reference: Value,
+}
+
+fn load<B: Backend>(name: &'static str, device: &B::Device) -> Fixture<B> {
+    let dir = fixtures().join(name);
+    let config = folder::load_config(&dir).unwrap();
+    let model = Qwen3ForCausalLM::load(&config, &mut folder::open_weights(&dir).unwrap(), device).unwrap();
+    let tokenizer = folder::load_tokenizer(&dir, None).unwrap();
+    let eos = folder::load_eos(&dir, &config).unwrap();
+    let reference = serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+    Fixture { config, model, tokenizer, eos, reference }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+/// Full-vocabulary logits `[rows][vocab]` for hidden rows.
+fn logits_rows<B: Backend>(model: &Qwen3ForCausalLM<B>, hidden: Tensor<B, 2>) -> Vec<Vec<f32>> {
+    let v = model.vocab_size();
+    let flat: Vec<f32> = model.logits(hidden).into_data().convert::<f32>().to_vec().unwrap();
+    flat.chunks(v).map(<[f32]>::to_vec).collect()
+}
+
+/// Compares one position's logits with the reference: the vocab subset within 1e-3, the
+/// logsumexp over the whole vocabulary within 1e-3, and the argmax where it is decisive.
+fn compare_position(f: &str, what: &str, ours: &[f32], reference: &Value, pos: usize, subset: &[u32]) -> f64 {
+    let values = floats(&reference["values"][pos]);
+    let mut worst = 0.0f64;
+    for (j, &id) in subset.iter().enumerate() {
+        worst = worst.max((ours[id as usize] as f64 - values[j]).abs());
+    }
+    let max = ours.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + ours.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    worst = worst.max((lse - reference["logsumexp"][pos].as_f64().unwrap()).abs());
+    let ref_arg = reference["argmax"][pos].as_u64().unwrap() as usize;
+    let mut sorted: Vec<f32> = ours.to_vec();
+    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+    if sorted[0] - sorted[1] > 2e-3 {
+        let arg = ours.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        assert_eq!(arg, ref_arg, "{f} {what} position {pos}: argmax differs");
+    }
+    assert!(worst <= 1e-3, "{f} {what} position {pos}: max |Δlogit| {worst} > 1e-3");
+    worst
+}
+
+pub fn logits_match<B: Backend>(device: &B::Device) {
+    for name in FIXTURES {
+        let f = load::<B>(name, device);
+        let subset = ids(&f.reference["vocab_subset"]);
+        let prompts = f.reference["prompts"].as_array().unwrap();
+        let mut worst = 0.0f64;
+        // Each prompt alone.
+        for (i, p) in prompts.iter().enumerate() {
+            let tokens = ids(&p["ids"]);
+            let reference = &f.reference["logits"][i];
+            let n = tokens.len();
+            let hidden = f.model.hidden(&tokens, &Positions::right_padded(&[n], n), None).unwrap();
+            let rows = logits_rows(&f.model, hidden.reshape([n, f.config.hidden_size]));
+            for (pos, row) in rows.iter().enumerate() {
+                worst = worst.max(compare_position(name, &format!("prompt {i}"), row, reference, pos, &subset));
+            }
+        }
+        // All prompts in one left-padded batch, then one right-padded batch: padding must not
+        // change a real position's logits.
+        let all: Vec<Vec<u32>> = prompts.iter().map(|p| ids(&p["ids"])).collect();
+        let lengths: Vec<usize> = all.iter().map(Vec::len).collect();
+        let seq = *lengths.iter().max().unwrap();
+        for left in [true, false] {
+            let mut flat = Vec::new();
+            for p in &all {
+                let pad = vec![f.eos[0]; seq - p.len()];
+                if left {
+                    flat.extend(pad.iter().chain(p));
+                } else {
+                    flat.extend(p.iter().chain(&pad));
+                }
+            }
+            let pos = if left { Positions::left_padded(&lengths, seq) } else { Positions::right_padded(&lengths, seq) };
+            let hidden = f.model.hidden(&flat, &pos, None).unwrap();
+            let rows = logits_rows(&f.model, hidden.reshape([all.len() * seq, f.config.hidden_size]));
+            for (i, len) in lengths.iter().enumerate() {
+                let offset = if left { seq - len } else { 0 };
+                for pos in 0..*len {
+                    let row = &rows[i * seq + offset + pos];
+                    let what = format!("prompt {i} in a {} batch", if left { "left-padded" } else { "right-padded" });
+                    worst = worst.max(compare_position(name, &what, row, &f.reference["logits"][i], pos, &subset));
+                }
+            }
+        }
+        eprintln!("{name}: max |Δlogit| vs transformers = {worst:.2e}");
+    }
+}
+
+pub fn greedy_matches<B: Backend>(device: &B::Device) {
+    for name in FIXTURES {
+        let f = load::<B>(name, device);
+        let max_new = f.reference["max_new_tokens"].as_u64().unwrap() as usize;
+        let opts = GenerateOptions {
+            max_new_tokens: max_new,
+            sampling: Sampling::Greedy,
+            eos_token_ids: f.eos.clone(),
+            pad_token_id: f.eos[0],
+        };
+        let prompts: Vec<Vec<u32>> = f.reference["prompts"].as_array().unwrap().iter().map(|p| ids(&p["ids"])).collect();
+        let batched = generate(&f.model, &prompts, &opts).unwrap();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let expected = &f.reference["greedy"][i];
+            let alone = generate(&f.model, std::slice::from_ref(prompt), &opts).unwrap().remove(0);
+            assert_eq!(alone.tokens, ids(&expected["ids"]), "{name} prompt {i}: greedy tokens differ from transformers");
+            assert_eq!(alone.stopped_on_eos, expected["stopped_on_eos"].as_bool().unwrap(), "{name} prompt {i}");
+            assert_eq!(batched[i], alone, "{name} prompt {i}: left-padded batch differs from the prompt alone");
+            let text = f.tokenizer.decode(&alone.tokens, true).unwrap();
+            assert_eq!(text, expected["text"].as_str().unwrap(), "{name} prompt {i}: decoded text");
+        }
+        // Stopping: with the 4th greedy token declared an eos id, transformers would return the
+        // first three tokens and stop; so must we, and the stop token is not part of the output.
+        let expected = ids(&f.reference["greedy"][0]["ids"]);
+        let stop = GenerateOptions { eos_token_ids: vec![expected[3]], ..opts.clone() };
+        let first = expected.iter().position(|&t| t == expected[3]).unwrap();
+        let out = generate(&f.model, &prompts[..1], &stop).unwrap().remove(0);
+        assert_eq!(out.tokens, expected[..first], "{name}: tokens before the stop token");
+        assert!(out.stopped_on_eos, "{name}: should report the stop");
+        let short = GenerateOptions { max_new_tokens: 2, ..opts.clone() };
+        let out = generate(&f.model, &prompts[..1], &short).unwrap().remove(0);
+        assert_eq!((out.tokens.as_slice(), out.stopped_on_eos), (&expected[..2], false), "{name}: max_new_tokens");
+    }
+}
+
+pub fn losses_match<B: Backend>(device: &B::Device) {
+    let path = fixtures().join("sft_small.jsonl");
+    let records = parse_records(&std::fs::read_to_string(&path).unwrap(), "sft_small.jsonl").unwrap();
+    for name in FIXTURES {
+        let f = load::<B>(name, device);
+        let reference = &f.reference["losses"];
+        let examples: Vec<Example> = records.iter().map(|r| Example::new(&r.value, &f.tokenizer).unwrap()).collect();
+        for (i, ex) in examples.iter().enumerate() {
+            let r = &reference["per_record"][i];
+            let full: Vec<u32> = ex.prompt.iter().chain(&ex.response).copied().collect();
+            assert_eq!(full, ids(&r["input_ids"]), "{name} record {i}: token ids differ from transformers");
+            assert_eq!(ex.prompt.len(), r["prompt_len"].as_u64().unwrap() as usize, "{name} record {i}: prompt length");
+        }
+        // Unequal lengths in one right-padded batch, and each record alone.
+        let batched = nll_sums(&f.model, &examples).unwrap();
+        let (mut total, mut tokens) = (0.0, 0);
+        for (i, ex) in examples.iter().enumerate() {
+            let r = &reference["per_record"][i];
+            let alone = nll_sums(&f.model, std::slice::from_ref(ex)).unwrap()[0];
+            let expected = r["nll_sum"].as_f64().unwrap();
+            for (what, got) in [("alone", alone), ("in a batch", batched[i])] {
+                assert_eq!(got.1, r["tokens"].as_u64().unwrap() as usize, "{name} record {i} {what}: token count");
+                let rel = (got.0 - expected).abs() / expected.abs();
+                assert!(rel <= 1e-4, "{name} record {i} {what}: nll {} vs transformers {expected} (rel {rel:.2e})", got.0);
+            }
+            total += batched[i].0;
+            tokens += batched[i].1;
+        }
+        let loss = total / tokens as f64;
+        let expected = reference["loss"].as_f64().unwrap();
+        assert!((loss - expected).abs() / expected <= 1e-4, "{name}: mean loss {loss} vs transformers {expected}");
+        eprintln!("{name}: loss {loss:.6} vs transformers {expected:.6}");
+    }
+}
+
+macro_rules! backend_tests {
+    ($module:ident, $backend:ty) => {
+        mod $module {
+            #[test]
+            fn logits_match_transformers() {
+                super::logits_match::<$backend>(&Default::default());
+            }
+            #[test]
+            fn greedy_tokens_match_transformers() {
+                super::greedy_matches::<$backend>(&Default::default());
+            }
+            #[test]
+            fn losses_match_transformers() {
+                super::losses_match::<$backend>(&Default::default());
+            }
+        }
+    };
+}
+
+#[cfg(feature = "flex")]
+backend_tests!(flex, burn::backend::Flex);
+#[cfg(feature = "wgpu")]
+backend_tests!(wgpu, burn::backend::Wgpu);

@@ -1,0 +1,1 @@
+//! Examples of embedding tiqu-core; see the `examples` targets.

@@ -1,0 +1,137 @@
+//! `--backend cpu|wgpu|cuda`: which compiled burn backend runs, chosen at run time.
+
+use anyhow::{bail, Result};
+use clap::ValueEnum;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendName {
+    /// burn's flex backend: pure-Rust CPU.
+    Cpu,
+    /// burn's wgpu backend: Vulkan, Metal, DX12 (or a software Vulkan such as lavapipe).
+    Wgpu,
+    /// burn's CUDA backend (NVIDIA).
+    Cuda,
+}
+
+impl BackendName {
+    pub fn compiled(self) -> bool {
+        match self {
+            Self::Cpu => cfg!(feature = "flex"),
+            Self::Wgpu => cfg!(feature = "wgpu"),
+            Self::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
+    pub fn feature(self) -> &'static str {
+        match self {
+            Self::Cpu => "flex",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+/// Runs `f` with panics silenced: backends report a missing driver or adapter by panicking.
+fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::result::Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    out.map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown failure".into())
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
+/// Initialises a backend with one tiny tensor op; `Err` says what is missing.
+pub fn probe(name: BackendName) -> Result<String, String> {
+    if !name.compiled() {
+        return Err(format!("not compiled in (build with --features {})", name.feature()));
+    }
+    match name {
+        #[cfg(feature = "flex")]
+        BackendName::Cpu => quietly(|| smoke::<burn::backend::Flex>(&Default::default())).map(|_| "cpu (flex)".into()),
+        #[cfg(feature = "wgpu")]
+        BackendName::Wgpu => {
+            quietly(|| smoke::<burn::backend::Wgpu>(&Default::default())).map(|_| wgpu_adapter_name())
+        }
+        #[cfg(feature = "cuda")]
+        BackendName::Cuda => quietly(|| smoke::<burn::backend::Cuda>(&Default::default()))
+            .map(|_| "cuda:0".into())
+            .map_err(|e| format!("no usable CUDA driver or GPU ({e})")),
+        #[allow(unreachable_patterns)]
+        _ => Err("not compiled in".into()),
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_adapter_name() -> String {
+    "wgpu (default adapter)".into()
+}
+
+#[allow(dead_code)]
+fn smoke<B: burn::prelude::Backend>(device: &B::Device) -> f32 {
+    use burn::prelude::Tensor;
+    use burn::tensor::ElementConversion;
+    Tensor::<B, 1>::ones([4], device).sum().into_scalar().elem()
+}
+
+/// The backend a command runs on: the one asked for (which must initialise), or the best
+/// compiled one that initialises (cuda, then wgpu, then cpu).
+pub fn choose(asked: Option<BackendName>) -> Result<BackendName> {
+    if let Some(name) = asked {
+        return match probe(name) {
+            Ok(_) => Ok(name),
+            Err(why) => bail!("--backend {}: {why}", name.name()),
+        };
+    }
+    for name in [BackendName::Cuda, BackendName::Wgpu, BackendName::Cpu] {
+        if name.compiled() && probe(name).is_ok() {
+            return Ok(name);
+        }
+    }
+    bail!("no compiled backend initialises (run `tiqu doctor`)")
+}
+
+/// Calls `$body` with the type `B` bound to the chosen backend and `device` to its device.
+#[macro_export]
+macro_rules! with_backend {
+    ($name:expr, |$B:ident, $device:ident| $body:expr) => {{
+        match $name {
+            #[cfg(feature = "flex")]
+            $crate::backend::BackendName::Cpu => {
+                type $B = burn::backend::Flex;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            $crate::backend::BackendName::Wgpu => {
+                type $B = burn::backend::Wgpu;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::backend::BackendName::Cuda => {
+                type $B = burn::backend::Cuda;
+                let $device = Default::default();
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => anyhow::bail!("backend {} is not compiled in", other.name()),
+        }
+    }};
+}

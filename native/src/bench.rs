@@ -1,0 +1,128 @@
+//! `tiqu bench …`: throughput on random weights. Figures for BENCHMARKS.md, not tests.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use burn::prelude::*;
+use clap::{Args, Subcommand};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use tiqu_core::model::Positions;
+use tiqu_core::{Qwen3Config, Qwen3ForCausalLM, RandomInit};
+
+use crate::backend::BackendName;
+use crate::with_backend;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Prefill and decode throughput of batched greedy generation.
+    Generate(BenchGenerateArgs),
+}
+
+#[derive(Args)]
+pub struct BenchGenerateArgs {
+    /// A config.json, or a preset: qwen3-0.6b, qwen3-1.7b, qwen3-4b.
+    #[arg(long)]
+    config: String,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// Print one JSON object: {"prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_mb", …}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn load_bench_config(spec: &str) -> Result<Qwen3Config> {
+    if let Some(cfg) = Qwen3Config::preset(spec) {
+        return Ok(cfg);
+    }
+    let bytes = std::fs::read(spec).map_err(|e| anyhow!("--config {spec}: not a preset (qwen3-0.6b, qwen3-1.7b, qwen3-4b) nor a readable file: {e}"))?;
+    Ok(Qwen3Config::from_json(&bytes, spec)?)
+}
+
+/// Peak resident set size of this process in MiB (Linux; 0 where unknown).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub fn run(backend: BackendName, cmd: &BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Generate(args) => with_backend!(backend, |B, device| bench_generate::<B>(&device, backend, args)),
+    }
+}
+
+fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &BenchGenerateArgs) -> Result<()> {
+    if args.batch == 0 || args.prompt_len == 0 {
+        bail!("--batch and --prompt-len must be at least 1");
+    }
+    let cfg = load_bench_config(&args.config)?;
+    let load_start = Instant::now();
+    let model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?;
+    let load_s = load_start.elapsed().as_secs_f64();
+    let mut rng = StdRng::seed_from_u64(7);
+    let (b, p, t) = (args.batch, args.prompt_len, args.new_tokens);
+    let ids: Vec<u32> = (0..b * p).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect();
+    let read = |x: Tensor<B, 1, Int>| -> Result<Vec<u32>> {
+        let v = x.into_data().convert::<i64>().to_vec::<i64>().map_err(|e| anyhow!("{e:?}"))?;
+        Ok(v.into_iter().map(|i| i as u32).collect())
+    };
+
+    // Warm-up: kernels compile (GPU backends) and allocators settle before timing.
+    {
+        let mut cache = model.new_cache(b, 8 + 1)?;
+        let pos = Positions::left_padded(&vec![8; b], 8);
+        let h = model.hidden(&vec![1; b * 8], &pos, Some(&mut cache))?;
+        let d = h.dims()[2];
+        read(model.logits(h.narrow(1, 7, 1).reshape([b, d])).argmax(1).reshape([b]))?;
+    }
+
+    let mut cache = model.new_cache(b, p + t)?;
+    let start = Instant::now();
+    let pos = Positions::left_padded(&vec![p; b], p);
+    let hidden = model.hidden(&ids, &pos, Some(&mut cache))?;
+    let d = hidden.dims()[2];
+    let mut next = read(model.logits(hidden.narrow(1, p - 1, 1).reshape([b, d])).argmax(1).reshape([b]))?;
+    let prefill_s = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut valid = vec![true; b * p];
+    for step in 0..t.saturating_sub(1) {
+        let past = p + step;
+        let mut grown = Vec::with_capacity(b * (past + 1));
+        for row in 0..b {
+            grown.extend_from_slice(&valid[row * past..(row + 1) * past]);
+            grown.push(true);
+        }
+        valid = grown;
+        let pos = Positions { batch: b, seq: 1, past, positions: vec![past; b], key_valid: valid.clone() };
+        let h = model.hidden(&next, &pos, Some(&mut cache))?;
+        next = read(model.logits(h.reshape([b, d])).argmax(1).reshape([b]))?;
+    }
+    let decode_s = start.elapsed().as_secs_f64();
+    let decode_tokens = b * t.saturating_sub(1);
+    let out = serde_json::json!({
+        "backend": backend.name(),
+        "config": args.config,
+        "batch": b,
+        "prompt_len": p,
+        "new_tokens": t,
+        "load_s": load_s,
+        "prefill_s": prefill_s,
+        "prefill_tokens_per_s": (b * p) as f64 / prefill_s,
+        "decode_s": decode_s,
+        "decode_tokens_per_s": if decode_s > 0.0 { decode_tokens as f64 / decode_s } else { 0.0 },
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! Finds a checkpoint (a folder, or a Hub id in the Hugging Face cache) and loads it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::prelude::Backend;
+use tiqu_core::folder::{has_weights, load_config, load_eos, load_tokenizer, open_weights, shard_names};
+use tiqu_core::{Qwen3Config, Qwen3ForCausalLM, RandomInit, Tokenizer};
+
+/// Files of a Hub checkpoint that tiqu reads (weights are listed by the index).
+const HUB_FILES: [&str; 4] = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"];
+
+/// A loaded model with everything generation needs.
+pub struct Loaded<B: Backend> {
+    pub dir: PathBuf,
+    pub config: Qwen3Config,
+    pub model: Qwen3ForCausalLM<B>,
+    pub tokenizer: Tokenizer,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// `--model`: an existing folder, or a Hub id (`Qwen/Qwen3-0.6B`) found in the standard cache
+/// (HF_HOME or ~/.cache/huggingface/hub) or downloaded when online.
+pub fn resolve(model: &str) -> Result<PathBuf> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if path.exists() {
+        bail!("{model}: --model must be a checkpoint folder (or a Hub id), not a file");
+    }
+    let looks_like_id = model.split('/').count() == 2 && !model.starts_with('.') && !model.contains('\\');
+    if !looks_like_id {
+        bail!("{model}: no such folder (and not a Hub id like Qwen/Qwen3-0.6B)");
+    }
+    let cache = hf_hub::Cache::from_env();
+    let cached = cache.model(model.to_string());
+    if let Some(config) = cached.get("config.json") {
+        let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        if has_weights(&dir) {
+            return Ok(dir);
+        }
+    }
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v != "0" && !v.is_empty());
+    let how = format!(
+        "download it on a machine with internet (`huggingface-cli download {model}`) and copy the cache to {}, \
+         or pass --model with a folder holding config.json, *.safetensors and tokenizer.json",
+        cache.path().display()
+    );
+    if offline {
+        bail!("{model} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set: {how}", cache.path().display());
+    }
+    download(model).map_err(|e| {
+        anyhow!("{model} is not in the Hugging Face cache ({}) and downloading failed ({e}): {how}", cache.path().display())
+    })
+}
+
+fn download(model: &str) -> Result<PathBuf> {
+    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).with_retries(0).build()?;
+    let repo = api.model(model.to_string());
+    let mut dir = None;
+    for file in HUB_FILES {
+        match repo.get(file) {
+            Ok(p) => dir = p.parent().map(Path::to_path_buf),
+            Err(e) if file == "config.json" => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+    let dir = dir.context("no files downloaded")?;
+    let index = repo.get("model.safetensors.index.json");
+    match index {
+        Ok(index) => {
+            for shard in shard_names(&index)? {
+                repo.get(&shard)?;
+            }
+        }
+        Err(_) => {
+            repo.get("model.safetensors")?;
+        }
+    }
+    Ok(dir)
+}
+
+pub struct LoadOptions<'a> {
+    pub model: &'a str,
+    pub tokenizer: Option<&'a Path>,
+    pub random_weights: bool,
+    pub seed: u64,
+}
+
+pub fn load<B: Backend>(opts: &LoadOptions, device: &B::Device) -> Result<Loaded<B>> {
+    let dir = resolve(opts.model)?;
+    let config = load_config(&dir)?;
+    let tokenizer = load_tokenizer(&dir, opts.tokenizer)?;
+    let eos_token_ids = load_eos(&dir, &config)?;
+    let model = if opts.random_weights {
+        Qwen3ForCausalLM::load(&config, &mut RandomInit::new(opts.seed, 0.02), device)?
+    } else {
+        let mut weights = open_weights(&dir)?;
+        Qwen3ForCausalLM::load(&config, &mut weights, device)?
+    };
+    Ok(Loaded { dir, config, model, tokenizer, eos_token_ids })
+}

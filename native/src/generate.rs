@@ -1,0 +1,89 @@
+//! `tiqu generate`: a chat prompt in, the model's reply out.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use tiqu_core::generate::{generate, GenerateOptions, Sampling};
+use tiqu_core::chat_prompt;
+
+use crate::backend::BackendName;
+use crate::{checkpoint, with_backend, ModelArgs};
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// System message (none by default).
+    #[arg(long)]
+    system: Option<String>,
+    /// User message; repeat the flag to generate for several prompts in one batch.
+    #[arg(long, required = true)]
+    prompt: Vec<String>,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sample with this temperature instead of greedy decoding.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Sample from the k most likely tokens (implies sampling).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample from the smallest set of tokens whose probability reaches p (implies sampling).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Print one JSON object per prompt: {"text", "tokens", "prompt_tokens", "tokens_per_s"}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(backend: BackendName, args: &GenerateArgs) -> Result<()> {
+    with_backend!(backend, |B, device| run_on::<B>(&device, args))
+}
+
+fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &GenerateArgs) -> Result<()> {
+    let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
+    let sampling = if args.temperature.is_some() || args.top_k.is_some() || args.top_p.is_some() {
+        Sampling::Sample {
+            temperature: args.temperature.unwrap_or(1.0),
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.model.seed,
+        }
+    } else {
+        Sampling::Greedy
+    };
+    let prompts = args
+        .prompt
+        .iter()
+        .map(|p| loaded.tokenizer.encode(&chat_prompt(args.system.as_deref(), p)).map_err(Into::into))
+        .collect::<Result<Vec<_>>>()?;
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        pad_token_id: loaded.eos_token_ids[0],
+        eos_token_ids: loaded.eos_token_ids.clone(),
+    };
+    let start = Instant::now();
+    let outputs = generate(&loaded.model, &prompts, &opts)?;
+    let secs = start.elapsed().as_secs_f64();
+    let total: usize = outputs.iter().map(|o| o.tokens.len()).sum();
+    let tokens_per_s = if secs > 0.0 { total as f64 / secs } else { 0.0 };
+    for (prompt, out) in prompts.iter().zip(&outputs) {
+        let text = loaded.tokenizer.decode(&out.tokens, true)?;
+        if args.json {
+            let line = serde_json::json!({
+                "text": text,
+                "tokens": out.tokens,
+                "prompt_tokens": prompt.len(),
+                "tokens_per_s": tokens_per_s,
+            });
+            println!("{line}");
+        } else {
+            println!("{text}");
+        }
+    }
+    if !args.json {
+        eprintln!("{total} tokens in {secs:.2}s ({tokens_per_s:.1} tokens/s)");
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! The `tiqu` binary end to end: its output contract on the committed fixtures, and one clear
+//! line (no panic, non-zero exit) for every bad input the foundation issue names.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+fn tiqu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tiqu"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", std::env::temp_dir().join("tiqu-test-empty-hf-home"))
+        .output()
+        .expect("run tiqu")
+}
+
+/// A failure with one `error:` line that contains every `needle`.
+fn assert_clean_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert_ne!(out.status.code(), Some(101), "exit 101 means a panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error line should name `{n}`: {}", lines[0]);
+    }
+}
+
+fn last_json(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "tiqu failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().expect("some output")).expect("last line is JSON")
+}
+
+fn reference(name: &str) -> Value {
+    serde_json::from_slice(&fs::read(fixture(name).join("reference.json")).unwrap()).unwrap()
+}
+
+/// A copy of a fixture folder (tokenizer files copied, not linked) to damage.
+fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let path = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    f(cfg.as_object_mut().unwrap());
+    fs::write(path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+}
+
+/// Rewrites model.safetensors of `dir` through `f`, which may drop or replace tensors.
+fn edit_weights(dir: &Path, f: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u8>)>)) {
+    let path = dir.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect();
+    f(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
+
+fn prompt_of(name: &str, i: usize) -> (Option<String>, String) {
+    let r = reference(name);
+    let p = &r["prompts"][i];
+    (p["system"].as_str().map(String::from), p["user"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn generate_json_matches_transformers_greedy() {
+    for name in ["tiny-tied", "tiny-untied"] {
+        let r = reference(name);
+        let dir = fixture(name);
+        let (system, user) = prompt_of(name, 0);
+        let mut args = vec!["--backend", "cpu", "generate", "--model", dir.to_str().unwrap(), "--prompt", &user];
+        let n = r["max_new_tokens"].to_string();
+        args.extend(["--max-new-tokens", &n, "--json"]);
+        if let Some(s) = &system {
+            args.extend(["--system", s]);
+        }
+        let out = last_json(&tiqu(&args));
+        assert_eq!(out["tokens"], r["greedy"][0]["ids"], "{name}: CLI greedy tokens differ from transformers");
+        assert_eq!(out["text"], r["greedy"][0]["text"], "{name}");
+        assert_eq!(out["prompt_tokens"].as_u64().unwrap() as usize, r["prompts"][0]["ids"].as_array().unwrap().len());
+        assert!(out["tokens_per_s"].as_f64().unwrap() >= 0.0);
+    }
+}
+
+#[test]
+fn eval_loss_only_matches_transformers() {
+    for name in ["tiny-tied", "tiny-untied"] {
+        let r = reference(name);
+        let data = repo().join("tests/fixtures/sft_small.jsonl");
+        let dir = fixture(name);
+        let args =
+            ["--backend", "cpu", "eval", "--model", dir.to_str().unwrap(), "--data", data.to_str().unwrap(), "--loss-only", "--json"];
+        let out = last_json(&tiqu(&args));
+        let (loss, expected) = (out["loss"].as_f64().unwrap(), r["losses"]["loss"].as_f64().unwrap());
+        assert!((loss - expected).abs() / expected <= 1e-4, "{name}: loss {loss} vs transformers {expected}");
+        assert_eq!(out["tokens"], r["losses"]["tokens"]);
+        assert_eq!(out["records"].as_u64(), r["losses"]["records"].as_u64());
+    }
+}
+
+#[test]
+fn random_weights_need_only_config_and_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        fs::copy(fixture("tiny-untied").join(f), dir.path().join(f)).unwrap();
+    }
+    let model = dir.path().to_str().unwrap();
+    let out = last_json(&tiqu(&["generate", "--model", model, "--random-weights", "--prompt", "hi", "--max-new-tokens", "3", "--json"]));
+    assert!(out["tokens"].as_array().unwrap().len() <= 3);
+    // Without --random-weights the missing weights are named.
+    assert_clean_error(&tiqu(&["generate", "--model", model, "--prompt", "hi"]), &["model.safetensors", "--random-weights"]);
+}
+
+#[test]
+fn sampling_is_reproducible_with_a_seed() {
+    let dir = fixture("tiny-untied");
+    let run = |seed: &str| {
+        let args = ["generate", "--model", dir.to_str().unwrap(), "--prompt", "你好", "--max-new-tokens", "8"];
+        last_json(&tiqu(&[&args[..], &["--temperature", "1.5", "--top-k", "50", "--top-p", "0.95", "--seed", seed, "--json"]].concat()))
+    };
+    assert_eq!(run("7")["tokens"], run("7")["tokens"]);
+}
+
+#[test]
+fn missing_config_is_named() {
+    let dir = copy_fixture("tiny-untied");
+    fs::remove_file(dir.path().join("config.json")).unwrap();
+    assert_clean_error(&tiqu(&["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "x"]), &["config.json"]);
+}
+
+#[test]
+fn corrupt_and_truncated_safetensors_are_named() {
+    let dir = copy_fixture("tiny-untied");
+    let weights = dir.path().join("model.safetensors");
+    let bytes = fs::read(&weights).unwrap();
+    fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let model = dir.path().to_str().unwrap();
+    assert_clean_error(&tiqu(&["generate", "--model", model, "--prompt", "x"]), &["model.safetensors", "truncated"]);
+    fs::write(&weights, b"this is not a safetensors file at all").unwrap();
+    assert_clean_error(&tiqu(&["generate", "--model", model, "--prompt", "x"]), &["model.safetensors", "not a valid safetensors"]);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = copy_fixture("tiny-untied");
+    edit_weights(dir.path(), |t| t.retain(|(n, _, _)| n != "model.layers.1.mlp.up_proj.weight"));
+    let out = tiqu(&["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "x"]);
+    assert_clean_error(&out, &["model.layers.1.mlp.up_proj.weight", "missing"]);
+}
+
+#[test]
+fn wrong_tensor_shape_is_named() {
+    let dir = copy_fixture("tiny-untied");
+    edit_weights(dir.path(), |t| {
+        let entry = t.iter_mut().find(|(n, _, _)| n == "model.layers.0.self_attn.k_proj.weight").unwrap();
+        let (rows, cols) = (entry.1[0], entry.1[1]);
+        entry.1 = vec![cols, rows];
+    });
+    let out = tiqu(&["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "x"]);
+    assert_clean_error(&out, &["model.layers.0.self_attn.k_proj.weight", "shape"]);
+}
+
+#[test]
+fn unsupported_architectures_are_refused() {
+    let dir = copy_fixture("tiny-untied");
+    edit_config(dir.path(), |c| {
+        c.insert("architectures".into(), serde_json::json!(["Qwen2ForCausalLM"]));
+    });
+    let model = dir.path().to_str().unwrap().to_string();
+    assert_clean_error(&tiqu(&["generate", "--model", &model, "--prompt", "x"]), &["config.json", "Qwen2ForCausalLM"]);
+    edit_config(dir.path(), |c| {
+        c.insert("architectures".into(), serde_json::json!(["Qwen3MoeForCausalLM"]));
+        c.insert("model_type".into(), serde_json::json!("qwen3_moe"));
+        c.insert("num_experts".into(), serde_json::json!(8));
+    });
+    assert_clean_error(&tiqu(&["generate", "--model", &model, "--prompt", "x"]), &["config.json", "mixture-of-experts"]);
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_refused() {
+    let dir = fixture("tiny-untied");
+    let long = "很长的投诉".repeat(400);
+    let out = tiqu(&["generate", "--model", dir.to_str().unwrap(), "--prompt", &long]);
+    assert_clean_error(&out, &["max_position_embeddings", "512"]);
+}
+
+#[test]
+fn uncached_hub_id_offline_says_how_to_download() {
+    let out = tiqu(&["generate", "--model", "Qwen/Qwen3-0.6B", "--prompt", "x"]);
+    assert_clean_error(&out, &["Qwen/Qwen3-0.6B", "huggingface-cli download", "--model"]);
+}
+
+#[test]
+fn bad_eval_data_is_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-untied");
+    let bad = dir.path().join("bad.jsonl");
+    fs::write(&bad, "{\"instruction\": \"a\", \"output\": \"b\"}\n{not json\n").unwrap();
+    let args = |data: &Path| -> Vec<String> {
+        ["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--loss-only"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |data: &Path| tiqu(&args(data).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_clean_error(&run(&bad), &["bad.jsonl:2"]);
+    let no_output = dir.path().join("no_output.jsonl");
+    fs::write(&no_output, "{\"instruction\": \"a\", \"output\": \"b\"}\n\n{\"instruction\": \"c\"}\n").unwrap();
+    assert_clean_error(&run(&no_output), &["no_output.jsonl:3", "output"]);
+}
+
+#[test]
+fn doctor_lists_backends() {
+    let out = tiqu(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("cpu") && stdout.contains("ok"), "{stdout}");
+    assert!(stdout.contains("default backend: "), "{stdout}");
+}

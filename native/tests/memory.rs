@@ -1,0 +1,65 @@
+//! Loading never holds two full copies of the weights: a Qwen3-0.6B-shaped f32 checkpoint
+//! (2.4 GB, written here) loads and generates with the child's peak RSS under 2× its file size.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::process::Command;
+
+use tiqu_core::Qwen3Config;
+
+/// Writes a safetensors file tensor by tensor (the test itself must not hold 2.4 GB either).
+fn write_checkpoint(path: &Path, tensors: &[(String, Vec<usize>)]) -> u64 {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape) in tensors {
+        let bytes = shape.iter().product::<usize>() * 4;
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        offset += bytes;
+    }
+    let mut header = serde_json::to_vec(&header).unwrap();
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut out = BufWriter::new(File::create(path).unwrap());
+    out.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+    out.write_all(&header).unwrap();
+    // Small non-zero values: weights of a plausible scale, cheap to produce.
+    let block: Vec<u8> = (0..1 << 16).flat_map(|i: u32| (((i % 97) as f32 - 48.0) * 1e-3).to_le_bytes()).collect();
+    for (_, shape) in tensors {
+        let mut left = shape.iter().product::<usize>() * 4;
+        while left > 0 {
+            let n = left.min(block.len());
+            out.write_all(&block[..n]).unwrap();
+            left -= n;
+        }
+    }
+    out.flush().unwrap();
+    fs::metadata(path).unwrap().len()
+}
+
+fn children_peak_rss_bytes() -> u64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
+    usage.ru_maxrss as u64 * 1024
+}
+
+#[test]
+fn loading_a_0_6b_checkpoint_peaks_under_twice_its_file_size() {
+    let cfg = Qwen3Config::preset("qwen3-0.6b").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = cfg.raw.clone();
+    config["torch_dtype"] = "float32".into();
+    fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/qwen3-tokenizer/tokenizer.json");
+    fs::copy(tokenizer, dir.path().join("tokenizer.json")).unwrap();
+    let size = write_checkpoint(&dir.path().join("model.safetensors"), &cfg.tensor_shapes());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tiqu"))
+        .args(["--backend", "cpu", "generate", "--model", dir.path().to_str().unwrap(), "--prompt", "hi", "--max-new-tokens", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let peak = children_peak_rss_bytes();
+    eprintln!("checkpoint {:.0} MiB, peak RSS {:.0} MiB", size as f64 / 1048576.0, peak as f64 / 1048576.0);
+    assert!(peak < 2 * size, "peak RSS {peak} bytes is not under 2 × the {size}-byte checkpoint");
+}
