@@ -176,12 +176,12 @@ fn missing_tensor_is_named() {
 fn wrong_tensor_shape_is_named() {
     let dir = copy_fixture("tiny-untied");
     edit_weights(dir.path(), |t| {
-        let entry = t.iter_mut().find(|(n, _, _)| n == "model.layers.0.self_attn.k_proj.weight").unwrap();
+        let entry = t.iter_mut().find(|(n, _, _)| n == "model.layers.0.mlp.gate_proj.weight").unwrap();
         let (rows, cols) = (entry.1[0], entry.1[1]);
         entry.1 = vec![cols, rows];
     });
     let out = tiqu(&["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "x"]);
-    assert_clean_error(&out, &["model.layers.0.self_attn.k_proj.weight", "shape"]);
+    assert_clean_error(&out, &["model.layers.0.mlp.gate_proj.weight", "shape"]);
 }
 
 #[test]
