@@ -15,6 +15,9 @@ pub enum Error {
     /// A request that exceeds a limit (context length, batch size…).
     #[error("{0}")]
     Limit(String),
+    /// Training produced a NaN or infinite loss or gradient.
+    #[error("loss became {loss} at step {step}")]
+    NonFinite { step: usize, loss: f64 },
     /// Anything else, with its context.
     #[error("{0}")]
     Other(String),

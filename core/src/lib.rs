@@ -8,10 +8,12 @@ pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod folder;
 pub mod generate;
+pub mod lora;
 pub mod loss;
 pub mod model;
 pub mod sft;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use chat::{chat_prompt, Message};

@@ -2,60 +2,80 @@
 //! labels -100 on the prompt.
 
 use burn::prelude::*;
+use burn::tensor::TensorData;
 
 use crate::model::{Positions, Qwen3ForCausalLM};
 use crate::sft::Example;
 use crate::{Error, Result};
 
-/// Rows of full-vocabulary logits alive at once (each row is `vocab × 4` bytes).
-const LOGIT_CHUNK: usize = 256;
+/// Elements of full-vocabulary logits alive at once: 64 MiB of f32, under the 128 MiB that
+/// many GPU adapters (lavapipe, WebGPU) allow in one buffer.
+const LOGIT_CHUNK_ELEMENTS: usize = 1 << 24;
+
+/// A batch laid out for one forward pass: right-padded rows, and the flat positions whose hidden
+/// state predicts a response token (only those go through the output layer).
+pub struct LabelledBatch {
+    pub ids: Vec<u32>,
+    pub pos: Positions,
+    /// Index into the flattened `[batch * seq]` rows.
+    pub rows: Vec<i64>,
+    /// The token each of `rows` must predict.
+    pub targets: Vec<u32>,
+    /// Which example each of `rows` belongs to.
+    pub owner: Vec<usize>,
+}
+
+impl LabelledBatch {
+    pub fn new(batch: &[Example], max_positions: usize) -> Result<Self> {
+        let seq = batch.iter().map(Example::len).max().unwrap_or(0).max(1);
+        if seq > max_positions {
+            return Err(Error::Limit(format!(
+                "a record of {seq} tokens exceeds the model's max_position_embeddings ({max_positions})"
+            )));
+        }
+        let mut ids = Vec::with_capacity(batch.len() * seq);
+        let (mut rows, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+        for (b, ex) in batch.iter().enumerate() {
+            let start = ids.len();
+            ids.extend_from_slice(&ex.prompt);
+            ids.extend_from_slice(&ex.response);
+            // Position t predicts token t+1; response token 0 of an empty prompt has no predictor.
+            for t in ex.prompt.len().max(1) - 1..ex.len().saturating_sub(1) {
+                rows.push((b * seq + t) as i64);
+                targets.push(ids[start + t + 1]);
+                owner.push(b);
+            }
+            ids.resize((b + 1) * seq, 0);
+        }
+        let lengths: Vec<usize> = batch.iter().map(Example::len).collect();
+        Ok(Self { ids, pos: Positions::right_padded(&lengths, seq), rows, targets, owner })
+    }
+
+    /// NLL of every target row, `[rows]`, from hidden states `[batch, seq, hidden]`.
+    pub fn nll<B: Backend>(&self, model: &Qwen3ForCausalLM<B>, hidden: Tensor<B, 3>) -> Tensor<B, 1> {
+        let [b, t, d] = hidden.dims();
+        let device = model.device();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(self.rows.clone(), [self.rows.len()]), &device);
+        let picked = hidden.reshape([b * t, d]).select(0, idx);
+        model.nll(picked, &self.targets, (LOGIT_CHUNK_ELEMENTS / model.vocab_size()).max(1))
+    }
+}
 
 /// Sum of response-token NLLs and the count of response tokens, for each example.
-/// Only the positions that predict a response token go through the output layer.
 pub fn nll_sums<B: Backend>(model: &Qwen3ForCausalLM<B>, batch: &[Example]) -> Result<Vec<(f64, usize)>> {
-    let seq = batch.iter().map(Example::len).max().unwrap_or(0);
-    if seq == 0 {
-        return Ok(vec![(0.0, 0); batch.len()]);
-    }
-    if seq > model.max_position_embeddings {
-        return Err(Error::Limit(format!(
-            "a record of {seq} tokens exceeds the model's max_position_embeddings ({})",
-            model.max_position_embeddings
-        )));
-    }
-    let mut ids = Vec::with_capacity(batch.len() * seq);
-    let mut rows = Vec::new();
-    let mut targets = Vec::new();
-    for (b, ex) in batch.iter().enumerate() {
-        let row: Vec<u32> = ex.prompt.iter().chain(&ex.response).copied().collect();
-        // Position t predicts token t+1: every response token but one predicted by nothing.
-        for t in ex.prompt.len().max(1) - 1..row.len() - 1 {
-            if t + 1 >= ex.prompt.len() {
-                rows.push((b * seq + t) as i64);
-                targets.push(row[t + 1]);
-            }
-        }
-        ids.extend_from_slice(&row);
-        ids.resize((b + 1) * seq, 0);
-    }
-    let lengths: Vec<usize> = batch.iter().map(Example::len).collect();
-    let pos = Positions::right_padded(&lengths, seq);
-    let hidden = model.hidden(&ids, &pos, None)?;
-    let d = hidden.dims()[2];
-    let device = model.device();
     let mut out = vec![(0.0f64, 0usize); batch.len()];
-    if rows.is_empty() {
+    let lb = LabelledBatch::new(batch, model.max_position_embeddings)?;
+    if lb.rows.is_empty() {
         return Ok(out);
     }
-    let idx = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(rows.clone(), [rows.len()]), &device);
-    let picked = hidden.reshape([batch.len() * seq, d]).select(0, idx);
-    let nll: Vec<f32> = model
-        .nll(picked, &targets, LOGIT_CHUNK)
+    let hidden = model.hidden(&lb.ids, &lb.pos, None)?;
+    let nll: Vec<f32> = lb
+        .nll(model, hidden)
         .into_data()
+        .convert::<f32>()
         .to_vec()
         .map_err(|e| Error::Other(format!("reading losses: {e:?}")))?;
-    for (r, v) in rows.iter().zip(nll) {
-        let b = *r as usize / seq;
+    for (&b, v) in lb.owner.iter().zip(nll) {
         out[b].0 += v as f64;
         out[b].1 += 1;
     }

@@ -9,6 +9,7 @@ use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::TensorData;
 
 use crate::config::Qwen3Config;
+use crate::lora::Lora;
 use crate::weights::WeightSource;
 use crate::{Error, Result};
 
@@ -23,23 +24,31 @@ fn load<B: Backend, const D: usize>(
     device: &B::Device,
 ) -> Result<Param<Tensor<B, D>>> {
     let values = src.load(name, &shape)?;
-    Ok(Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device)))
+    // Base weights are frozen; training marks what it trains.
+    Ok(Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device)).set_require_grad(false))
 }
 
-/// `nn.Linear(bias=False)`; `weight` is `[out, in]` as in the checkpoint.
+/// `nn.Linear(bias=False)`; `weight` is `[out, in]` as in the checkpoint. With `lora`, PEFT's
+/// LoRA layer: the low-rank update is added in activation space.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
+    pub lora: Option<Lora<B>>,
 }
 
 impl<B: Backend> Linear<B> {
     fn load(src: &mut dyn WeightSource, prefix: &str, out: usize, inp: usize, device: &B::Device) -> Result<Self> {
-        Ok(Self { weight: load(src, &format!("{prefix}.weight"), [out, inp], device)? })
+        Ok(Self { weight: load(src, &format!("{prefix}.weight"), [out, inp], device)?, lora: None })
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `dropout_seed` is set while training: LoRA dropout masks derive from it.
+    pub fn forward(&self, x: Tensor<B, 3>, dropout_seed: Option<u64>) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
-        let out = x.reshape([b * t, d]).matmul(self.weight.val().transpose());
+        let x = x.reshape([b * t, d]);
+        let mut out = x.clone().matmul(self.weight.val().transpose());
+        if let Some(lora) = &self.lora {
+            out = out.add(lora.forward(x, dropout_seed));
+        }
         let n = out.dims()[1];
         out.reshape([b, t, n])
     }
@@ -104,9 +113,10 @@ impl<B: Backend> Qwen3Attention<B> {
     fn forward(&self, x: Tensor<B, 3>, ctx: &Context<B>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q_norm.forward(self.q_proj.forward(x.clone()).reshape([b, t, h, d])).swap_dims(1, 2);
-        let k = self.k_norm.forward(self.k_proj.forward(x.clone()).reshape([b, t, kvh, d])).swap_dims(1, 2);
-        let v = self.v_proj.forward(x).reshape([b, t, kvh, d]).swap_dims(1, 2);
+        let seed = ctx.dropout_seed;
+        let q = self.q_norm.forward(self.q_proj.forward(x.clone(), seed).reshape([b, t, h, d])).swap_dims(1, 2);
+        let k = self.k_norm.forward(self.k_proj.forward(x.clone(), seed).reshape([b, t, kvh, d])).swap_dims(1, 2);
+        let v = self.v_proj.forward(x, seed).reshape([b, t, kvh, d]).swap_dims(1, 2);
         let q = apply_rope(q, &ctx.rope);
         let k = apply_rope(k, &ctx.rope);
         let (k, v) = match cache {
@@ -122,7 +132,7 @@ impl<B: Backend> Qwen3Attention<B> {
         let scores = scores.reshape([b, h, t, s]).add(ctx.mask.clone());
         let probs = softmax(scores, 3).reshape([b, kvh, groups * t, s]);
         let out = probs.matmul(v).reshape([b, h, t, d]).swap_dims(1, 2).reshape([b, t, h * d]);
-        self.o_proj.forward(out)
+        self.o_proj.forward(out, seed)
     }
 }
 
@@ -134,9 +144,9 @@ pub struct Qwen3Mlp<B: Backend> {
 }
 
 impl<B: Backend> Qwen3Mlp<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate.mul(self.up_proj.forward(x)))
+    fn forward(&self, x: Tensor<B, 3>, seed: Option<u64>) -> Tensor<B, 3> {
+        let gate = silu(self.gate_proj.forward(x.clone(), seed));
+        self.down_proj.forward(gate.mul(self.up_proj.forward(x, seed)), seed)
     }
 }
 
@@ -151,7 +161,7 @@ pub struct Qwen3DecoderLayer<B: Backend> {
 impl<B: Backend> Qwen3DecoderLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, ctx: &Context<B>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
         let h = x.clone().add(self.self_attn.forward(self.input_layernorm.forward(x), ctx, cache));
-        h.clone().add(self.mlp.forward(self.post_attention_layernorm.forward(h)))
+        h.clone().add(self.mlp.forward(self.post_attention_layernorm.forward(h), ctx.dropout_seed))
     }
 }
 
@@ -251,6 +261,7 @@ impl Positions {
 struct Context<B: Backend> {
     rope: Rope<B>,
     mask: Tensor<B, 4>,
+    dropout_seed: Option<u64>,
 }
 
 struct Rope<B: Backend> {
@@ -259,7 +270,7 @@ struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Context<B> {
-    fn new(p: &Positions, head_dim: usize, theta: f64, device: &B::Device) -> Self {
+    fn new(p: &Positions, head_dim: usize, theta: f64, dropout_seed: Option<u64>, device: &B::Device) -> Self {
         let half = head_dim / 2;
         // f32 products as in transformers, so high positions round the same way.
         let inv_freq: Vec<f32> =
@@ -292,6 +303,7 @@ impl<B: Backend> Context<B> {
                 sin: Tensor::from_data(TensorData::new(sin, shape), device),
             },
             mask: Tensor::from_data(TensorData::new(mask, [p.batch, 1, p.seq, total]), device),
+            dropout_seed,
         }
     }
 }
@@ -376,7 +388,22 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
 
     /// Final hidden states `[batch, seq, hidden]` (after `model.norm`) for `ids` `[batch * seq]`.
     /// With a cache, the new keys and values are appended to it.
-    pub fn hidden(&self, ids: &[u32], pos: &Positions, mut cache: Option<&mut KvCache<B>>) -> Result<Tensor<B, 3>> {
+    pub fn hidden(&self, ids: &[u32], pos: &Positions, cache: Option<&mut KvCache<B>>) -> Result<Tensor<B, 3>> {
+        self.forward_hidden(ids, pos, cache, None)
+    }
+
+    /// [`Self::hidden`] in training mode: LoRA dropout on, its masks drawn from `dropout_seed`.
+    pub fn hidden_train(&self, ids: &[u32], pos: &Positions, dropout_seed: u64) -> Result<Tensor<B, 3>> {
+        self.forward_hidden(ids, pos, None, Some(dropout_seed))
+    }
+
+    fn forward_hidden(
+        &self,
+        ids: &[u32],
+        pos: &Positions,
+        mut cache: Option<&mut KvCache<B>>,
+        dropout_seed: Option<u64>,
+    ) -> Result<Tensor<B, 3>> {
         let device = self.device();
         if let Some(c) = cache.as_deref() {
             if c.len() != pos.past || pos.past + pos.seq > c.capacity {
@@ -403,7 +430,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
             return Err(Error::Limit(format!("token id {bad} is outside the vocabulary ({vocab})")));
         }
         let head_dim = self.model.layers.first().map_or(2, |l| l.self_attn.head_dim);
-        let ctx = Context::new(pos, head_dim, self.rope_theta, &device);
+        let ctx = Context::new(pos, head_dim, self.rope_theta, dropout_seed, &device);
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [pos.batch, pos.seq]), &device);
         let mut x = self.model.embed_tokens.forward(ids);

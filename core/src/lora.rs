@@ -1,0 +1,354 @@
+//! LoRA as PEFT computes it — `y = x·Wᵀ + scaling·B(A(dropout(x)))` in activation space, never
+//! materialising `W + BA` — and adapters in PEFT's on-disk layout (`adapter_config.json` +
+//! `adapter_model.safetensors`, keys `base_model.model.<module>.lora_A.weight`).
+
+#![allow(non_snake_case)] // PEFT names the LoRA matrices lora_A and lora_B; the fields keep its names.
+
+use std::collections::BTreeMap;
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::{Distribution, TensorData};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{Linear, Qwen3ForCausalLM};
+use crate::weights::SafetensorsFile;
+use crate::{Error, Result};
+
+/// The projections LoRA can target, in the order PEFT lists a Qwen3 layer's modules.
+pub const TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// The LoRA hyper-parameters (PEFT's `LoraConfig` fields that tiqu honours).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub target_modules: Vec<String>,
+    #[serde(default)]
+    pub use_rslora: bool,
+}
+
+impl Default for LoraConfig {
+    /// The seed notebook's recipe: r=8, alpha=32, dropout 0.1 on every projection.
+    fn default() -> Self {
+        Self {
+            r: 8,
+            lora_alpha: 32.0,
+            lora_dropout: 0.1,
+            target_modules: TARGETS.iter().map(|s| s.to_string()).collect(),
+            use_rslora: false,
+        }
+    }
+}
+
+impl LoraConfig {
+    /// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+    pub fn scaling(&self) -> f64 {
+        if self.use_rslora {
+            self.lora_alpha / (self.r as f64).sqrt()
+        } else {
+            self.lora_alpha / self.r as f64
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            return Err(Error::Unsupported("LoRA r must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(Error::Unsupported(format!("lora_dropout {} must be in [0, 1)", self.lora_dropout)));
+        }
+        if self.target_modules.is_empty() {
+            return Err(Error::Unsupported("target_modules is empty".into()));
+        }
+        for t in &self.target_modules {
+            if !TARGETS.contains(&t.as_str()) {
+                return Err(Error::Unsupported(format!(
+                    "target module `{t}` is not a Qwen3 projection (supported: {})",
+                    TARGETS.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// PEFT's `adapter_config.json` for this config.
+    pub fn to_peft_json(&self, base_model: &str) -> Value {
+        serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": self.r,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": self.lora_dropout,
+            "target_modules": self.target_modules,
+            "use_rslora": self.use_rslora,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "modules_to_save": null,
+            "layers_to_transform": null,
+            "layers_pattern": null,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "use_dora": false,
+            "revision": null,
+        })
+    }
+
+    /// Reads PEFT's `adapter_config.json`, refusing what tiqu does not implement.
+    pub fn from_peft_json(bytes: &[u8], source: &str) -> Result<Self> {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| Error::Format(format!("{source}: not valid JSON: {e}")))?;
+        let bad = |why: String| Error::Unsupported(format!("{source}: {why}"));
+        let peft_type = v.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
+        if peft_type != "LORA" {
+            return Err(bad(format!("peft_type {peft_type} is not supported (only LORA)")));
+        }
+        for flag in ["use_dora", "fan_in_fan_out"] {
+            if v.get(flag).and_then(Value::as_bool).unwrap_or(false) {
+                return Err(bad(format!("{flag} = true is not supported")));
+            }
+        }
+        if let Some(bias) = v.get("bias").and_then(Value::as_str) {
+            if bias != "none" {
+                return Err(bad(format!("bias = \"{bias}\" is not supported (only \"none\")")));
+            }
+        }
+        for key in ["modules_to_save", "layers_to_transform"] {
+            if v.get(key).is_some_and(|x| !x.is_null()) {
+                return Err(bad(format!("{key} is not supported")));
+            }
+        }
+        for key in ["rank_pattern", "alpha_pattern"] {
+            if v.get(key).and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
+                return Err(bad(format!("{key} (per-module ranks) is not supported")));
+            }
+        }
+        let target_modules = match v.get("target_modules") {
+            Some(Value::Array(items)) => items.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            Some(Value::String(s)) if TARGETS.contains(&s.as_str()) => vec![s.clone()],
+            Some(Value::String(s)) => return Err(bad(format!("target_modules as a regex (`{s}`) is not supported; list the modules"))),
+            _ => return Err(bad("no target_modules".into())),
+        };
+        let r = v.get("r").and_then(Value::as_u64).ok_or_else(|| bad("no r".into()))? as usize;
+        let cfg = Self {
+            r,
+            lora_alpha: v.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0),
+            lora_dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
+            target_modules,
+            use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+        };
+        cfg.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(cfg)
+    }
+}
+
+/// One LoRA pair on a projection: `lora_A` `[r, in]`, `lora_B` `[out, r]`.
+#[derive(Module, Debug)]
+#[allow(non_snake_case)]
+pub struct Lora<B: Backend> {
+    pub lora_A: Param<Tensor<B, 2>>,
+    pub lora_B: Param<Tensor<B, 2>>,
+    pub scaling: f64,
+    pub dropout: f64,
+    /// Distinguishes this module's dropout masks from every other module's.
+    pub tag: u64,
+}
+
+/// Mixes a seed with a tag (splitmix64), so masks are a pure function of (seed, step, module):
+/// reproducible, and a resumed run draws exactly the masks the uninterrupted one would have.
+pub fn mix(seed: u64, tag: u64) -> u64 {
+    let mut z = seed ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl<B: Backend> Lora<B> {
+    /// `scaling · B(A(dropout(x)))` for rows `x` `[n, in]`; dropout only when `dropout_seed` is set.
+    pub fn forward(&self, x: Tensor<B, 2>, dropout_seed: Option<u64>) -> Tensor<B, 2> {
+        let x = match dropout_seed {
+            Some(seed) if self.dropout > 0.0 => {
+                let device = x.device();
+                B::seed(&device, mix(seed, self.tag));
+                let keep = 1.0 - self.dropout;
+                let mask = Tensor::<B, 2>::random(x.dims(), Distribution::Bernoulli(keep), &device);
+                x.mul(mask).div_scalar(keep)
+            }
+            _ => x,
+        };
+        x.matmul(self.lora_A.val().transpose()).matmul(self.lora_B.val().transpose()).mul_scalar(self.scaling)
+    }
+}
+
+/// Fresh LoRA weights as PEFT initialises them: A like `nn.Linear` (kaiming-uniform with a=√5,
+/// i.e. U(±1/√in)), B zeros.
+pub fn init_lora<B: Backend>(inp: usize, out: usize, cfg: &LoraConfig, rng: &mut StdRng, tag: u64, device: &B::Device) -> Lora<B> {
+    let bound = 1.0 / (inp as f64).sqrt();
+    let a: Vec<f32> = (0..cfg.r * inp).map(|_| rng.random_range(-bound..bound) as f32).collect();
+    Lora {
+        lora_A: Param::from_tensor(Tensor::from_data(TensorData::new(a, [cfg.r, inp]), device)),
+        lora_B: Param::from_tensor(Tensor::zeros([out, cfg.r], device)),
+        scaling: cfg.scaling(),
+        dropout: cfg.lora_dropout,
+        tag,
+    }
+}
+
+/// Module path of projection `name` in layer `layer`, as the checkpoint names it.
+pub fn module_path(layer: usize, name: &str) -> String {
+    let block = if matches!(name, "gate_proj" | "up_proj" | "down_proj") { "mlp" } else { "self_attn" };
+    format!("model.layers.{layer}.{block}.{name}")
+}
+
+/// PEFT's saved key for a LoRA weight (`which` is "lora_A" or "lora_B").
+pub fn peft_key(layer: usize, name: &str, which: &str) -> String {
+    format!("base_model.model.{}.{which}.weight", module_path(layer, name))
+}
+
+impl<B: Backend> Qwen3ForCausalLM<B> {
+    /// Every projection of every layer, with its layer index and name.
+    pub fn projections_mut(&mut self) -> Vec<(usize, &'static str, &mut Linear<B>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            out.extend([
+                (i, "q_proj", &mut a.q_proj),
+                (i, "k_proj", &mut a.k_proj),
+                (i, "v_proj", &mut a.v_proj),
+                (i, "o_proj", &mut a.o_proj),
+                (i, "gate_proj", &mut m.gate_proj),
+                (i, "up_proj", &mut m.up_proj),
+                (i, "down_proj", &mut m.down_proj),
+            ]);
+        }
+        out
+    }
+
+    pub fn projections(&self) -> Vec<(usize, &'static str, &Linear<B>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            out.extend([
+                (i, "q_proj", &a.q_proj),
+                (i, "k_proj", &a.k_proj),
+                (i, "v_proj", &a.v_proj),
+                (i, "o_proj", &a.o_proj),
+                (i, "gate_proj", &m.gate_proj),
+                (i, "up_proj", &m.up_proj),
+                (i, "down_proj", &m.down_proj),
+            ]);
+        }
+        out
+    }
+
+    /// Adds fresh LoRA pairs (PEFT's init, seeded) to the targeted projections.
+    pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
+        cfg.validate()?;
+        let device = self.device();
+        let mut rng = StdRng::seed_from_u64(seed);
+        for (tag, (layer, name, linear)) in self.projections_mut().into_iter().enumerate() {
+            let _ = layer;
+            if cfg.target_modules.iter().any(|t| t == name) {
+                let [out, inp] = linear.weight.dims();
+                linear.lora = Some(init_lora(inp, out, cfg, &mut rng, tag as u64, &device));
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches an adapter read from PEFT's layout, checking every shape against the base.
+    pub fn load_adapter(&mut self, cfg: &LoraConfig, weights: &mut SafetensorsFile, source: &str) -> Result<()> {
+        cfg.validate()?;
+        let device = self.device();
+        let mut used = 0usize;
+        for (tag, (layer, name, linear)) in self.projections_mut().into_iter().enumerate() {
+            if !cfg.target_modules.iter().any(|t| t == name) {
+                continue;
+            }
+            let [out, inp] = linear.weight.dims();
+            let mut read = |which: &str, shape: [usize; 2]| -> Result<Tensor<B, 2>> {
+                let key = peft_key(layer, name, which);
+                let alt = key.replace(&format!(".{which}.weight"), &format!(".{which}.default.weight"));
+                let key = if weights.info(&key).is_none() && weights.info(&alt).is_some() { alt } else { key };
+                let (got, values) = weights.read_f32(&key).map_err(|_| {
+                    Error::Tensor(format!("{source}: tensor `{key}` is missing (adapter_config.json targets {name})"))
+                })?;
+                if got != shape {
+                    return Err(Error::Tensor(format!(
+                        "{source}: tensor `{key}` has shape {got:?}, but the base model needs {shape:?} (r={}, adapter made for another model?)",
+                        cfg.r
+                    )));
+                }
+                used += 1;
+                Ok(Tensor::from_data(TensorData::new(values, shape), &device))
+            };
+            let a = read("lora_A", [cfg.r, inp])?;
+            let b = read("lora_B", [out, cfg.r])?;
+            linear.lora = Some(Lora {
+                lora_A: Param::from_tensor(a),
+                lora_B: Param::from_tensor(b),
+                scaling: cfg.scaling(),
+                dropout: cfg.lora_dropout,
+                tag: tag as u64,
+            });
+        }
+        let lora_keys = weights.names().filter(|n| n.contains(".lora_")).count();
+        if lora_keys != used {
+            let layers = self.model.layers.len();
+            return Err(Error::Tensor(format!(
+                "{source}: holds {lora_keys} LoRA tensors but the base ({layers} layers, targets {}) uses {used}; adapter made for another model?",
+                cfg.target_modules.join(",")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The LoRA weights in PEFT's key names, as f32 `(shape, values)`.
+    pub fn adapter_tensors(&self) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+        let mut out = BTreeMap::new();
+        for (layer, name, linear) in self.projections() {
+            if let Some(lora) = &linear.lora {
+                for (which, t) in [("lora_A", lora.lora_A.val()), ("lora_B", lora.lora_B.val())] {
+                    let shape = t.dims().to_vec();
+                    let values = t.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| Error::Other(format!("{e:?}")))?;
+                    out.insert(peft_key(layer, name, which), (shape, values));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Trainable LoRA parameter count and all parameters (PEFT's `print_trainable_parameters`).
+    pub fn lora_parameter_counts(&self, base: usize) -> (usize, usize) {
+        let lora: usize = self
+            .projections()
+            .iter()
+            .filter_map(|(_, _, l)| l.lora.as_ref().map(|x| x.lora_A.val().dims().iter().product::<usize>() + x.lora_B.val().dims().iter().product::<usize>()))
+            .sum();
+        (lora, base + lora)
+    }
+}
+
+/// PEFT's line: `trainable params: 5,046,272 || all params: 601,096,192 || trainable%: 0.8395`.
+pub fn trainable_line(trainable: usize, all: usize) -> String {
+    fn commas(n: usize) -> String {
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    }
+    let pct = if all > 0 { 100.0 * trainable as f64 / all as f64 } else { 0.0 };
+    format!("trainable params: {} || all params: {} || trainable%: {pct:.4}", commas(trainable), commas(all))
+}

@@ -1,0 +1,214 @@
+//! One optimizer step of LoRA fine-tuning, as transformers' Trainer + PEFT take it: gradient
+//! accumulation with the loss normalised by the label tokens of the whole accumulated batch,
+//! global-norm clipping, torch's AdamW, and a linear decay to 0 without warmup.
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+
+use crate::lora::mix;
+use crate::loss::LabelledBatch;
+use crate::model::Qwen3ForCausalLM;
+use crate::sft::Example;
+use crate::{Error, Result};
+
+/// torch.optim.AdamW's hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+/// transformers' `get_linear_schedule_with_warmup(…, 0, total)`: the learning rate of optimizer
+/// step `step` (0-based).
+pub fn linear_lr(lr: f64, step: usize, total: usize) -> f64 {
+    if total == 0 {
+        return lr;
+    }
+    lr * (total.saturating_sub(step) as f64 / total as f64).max(0.0)
+}
+
+/// AdamW moments of every trainable tensor, in [`trainable_params`] order.
+#[derive(Debug, Clone)]
+pub struct AdamWState<B: Backend> {
+    pub exp_avg: Vec<Tensor<B, 2>>,
+    pub exp_avg_sq: Vec<Tensor<B, 2>>,
+    /// Optimizer steps taken.
+    pub step: usize,
+}
+
+/// Mutable handles to the trainable tensors: every LoRA A and B, in a fixed order.
+pub fn trainable_params<B: Backend>(model: &mut Qwen3ForCausalLM<B>) -> Vec<&mut Param<Tensor<B, 2>>> {
+    let mut out = Vec::new();
+    for (_, _, linear) in model.projections_mut() {
+        if let Some(lora) = linear.lora.as_mut() {
+            out.push(&mut lora.lora_A);
+            out.push(&mut lora.lora_B);
+        }
+    }
+    out
+}
+
+/// What one optimizer step saw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean NLL per label token over the accumulated batch (the value transformers logs).
+    pub loss: f64,
+    pub label_tokens: usize,
+    /// Tokens processed, padding excluded.
+    pub tokens: usize,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+pub struct Trainer<B: AutodiffBackend> {
+    pub model: Qwen3ForCausalLM<B>,
+    pub state: AdamWState<B::InnerBackend>,
+    pub adamw: AdamWConfig,
+    /// Clip the global gradient norm to this (transformers' default 1.0); 0 disables.
+    pub max_grad_norm: f64,
+    /// Dropout masks derive from this and the step.
+    pub seed: u64,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    pub fn new(mut model: Qwen3ForCausalLM<B>, adamw: AdamWConfig, max_grad_norm: f64, seed: u64) -> Result<Self> {
+        let params = trainable_params(&mut model);
+        if params.is_empty() {
+            return Err(Error::Other("nothing to train: the model has no LoRA layers".into()));
+        }
+        let zeros = |p: &&mut Param<Tensor<B, 2>>| Tensor::<B, 2>::zeros(p.dims(), &p.device()).inner();
+        let exp_avg = params.iter().map(zeros).collect();
+        let exp_avg_sq = params.iter().map(zeros).collect();
+        Ok(Self { model, state: AdamWState { exp_avg, exp_avg_sq, step: 0 }, adamw, max_grad_norm, seed })
+    }
+
+    /// Loss and gradients of one accumulated batch, without updating anything: the loss of
+    /// each micro-batch is its NLL sum over the label tokens of the whole accumulated batch.
+    /// Returns (mean loss, label tokens, gradients in [`trainable_params`] order).
+    pub fn gradients(&mut self, micro_batches: &[&[Example]]) -> Result<(f64, usize, Vec<Tensor<B::InnerBackend, 2>>)> {
+        let max_pos = self.model.max_position_embeddings;
+        let prepared = micro_batches.iter().map(|mb| LabelledBatch::new(mb, max_pos)).collect::<Result<Vec<_>>>()?;
+        let label_tokens: usize = prepared.iter().map(|p| p.rows.len()).sum();
+        let norm = label_tokens.max(1) as f64;
+        let mut acc: Vec<Option<Tensor<B::InnerBackend, 2>>> = vec![None; self.state.exp_avg.len()];
+        let mut nll_total = 0.0f64;
+        for (k, lb) in prepared.iter().enumerate() {
+            if lb.rows.is_empty() {
+                continue;
+            }
+            let dropout_seed = mix(mix(self.seed, self.state.step as u64), k as u64);
+            let hidden = self.model.hidden_train(&lb.ids, &lb.pos, dropout_seed)?;
+            let loss = lb.nll(&self.model, hidden).sum().div_scalar(norm);
+            nll_total += scalar(loss.clone().inner())? * norm;
+            let grads = loss.backward();
+            for (slot, param) in acc.iter_mut().zip(trainable_params(&mut self.model)) {
+                if let Some(g) = param.val().grad(&grads) {
+                    *slot = Some(match slot.take() {
+                        Some(prev) => prev.add(g),
+                        None => g,
+                    });
+                }
+            }
+        }
+        let grads = acc
+            .into_iter()
+            .zip(&self.state.exp_avg)
+            .map(|(g, m)| g.unwrap_or_else(|| m.zeros_like()))
+            .collect();
+        Ok((nll_total / norm, label_tokens, grads))
+    }
+
+    /// One optimizer step over `micro_batches` (gradient accumulation), at learning rate `lr`.
+    /// A non-finite loss is an error and leaves the weights untouched.
+    pub fn step(&mut self, micro_batches: &[&[Example]], lr: f64) -> Result<StepStats> {
+        let tokens: usize = micro_batches.iter().flat_map(|mb| mb.iter().map(Example::len)).sum();
+        let (loss, label_tokens, grads) = self.gradients(micro_batches)?;
+        if !loss.is_finite() {
+            return Err(Error::NonFinite { step: self.state.step + 1, loss });
+        }
+        let mut sq = 0.0;
+        for g in &grads {
+            sq += scalar(g.clone().square().sum())?;
+        }
+        let grad_norm = sq.sqrt();
+        if !grad_norm.is_finite() {
+            return Err(Error::NonFinite { step: self.state.step + 1, loss: grad_norm });
+        }
+        // torch.nn.utils.clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1.
+        let clip = if self.max_grad_norm > 0.0 { (self.max_grad_norm / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
+        self.apply_adamw(grads, clip, lr);
+        Ok(StepStats { loss, label_tokens, tokens, grad_norm, lr })
+    }
+
+    /// torch.optim.AdamW: decoupled weight decay, bias-corrected moments, eps outside the root.
+    fn apply_adamw(&mut self, grads: Vec<Tensor<B::InnerBackend, 2>>, clip: f64, lr: f64) {
+        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.adamw;
+        self.state.step += 1;
+        let t = self.state.step as i32;
+        let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+        let state = &mut self.state;
+        for (i, (param, g)) in trainable_params(&mut self.model).into_iter().zip(grads).enumerate() {
+            let g = if clip < 1.0 { g.mul_scalar(clip) } else { g };
+            let m = state.exp_avg[i].clone().mul_scalar(beta1).add(g.clone().mul_scalar(1.0 - beta1));
+            let v = state.exp_avg_sq[i].clone().mul_scalar(beta2).add(g.square().mul_scalar(1.0 - beta2));
+            let mut p = param.val().inner();
+            if weight_decay > 0.0 {
+                p = p.mul_scalar(1.0 - lr * weight_decay);
+            }
+            let denom = v.clone().sqrt().div_scalar(bc2.sqrt()).add_scalar(eps);
+            p = p.sub(m.clone().div(denom).mul_scalar(lr / bc1));
+            *param = Param::from_tensor(Tensor::from_inner(p));
+            state.exp_avg[i] = m;
+            state.exp_avg_sq[i] = v;
+        }
+    }
+}
+
+fn scalar<B: Backend>(x: Tensor<B, 1>) -> Result<f64> {
+    let v: Vec<f32> = x.into_data().convert::<f32>().to_vec().map_err(|e| Error::Other(format!("{e:?}")))?;
+    Ok(v.first().copied().unwrap_or(f32::NAN) as f64)
+}
+
+/// The order records are visited in during `epoch`: a seeded shuffle, the same on every run and
+/// on resume.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(mix(seed, 0xE90C + epoch as u64)));
+    order
+}
+
+/// Optimizer steps in one epoch of `n` records: transformers' count, where a final partial
+/// accumulation still makes a step.
+pub fn steps_per_epoch(n: usize, batch: usize, accumulation: usize) -> usize {
+    n.div_ceil(batch.max(1)).div_ceil(accumulation.max(1))
+}
+
+/// The micro-batches (as record indices) of optimizer step `step_in_epoch`.
+pub fn step_micro_batches(order: &[usize], batch: usize, accumulation: usize, step_in_epoch: usize) -> Vec<Vec<usize>> {
+    let per_step = batch * accumulation;
+    let start = step_in_epoch * per_step;
+    let end = (start + per_step).min(order.len());
+    order.get(start..end).unwrap_or(&[]).chunks(batch).map(<[usize]>::to_vec).collect()
+}
+
+/// PEFT key names of [`trainable_params`], in the same order.
+pub fn trainable_names<B: Backend>(model: &Qwen3ForCausalLM<B>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (layer, name, linear) in model.projections() {
+        if linear.lora.is_some() {
+            out.push(crate::lora::peft_key(layer, name, "lora_A"));
+            out.push(crate::lora::peft_key(layer, name, "lora_B"));
+        }
+    }
+    out
+}
