@@ -86,3 +86,13 @@ pub fn load_eos(dir: &Path, config: &Qwen3Config) -> Result<Vec<u32>> {
     }
     Ok(eos)
 }
+
+/// An adapter folder in PEFT's layout: `adapter_config.json` + `adapter_model.safetensors`.
+pub fn open_adapter(dir: &Path) -> Result<(crate::lora::LoraConfig, SafetensorsFile)> {
+    let config_path = dir.join("adapter_config.json");
+    let config = crate::lora::LoraConfig::from_peft_json(&read(&config_path)?, &config_path.display().to_string())?;
+    let weights_path = dir.join("adapter_model.safetensors");
+    let file = File::open(&weights_path).map_err(|e| Error::Format(format!("{}: {e}", weights_path.display())))?;
+    let weights = SafetensorsFile::open(vec![(weights_path.display().to_string(), Box::new(std::io::BufReader::new(file)))])?;
+    Ok((config, weights))
+}
