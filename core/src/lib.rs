@@ -10,6 +10,7 @@ pub mod folder;
 pub mod generate;
 pub mod lora;
 pub mod loss;
+pub mod merge;
 pub mod model;
 pub mod sft;
 pub mod tokenizer;

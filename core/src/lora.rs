@@ -75,6 +75,27 @@ impl LoraConfig {
         Ok(())
     }
 
+    /// LoRA parameters this config adds to a model of shape `model` (no weights needed).
+    pub fn trainable_params(&self, model: &crate::Qwen3Config) -> usize {
+        let (h, q, kv, i) = (
+            model.hidden_size,
+            model.num_attention_heads * model.head_dim,
+            model.num_key_value_heads * model.head_dim,
+            model.intermediate_size,
+        );
+        let per_layer: usize = self
+            .target_modules
+            .iter()
+            .map(|t| match t.as_str() {
+                "q_proj" => h + q,
+                "k_proj" | "v_proj" => h + kv,
+                "o_proj" => q + h,
+                _ => h + i,
+            })
+            .sum();
+        self.r * per_layer * model.num_hidden_layers
+    }
+
     /// PEFT's `adapter_config.json` for this config.
     pub fn to_peft_json(&self, base_model: &str) -> Value {
         serde_json::json!({

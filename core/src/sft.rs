@@ -39,24 +39,37 @@ impl SftRecord {
 /// Parses a JSON array or JSONL file of records. `source` names the file in errors, which say
 /// `file:line`. A record without `output` is an error.
 pub fn parse_records(text: &str, source: &str) -> Result<Vec<Located<SftRecord>>> {
+    let (records, bad) = parse_records_lenient(text, source)?;
+    match bad.first() {
+        Some((line, why)) => Err(Error::Format(format!("{source}:{line}: {why}"))),
+        None => Ok(records),
+    }
+}
+
+/// Like [`parse_records`], but JSONL lines that are not valid records are returned as
+/// `(line, reason)` instead of stopping the parse. A record without `output` is still an error.
+pub fn parse_records_lenient(text: &str, source: &str) -> Result<(Vec<Located<SftRecord>>, Vec<(usize, String)>)> {
     let trimmed = text.trim_start();
     let mut out = Vec::new();
+    let mut bad = Vec::new();
     if trimmed.starts_with('[') {
         let items: Vec<serde_json::Value> = serde_json::from_str(text)
             .map_err(|e| Error::Format(format!("{source}:{}: invalid JSON array: {e}", e.line())))?;
         for (i, item) in items.into_iter().enumerate() {
-            let rec: SftRecord = serde_json::from_value(item)
-                .map_err(|e| Error::Format(format!("{source}: record {}: {e}", i + 1)))?;
-            out.push(Located { line: i + 1, value: rec });
+            match serde_json::from_value::<SftRecord>(item) {
+                Ok(rec) => out.push(Located { line: i + 1, value: rec }),
+                Err(e) => bad.push((i + 1, format!("record {}: {e}", i + 1))),
+            }
         }
     } else {
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let rec: SftRecord = serde_json::from_str(line)
-                .map_err(|e| Error::Format(format!("{source}:{}: invalid record: {e}", i + 1)))?;
-            out.push(Located { line: i + 1, value: rec });
+            match serde_json::from_str::<SftRecord>(line) {
+                Ok(rec) => out.push(Located { line: i + 1, value: rec }),
+                Err(e) => bad.push((i + 1, format!("invalid record: {e}"))),
+            }
         }
     }
     for rec in &out {
@@ -64,10 +77,10 @@ pub fn parse_records(text: &str, source: &str) -> Result<Vec<Located<SftRecord>>
             return Err(Error::Format(format!("{source}:{}: record has no `output`", rec.line)));
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && bad.is_empty() {
         return Err(Error::Format(format!("{source}: no records")));
     }
-    Ok(out)
+    Ok((out, bad))
 }
 
 /// A record as token ids: the chat-template prompt, then `output + "<|im_end|>"`.

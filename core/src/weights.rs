@@ -251,3 +251,73 @@ impl WeightSource for RandomInit {
         true
     }
 }
+
+/// One tensor to write: name, stored dtype, shape.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+}
+
+/// f32 values in `dtype`'s little-endian bytes (bf16/f16 round to nearest even, as torch does).
+pub fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
+    match dtype {
+        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        Dtype::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+    }
+}
+
+/// Writes a safetensors file tensor by tensor: the header first, then each tensor's bytes as
+/// `produce(i)` returns them, so a file larger than memory can be written. `metadata` goes
+/// into `__metadata__`.
+pub fn write_safetensors<W: std::io::Write>(
+    out: &mut W,
+    entries: &[TensorEntry],
+    metadata: &[(&str, &str)],
+    mut produce: impl FnMut(usize) -> Result<Vec<u8>>,
+) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let meta: serde_json::Map<String, Value> = metadata.iter().map(|(k, v)| (k.to_string(), Value::from(*v))).collect();
+        header.insert("__metadata__".into(), Value::Object(meta));
+    }
+    let mut offset = 0usize;
+    for e in entries {
+        let bytes = e.shape.iter().product::<usize>() * e.dtype.size();
+        header.insert(
+            e.name.clone(),
+            serde_json::json!({"dtype": e.dtype.name(), "shape": e.shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut header = serde_json::to_vec(&header).map_err(|e| Error::Other(e.to_string()))?;
+    // The spec pads the header with spaces to an 8-byte boundary.
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let io = |e: std::io::Error| Error::Other(format!("writing safetensors: {e}"));
+    out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+    out.write_all(&header).map_err(io)?;
+    for (i, e) in entries.iter().enumerate() {
+        let bytes = produce(i)?;
+        let expected = e.shape.iter().product::<usize>() * e.dtype.size();
+        if bytes.len() != expected {
+            return Err(Error::Other(format!("tensor `{}`: {} bytes produced, {expected} expected", e.name, bytes.len())));
+        }
+        out.write_all(&bytes).map_err(io)?;
+    }
+    Ok(())
+}
+
+impl SafetensorsFile {
+    /// Every tensor's entry, sorted by name (the order safetensors files list them in).
+    pub fn entries(&self) -> Vec<TensorEntry> {
+        let mut out: Vec<TensorEntry> = self
+            .tensors
+            .iter()
+            .map(|(name, info)| TensorEntry { name: name.clone(), dtype: info.dtype, shape: info.shape.clone() })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}

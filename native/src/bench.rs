@@ -16,6 +16,28 @@ use crate::with_backend;
 pub enum BenchCommand {
     /// Prefill and decode throughput of batched greedy generation.
     Generate(BenchGenerateArgs),
+    /// LoRA training throughput with the seed recipe.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Args)]
+pub struct BenchTrainArgs {
+    /// A config.json, or a preset: qwen3-0.6b, qwen3-1.7b, qwen3-4b.
+    #[arg(long)]
+    config: String,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per row: the first half is prompt (no loss), the second half response.
+    #[arg(long, default_value_t = 512)]
+    seq: usize,
+    /// Timed optimizer steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Recompute activations in backward (burn's balanced checkpointing).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    gradient_checkpointing: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -54,6 +76,14 @@ pub fn peak_rss_mb() -> f64 {
 pub fn run(backend: BackendName, cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Generate(args) => with_backend!(backend, |B, device| bench_generate::<B>(&device, backend, args)),
+        BenchCommand::Train(args) => with_backend!(backend, |B, device| {
+            if args.gradient_checkpointing {
+                type C = burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+                bench_train::<burn::backend::Autodiff<B, C>>(&device, backend, args)
+            } else {
+                bench_train::<burn::backend::Autodiff<B>>(&device, backend, args)
+            }
+        }),
     }
 }
 
@@ -117,6 +147,50 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
         "prefill_tokens_per_s": (b * p) as f64 / prefill_s,
         "decode_s": decode_s,
         "decode_tokens_per_s": if decode_s > 0.0 { decode_tokens as f64 / decode_s } else { 0.0 },
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, backend: BackendName, args: &BenchTrainArgs) -> Result<()> {
+    use tiqu_core::lora::LoraConfig;
+    use tiqu_core::sft::Example;
+    use tiqu_core::train::{AdamWConfig, Trainer};
+    if args.batch == 0 || args.seq < 2 || args.steps == 0 {
+        bail!("--batch and --steps must be at least 1, --seq at least 2");
+    }
+    let cfg = load_bench_config(&args.config)?;
+    let mut model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?;
+    model.add_lora(&LoraConfig::default(), 42)?;
+    let mut trainer = Trainer::new(model, AdamWConfig::default(), 1.0, 42)?;
+    let mut rng = StdRng::seed_from_u64(7);
+    let half = args.seq / 2;
+    let rows: Vec<Example> = (0..args.batch)
+        .map(|_| Example {
+            prompt: (0..half).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect(),
+            response: (0..args.seq - half).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect(),
+        })
+        .collect();
+    trainer.step(&[&rows], 1e-4)?;
+    let start = Instant::now();
+    for _ in 0..args.steps {
+        trainer.step(&[&rows], 1e-4)?;
+    }
+    let step_s = start.elapsed().as_secs_f64() / args.steps as f64;
+    let out = serde_json::json!({
+        "backend": backend.name(),
+        "config": args.config,
+        "batch": args.batch,
+        "seq": args.seq,
+        "steps": args.steps,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "step_s": step_s,
+        "tokens_per_s": (args.batch * args.seq) as f64 / step_s,
         "peak_rss_mb": peak_rss_mb(),
     });
     if args.json {

@@ -12,7 +12,6 @@ const HUB_FILES: [&str; 4] = ["config.json", "generation_config.json", "tokenize
 
 /// A loaded model with everything generation needs.
 pub struct Loaded<B: Backend> {
-    pub dir: PathBuf,
     pub config: Qwen3Config,
     pub model: Qwen3ForCausalLM<B>,
     pub tokenizer: Tokenizer,
@@ -83,6 +82,8 @@ fn download(model: &str) -> Result<PathBuf> {
 
 pub struct LoadOptions<'a> {
     pub model: &'a str,
+    /// A LoRA adapter folder (PEFT layout) to apply on top.
+    pub adapter: Option<&'a Path>,
     pub tokenizer: Option<&'a Path>,
     pub random_weights: bool,
     pub seed: u64,
@@ -93,11 +94,15 @@ pub fn load<B: Backend>(opts: &LoadOptions, device: &B::Device) -> Result<Loaded
     let config = load_config(&dir)?;
     let tokenizer = load_tokenizer(&dir, opts.tokenizer)?;
     let eos_token_ids = load_eos(&dir, &config)?;
-    let model = if opts.random_weights {
+    let mut model = if opts.random_weights {
         Qwen3ForCausalLM::load(&config, &mut RandomInit::new(opts.seed, 0.02), device)?
     } else {
         let mut weights = open_weights(&dir)?;
         Qwen3ForCausalLM::load(&config, &mut weights, device)?
     };
-    Ok(Loaded { dir, config, model, tokenizer, eos_token_ids })
+    if let Some(adapter) = opts.adapter {
+        let (lora, mut weights) = tiqu_core::folder::open_adapter(adapter)?;
+        model.load_adapter(&lora, &mut weights, &adapter.display().to_string())?;
+    }
+    Ok(Loaded { config, model, tokenizer, eos_token_ids })
 }

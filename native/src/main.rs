@@ -5,6 +5,10 @@ mod bench;
 mod checkpoint;
 mod eval;
 mod generate;
+mod merge;
+mod report;
+mod runs;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +37,10 @@ pub struct ModelArgs {
     /// Read tokenizer.json from this folder instead of the model folder.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Apply this LoRA adapter (adapter_config.json + adapter_model.safetensors, as PEFT or
+    /// tiqu writes it).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Build the model from config.json alone, with seeded random weights.
     #[arg(long)]
     random_weights: bool,
@@ -45,6 +53,7 @@ impl ModelArgs {
     fn load_options(&self) -> checkpoint::LoadOptions<'_> {
         checkpoint::LoadOptions {
             model: &self.model,
+            adapter: self.adapter.as_deref(),
             tokenizer: self.tokenizer.as_deref(),
             random_weights: self.random_weights,
             seed: self.seed,
@@ -58,6 +67,13 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Evaluate a model on SFT records.
     Eval(eval::EvalArgs),
+    /// LoRA fine-tuning with the seed notebook's recipe as defaults.
+    Train(train::TrainArgs),
+    /// Fold an adapter into the base: a standalone Hugging Face folder.
+    Merge(merge::MergeArgs),
+    /// Inspect training runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
     /// Benchmarks on random weights (figures, not tests).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -85,6 +101,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor => doctor(),
         Command::Generate(args) => generate::run(backend::choose(cli.backend)?, &args),
         Command::Eval(args) => eval::run(backend::choose(cli.backend)?, &args),
+        Command::Train(args) => train::run(backend::choose(cli.backend)?, &args),
+        Command::Merge(args) => merge::run(&args),
+        Command::Runs(cmd) => runs::run(&cmd),
         Command::Bench(cmd) => bench::run(backend::choose(cli.backend)?, &cmd),
     }
 }

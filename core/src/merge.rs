@@ -1,0 +1,75 @@
+//! Folding a LoRA adapter into the base weights: `W' = W + scaling·B·A`, computed in f32 and
+//! cast back to each tensor's stored dtype, streamed tensor by tensor.
+
+use std::collections::HashMap;
+
+use crate::lora::{module_path, LoraConfig, TARGETS};
+use crate::weights::{encode, write_safetensors, SafetensorsFile};
+use crate::{Error, Result};
+
+/// `w` `[out, in]` += `scaling` · `b` `[out, r]` · `a` `[r, in]`, in place.
+pub fn add_low_rank(w: &mut [f32], a: &[f32], b: &[f32], out: usize, inp: usize, r: usize, scaling: f32) {
+    for o in 0..out {
+        let row = &mut w[o * inp..(o + 1) * inp];
+        for k in 0..r {
+            let coef = scaling * b[o * r + k];
+            if coef == 0.0 {
+                continue;
+            }
+            let a_row = &a[k * inp..(k + 1) * inp];
+            for (x, &y) in row.iter_mut().zip(a_row) {
+                *x += coef * y;
+            }
+        }
+    }
+}
+
+/// Writes the merged weights of `base` + adapter to `out` as one safetensors file.
+/// Returns how many weight matrices were changed.
+pub fn merge_into<W: std::io::Write>(
+    base: &mut SafetensorsFile,
+    lora: &LoraConfig,
+    adapter: &mut SafetensorsFile,
+    num_layers: usize,
+    out: &mut W,
+) -> Result<usize> {
+    lora.validate()?;
+    // Base weight name → adapter (A, B) keys.
+    let mut targets: HashMap<String, (String, String)> = HashMap::new();
+    for layer in 0..num_layers {
+        for name in TARGETS.iter().filter(|t| lora.target_modules.iter().any(|m| m == *t)) {
+            let path = module_path(layer, name);
+            let key = |which: &str| {
+                let plain = format!("base_model.model.{path}.{which}.weight");
+                let named = format!("base_model.model.{path}.{which}.default.weight");
+                if adapter.info(&plain).is_none() && adapter.info(&named).is_some() { named } else { plain }
+            };
+            targets.insert(format!("{path}.weight"), (key("lora_A"), key("lora_B")));
+        }
+    }
+    let entries = base.entries();
+    let scaling = lora.scaling() as f32;
+    let mut merged = 0;
+    write_safetensors(out, &entries, &[("format", "pt")], |i| {
+        let e = &entries[i];
+        let (_, mut w) = base.read_f32(&e.name)?;
+        if let Some((a_key, b_key)) = targets.get(&e.name) {
+            let (out_dim, inp) = (e.shape[0], e.shape[1]);
+            let (a_shape, a) = adapter.read_f32(a_key)?;
+            let (b_shape, b) = adapter.read_f32(b_key)?;
+            if a_shape != [lora.r, inp] || b_shape != [out_dim, lora.r] {
+                return Err(Error::Tensor(format!(
+                    "adapter tensors `{a_key}` {a_shape:?} / `{b_key}` {b_shape:?} do not fit `{}` {:?} with r={}",
+                    e.name, e.shape, lora.r
+                )));
+            }
+            add_low_rank(&mut w, &a, &b, out_dim, inp, lora.r, scaling);
+            merged += 1;
+        }
+        Ok(encode(&w, e.dtype))
+    })?;
+    if merged != targets.len() {
+        return Err(Error::Tensor(format!("merged {merged} of the {} targeted weights; the base lacks some", targets.len())));
+    }
+    Ok(merged)
+}

@@ -1,0 +1,511 @@
+//! `tiqu train`: the seed notebook's LoRA recipe (transformers + PEFT Trainer) in one loop.
+//! Reproducible (same seed and backend → same curve), resumable from its last checkpoint, and
+//! crash-safe (checkpoints are written under a temporary name, then renamed).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tiqu_core::lora::{trainable_line, LoraConfig};
+use tiqu_core::loss::nll_sums;
+use tiqu_core::sft::{parse_records_lenient, Example};
+use tiqu_core::train::{epoch_order, linear_lr, step_micro_batches, steps_per_epoch, trainable_names, AdamWConfig, Trainer};
+use tiqu_core::weights::{encode, write_safetensors, Dtype, TensorEntry};
+use tiqu_core::{Error as CoreError, SafetensorsFile, Tokenizer};
+
+use crate::backend::BackendName;
+use crate::{checkpoint, report, ModelArgs};
+
+/// Every knob of a run; defaults are the seed notebook's recipe. Saved as `config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: String,
+    pub data: String,
+    pub eval_data: Option<String>,
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub target_modules: Vec<String>,
+    pub use_rslora: bool,
+    pub learning_rate: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub per_device_train_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub num_train_epochs: usize,
+    /// Stop after this many optimizer steps (0: the epochs decide).
+    pub max_steps: usize,
+    pub save_steps: usize,
+    pub max_length: usize,
+    pub gradient_checkpointing: bool,
+    pub seed: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        let lora = LoraConfig::default();
+        Self {
+            model: String::new(),
+            data: String::new(),
+            eval_data: None,
+            r: lora.r,
+            lora_alpha: lora.lora_alpha,
+            lora_dropout: lora.lora_dropout,
+            target_modules: lora.target_modules,
+            use_rslora: false,
+            learning_rate: 1e-4,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            per_device_train_batch_size: 4,
+            gradient_accumulation_steps: 4,
+            num_train_epochs: 3,
+            max_steps: 0,
+            save_steps: 50,
+            max_length: 1024,
+            gradient_checkpointing: true,
+            seed: 42,
+        }
+    }
+}
+
+impl RunConfig {
+    pub fn lora(&self) -> LoraConfig {
+        LoraConfig {
+            r: self.r,
+            lora_alpha: self.lora_alpha,
+            lora_dropout: self.lora_dropout,
+            target_modules: self.target_modules.clone(),
+            use_rslora: self.use_rslora,
+        }
+    }
+
+    fn adamw(&self) -> AdamWConfig {
+        AdamWConfig { beta1: self.adam_beta1, beta2: self.adam_beta2, eps: self.adam_epsilon, weight_decay: self.weight_decay }
+    }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// SFT records {system?, instruction, input?, output}: JSON array or JSONL.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Held-out records: eval loss at every checkpoint and at the end.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    /// The run folder (checkpoints, metrics.jsonl, report.html, the final adapter).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A TOML file of knobs (the names of config.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint, with its saved config.
+    #[arg(long)]
+    resume: bool,
+    /// Print the trainable-parameter line and exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// Skip records that are not valid JSON (counted and reported) instead of stopping.
+    #[arg(long)]
+    skip_bad_records: bool,
+    #[arg(long)]
+    r: Option<usize>,
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    #[arg(long)]
+    lora_dropout: Option<f64>,
+    /// Comma-separated projections (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).
+    #[arg(long, value_delimiter = ',')]
+    target_modules: Option<Vec<String>>,
+    #[arg(long)]
+    use_rslora: Option<bool>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    adam_beta1: Option<f64>,
+    #[arg(long)]
+    adam_beta2: Option<f64>,
+    #[arg(long)]
+    adam_epsilon: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Clip the global gradient norm (0: no clipping).
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long)]
+    save_steps: Option<usize>,
+    #[arg(long)]
+    max_length: Option<usize>,
+    #[arg(long)]
+    gradient_checkpointing: Option<bool>,
+}
+
+impl TrainArgs {
+    /// Defaults, then `--config`, then flags.
+    fn effective(&self) -> Result<RunConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => {
+                let text = fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().replace('\n', " ")))?
+            }
+            None => RunConfig::default(),
+        };
+        cfg.model = self.model.model.clone();
+        if let Some(d) = &self.data {
+            cfg.data = d.display().to_string();
+        }
+        if let Some(d) = &self.eval_data {
+            cfg.eval_data = Some(d.display().to_string());
+        }
+        macro_rules! set {
+            ($($flag:ident => $field:ident),*) => {$(if let Some(v) = &self.$flag { cfg.$field = v.clone(); })*};
+        }
+        set!(r => r, lora_alpha => lora_alpha, lora_dropout => lora_dropout, target_modules => target_modules,
+             use_rslora => use_rslora, lr => learning_rate, adam_beta1 => adam_beta1, adam_beta2 => adam_beta2,
+             adam_epsilon => adam_epsilon, weight_decay => weight_decay, max_grad_norm => max_grad_norm,
+             batch_size => per_device_train_batch_size, grad_accum => gradient_accumulation_steps,
+             epochs => num_train_epochs, max_steps => max_steps, save_steps => save_steps,
+             max_length => max_length, gradient_checkpointing => gradient_checkpointing);
+        cfg.seed = self.model.seed;
+        if cfg.per_device_train_batch_size == 0 || cfg.gradient_accumulation_steps == 0 {
+            bail!("batch size and gradient accumulation must be at least 1");
+        }
+        if cfg.max_length < 2 {
+            bail!("--max-length must be at least 2");
+        }
+        cfg.lora().validate()?;
+        Ok(cfg)
+    }
+}
+
+pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
+    if args.dry_run {
+        return dry_run(args);
+    }
+    let out = args.out.as_ref().context("--out is required (the run folder)")?;
+    let cfg = if args.resume {
+        let path = out.join("config.toml");
+        let text = fs::read_to_string(&path).map_err(|e| anyhow!("--resume: {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().replace('\n', " ")))?
+    } else {
+        if args.data.is_none() && args.config.is_none() {
+            bail!("--data is required");
+        }
+        if out.exists() && fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            bail!("{}: run folder exists and is not empty; pass --resume to continue it, or another --out", out.display());
+        }
+        args.effective()?
+    };
+    if cfg.data.is_empty() {
+        bail!("no training data: pass --data or set `data` in the config");
+    }
+    macro_rules! go {
+        ($B:ty, $device:expr) => {
+            if cfg.gradient_checkpointing {
+                train_on::<burn::backend::Autodiff<$B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>>(&$device, args, &cfg, out)
+            } else {
+                train_on::<burn::backend::Autodiff<$B>>(&$device, args, &cfg, out)
+            }
+        };
+    }
+    match backend {
+        #[cfg(feature = "flex")]
+        BackendName::Cpu => go!(burn::backend::Flex, Default::default()),
+        #[cfg(feature = "wgpu")]
+        BackendName::Wgpu => go!(burn::backend::Wgpu, Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendName::Cuda => go!(burn::backend::Cuda, Default::default()),
+        #[allow(unreachable_patterns)]
+        other => bail!("backend {} is not compiled in", other.name()),
+    }
+}
+
+fn dry_run(args: &TrainArgs) -> Result<()> {
+    let cfg = args.effective()?;
+    let dir = checkpoint::resolve(&cfg.model)?;
+    let model_cfg = tiqu_core::folder::load_config(&dir)?;
+    let lora = cfg.lora();
+    let trainable = lora.trainable_params(&model_cfg);
+    println!("{}", trainable_line(trainable, model_cfg.num_parameters() + trainable));
+    Ok(())
+}
+
+/// Records → examples, cut at the end to `max_length` tokens. Returns (examples, records cut).
+fn load_examples(path: &Path, tok: &Tokenizer, max_length: usize, skip_bad: bool) -> Result<(Vec<Example>, usize, usize)> {
+    let source = path.display().to_string();
+    let text = fs::read_to_string(path).map_err(|e| anyhow!("{source}: {e}"))?;
+    let (records, bad) = parse_records_lenient(&text, &source)?;
+    if let Some((line, why)) = bad.first() {
+        if !skip_bad {
+            bail!("{source}:{line}: {why} (pass --skip-bad-records to skip such records)");
+        }
+    }
+    let mut cut = 0;
+    let mut out = Vec::with_capacity(records.len());
+    for rec in &records {
+        let mut ex = Example::new(&rec.value, tok)?;
+        if ex.len() > max_length {
+            cut += 1;
+            if ex.prompt.len() >= max_length {
+                ex.prompt.truncate(max_length);
+                ex.response.clear();
+            } else {
+                ex.response.truncate(max_length - ex.prompt.len());
+            }
+        }
+        out.push(ex);
+    }
+    if out.is_empty() {
+        bail!("{source}: no usable records");
+    }
+    Ok((out, cut, bad.len()))
+}
+
+fn eval_loss<B: Backend>(model: &tiqu_core::Qwen3ForCausalLM<B>, examples: &[Example]) -> Result<f64> {
+    let (mut nll, mut tokens) = (0.0, 0);
+    for chunk in examples.chunks(8) {
+        for (s, n) in nll_sums(model, chunk)? {
+            nll += s;
+            tokens += n;
+        }
+    }
+    Ok(nll / tokens.max(1) as f64)
+}
+
+/// Where the run stands; saved beside every checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    global_step: usize,
+    total_steps: usize,
+    elapsed_s: f64,
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).map_err(|e| anyhow!("{}: {e}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(())
+}
+
+fn tensors_file(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>> {
+    let entries: Vec<TensorEntry> =
+        tensors.iter().map(|(n, s, _)| TensorEntry { name: n.clone(), dtype: Dtype::F32, shape: s.clone() }).collect();
+    let mut bytes = Vec::new();
+    write_safetensors(&mut bytes, &entries, &[("format", "pt")], |i| Ok(encode(&tensors[i].2, Dtype::F32)))?;
+    Ok(bytes)
+}
+
+/// Writes `adapter_config.json` + `adapter_model.safetensors` into `dir` (PEFT's layout).
+fn save_adapter<B: Backend>(dir: &Path, model: &tiqu_core::Qwen3ForCausalLM<B>, cfg: &RunConfig) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
+        model.adapter_tensors()?.into_iter().map(|(n, (s, v))| (n, s, v)).collect();
+    write_atomically(&dir.join("adapter_model.safetensors"), &tensors_file(&tensors)?)?;
+    let config = serde_json::to_vec_pretty(&cfg.lora().to_peft_json(&cfg.model))?;
+    write_atomically(&dir.join("adapter_config.json"), &config)?;
+    Ok(())
+}
+
+fn to_vec<B: Backend>(t: Tensor<B, 2>) -> Result<(Vec<usize>, Vec<f32>)> {
+    let shape = t.dims().to_vec();
+    let values = t.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?;
+    Ok((shape, values))
+}
+
+fn save_checkpoint<B: AutodiffBackend>(run: &Path, trainer: &Trainer<B>, cfg: &RunConfig, state: &TrainerState) -> Result<PathBuf> {
+    let name = format!("checkpoint-{}", state.global_step);
+    let tmp = run.join(format!(".{name}.partial"));
+    let _ = fs::remove_dir_all(&tmp);
+    save_adapter(&tmp, &trainer.model, cfg)?;
+    let names = trainable_names(&trainer.model);
+    let mut moments = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (s, m) = to_vec(trainer.state.exp_avg[i].clone())?;
+        let (_, v) = to_vec(trainer.state.exp_avg_sq[i].clone())?;
+        moments.push((format!("{name}.exp_avg"), s.clone(), m));
+        moments.push((format!("{name}.exp_avg_sq"), s, v));
+    }
+    fs::write(tmp.join("optimizer.safetensors"), tensors_file(&moments)?)?;
+    fs::write(tmp.join("trainer_state.json"), serde_json::to_vec_pretty(state)?)?;
+    let dest = run.join(&name);
+    let _ = fs::remove_dir_all(&dest);
+    fs::rename(&tmp, &dest).map_err(|e| anyhow!("{}: {e}", dest.display()))?;
+    Ok(dest)
+}
+
+/// The newest complete checkpoint of a run folder.
+fn last_checkpoint(run: &Path) -> Option<(usize, PathBuf)> {
+    fs::read_dir(run)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("checkpoint-")?.parse::<usize>().ok()?;
+            e.path().join("trainer_state.json").exists().then_some((step, e.path()))
+        })
+        .max_by_key(|(s, _)| *s)
+}
+
+fn restore<B: AutodiffBackend>(trainer: &mut Trainer<B>, dir: &Path) -> Result<TrainerState> {
+    let state: TrainerState = serde_json::from_slice(&fs::read(dir.join("trainer_state.json"))?)?;
+    let path = dir.join("optimizer.safetensors");
+    let file = fs::File::open(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut moments = SafetensorsFile::open(vec![(path.display().to_string(), Box::new(std::io::BufReader::new(file)))])?;
+    let device = trainer.model.device();
+    for (i, name) in trainable_names(&trainer.model).iter().enumerate() {
+        for (which, slot) in [("exp_avg", &mut trainer.state.exp_avg[i]), ("exp_avg_sq", &mut trainer.state.exp_avg_sq[i])] {
+            let (shape, values) = moments.read_f32(&format!("{name}.{which}"))?;
+            *slot = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(values, [shape[0], shape[1]]), &device).inner();
+        }
+    }
+    trainer.state.step = state.global_step;
+    Ok(state)
+}
+
+fn train_on<B: AutodiffBackend>(device: &B::Device, args: &TrainArgs, cfg: &RunConfig, run: &Path) -> Result<()> {
+    fs::create_dir_all(run).map_err(|e| anyhow!("{}: {e}", run.display()))?;
+    let resume_from = if args.resume {
+        Some(last_checkpoint(run).ok_or_else(|| anyhow!("{}: no checkpoint to resume from", run.display()))?)
+    } else {
+        None
+    };
+    let adapter = resume_from.as_ref().map(|(_, dir)| dir.clone()).or_else(|| args.model.adapter.clone());
+    let opts = checkpoint::LoadOptions {
+        model: &cfg.model,
+        adapter: adapter.as_deref(),
+        tokenizer: args.model.tokenizer.as_deref(),
+        random_weights: args.model.random_weights,
+        seed: cfg.seed,
+    };
+    let loaded = checkpoint::load::<B>(&opts, device)?;
+    let (train, cut, bad) = load_examples(Path::new(&cfg.data), &loaded.tokenizer, cfg.max_length, args.skip_bad_records)?;
+    let eval = match &cfg.eval_data {
+        Some(p) => Some(load_examples(Path::new(p), &loaded.tokenizer, cfg.max_length, args.skip_bad_records)?.0),
+        None => None,
+    };
+    if cut > 0 {
+        eprintln!("note: {cut} records longer than {} tokens were cut at the end", cfg.max_length);
+    }
+    if bad > 0 {
+        eprintln!("note: skipped {bad} records that are not valid JSON");
+    }
+    let mut model = loaded.model;
+    if adapter.is_none() {
+        model.add_lora(&cfg.lora(), cfg.seed)?;
+    }
+    let (trainable, all) = model.lora_parameter_counts(loaded.config.num_parameters());
+    let line = trainable_line(trainable, all);
+    eprintln!("{line}");
+    let mut trainer = Trainer::new(model, cfg.adamw(), cfg.max_grad_norm, cfg.seed)?;
+
+    let per_epoch = steps_per_epoch(train.len(), cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps);
+    let total = if cfg.max_steps > 0 { cfg.max_steps } else { per_epoch * cfg.num_train_epochs };
+    let metrics_path = run.join("metrics.jsonl");
+    let mut start_step = 0;
+    let mut elapsed_before = 0.0;
+    if let Some((step, dir)) = &resume_from {
+        let state = restore(&mut trainer, dir)?;
+        start_step = *step;
+        elapsed_before = state.elapsed_s;
+        // Metrics past the checkpoint belong to steps that will run again.
+        let kept: Vec<String> = fs::read_to_string(&metrics_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= *step))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_atomically(&metrics_path, kept.concat().as_bytes())?;
+        eprintln!("resuming {} at step {step} of {total}", run.display());
+    } else {
+        write_atomically(&run.join("config.toml"), toml::to_string_pretty(cfg)?.as_bytes())?;
+    }
+    let mut metrics = fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;
+
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(start_step as u64);
+    let started = Instant::now();
+    let mut order = Vec::new();
+    let mut order_epoch = usize::MAX;
+    let mut last_saved: Option<PathBuf> = resume_from.map(|(_, d)| d);
+    for step in start_step..total {
+        let epoch = step / per_epoch.max(1);
+        if epoch != order_epoch {
+            order = epoch_order(train.len(), cfg.seed, epoch);
+            order_epoch = epoch;
+        }
+        let micro: Vec<Vec<Example>> = step_micro_batches(&order, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, step % per_epoch.max(1))
+            .iter()
+            .map(|idx| idx.iter().map(|&i| train[i].clone()).collect())
+            .collect();
+        let refs: Vec<&[Example]> = micro.iter().map(Vec::as_slice).collect();
+        let lr = linear_lr(cfg.learning_rate, step, total);
+        let t0 = Instant::now();
+        let stats = match trainer.step(&refs, lr) {
+            Ok(s) => s,
+            Err(CoreError::NonFinite { step, loss }) => {
+                bar.abandon();
+                let kept = last_saved.as_ref().map_or("no checkpoint was saved yet".to_string(), |d| format!("the last good checkpoint is {}", d.display()));
+                bail!("loss became {loss} at step {step}; stopped, {kept}");
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let step_s = t0.elapsed().as_secs_f64();
+        let done = step + 1;
+        let elapsed = elapsed_before + started.elapsed().as_secs_f64();
+        let record = json!({
+            "step": done, "epoch": done as f64 / per_epoch.max(1) as f64, "loss": stats.loss, "lr": lr,
+            "grad_norm": stats.grad_norm, "tokens": stats.tokens, "label_tokens": stats.label_tokens,
+            "tokens_per_s": stats.tokens as f64 / step_s, "step_s": step_s, "elapsed_s": elapsed,
+        });
+        writeln!(metrics, "{record}")?;
+        let msg = format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", stats.loss, lr, stats.tokens as f64 / step_s);
+        bar.suspend(|| eprintln!("step {done}/{total}  {msg}"));
+        bar.set_message(msg);
+        bar.set_position(done as u64);
+        if done % cfg.save_steps.max(1) == 0 || done == total {
+            let state = TrainerState { global_step: done, total_steps: total, elapsed_s: elapsed };
+            last_saved = Some(save_checkpoint(run, &trainer, cfg, &state)?);
+            if let Some(eval) = &eval {
+                let eval_loss = eval_loss(&trainer.model.valid(), eval)?;
+                writeln!(metrics, "{}", json!({"step": done, "eval_loss": eval_loss}))?;
+                bar.suspend(|| eprintln!("step {done}/{total}  eval loss {eval_loss:.4}"));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    save_adapter(run, &trainer.model, cfg)?;
+    let elapsed = elapsed_before + started.elapsed().as_secs_f64();
+    let summary = report::summarize(&metrics_path, &line, elapsed, total, cut, bad)?;
+    write_atomically(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
+    report::write_html(run, cfg, &metrics_path, &summary)?;
+    println!("adapter: {}", run.display());
+    println!("report: {}", run.join("report.html").display());
+    Ok(())
+}
