@@ -19,6 +19,7 @@ use backend::BackendName;
 
 #[derive(Parser)]
 #[command(name = "tiqu", version, about = "Fine-tune and run Qwen3 to extract structured fields from text")]
+#[command(args_override_self = true)]
 struct Cli {
     /// Backend to run on (default: the best compiled one that initialises: cuda, wgpu, cpu).
     #[arg(long, global = true, value_enum)]

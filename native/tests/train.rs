@@ -1,0 +1,221 @@
+//! `tiqu train`, `merge` and `runs compare` end to end on the committed tiny checkpoints:
+//! PEFT's layout and numbers, reproducibility, exact resume after kill -9, and the bad inputs
+//! the LoRA issue names.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture(name: &str) -> String {
+    repo().join("tests/fixtures").join(name).display().to_string()
+}
+
+fn tiqu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tiqu")).args(args).env("HF_HUB_OFFLINE", "1").output().expect("run tiqu")
+}
+
+fn ok(out: Output) -> Output {
+    assert!(out.status.success(), "tiqu failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A failure with exactly one `error:` line holding every needle (notes may precede it).
+fn assert_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure: {stderr}");
+    assert_ne!(out.status.code(), Some(101), "panic: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for n in needles {
+        assert!(errors[0].contains(n), "error should name `{n}`: {}", errors[0]);
+    }
+}
+
+fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--backend", "cpu", "train", "--model", "", "--data", "", "--out", out];
+    v.extend_from_slice(&["--epochs", "2", "--batch-size", "2", "--grad-accum", "1", "--save-steps", "2", "--lr", "1e-2"]);
+    v.extend_from_slice(extra);
+    v
+}
+
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let (model, data) = (fixture("tiny-untied"), fixture("sft_small.jsonl"));
+    let out = out.display().to_string();
+    let mut args = train_args(&out, extra);
+    args[4] = &model;
+    args[6] = &data;
+    tiqu(&args)
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    metrics(run).iter().filter_map(|m| Some((m["step"].as_u64()?, m["loss"].as_f64()?))).collect()
+}
+
+fn eval_loss(model: &str, adapter: Option<&Path>) -> f64 {
+    let data = fixture("sft_small.jsonl");
+    let mut args = vec!["eval", "--model", model, "--data", &data, "--loss-only", "--json"];
+    let adapter = adapter.map(|a| a.display().to_string());
+    if let Some(a) = &adapter {
+        args.extend(["--adapter", a]);
+    }
+    let out = ok(tiqu(&args));
+    let v: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    v["loss"].as_f64().unwrap()
+}
+
+#[test]
+fn dry_run_prints_the_seed_line_for_qwen3_0_6b() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = serde_json::json!({"architectures":["Qwen3ForCausalLM"],"model_type":"qwen3","vocab_size":151936,
+        "hidden_size":1024,"intermediate_size":3072,"num_hidden_layers":28,"num_attention_heads":16,
+        "num_key_value_heads":8,"head_dim":128,"max_position_embeddings":40960,"rms_norm_eps":1e-6,
+        "rope_theta":1000000,"tie_word_embeddings":true,"torch_dtype":"bfloat16","eos_token_id":151645});
+    fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    fs::copy(repo().join("assets/qwen3-tokenizer/tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+    let out = ok(tiqu(&["train", "--model", dir.path().to_str().unwrap(), "--random-weights", "--dry-run"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "trainable params: 5,046,272 || all params: 601,096,192 || trainable%: 0.8395"
+    );
+}
+
+#[test]
+fn a_run_writes_peft_adapters_metrics_and_a_report_and_is_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ok(train(&a, &[]));
+    ok(train(&b, &[]));
+    assert_eq!(losses(&a), losses(&b), "same seed and backend must give the same loss curve");
+    assert_eq!(losses(&a).len(), 6, "6 records, batch 2, 2 epochs: 6 steps, one line each");
+    for step in ["checkpoint-2", "checkpoint-4", "checkpoint-6", "."] {
+        let cfg: Value = serde_json::from_slice(&fs::read(a.join(step).join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!((cfg["peft_type"].as_str(), cfg["r"].as_u64(), cfg["lora_alpha"].as_f64()), (Some("LORA"), Some(8), Some(32.0)));
+        let bytes = fs::read(a.join(step).join("adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let a0 = st.tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").unwrap();
+        let b0 = st.tensor("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight").unwrap();
+        assert_eq!((a0.shape(), b0.shape()), (&[8usize, 8][..], &[8usize, 8][..]));
+        assert_eq!(st.len(), 2 * 7 * 2);
+    }
+    let report = fs::read_to_string(a.join("report.html")).unwrap();
+    assert!(report.contains("<svg") && report.contains("trainable params: 2,944"), "report.html lacks the curve or the line");
+    let cfg = fs::read_to_string(a.join("config.toml")).unwrap();
+    assert!(cfg.contains("learning_rate = 0.01") && cfg.contains("gradient_accumulation_steps = 1"), "{cfg}");
+    // The adapter changes the model: tiqu's own eval with --adapter sees it.
+    assert!(eval_loss(&fixture("tiny-untied"), Some(&a)) < eval_loss(&fixture("tiny-untied"), None));
+
+    let table = String::from_utf8_lossy(&ok(tiqu(&["runs", "compare", a.to_str().unwrap(), b.to_str().unwrap()])).stdout).to_string();
+    assert!(table.contains("final_loss") && table.contains("learning_rate"), "{table}");
+}
+
+#[test]
+fn resume_after_kill_9_continues_the_exact_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, killed) = (dir.path().join("full"), dir.path().join("killed"));
+    let long = ["--save-steps", "1", "--epochs", "6"];
+    ok(train(&full, &long));
+    let (model, data, out) = (fixture("tiny-untied"), fixture("sft_small.jsonl"), killed.display().to_string());
+    let mut args = train_args(&out, &long);
+    args[4] = &model;
+    args[6] = &data;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tiqu")).args(&args).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while !killed.join("checkpoint-2").exists() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    assert!(!killed.join("adapter_model.safetensors").exists(), "the run finished before it was killed");
+    let out = train(&killed, &["--resume"]);
+    let out = ok(out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"));
+    assert_eq!(losses(&killed), losses(&full), "the resumed run must follow the uninterrupted curve exactly");
+    let final_a = fs::read(full.join("adapter_model.safetensors")).unwrap();
+    let final_b = fs::read(killed.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(final_a, final_b, "same final adapter bytes");
+}
+
+#[test]
+fn merged_folder_gives_the_loss_of_base_plus_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    for (base, adapter) in [("tiny-untied", fixture("peft-train/after3")), ("tiny-tied", fixture("peft-adapter-tied"))] {
+        let merged = dir.path().join(format!("merged-{base}"));
+        ok(tiqu(&["merge", "--model", &fixture(base), "--adapter", &adapter, "--out", merged.to_str().unwrap()]));
+        for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
+            assert!(merged.join(f).is_file(), "merged folder lacks {f}");
+        }
+        let with_adapter = eval_loss(&fixture(base), Some(Path::new(&adapter)));
+        let merged_loss = eval_loss(merged.to_str().unwrap(), None);
+        // bf16 bases are merged in f32 then rounded to bf16, as PEFT's merge_and_unload + save does.
+        let tol = if base == "tiny-tied" { 5e-3 } else { 1e-4 };
+        assert!((merged_loss - with_adapter).abs() / with_adapter < tol, "{base}: merged {merged_loss} vs base+adapter {with_adapter}");
+    }
+}
+
+#[test]
+fn peft_adapter_loads_with_peft_eval_loss() {
+    let reference: Value = serde_json::from_slice(&fs::read(repo().join("tests/fixtures/peft-train/reference.json")).unwrap()).unwrap();
+    let expected = reference["eval"]["after3"].as_f64().unwrap();
+    let got = eval_loss(&fixture("tiny-untied"), Some(&repo().join("tests/fixtures/peft-train/after3")));
+    assert!((got - expected).abs() / expected < 1e-4, "tiqu eval --adapter {got} vs PEFT {expected}");
+}
+
+#[test]
+fn bad_training_input_gets_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = fs::read_to_string(fixture("sft_small.jsonl")).unwrap();
+    let data = dir.path().join("bad.jsonl");
+    fs::write(&data, format!("{good}{{broken\n")).unwrap();
+    let model = fixture("tiny-untied");
+    let run = |extra: &[&str], out: &str| {
+        let mut args = vec!["train", "--model", &model, "--data", data.to_str().unwrap(), "--out", out, "--max-steps", "1"];
+        args.extend_from_slice(extra);
+        tiqu(&args)
+    };
+    let out1 = dir.path().join("r1").display().to_string();
+    assert_error(&run(&[], &out1), &["bad.jsonl:7", "--skip-bad-records"]);
+    let out2 = dir.path().join("r2").display().to_string();
+    let skipped = ok(run(&["--skip-bad-records", "--max-length", "64"], &out2));
+    let stderr = String::from_utf8_lossy(&skipped.stderr);
+    assert!(stderr.contains("skipped 1 record"), "{stderr}");
+    assert!(stderr.contains("records longer than 64 tokens were cut"), "{stderr}");
+    let summary: Value = serde_json::from_slice(&fs::read(Path::new(&out2).join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["records_skipped"], 1);
+    assert_eq!(summary["records_cut"], 6);
+
+    fs::write(&data, "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"no output here\"}\n").unwrap();
+    let out3 = dir.path().join("r3").display().to_string();
+    assert_error(&run(&[], &out3), &["bad.jsonl:2", "output"]);
+
+    // An existing run folder is never overwritten.
+    assert_error(&run(&["--skip-bad-records"], &out2), &["--resume"]);
+}
+
+#[test]
+fn adapter_that_does_not_fit_the_base_is_refused() {
+    let data = fixture("sft_small.jsonl");
+    let out = tiqu(&["eval", "--model", &fixture("tiny-untied"), "--adapter", &fixture("peft-adapter-tied"), "--data", &data, "--loss-only"]);
+    assert_error(&out, &["lora_A.weight", "shape"]);
+}
+
+#[test]
+fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("nan");
+    let out = train(&run, &["--lr", "1e30", "--max-grad-norm", "0", "--save-steps", "1"]);
+    assert_error(&out, &["loss became", "at step 2", "checkpoint-1"]);
+    assert!(run.join("checkpoint-1/adapter_model.safetensors").is_file());
+    assert!(!run.join("checkpoint-2").exists());
+}
