@@ -288,9 +288,14 @@ def compare_weights(merged_sd, ref_sd, stored_dtype, tied, max_ulp):
                 problems.append(f"{k}: max |diff| {float((m - r).abs().max()):.3e} (max |W| {scale:.3e})")
         elif ulp > max_ulp:
             problems.append(f"{k}: {ulp} ulp from PEFT's merge rounded to {stored_dtype}")
-    summary = (f"{n_tot} values, {n_diff} differ from PEFT's merge"
-               f"{'' if stored_dtype == torch.float32 else ' rounded to ' + str(stored_dtype).replace('torch.', '')}"
-               f", max {worst_ulp} ulp, max |diff| / max|W| {worst_rel:.2e}")
+    short = str(stored_dtype).replace("torch.", "")
+    if stored_dtype == torch.float32:
+        summary = (f"{n_tot} values, {n_diff} differ from PEFT's float32 merge, max {worst_ulp} ulp, "
+                   f"max |diff| / max|W| {worst_rel:.2e} per tensor")
+    else:
+        summary = (f"{n_tot} values, {n_diff} differ from PEFT's float32 merge rounded to {short}, "
+                   f"max {worst_ulp} ulp (informative: max |merged - unrounded f32 merge| / max|W| "
+                   f"{worst_rel:.2e} per tensor)")
     return not problems, summary, problems
 
 
