@@ -17,6 +17,9 @@ use crate::model::{Linear, Qwen3ForCausalLM};
 use crate::weights::SafetensorsFile;
 use crate::{Error, Result};
 
+/// LoRA weights by PEFT key: `(shape, f32 values)`.
+pub type AdapterTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// The projections LoRA can target, in the order PEFT lists a Qwen3 layer's modules.
 pub const TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
@@ -332,7 +335,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
     }
 
     /// The LoRA weights in PEFT's key names, as f32 `(shape, values)`.
-    pub fn adapter_tensors(&self) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+    pub fn adapter_tensors(&self) -> Result<AdapterTensors> {
         let mut out = BTreeMap::new();
         for (layer, name, linear) in self.projections() {
             if let Some(lora) = &linear.lora {
@@ -363,7 +366,7 @@ pub fn trainable_line(trainable: usize, all: usize) -> String {
         let s = n.to_string();
         let mut out = String::new();
         for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(c);
@@ -372,4 +375,58 @@ pub fn trainable_line(trainable: usize, all: usize) -> String {
     }
     let pct = if all > 0 { 100.0 * trainable as f64 / all as f64 } else { 0.0 };
     format!("trainable params: {} || all params: {} || trainable%: {pct:.4}", commas(trainable), commas(all))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peft(extra: Value) -> Result<LoraConfig> {
+        let mut v = serde_json::json!({"peft_type": "LORA", "r": 8, "lora_alpha": 32, "lora_dropout": 0.1,
+            "target_modules": ["q_proj", "v_proj"], "bias": "none", "use_rslora": false});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        LoraConfig::from_peft_json(v.to_string().as_bytes(), "adapter_config.json")
+    }
+
+    #[test]
+    fn peft_configs_round_trip_and_scale() {
+        let cfg = peft(serde_json::json!({})).unwrap();
+        assert_eq!((cfg.r, cfg.scaling()), (8, 4.0));
+        let again = LoraConfig::from_peft_json(cfg.to_peft_json("base").to_string().as_bytes(), "x").unwrap();
+        assert_eq!(again, cfg);
+        let rs = peft(serde_json::json!({"use_rslora": true})).unwrap();
+        assert!((rs.scaling() - 32.0 / 8f64.sqrt()).abs() < 1e-12);
+        let one = peft(serde_json::json!({"target_modules": "q_proj"})).unwrap();
+        assert_eq!(one.target_modules, ["q_proj"]);
+    }
+
+    #[test]
+    fn unsupported_peft_features_are_refused_by_name() {
+        for (extra, needle) in [
+            (serde_json::json!({"use_dora": true}), "use_dora"),
+            (serde_json::json!({"bias": "all"}), "bias"),
+            (serde_json::json!({"peft_type": "IA3"}), "IA3"),
+            (serde_json::json!({"modules_to_save": ["lm_head"]}), "modules_to_save"),
+            (serde_json::json!({"rank_pattern": {"q_proj": 4}}), "rank_pattern"),
+            (serde_json::json!({"target_modules": ".*proj"}), "regex"),
+            (serde_json::json!({"target_modules": ["embed_tokens"]}), "embed_tokens"),
+            (serde_json::json!({"fan_in_fan_out": true}), "fan_in_fan_out"),
+        ] {
+            let err = peft(extra).unwrap_err().to_string();
+            assert!(err.starts_with("adapter_config.json: ") && err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn trainable_count_matches_the_seed_line() {
+        let cfg = crate::Qwen3Config::preset("qwen3-0.6b").unwrap();
+        let n = LoraConfig::default().trainable_params(&cfg);
+        assert_eq!(n, 5_046_272);
+        assert_eq!(
+            trainable_line(n, cfg.num_parameters() + n),
+            "trainable params: 5,046,272 || all params: 601,096,192 || trainable%: 0.8395"
+        );
+    }
 }

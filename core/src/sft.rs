@@ -46,9 +46,12 @@ pub fn parse_records(text: &str, source: &str) -> Result<Vec<Located<SftRecord>>
     }
 }
 
+/// Parsed records, and `(line, reason)` for each line that is not a valid record.
+pub type Lenient = (Vec<Located<SftRecord>>, Vec<(usize, String)>);
+
 /// Like [`parse_records`], but JSONL lines that are not valid records are returned as
 /// `(line, reason)` instead of stopping the parse. A record without `output` is still an error.
-pub fn parse_records_lenient(text: &str, source: &str) -> Result<(Vec<Located<SftRecord>>, Vec<(usize, String)>)> {
+pub fn parse_records_lenient(text: &str, source: &str) -> Result<Lenient> {
     let trimmed = text.trim_start();
     let mut out = Vec::new();
     let mut bad = Vec::new();

@@ -58,6 +58,9 @@ pub fn trainable_params<B: Backend>(model: &mut Qwen3ForCausalLM<B>) -> Vec<&mut
     out
 }
 
+/// Mean loss, label tokens and gradients (in [`trainable_params`] order) of one accumulated batch.
+pub type Gradients<B> = (f64, usize, Vec<Tensor<B, 2>>);
+
 /// What one optimizer step saw.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
@@ -95,7 +98,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Loss and gradients of one accumulated batch, without updating anything: the loss of
     /// each micro-batch is its NLL sum over the label tokens of the whole accumulated batch.
     /// Returns (mean loss, label tokens, gradients in [`trainable_params`] order).
-    pub fn gradients(&mut self, micro_batches: &[&[Example]]) -> Result<(f64, usize, Vec<Tensor<B::InnerBackend, 2>>)> {
+    pub fn gradients(&mut self, micro_batches: &[&[Example]]) -> Result<Gradients<B::InnerBackend>> {
         let max_pos = self.model.max_position_embeddings;
         let prepared = micro_batches.iter().map(|mb| LabelledBatch::new(mb, max_pos)).collect::<Result<Vec<_>>>()?;
         let label_tokens: usize = prepared.iter().map(|p| p.rows.len()).sum();

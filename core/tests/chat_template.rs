@@ -28,14 +28,12 @@ fn template_is_byte_identical_and_tokenizes_identically() {
     for case in cases() {
         let name = case["name"].as_str().unwrap();
         let text = case["text"].as_str().unwrap();
-        match case["kind"].as_str().unwrap() {
-            "chat" => {
-                let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
-                let ours = chat_prompt_messages(&messages).unwrap();
-                assert_eq!(ours, text, "{name}: template text differs from transformers");
-                chats += 1;
-            }
-            _ => {}
+        // "response" cases hold only a tokenization to check.
+        if case["kind"] == "chat" {
+            let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+            let ours = chat_prompt_messages(&messages).unwrap();
+            assert_eq!(ours, text, "{name}: template text differs from transformers");
+            chats += 1;
         }
         assert_eq!(tok.encode(text).unwrap(), ids(&case["ids"]), "{name}: token ids differ from transformers");
     }

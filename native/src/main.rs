@@ -69,7 +69,7 @@ enum Command {
     /// Evaluate a model on SFT records.
     Eval(eval::EvalArgs),
     /// LoRA fine-tuning with the seed notebook's recipe as defaults.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Fold an adapter into the base: a standalone Hugging Face folder.
     Merge(merge::MergeArgs),
     /// Inspect training runs.

@@ -39,8 +39,11 @@ pub fn summarize(metrics: &Path, trainable_line: &str, elapsed_s: f64, steps: us
     }))
 }
 
+/// One curve of a chart: name, colour, (step, value) points.
+type Curve<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 /// An SVG line chart of one or two series.
-fn chart(title: &str, lines: &[(&str, &str, Vec<(f64, f64)>)]) -> String {
+fn chart(title: &str, lines: &[Curve]) -> String {
     let (w, h, pad) = (640.0, 280.0, 48.0);
     let all: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.2.iter().copied()).collect();
     if all.is_empty() {

@@ -1,7 +1,7 @@
 //! `tiqu runs compare A B …`: settings and final metrics of runs, side by side.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
@@ -13,7 +13,7 @@ pub enum RunsCommand {
     Compare { runs: Vec<PathBuf> },
 }
 
-fn load(run: &PathBuf) -> Result<(Value, Value)> {
+fn load(run: &Path) -> Result<(Value, Value)> {
     let cfg_path = run.join("config.toml");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| anyhow!("{}: {e} (not a tiqu run folder?)", cfg_path.display()))?;
     let cfg: toml::Value = toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
@@ -43,7 +43,7 @@ pub fn run(cmd: &RunsCommand) -> Result<()> {
     if runs.len() < 2 {
         bail!("runs compare takes at least two run folders");
     }
-    let loaded = runs.iter().map(load).collect::<Result<Vec<_>>>()?;
+    let loaded = runs.iter().map(|r| load(r)).collect::<Result<Vec<_>>>()?;
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     rows.push(("run".into(), runs.iter().map(|r| r.display().to_string()).collect()));
     // Settings (config.toml), then final metrics (summary.json).
