@@ -4,7 +4,9 @@
 
 pub mod chat;
 pub mod config;
+pub mod constrain;
 pub mod error;
+pub mod extract;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod folder;
 pub mod generate;
@@ -12,6 +14,7 @@ pub mod lora;
 pub mod loss;
 pub mod merge;
 pub mod model;
+pub mod schema;
 pub mod sft;
 pub mod tokenizer;
 pub mod train;
@@ -24,3 +27,6 @@ pub use generate::{GenerateOptions, Generated, Sampling};
 pub use model::{KvCache, Qwen3ForCausalLM};
 pub use tokenizer::Tokenizer;
 pub use weights::{RandomInit, SafetensorsFile, WeightSource};
+pub use constrain::Constrain;
+pub use extract::{ExtractOptions, Extraction, Extractor, Fields};
+pub use schema::{Field, Schema};

@@ -217,6 +217,22 @@ impl<B: Backend> KvCache<B> {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+
+    /// Grows the cache (by at least half) so that `needed` tokens fit, keeping what it holds.
+    pub fn reserve(&mut self, needed: usize) {
+        if needed <= self.capacity {
+            return;
+        }
+        let capacity = needed.max(self.capacity + self.capacity / 2);
+        for layer in &mut self.layers {
+            let [b, h, _, d] = layer.k.dims();
+            let device = layer.k.device();
+            let extra = capacity - self.capacity;
+            layer.k = Tensor::cat(vec![layer.k.clone(), Tensor::zeros([b, h, extra, d], &device)], 2);
+            layer.v = Tensor::cat(vec![layer.v.clone(), Tensor::zeros([b, h, extra, d], &device)], 2);
+        }
+        self.capacity = capacity;
+    }
 }
 
 /// What one forward pass needs besides token ids, built on the host.

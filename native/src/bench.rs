@@ -18,6 +18,33 @@ pub enum BenchCommand {
     Generate(BenchGenerateArgs),
     /// LoRA training throughput with the seed recipe.
     Train(BenchTrainArgs),
+    /// Extraction throughput (constrained decoding included).
+    Extract(BenchExtractArgs),
+}
+
+#[derive(Args)]
+pub struct BenchExtractArgs {
+    /// A config.json, or a preset: qwen3-0.6b, qwen3-1.7b, qwen3-4b.
+    #[arg(long)]
+    config: String,
+    /// The Qwen3 tokenizer folder.
+    #[arg(long, default_value = "assets/qwen3-tokenizer")]
+    tokenizer: std::path::PathBuf,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Records to extract (default: one batch).
+    #[arg(long)]
+    records: Option<usize>,
+    /// Characters per record (the seed's example, repeated).
+    #[arg(long, default_value_t = 120)]
+    text_chars: usize,
+    /// Tokens picked per record; random weights rarely close the object, so this fixes lengths.
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    #[arg(long, default_value = "copy")]
+    constrain: tiqu_core::Constrain,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -76,6 +103,7 @@ pub fn peak_rss_mb() -> f64 {
 pub fn run(backend: BackendName, cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Generate(args) => with_backend!(backend, |B, device| bench_generate::<B>(&device, backend, args)),
+        BenchCommand::Extract(args) => with_backend!(backend, |B, device| bench_extract::<B>(&device, backend, args)),
         BenchCommand::Train(args) => with_backend!(backend, |B, device| {
             if args.gradient_checkpointing {
                 type C = burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
@@ -191,6 +219,52 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
         "gradient_checkpointing": args.gradient_checkpointing,
         "step_s": step_s,
         "tokens_per_s": (args.batch * args.seq) as f64 / step_s,
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &BenchExtractArgs) -> Result<()> {
+    use tiqu_core::{ExtractOptions, Extractor, Schema};
+    if args.batch == 0 || args.text_chars == 0 {
+        bail!("--batch and --text-chars must be at least 1");
+    }
+    let cfg = load_bench_config(&args.config)?;
+    let tokenizer = tiqu_core::folder::load_tokenizer(&args.tokenizer, None)?;
+    let model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?;
+    let options = ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch };
+    let eos = if cfg.eos_token_ids.is_empty() { vec![151645] } else { cfg.eos_token_ids.clone() };
+    let extractor = Extractor::new(model, tokenizer, eos, Schema::default(), options);
+    let seed = "龙琳，宁夏回族自治区璐市城东林街g座 955491，邮箱 nafan@example.com。小区垃圾堆积成山，物业不管，臭气熏天！！";
+    let n = args.records.unwrap_or(args.batch);
+    let texts: Vec<String> = (0..n)
+        .map(|i| format!("{i} {}", seed.chars().cycle().skip(i % 7).take(args.text_chars).collect::<String>()))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    extractor.extract_batch(&refs[..1.min(n)]);
+    let start = Instant::now();
+    let results = extractor.extract_batch(&refs);
+    let secs = start.elapsed().as_secs_f64();
+    // In `none` mode random weights rarely produce JSON: such records count, their tokens don't.
+    let tokens: usize = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.tokens).sum();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    let out = serde_json::json!({
+        "backend": backend.name(),
+        "config": args.config,
+        "constrain": format!("{:?}", args.constrain).to_lowercase(),
+        "batch": args.batch,
+        "records": n,
+        "text_chars": args.text_chars,
+        "max_new_tokens": args.max_new_tokens,
+        "seconds": secs,
+        "records_per_s": n as f64 / secs,
+        "tokens_per_s": tokens as f64 / secs,
+        "failed_records": failed,
         "peak_rss_mb": peak_rss_mb(),
     });
     if args.json {

@@ -4,6 +4,7 @@ mod backend;
 mod bench;
 mod checkpoint;
 mod eval;
+mod extract;
 mod generate;
 mod merge;
 mod report;
@@ -68,6 +69,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Evaluate a model on SFT records.
     Eval(eval::EvalArgs),
+    /// Extract the schema's fields from texts: JSONL out, one line per input line.
+    Extract(Box<extract::ExtractArgs>),
     /// LoRA fine-tuning with the seed notebook's recipe as defaults.
     Train(Box<train::TrainArgs>),
     /// Fold an adapter into the base: a standalone Hugging Face folder.
@@ -102,6 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor => doctor(),
         Command::Generate(args) => generate::run(backend::choose(cli.backend)?, &args),
         Command::Eval(args) => eval::run(backend::choose(cli.backend)?, &args),
+        Command::Extract(args) => extract::run(backend::choose(cli.backend)?, &args),
         Command::Train(args) => train::run(backend::choose(cli.backend)?, &args),
         Command::Merge(args) => merge::run(&args),
         Command::Runs(cmd) => runs::run(&cmd),
