@@ -61,7 +61,7 @@ fn parse_records(bytes: &[u8]) -> Vec<Record> {
     let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
     // A final newline ends the last line; it does not start another.
     let lines = match lines.split_last() {
-        Some((last, rest)) if last.is_empty() => rest,
+        Some((&[], rest)) => rest,
         _ => &lines[..],
     };
     let jsonl = lines
