@@ -53,7 +53,7 @@ impl Fields {
 }
 
 /// One record's result and what happened on the way.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Extraction {
     pub fields: Fields,
     /// Set when the text was cut to fit the context.
@@ -62,6 +62,8 @@ pub struct Extraction {
     pub tokens: usize,
     /// Whether the token budget ran out before the object closed.
     pub truncated: bool,
+    /// Seconds spent computing allowed tokens and stepping the grammar.
+    pub constrain_s: f64,
 }
 
 pub struct Extractor<B: Backend> {
@@ -75,6 +77,10 @@ pub struct Extractor<B: Backend> {
 }
 
 struct Row {
+    /// Tokens decided but not yet fed to the model (a pick and what the grammar forces after it).
+    pending: std::collections::VecDeque<u32>,
+    /// Seconds spent in constrained-decoding work for this row.
+    constrain_s: f64,
     grammar: Option<Grammar>,
     state: Option<State>,
     /// Free-text output in `none` mode.
@@ -165,7 +171,7 @@ impl<B: Backend> Extractor<B> {
             }
             results.push(None);
             let (mut ids, text, warning) = self.prompt(text)?;
-            let mut row = Row { grammar: None, state: None, text: Vec::new(), picked: 0, generated: 0, done: false, truncated: false, warning };
+            let mut row = Row { pending: Default::default(), constrain_s: 0.0, grammar: None, state: None, text: Vec::new(), picked: 0, generated: 0, done: false, truncated: false, warning };
             if mode != Constrain::None {
                 let grammar = Grammar::new(&self.schema, mode, &text);
                 let mut state = grammar.start();
@@ -209,7 +215,13 @@ impl<B: Backend> Extractor<B> {
                     .collect::<Result<Vec<_>>>()?
             }
         };
-        Ok(Extraction { fields: Fields { names, values }, warning: row.warning, tokens: row.generated, truncated: row.truncated })
+        Ok(Extraction {
+            fields: Fields { names, values },
+            warning: row.warning,
+            tokens: row.generated,
+            truncated: row.truncated,
+            constrain_s: row.constrain_s,
+        })
     }
 
     /// Decodes all rows together: one forward pass per step over every unfinished row.
@@ -235,8 +247,9 @@ impl<B: Backend> Extractor<B> {
             cache.reserve(pos.past + pos.seq);
             let hidden = self.model.hidden(&ids, &pos, Some(&mut cache))?;
             let [_, t, d] = hidden.dims();
-            let active: Vec<usize> = (0..batch).filter(|&r| !rows[r].done && counts[r] > 0).collect();
-            if active.is_empty() {
+            // Rows that fed their last decided token now pick the next one.
+            let active: Vec<usize> = (0..batch).filter(|&r| !rows[r].done && counts[r] > 0 && rows[r].pending.is_empty()).collect();
+            if active.is_empty() && rows.iter().all(|r| r.done || r.pending.is_empty()) {
                 break;
             }
             // Logits at each active row's last new token.
@@ -248,11 +261,23 @@ impl<B: Backend> Extractor<B> {
                 .convert::<f32>()
                 .to_vec()
                 .map_err(|e| Error::Other(format!("reading logits: {e:?}")))?;
-            let mut chunks: Vec<Vec<u32>> = vec![Vec::new(); batch];
             for (k, &r) in active.iter().enumerate() {
                 let row_logits = &logits[k * vocab..(k + 1) * vocab];
-                chunks[r] = self.advance(&mut rows[r], row_logits)?;
+                let chunk = self.advance(&mut rows[r], row_logits)?;
+                rows[r].pending.extend(chunk);
             }
+            // Forced tokens go in with the pick in one pass when few rows decode (the pass costs
+            // about the same for 1 or 5 tokens); with many rows, a longer chunk for one row
+            // would cost every row a padded column, so each row feeds one token per pass.
+            let unfinished = rows.iter().filter(|r| !r.done).count();
+            let cap = if unfinished <= 4 { usize::MAX } else { 1 };
+            let chunks: Vec<Vec<u32>> = rows
+                .iter_mut()
+                .map(|row| {
+                    let n = row.pending.len().min(cap);
+                    row.pending.drain(..n).collect()
+                })
+                .collect();
             let t_next = chunks.iter().map(Vec::len).max().unwrap_or(0);
             if t_next == 0 {
                 break;
@@ -309,6 +334,7 @@ impl<B: Backend> Extractor<B> {
             row.generated += 1;
             return Ok(vec![best]);
         };
+        let started = web_time_now();
         let allowed = grammar.allowed(&self.table, state);
         if allowed.is_empty() {
             row.done = true;
@@ -321,6 +347,7 @@ impl<B: Backend> Extractor<B> {
         row.generated += 1;
         if grammar.is_done(state) {
             row.done = true;
+            row.constrain_s += elapsed_s(started);
             return Ok(Vec::new());
         }
         let mut chunk = vec![best];
@@ -332,6 +359,7 @@ impl<B: Backend> Extractor<B> {
             row.generated += tokens.len();
             chunk.extend(tokens);
         }
+        row.constrain_s += elapsed_s(started);
         Ok(chunk)
     }
 }
@@ -345,4 +373,25 @@ fn argmax(logits: &[f32], candidates: impl Iterator<Item = u32>) -> u32 {
         }
     }
     best.1
+}
+
+// std's clock is not available in wasm32-unknown-unknown; there the timing reads zero.
+#[cfg(not(target_arch = "wasm32"))]
+fn web_time_now() -> Option<std::time::Instant> {
+    Some(std::time::Instant::now())
+}
+
+#[cfg(target_arch = "wasm32")]
+fn web_time_now() -> Option<()> {
+    None
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn elapsed_s(start: Option<std::time::Instant>) -> f64 {
+    start.map_or(0.0, |s| s.elapsed().as_secs_f64())
+}
+
+#[cfg(target_arch = "wasm32")]
+fn elapsed_s(_: Option<()>) -> f64 {
+    0.0
 }

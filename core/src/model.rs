@@ -193,8 +193,13 @@ impl<B: Backend> LayerCache<B> {
     fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [b, kvh, t, d] = k.dims();
         let end = self.len + t;
-        self.k = self.k.clone().slice_assign([0..b, 0..kvh, self.len..end, 0..d], k);
-        self.v = self.v.clone().slice_assign([0..b, 0..kvh, self.len..end, 0..d], v);
+        // Moved out, not cloned: a tensor with one owner is updated in place, a shared one would
+        // be copied whole on every step.
+        let dummy = || Tensor::<B, 4>::empty([0, 0, 0, 0], &k.device());
+        let cache_k = std::mem::replace(&mut self.k, dummy());
+        let cache_v = std::mem::replace(&mut self.v, dummy());
+        self.k = cache_k.slice_assign([0..b, 0..kvh, self.len..end, 0..d], k);
+        self.v = cache_v.slice_assign([0..b, 0..kvh, self.len..end, 0..d], v);
         self.len = end;
         (self.k.clone().slice([0..b, 0..kvh, 0..end, 0..d]), self.v.clone().slice([0..b, 0..kvh, 0..end, 0..d]))
     }

@@ -253,6 +253,7 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
     // In `none` mode random weights rarely produce JSON: such records count, their tokens don't.
     let tokens: usize = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.tokens).sum();
     let failed = results.iter().filter(|r| r.is_err()).count();
+    let constrain_s: f64 = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.constrain_s).sum();
     let out = serde_json::json!({
         "backend": backend.name(),
         "config": args.config,
@@ -265,6 +266,8 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
         "records_per_s": n as f64 / secs,
         "tokens_per_s": tokens as f64 / secs,
         "failed_records": failed,
+        "constrain_s": constrain_s,
+        "constrain_share": constrain_s / secs,
         "peak_rss_mb": peak_rss_mb(),
     });
     if args.json {
