@@ -177,12 +177,7 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
         "decode_tokens_per_s": if decode_s > 0.0 { decode_tokens as f64 / decode_s } else { 0.0 },
         "peak_rss_mb": peak_rss_mb(),
     });
-    if args.json {
-        println!("{out}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    }
-    Ok(())
+    print_result(&out, args.json)
 }
 
 fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, backend: BackendName, args: &BenchTrainArgs) -> Result<()> {
@@ -221,12 +216,7 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
         "tokens_per_s": (args.batch * args.seq) as f64 / step_s,
         "peak_rss_mb": peak_rss_mb(),
     });
-    if args.json {
-        println!("{out}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    }
-    Ok(())
+    print_result(&out, args.json)
 }
 
 fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &BenchExtractArgs) -> Result<()> {
@@ -270,10 +260,15 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
         "constrain_share": constrain_s / secs,
         "peak_rss_mb": peak_rss_mb(),
     });
-    if args.json {
+    print_result(&out, args.json)
+}
+
+/// One JSON line with `--json`, else the same object pretty-printed.
+fn print_result(out: &serde_json::Value, json: bool) -> Result<()> {
+    if json {
         println!("{out}");
     } else {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string_pretty(out)?);
     }
     Ok(())
 }
