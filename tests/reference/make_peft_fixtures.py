@@ -178,6 +178,16 @@ def lora_config(spec):
     )
 
 
+def checked_base_eval(spec, examples):
+    """Eval losses of the base alone, asserted equal to make_fixtures.py's recorded loss."""
+    base = load_base(spec["base"])
+    ev_base = eval_losses(base, examples)
+    with open(Path(spec["base"]) / "reference.json", encoding="utf-8") as f:
+        base_ref = json.load(f)["losses"]
+    assert abs(ev_base["loss"] - base_ref["loss"]) <= 1e-6 * abs(base_ref["loss"]), (ev_base["loss"], base_ref["loss"])
+    return ev_base
+
+
 def make_peft(spec):
     base = load_base(spec["base"])
     torch.manual_seed(spec["a_seed"])
@@ -279,12 +289,7 @@ def build_train(tok, recs):
     examples = [tokenize_record(tok, r) for r in recs]
 
     # eval: base alone (must equal make_fixtures' number)
-    base = load_base(spec["base"])
-    ev_base = eval_losses(base, examples)
-    with open(Path(spec["base"]) / "reference.json", encoding="utf-8") as f:
-        base_ref = json.load(f)["losses"]
-    assert abs(ev_base["loss"] - base_ref["loss"]) <= 1e-6 * abs(base_ref["loss"]), (ev_base["loss"], base_ref["loss"])
-    del base
+    ev_base = checked_base_eval(spec, examples)
 
     # initial adapter
     model = make_peft(spec)
@@ -418,12 +423,7 @@ def build_tied(tok, recs):
         shutil.rmtree(out)
     examples = [tokenize_record(tok, r) for r in recs]
 
-    base = load_base(spec["base"])
-    ev_base = eval_losses(base, examples)
-    with open(Path(spec["base"]) / "reference.json", encoding="utf-8") as f:
-        base_ref = json.load(f)["losses"]
-    assert abs(ev_base["loss"] - base_ref["loss"]) <= 1e-6 * abs(base_ref["loss"]), (ev_base["loss"], base_ref["loss"])
-    del base
+    ev_base = checked_base_eval(spec, examples)
 
     model = make_peft(spec)
     check_scaling(model, spec)
