@@ -282,19 +282,15 @@ impl<B: Backend> Extractor<B> {
             if t_next == 0 {
                 break;
             }
-            let past = pos.past + pos.seq;
+            let lens: Vec<usize> = chunks.iter().map(Vec::len).collect();
             let mut step_ids = Vec::with_capacity(batch * t_next);
-            let mut positions = Vec::with_capacity(batch * t_next);
-            let mut key_valid = Vec::with_capacity(batch * (past + t_next));
-            let width = pos.past + pos.seq;
-            for r in 0..batch {
-                let chunk = &chunks[r];
+            for chunk in &chunks {
                 step_ids.extend(chunk.iter().copied().chain(std::iter::repeat_n(pad, t_next - chunk.len())));
-                positions.extend((0..t_next).map(|j| next_pos[r] + j.min(chunk.len().saturating_sub(1))));
-                key_valid.extend_from_slice(&pos.key_valid[r * width..(r + 1) * width]);
-                key_valid.extend((0..t_next).map(|j| j < chunk.len()));
-                next_pos[r] += chunk.len();
-                counts[r] = chunk.len();
+            }
+            let step_pos = pos.next(&lens, &next_pos, t_next);
+            for r in 0..batch {
+                next_pos[r] += lens[r];
+                counts[r] = lens[r];
                 offsets[r] = 0;
             }
             if next_pos.iter().any(|&p| p >= self.model.max_position_embeddings) {
@@ -310,7 +306,7 @@ impl<B: Backend> Extractor<B> {
                 }
             }
             ids = step_ids;
-            pos = Positions { batch, seq: t_next, past, positions, key_valid };
+            pos = step_pos;
         }
         Ok(())
     }

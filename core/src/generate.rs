@@ -106,14 +106,7 @@ pub fn generate<B: Backend>(
         }
         // Finished rows keep stepping with a pad token; their outputs are ignored.
         step_ids = next.iter().zip(&done).map(|(&tok, &d)| if d { opts.pad_token_id } else { tok }).collect();
-        let past = cache.len();
-        let width = pos.past + pos.seq;
-        let mut grown = Vec::with_capacity(batch * (past + 1));
-        for row in 0..batch {
-            grown.extend_from_slice(&pos.key_valid[row * width..(row + 1) * width]);
-            grown.push(true);
-        }
-        pos = Positions { batch, seq: 1, past, positions: next_pos.clone(), key_valid: grown };
+        pos = pos.next(&vec![1; batch], &next_pos, 1);
         next_pos.iter_mut().for_each(|p| *p += 1);
     }
     Ok(out)

@@ -81,3 +81,15 @@ pub fn nll_sums<B: Backend>(model: &Qwen3ForCausalLM<B>, batch: &[Example]) -> R
     }
     Ok(out)
 }
+
+/// Total response-token NLL and response-token count over `examples`, `batch` records per pass.
+pub fn total_nll<B: Backend>(model: &Qwen3ForCausalLM<B>, examples: &[Example], batch: usize) -> Result<(f64, usize)> {
+    let (mut nll, mut tokens) = (0.0f64, 0usize);
+    for chunk in examples.chunks(batch.max(1)) {
+        for (sum, count) in nll_sums(model, chunk)? {
+            nll += sum;
+            tokens += count;
+        }
+    }
+    Ok((nll, tokens))
+}

@@ -276,6 +276,20 @@ impl Positions {
         }
         Self { batch: lengths.len(), seq, past: 0, positions, key_valid }
     }
+
+    /// The step after this one: row `r` feeds `lens[r]` tokens at rotary positions from
+    /// `starts[r]`, left-aligned in `seq` columns; the padding columns are never attended to.
+    pub fn next(&self, lens: &[usize], starts: &[usize], seq: usize) -> Self {
+        let past = self.past + self.seq;
+        let mut positions = Vec::with_capacity(self.batch * seq);
+        let mut key_valid = Vec::with_capacity(self.batch * (past + seq));
+        for r in 0..self.batch {
+            positions.extend((0..seq).map(|j| starts[r] + j.min(lens[r].saturating_sub(1))));
+            key_valid.extend_from_slice(&self.key_valid[r * past..(r + 1) * past]);
+            key_valid.extend((0..seq).map(|j| j < lens[r]));
+        }
+        Self { batch: self.batch, seq, past, positions, key_valid }
+    }
 }
 
 /// Device tensors derived from [`Positions`], shared by every layer of one forward pass.

@@ -149,16 +149,9 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     let prefill_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let mut valid = vec![true; b * p];
+    let mut pos = pos;
     for step in 0..t.saturating_sub(1) {
-        let past = p + step;
-        let mut grown = Vec::with_capacity(b * (past + 1));
-        for row in 0..b {
-            grown.extend_from_slice(&valid[row * past..(row + 1) * past]);
-            grown.push(true);
-        }
-        valid = grown;
-        let pos = Positions { batch: b, seq: 1, past, positions: vec![past; b], key_valid: valid.clone() };
+        pos = pos.next(&vec![1; b], &vec![p + step; b], 1);
         let h = model.hidden(&next, &pos, Some(&mut cache))?;
         next = read(model.logits(h.reshape([b, d])).argmax(1).reshape([b]))?;
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use tiqu_core::loss::nll_sums;
+use tiqu_core::loss::total_nll;
 use tiqu_core::sft::{parse_records, Example};
 
 use crate::backend::BackendName;
@@ -53,13 +53,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) -> Res
         }
         examples.push(ex);
     }
-    let (mut nll, mut tokens) = (0.0f64, 0usize);
-    for chunk in examples.chunks(args.batch) {
-        for (sum, count) in nll_sums(&loaded.model, chunk)? {
-            nll += sum;
-            tokens += count;
-        }
-    }
+    let (nll, tokens) = total_nll(&loaded.model, &examples, args.batch)?;
     let loss = if tokens > 0 { nll / tokens as f64 } else { f64::NAN };
     println!("loss {loss:.6} over {tokens} response tokens in {} records", records.len());
     if args.json {

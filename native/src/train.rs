@@ -15,7 +15,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tiqu_core::lora::{trainable_line, LoraConfig};
-use tiqu_core::loss::nll_sums;
+use tiqu_core::loss::total_nll;
 use tiqu_core::sft::{parse_records_lenient, Example};
 use tiqu_core::train::{epoch_order, linear_lr, step_micro_batches, steps_per_epoch, trainable_names, AdamWConfig, Trainer};
 use tiqu_core::weights::{encode, write_safetensors, Dtype, TensorEntry};
@@ -286,13 +286,7 @@ fn load_examples(path: &Path, tok: &Tokenizer, max_length: usize, skip_bad: bool
 }
 
 fn eval_loss<B: Backend>(model: &tiqu_core::Qwen3ForCausalLM<B>, examples: &[Example]) -> Result<f64> {
-    let (mut nll, mut tokens) = (0.0, 0);
-    for chunk in examples.chunks(8) {
-        for (s, n) in nll_sums(model, chunk)? {
-            nll += s;
-            tokens += n;
-        }
-    }
+    let (nll, tokens) = total_nll(model, examples, 8)?;
     Ok(nll / tokens.max(1) as f64)
 }
 
