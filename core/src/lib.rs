@@ -16,6 +16,7 @@ pub mod merge;
 pub mod model;
 pub mod schema;
 pub mod sft;
+pub mod synth;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

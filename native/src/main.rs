@@ -3,6 +3,7 @@
 mod backend;
 mod bench;
 mod checkpoint;
+mod data;
 mod eval;
 mod extract;
 mod generate;
@@ -78,6 +79,9 @@ enum Command {
     /// Inspect training runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// Make training data: synthetic complaint records.
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// Benchmarks on random weights (figures, not tests).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -109,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(backend::choose(cli.backend)?, &args),
         Command::Merge(args) => merge::run(&args),
         Command::Runs(cmd) => runs::run(&cmd),
+        Command::Data(cmd) => data::run(&cmd),
         Command::Bench(cmd) => bench::run(backend::choose(cli.backend)?, &cmd),
     }
 }

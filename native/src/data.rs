@@ -1,0 +1,109 @@
+//! `tiqu data synth`: synthetic complaint records as SFT JSONL (see `tiqu_core::synth` for what
+//! they hold and how they are labelled).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use tiqu_core::synth::Synth;
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Write N synthetic complaint records ({system, instruction, input, output}) as JSONL,
+    /// the same records for the same seed.
+    Synth(SynthArgs),
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// How many records.
+    #[arg(long)]
+    n: usize,
+    /// Seed: the same seed gives the same records.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Where to write them (JSONL).
+    #[arg(long)]
+    out: PathBuf,
+    /// Write this fraction of the records (the first round(F·N)) to --out and the rest to
+    /// <out stem>.heldout.jsonl beside it.
+    #[arg(long, value_name = "F")]
+    split: Option<f64>,
+}
+
+pub fn run(cmd: &DataCommand) -> Result<()> {
+    let DataCommand::Synth(args) = cmd;
+    synth(args)
+}
+
+/// `runs/x.jsonl` → `runs/x.heldout.jsonl`.
+pub fn heldout_path(out: &Path) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    out.with_file_name(format!("{stem}.heldout.jsonl"))
+}
+
+fn synth(args: &SynthArgs) -> Result<()> {
+    if args.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let train = match args.split {
+        None => args.n,
+        Some(f) if !(f > 0.0 && f < 1.0) => bail!("--split must be between 0 and 1 (exclusive), got {f}"),
+        Some(f) => {
+            let train = (f * args.n as f64).round() as usize;
+            if train == 0 || train == args.n {
+                bail!(
+                    "--split {f} of --n {} leaves the {} set empty",
+                    args.n,
+                    if train == 0 { "training" } else { "held-out" }
+                );
+            }
+            train
+        }
+    };
+    let mut records = Synth::new(args.seed).map(|r| r.to_sft());
+    write(&args.out, records.by_ref().take(train))?;
+    println!("wrote {train} records to {}", args.out.display());
+    if train < args.n {
+        let heldout = heldout_path(&args.out);
+        write(&heldout, records.take(args.n - train))?;
+        println!("wrote {} held-out records to {}", args.n - train, heldout.display());
+    }
+    Ok(())
+}
+
+fn write(path: &Path, records: impl Iterator<Item = tiqu_core::sft::SftRecord>) -> Result<()> {
+    let fail = |e: std::io::Error| {
+        // "Permission denied (os error 13)" → "Permission denied".
+        let msg = e.to_string();
+        let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
+        anyhow::anyhow!("cannot write {}: {msg}", path.display())
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // create_dir_all says "File exists" when a file stands in the way: name it instead.
+        if let Some(file) = dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
+            bail!("cannot write {}: {} is not a folder", path.display(), file.display());
+        }
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let mut w = BufWriter::new(File::create(path).map_err(fail)?);
+    for rec in records {
+        let line = serde_json::to_string(&rec)?;
+        writeln!(w, "{line}").map_err(fail)?;
+    }
+    w.flush().map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heldout_sits_beside_the_output() {
+        assert_eq!(heldout_path(Path::new("runs/x.jsonl")), Path::new("runs/x.heldout.jsonl"));
+        assert_eq!(heldout_path(Path::new("data")), Path::new("data.heldout.jsonl"));
+        assert_eq!(heldout_path(Path::new("a.b.json")), Path::new("a.b.heldout.jsonl"));
+    }
+}

@@ -1,0 +1,81 @@
+//! `tiqu data synth` end to end: the files it writes, and one clear line for bad input.
+
+use std::fs;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn tiqu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tiqu")).args(args).output().expect("run tiqu")
+}
+
+/// A failure with one `error:` line that contains every `needle`.
+fn assert_clean_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected exit 1; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error line should name `{n}`: {}", lines[0]);
+    }
+}
+
+/// Every line a record whose output holds the four keys, each value found in the input.
+fn check_records(text: &str) -> usize {
+    let mut n = 0;
+    for line in text.lines() {
+        let rec: Value = serde_json::from_str(line).expect("a JSON line");
+        let input = rec["input"].as_str().expect("input");
+        assert_eq!(rec["instruction"], "");
+        assert!(rec["system"].as_str().unwrap().starts_with("将文本中的name、address、email、question提取出来"));
+        let out: Value = serde_json::from_str(rec["output"].as_str().expect("output")).expect("output is JSON");
+        let obj = out.as_object().unwrap();
+        assert_eq!(obj.keys().collect::<Vec<_>>(), ["name", "address", "email", "question"]);
+        for v in obj.values() {
+            let v = v.as_str().unwrap();
+            assert!(!v.is_empty() && input.contains(v), "`{v}` not in `{input}`");
+        }
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn synth_splits_into_train_and_heldout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sub/synth.jsonl");
+    let o = tiqu(&["data", "synth", "--n", "50", "--seed", "3", "--split", "0.8", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let heldout = dir.path().join("sub/synth.heldout.jsonl");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains(out.to_str().unwrap()) && stdout.contains(heldout.to_str().unwrap()), "{stdout}");
+    let (train_text, heldout_text) = (fs::read_to_string(&out).unwrap(), fs::read_to_string(&heldout).unwrap());
+    assert_eq!(check_records(&train_text), 40);
+    assert_eq!(check_records(&heldout_text), 10);
+
+    // The same seed gives the same records, split or not.
+    let all = dir.path().join("all.jsonl");
+    let o = tiqu(&["data", "synth", "--n", "50", "--seed", "3", "--out", all.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert_eq!(fs::read_to_string(&all).unwrap(), train_text + &heldout_text);
+    assert!(!dir.path().join("all.heldout.jsonl").exists());
+}
+
+#[test]
+fn synth_bad_input_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.jsonl");
+    let out = out.to_str().unwrap();
+    assert_clean_error(&tiqu(&["data", "synth", "--n", "0", "--out", out]), &["--n must be at least 1"]);
+    assert_clean_error(&tiqu(&["data", "synth", "--n", "5", "--split", "1.5", "--out", out]), &["--split"]);
+    assert_clean_error(&tiqu(&["data", "synth", "--n", "1", "--split", "0.9", "--out", out]), &["held-out", "empty"]);
+
+    // A path under a file, and one under /proc.
+    let file = dir.path().join("file");
+    fs::write(&file, "").unwrap();
+    let under_file = file.join("y.jsonl");
+    let under_file = under_file.to_str().unwrap();
+    assert_clean_error(&tiqu(&["data", "synth", "--n", "3", "--out", under_file]), &["cannot write", under_file, "is not a folder"]);
+    assert_clean_error(&tiqu(&["data", "synth", "--n", "3", "--out", "/proc/x/y.jsonl"]), &["cannot write", "/proc/x"]);
+}
