@@ -722,7 +722,8 @@ impl Gen<'_> {
             // Junk runs straight on only after the complaint's final punctuation; anywhere else a
             // space, line break or comma keeps it apart from the value before it.
             if !(question_last && ends_in_punct && self.chance(0.7)) {
-                text.push_str(self.pick(&[" ", "\n", "，", "  "]));
+                let seps: &[&str] = if text.ends_with(SENTENCE_END) { &[" ", "\n", "  "] } else { &[" ", "\n", "，", "  "] };
+                text.push_str(self.pick(seps));
             }
             text.push_str(self.pick(JUNK));
         }
@@ -780,6 +781,9 @@ mod tests {
             assert!(!rec.question.contains("谢谢"), "{}", rec.question);
             let after = &rec.text[rec.text.find(&rec.question).unwrap() + rec.question.len()..];
             assert!(!after.starts_with(SENTENCE_END), "record {i}: punctuation left after the question: {}", rec.text);
+            for stop in ["。，", "！，", "？，", "。；", "。,"] {
+                assert!(!rec.text.contains(stop), "record {i}: `{stop}` in {}", rec.text);
+            }
             assert!(!rec.name.ends_with("先生") && !rec.name.ends_with("女士"));
             assert_eq!(rec.text.matches('@').count(), 1, "one email: {}", rec.text);
 
