@@ -33,6 +33,16 @@ impl std::str::FromStr for Constrain {
     }
 }
 
+impl std::fmt::Display for Constrain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Json => "json",
+            Self::Copy => "copy",
+        })
+    }
+}
+
 /// GPT-2's byte-level alphabet: which byte each character of a byte-level BPE token stands for.
 fn byte_level_decoder() -> HashMap<char, u8> {
     let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();

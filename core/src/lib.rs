@@ -14,11 +14,14 @@ pub mod lora;
 pub mod loss;
 pub mod merge;
 pub mod model;
+pub mod params;
 pub mod schema;
+pub mod score;
 pub mod sft;
 pub mod synth;
 pub mod tokenizer;
 pub mod train;
+pub mod vocab;
 pub mod weights;
 
 pub use chat::{chat_prompt, Message};

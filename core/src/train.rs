@@ -1,8 +1,7 @@
-//! One optimizer step of LoRA fine-tuning, as transformers' Trainer + PEFT take it: gradient
-//! accumulation with the loss normalised by the label tokens of the whole accumulated batch,
-//! global-norm clipping, torch's AdamW, and a linear decay to 0 without warmup.
+//! One optimizer step of fine-tuning, as transformers' Trainer (+ PEFT for LoRA) takes it:
+//! gradient accumulation with the loss normalised by the label tokens of the whole accumulated
+//! batch, global-norm clipping, torch's AdamW, and a linear decay to 0 after an optional warmup.
 
-use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
@@ -10,6 +9,7 @@ use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use crate::lora::mix;
 use crate::loss::LabelledBatch;
 use crate::model::Qwen3ForCausalLM;
+use crate::params::{named_params_mut, ParamMut};
 use crate::sft::Example;
 use crate::{Error, Result};
 
@@ -28,13 +28,46 @@ impl Default for AdamWConfig {
     }
 }
 
-/// transformers' `get_linear_schedule_with_warmup(…, 0, total)`: the learning rate of optimizer
-/// step `step` (0-based).
-pub fn linear_lr(lr: f64, step: usize, total: usize) -> f64 {
-    if total == 0 {
+/// transformers' `get_linear_schedule_with_warmup(…, warmup, total)`: the learning rate of
+/// optimizer step `step` (0-based).
+pub fn linear_lr(lr: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return lr * step as f64 / warmup as f64;
+    }
+    if total <= warmup {
         return lr;
     }
-    lr * (total.saturating_sub(step) as f64 / total as f64).max(0.0)
+    lr * (total.saturating_sub(step) as f64 / (total - warmup) as f64).max(0.0)
+}
+
+/// What training updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Method {
+    /// LoRA pairs only; the base stays frozen.
+    #[default]
+    Lora,
+    /// Every parameter of the model.
+    Full,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "lora" => Ok(Self::Lora),
+            "full" => Ok(Self::Full),
+            _ => Err(format!("unknown method `{s}` (lora, full)")),
+        }
+    }
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lora => "lora",
+            Self::Full => "full",
+        }
+    }
 }
 
 /// AdamW moments of every trainable tensor, in [`trainable_params`] order.
@@ -46,13 +79,17 @@ pub struct AdamWState<B: Backend> {
     pub step: usize,
 }
 
-/// Mutable handles to the trainable tensors: every LoRA A and B, in a fixed order.
-pub fn trainable_params<B: Backend>(model: &mut Qwen3ForCausalLM<B>) -> Vec<&mut Param<Tensor<B, 2>>> {
+/// Mutable handles to the trainable tensors in a fixed order: every LoRA A and B, or with
+/// [`Method::Full`] every base parameter in checkpoint order.
+pub fn trainable_params<B: Backend>(model: &mut Qwen3ForCausalLM<B>, method: Method) -> Vec<ParamMut<'_, B>> {
+    if method == Method::Full {
+        return named_params_mut(model).into_iter().map(|(_, p)| p).collect();
+    }
     let mut out = Vec::new();
     for (_, _, linear) in model.projections_mut() {
         if let Some(lora) = linear.lora.as_mut() {
-            out.push(&mut lora.lora_A);
-            out.push(&mut lora.lora_B);
+            out.push(ParamMut::Matrix(&mut lora.lora_A));
+            out.push(ParamMut::Matrix(&mut lora.lora_B));
         }
     }
     out
@@ -81,18 +118,21 @@ pub struct Trainer<B: AutodiffBackend> {
     pub max_grad_norm: f64,
     /// Dropout masks derive from this and the step.
     pub seed: u64,
+    pub method: Method,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
-    pub fn new(mut model: Qwen3ForCausalLM<B>, adamw: AdamWConfig, max_grad_norm: f64, seed: u64) -> Result<Self> {
-        let params = trainable_params(&mut model);
+    pub fn new(mut model: Qwen3ForCausalLM<B>, method: Method, adamw: AdamWConfig, max_grad_norm: f64, seed: u64) -> Result<Self> {
+        let device = model.device();
+        let mut params = trainable_params(&mut model, method);
         if params.is_empty() {
             return Err(Error::Other("nothing to train: the model has no LoRA layers".into()));
         }
-        let zeros = |p: &&mut Param<Tensor<B, 2>>| Tensor::<B, 2>::zeros(p.dims(), &p.device()).inner();
+        params.iter_mut().for_each(ParamMut::train);
+        let zeros = |p: &ParamMut<B>| Tensor::<B::InnerBackend, 2>::zeros(p.dims2(), &device);
         let exp_avg = params.iter().map(zeros).collect();
         let exp_avg_sq = params.iter().map(zeros).collect();
-        Ok(Self { model, state: AdamWState { exp_avg, exp_avg_sq, step: 0 }, adamw, max_grad_norm, seed })
+        Ok(Self { model, state: AdamWState { exp_avg, exp_avg_sq, step: 0 }, adamw, max_grad_norm, seed, method })
     }
 
     /// Loss and gradients of one accumulated batch, without updating anything: the loss of
@@ -114,8 +154,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             let loss = lb.nll(&self.model, hidden).sum().div_scalar(norm);
             nll_total += scalar(loss.clone().inner())? * norm;
             let grads = loss.backward();
-            for (slot, param) in acc.iter_mut().zip(trainable_params(&mut self.model)) {
-                if let Some(g) = param.val().grad(&grads) {
+            for (slot, param) in acc.iter_mut().zip(trainable_params(&mut self.model, self.method)) {
+                if let Some(g) = param.grad(&grads) {
                     *slot = Some(match slot.take() {
                         Some(prev) => prev.add(g),
                         None => g,
@@ -160,17 +200,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         let t = self.state.step as i32;
         let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
         let state = &mut self.state;
-        for (i, (param, g)) in trainable_params(&mut self.model).into_iter().zip(grads).enumerate() {
+        for (i, (mut param, g)) in trainable_params(&mut self.model, self.method).into_iter().zip(grads).enumerate() {
             let g = if clip < 1.0 { g.mul_scalar(clip) } else { g };
             let m = state.exp_avg[i].clone().mul_scalar(beta1).add(g.clone().mul_scalar(1.0 - beta1));
             let v = state.exp_avg_sq[i].clone().mul_scalar(beta2).add(g.square().mul_scalar(1.0 - beta2));
-            let mut p = param.val().inner();
+            let mut p = param.value();
             if weight_decay > 0.0 {
                 p = p.mul_scalar(1.0 - lr * weight_decay);
             }
             let denom = v.clone().sqrt().div_scalar(bc2.sqrt()).add_scalar(eps);
             p = p.sub(m.clone().div(denom).mul_scalar(lr / bc1));
-            *param = Param::from_tensor(Tensor::from_inner(p));
+            param.set(p);
             state.exp_avg[i] = m;
             state.exp_avg_sq[i] = v;
         }
@@ -204,8 +244,12 @@ pub fn step_micro_batches(order: &[usize], batch: usize, accumulation: usize, st
     order.get(start..end).unwrap_or(&[]).chunks(batch).map(<[usize]>::to_vec).collect()
 }
 
-/// PEFT key names of [`trainable_params`], in the same order.
-pub fn trainable_names<B: Backend>(model: &Qwen3ForCausalLM<B>) -> Vec<String> {
+/// Names of [`trainable_params`], in the same order: PEFT keys for LoRA, checkpoint keys for
+/// full training.
+pub fn trainable_names<B: Backend>(model: &Qwen3ForCausalLM<B>, method: Method) -> Vec<String> {
+    if method == Method::Full {
+        return named_params_mut(&mut model.clone()).into_iter().map(|(n, _)| n).collect();
+    }
     let mut out = Vec::new();
     for (layer, name, linear) in model.projections() {
         if linear.lora.is_some() {

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tiqu_core::lora::LoraConfig;
 use tiqu_core::loss::total_nll;
 use tiqu_core::sft::{parse_records, Example};
-use tiqu_core::train::{linear_lr, trainable_names, AdamWConfig, Trainer};
+use tiqu_core::train::{linear_lr, trainable_names, AdamWConfig, Method, Trainer};
 use tiqu_core::{folder, Qwen3Config, Qwen3ForCausalLM, RandomInit, SafetensorsFile, Tokenizer};
 
 type Train = Autodiff<Flex>;
@@ -66,13 +66,13 @@ fn one_backward_matches_peft_gradients() {
     let r = reference("peft-train");
     let (model, tok, _) = with_adapter::<Train>("tiny-untied", "peft-train/initial");
     let ex = examples(&tok);
-    let mut trainer = Trainer::new(model, AdamWConfig::default(), 0.0, 0).unwrap();
+    let mut trainer = Trainer::new(model, Method::Lora, AdamWConfig::default(), 0.0, 0).unwrap();
     let (loss, tokens, grads) = trainer.gradients(&[&ex[0..2]]).unwrap();
     let expected = r["one_step"]["loss"].as_f64().unwrap();
     assert_eq!(tokens as u64, r["one_step"]["tokens"].as_u64().unwrap());
     assert!((loss - expected).abs() / expected < 1e-4, "loss {loss} vs PEFT {expected}");
     let mut reference_grads = read_all(&fixtures().join("peft-train/grads.safetensors"));
-    let names = trainable_names(&trainer.model);
+    let names = trainable_names(&trainer.model, Method::Lora);
     assert_eq!(names.len(), 2 * 7 * 2, "two layers × seven projections × (A, B)");
     for (name, g) in names.iter().zip(grads) {
         let (shape, theirs) = reference_grads.read_f32(name).unwrap();
@@ -89,11 +89,11 @@ fn three_adamw_steps_with_accumulation_match_peft() {
     let steps = &r["three_steps"];
     let (model, tok, _) = with_adapter::<Train>("tiny-untied", "peft-train/initial");
     let ex = examples(&tok);
-    let mut trainer = Trainer::new(model, AdamWConfig::default(), 0.0, 0).unwrap();
+    let mut trainer = Trainer::new(model, Method::Lora, AdamWConfig::default(), 0.0, 0).unwrap();
     let lr = steps["lr"].as_f64().unwrap();
     for step in 0..3 {
         let micro = [&ex[2 * step..2 * step + 1], &ex[2 * step + 1..2 * step + 2]];
-        let stats = trainer.step(&micro, linear_lr(lr, step, 3)).unwrap();
+        let stats = trainer.step(&micro, linear_lr(lr, step, 0, 3)).unwrap();
         let expected = steps["losses"][step].as_f64().unwrap();
         assert!((stats.loss - expected).abs() / expected < 1e-4, "step {step}: loss {} vs PEFT {expected}", stats.loss);
         assert!((stats.lr - steps["lrs"][step].as_f64().unwrap()).abs() < 1e-12);
@@ -150,10 +150,10 @@ fn lora_with_dropout_learns_and_no_b_stays_zero() {
     let ex = examples(&tok);
     let train = &ex[..4];
     let before = eval_loss(&model.valid(), train);
-    let mut trainer = Trainer::new(model, AdamWConfig::default(), 1.0, 42).unwrap();
+    let mut trainer = Trainer::new(model, Method::Lora, AdamWConfig::default(), 1.0, 42).unwrap();
     let steps = 40;
     for step in 0..steps {
-        trainer.step(&[&train[..2], &train[2..]], linear_lr(3e-2, step, steps)).unwrap();
+        trainer.step(&[&train[..2], &train[2..]], linear_lr(3e-2, step, 0, steps)).unwrap();
     }
     for (name, (_, values)) in trainer.model.adapter_tensors().unwrap() {
         if name.contains("lora_B") {

@@ -176,14 +176,14 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
 fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, backend: BackendName, args: &BenchTrainArgs) -> Result<()> {
     use tiqu_core::lora::LoraConfig;
     use tiqu_core::sft::Example;
-    use tiqu_core::train::{AdamWConfig, Trainer};
+    use tiqu_core::train::{AdamWConfig, Method, Trainer};
     if args.batch == 0 || args.seq < 2 || args.steps == 0 {
         bail!("--batch and --steps must be at least 1, --seq at least 2");
     }
     let cfg = load_bench_config(&args.config)?;
     let mut model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?;
     model.add_lora(&LoraConfig::default(), 42)?;
-    let mut trainer = Trainer::new(model, AdamWConfig::default(), 1.0, 42)?;
+    let mut trainer = Trainer::new(model, Method::Lora, AdamWConfig::default(), 1.0, 42)?;
     let mut rng = StdRng::seed_from_u64(7);
     let half = args.seq / 2;
     let rows: Vec<Example> = (0..args.batch)

@@ -74,7 +74,7 @@ fn synth(args: &SynthArgs) -> Result<()> {
     Ok(())
 }
 
-fn write(path: &Path, records: impl Iterator<Item = tiqu_core::sft::SftRecord>) -> Result<()> {
+pub fn write(path: &Path, records: impl Iterator<Item = tiqu_core::sft::SftRecord>) -> Result<()> {
     let fail = |e: std::io::Error| {
         // "Permission denied (os error 13)" → "Permission denied".
         let msg = e.to_string();

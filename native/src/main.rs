@@ -8,6 +8,7 @@ mod eval;
 mod extract;
 mod generate;
 mod merge;
+mod quickstart;
 mod report;
 mod runs;
 mod train;
@@ -66,6 +67,8 @@ impl ModelArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole job in minutes on a CPU: synthesise data, train a small model, evaluate it.
+    Quickstart(quickstart::QuickstartArgs),
     /// Generate a reply to a chat prompt (thinking disabled).
     Generate(generate::GenerateArgs),
     /// Evaluate a model on SFT records.
@@ -108,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Doctor => doctor(),
         Command::Generate(args) => generate::run(backend::choose(cli.backend)?, &args),
+        Command::Quickstart(args) => quickstart::run(backend::choose(cli.backend)?, &args),
         Command::Eval(args) => eval::run(backend::choose(cli.backend)?, &args),
         Command::Extract(args) => extract::run(backend::choose(cli.backend)?, &args),
         Command::Train(args) => train::run(backend::choose(cli.backend)?, &args),

@@ -15,13 +15,13 @@ use crate::checkpoint::resolve;
 pub struct MergeArgs {
     /// Base checkpoint folder or Hub id.
     #[arg(long)]
-    model: String,
+    pub model: String,
     /// Adapter folder (PEFT layout).
     #[arg(long)]
-    adapter: PathBuf,
+    pub adapter: PathBuf,
     /// Output folder (must not exist, or be empty).
     #[arg(long)]
-    out: PathBuf,
+    pub out: PathBuf,
 }
 
 /// Files a checkpoint folder carries besides its weights, copied as they are.

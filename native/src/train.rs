@@ -1,6 +1,7 @@
-//! `tiqu train`: the seed notebook's LoRA recipe (transformers + PEFT Trainer) in one loop.
-//! Reproducible (same seed and backend → same curve), resumable from its last checkpoint, and
-//! crash-safe (checkpoints are written under a temporary name, then renamed).
+//! `tiqu train`: the seed notebook's LoRA recipe (transformers + PEFT Trainer) in one loop, or
+//! with `--method full` every parameter trained by the same loop (small models, training from
+//! scratch). Reproducible (same seed and backend → same curve), resumable from its last
+//! checkpoint, and crash-safe (checkpoints are written under a temporary name, then renamed).
 
 use std::fs;
 use std::io::Write;
@@ -16,10 +17,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tiqu_core::lora::{trainable_line, LoraConfig};
 use tiqu_core::loss::total_nll;
+use tiqu_core::folder::{load_config, load_eos, load_tokenizer, open_adapter, open_weights};
+use tiqu_core::params::base_tensors;
 use tiqu_core::sft::{parse_records_lenient, Example};
-use tiqu_core::train::{epoch_order, linear_lr, step_micro_batches, steps_per_epoch, trainable_names, AdamWConfig, Trainer};
+use tiqu_core::train::{epoch_order, linear_lr, step_micro_batches, steps_per_epoch, trainable_names, AdamWConfig, Method, Trainer};
+use tiqu_core::vocab::VocabMap;
 use tiqu_core::weights::{encode, write_safetensors, Dtype, TensorEntry};
-use tiqu_core::{Error as CoreError, SafetensorsFile, Tokenizer};
+use tiqu_core::{Error as CoreError, Qwen3Config, Qwen3ForCausalLM, RandomInit, SafetensorsFile, Tokenizer};
 
 use crate::backend::BackendName;
 use crate::{checkpoint, report, ModelArgs};
@@ -29,6 +33,15 @@ use crate::{checkpoint, report, ModelArgs};
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
     pub model: String,
+    /// `lora` (the seed's recipe) or `full` (every parameter trainable).
+    pub method: String,
+    /// Start from config.json's architecture with seeded random weights.
+    pub random_weights: bool,
+    /// Train over the tokens the training data uses only; saved models use Qwen3 ids again
+    /// (`tiqu_core::vocab`).
+    pub restrict_vocab: bool,
+    /// Standard deviation of the normal init with random weights (transformers' initializer_range).
+    pub init_std: f64,
     pub data: String,
     pub eval_data: Option<String>,
     pub r: usize,
@@ -42,6 +55,8 @@ pub struct RunConfig {
     pub adam_epsilon: f64,
     pub weight_decay: f64,
     pub max_grad_norm: f64,
+    /// Optimizer steps of linear warmup before the linear decay.
+    pub warmup_steps: usize,
     pub per_device_train_batch_size: usize,
     pub gradient_accumulation_steps: usize,
     pub num_train_epochs: usize,
@@ -58,6 +73,10 @@ impl Default for RunConfig {
         let lora = LoraConfig::default();
         Self {
             model: String::new(),
+            method: "lora".into(),
+            random_weights: false,
+            restrict_vocab: false,
+            init_std: 0.02,
             data: String::new(),
             eval_data: None,
             r: lora.r,
@@ -71,6 +90,7 @@ impl Default for RunConfig {
             adam_epsilon: 1e-8,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
+            warmup_steps: 0,
             per_device_train_batch_size: 4,
             gradient_accumulation_steps: 4,
             num_train_epochs: 3,
@@ -92,6 +112,17 @@ impl RunConfig {
             target_modules: self.target_modules.clone(),
             use_rslora: self.use_rslora,
         }
+    }
+
+    pub fn method(&self) -> Result<Method> {
+        self.method.parse().map_err(|e: String| anyhow!("{e}"))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.method()? == Method::Lora {
+            self.lora().validate()?;
+        }
+        Ok(())
     }
 
     fn adamw(&self) -> AdamWConfig {
@@ -124,6 +155,20 @@ pub struct TrainArgs {
     /// Skip records that are not valid JSON (counted and reported) instead of stopping.
     #[arg(long)]
     skip_bad_records: bool,
+    /// lora (default; the seed's recipe) or full (every parameter trainable: small models,
+    /// training from scratch with --random-weights).
+    #[arg(long)]
+    method: Option<String>,
+    /// Train over the tokens the training data uses only (a small model's output layer would
+    /// otherwise cost more than the rest); saved models use Qwen3 ids again.
+    #[arg(long)]
+    restrict_vocab: Option<bool>,
+    /// Optimizer steps of linear warmup before the linear decay.
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    /// Standard deviation of the normal init with --random-weights.
+    #[arg(long)]
+    init_std: Option<f64>,
     #[arg(long)]
     r: Option<usize>,
     #[arg(long)]
@@ -175,6 +220,7 @@ impl TrainArgs {
             None => RunConfig::default(),
         };
         cfg.model = self.model.model.clone();
+        cfg.random_weights = cfg.random_weights || self.model.random_weights;
         if let Some(d) = &self.data {
             cfg.data = d.display().to_string();
         }
@@ -189,7 +235,8 @@ impl TrainArgs {
              adam_epsilon => adam_epsilon, weight_decay => weight_decay, max_grad_norm => max_grad_norm,
              batch_size => per_device_train_batch_size, grad_accum => gradient_accumulation_steps,
              epochs => num_train_epochs, max_steps => max_steps, save_steps => save_steps,
-             max_length => max_length, gradient_checkpointing => gradient_checkpointing);
+             max_length => max_length, gradient_checkpointing => gradient_checkpointing, method => method,
+             restrict_vocab => restrict_vocab, warmup_steps => warmup_steps, init_std => init_std);
         cfg.seed = self.model.seed;
         if cfg.per_device_train_batch_size == 0 || cfg.gradient_accumulation_steps == 0 {
             bail!("batch size and gradient accumulation must be at least 1");
@@ -197,9 +244,28 @@ impl TrainArgs {
         if cfg.max_length < 2 {
             bail!("--max-length must be at least 2");
         }
-        cfg.lora().validate()?;
+        cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// What a run needs besides its [`RunConfig`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub resume: bool,
+    /// Read tokenizer.json from this folder instead of the model folder.
+    pub tokenizer: Option<PathBuf>,
+    /// Continue training this LoRA adapter instead of starting fresh pairs.
+    pub adapter: Option<PathBuf>,
+    pub skip_bad_records: bool,
+}
+
+/// Where a finished run left its results.
+pub struct Finished {
+    /// The adapter folder (LoRA) or the standalone model folder (full).
+    pub output: PathBuf,
+    pub report: PathBuf,
+    pub summary: serde_json::Value,
 }
 
 pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
@@ -220,15 +286,31 @@ pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
         }
         args.effective()?
     };
+    let opts = RunOptions {
+        resume: args.resume,
+        tokenizer: args.model.tokenizer.clone(),
+        adapter: args.model.adapter.clone(),
+        skip_bad_records: args.skip_bad_records,
+    };
+    let done = execute(backend, &cfg, &opts, out)?;
+    let what = if cfg.method()? == Method::Full { "model" } else { "adapter" };
+    println!("{what}: {}", done.output.display());
+    println!("report: {}", done.report.display());
+    Ok(())
+}
+
+/// Runs (or resumes) training into the run folder `out`.
+pub fn execute(backend: BackendName, cfg: &RunConfig, opts: &RunOptions, out: &Path) -> Result<Finished> {
     if cfg.data.is_empty() {
         bail!("no training data: pass --data or set `data` in the config");
     }
+    cfg.validate()?;
     macro_rules! go {
         ($B:ty, $device:expr) => {
             if cfg.gradient_checkpointing {
-                train_on::<burn::backend::Autodiff<$B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>>(&$device, args, &cfg, out)
+                train_on::<burn::backend::Autodiff<$B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>>(&$device, opts, cfg, out)
             } else {
-                train_on::<burn::backend::Autodiff<$B>>(&$device, args, &cfg, out)
+                train_on::<burn::backend::Autodiff<$B>>(&$device, opts, cfg, out)
             }
         };
     }
@@ -248,6 +330,11 @@ fn dry_run(args: &TrainArgs) -> Result<()> {
     let cfg = args.effective()?;
     let dir = checkpoint::resolve(&cfg.model)?;
     let model_cfg = tiqu_core::folder::load_config(&dir)?;
+    if cfg.method()? == Method::Full {
+        let all = model_cfg.num_parameters();
+        println!("{}", trainable_line(all, all));
+        return Ok(());
+    }
     let lora = cfg.lora();
     let trainable = lora.trainable_params(&model_cfg);
     println!("{}", trainable_line(trainable, model_cfg.num_parameters() + trainable));
@@ -330,12 +417,58 @@ fn to_vec<B: Backend>(t: Tensor<B, 2>) -> Result<(Vec<usize>, Vec<f32>)> {
     Ok((shape, values))
 }
 
-fn save_checkpoint<B: AutodiffBackend>(run: &Path, trainer: &Trainer<B>, cfg: &RunConfig, state: &TrainerState) -> Result<PathBuf> {
+/// Files a model folder carries besides weights and config, copied into saved models.
+const TOKENIZER_FILES: [&str; 2] = ["tokenizer.json", "tokenizer_config.json"];
+
+/// What a saved full model needs to be a standalone Hugging Face folder.
+struct ModelFolder<'a> {
+    config: &'a Qwen3Config,
+    eos_token_ids: &'a [u32],
+    /// Where tokenizer.json and tokenizer_config.json come from.
+    tokenizer_dir: &'a Path,
+    vocab: Option<&'a VocabMap>,
+}
+
+impl ModelFolder<'_> {
+    /// Writes config.json, generation_config.json, the tokenizer files and model.safetensors (f32,
+    /// the full Qwen3 vocabulary) into `dir`.
+    fn save<B: Backend>(&self, dir: &Path, model: &Qwen3ForCausalLM<B>) -> Result<()> {
+        fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+        let mut tensors = base_tensors(model)?;
+        if let Some(vocab) = self.vocab {
+            for (name, shape, values) in tensors.iter_mut() {
+                if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+                    *values = vocab.expand_rows(values, shape[1]);
+                    shape[0] = vocab.full_size();
+                }
+            }
+        }
+        write_atomically(&dir.join("model.safetensors"), &tensors_file(&tensors)?)?;
+        let mut config = self.config.raw.clone();
+        let key = if config.get("dtype").is_some() { "dtype" } else { "torch_dtype" };
+        config[key] = json!("float32");
+        write_atomically(&dir.join("config.json"), &serde_json::to_vec_pretty(&config)?)?;
+        let generation = json!({"bos_token_id": self.config.bos_token_id, "eos_token_id": self.eos_token_ids});
+        write_atomically(&dir.join("generation_config.json"), &serde_json::to_vec_pretty(&generation)?)?;
+        for name in TOKENIZER_FILES {
+            let from = self.tokenizer_dir.join(name);
+            if from.exists() {
+                fs::copy(&from, dir.join(name)).map_err(|e| anyhow!("{}: {e}", from.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn save_checkpoint<B: AutodiffBackend>(run: &Path, trainer: &Trainer<B>, cfg: &RunConfig, folder: &ModelFolder, state: &TrainerState) -> Result<PathBuf> {
     let name = format!("checkpoint-{}", state.global_step);
     let tmp = run.join(format!(".{name}.partial"));
     let _ = fs::remove_dir_all(&tmp);
-    save_adapter(&tmp, &trainer.model, cfg)?;
-    let names = trainable_names(&trainer.model);
+    match trainer.method {
+        Method::Lora => save_adapter(&tmp, &trainer.model, cfg)?,
+        Method::Full => folder.save(&tmp, &trainer.model)?,
+    }
+    let names = trainable_names(&trainer.model, trainer.method);
     let mut moments = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let (s, m) = to_vec(trainer.state.exp_avg[i].clone())?;
@@ -370,7 +503,7 @@ fn restore<B: AutodiffBackend>(trainer: &mut Trainer<B>, dir: &Path) -> Result<T
     let file = fs::File::open(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let mut moments = SafetensorsFile::open(vec![(path.display().to_string(), Box::new(std::io::BufReader::new(file)))])?;
     let device = trainer.model.device();
-    for (i, name) in trainable_names(&trainer.model).iter().enumerate() {
+    for (i, name) in trainable_names(&trainer.model, trainer.method).iter().enumerate() {
         for (which, slot) in [("exp_avg", &mut trainer.state.exp_avg[i]), ("exp_avg_sq", &mut trainer.state.exp_avg_sq[i])] {
             let (shape, values) = moments.read_f32(&format!("{name}.{which}"))?;
             *slot = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(values, [shape[0], shape[1]]), &device).inner();
@@ -380,25 +513,65 @@ fn restore<B: AutodiffBackend>(trainer: &mut Trainer<B>, dir: &Path) -> Result<T
     Ok(state)
 }
 
-fn train_on<B: AutodiffBackend>(device: &B::Device, args: &TrainArgs, cfg: &RunConfig, run: &Path) -> Result<()> {
+/// The model training starts from: a checkpoint's weights (full method, resuming), seeded random
+/// weights, or the base checkpoint; narrowed to the compact vocabulary; with LoRA pairs added or
+/// loaded (from `adapter`) for the LoRA method.
+fn initial_model<B: Backend>(
+    cfg: &RunConfig,
+    base: &Path,
+    config: &Qwen3Config,
+    vocab: Option<&VocabMap>,
+    resume_dir: Option<&Path>,
+    adapter: Option<&Path>,
+    device: &B::Device,
+) -> Result<Qwen3ForCausalLM<B>> {
+    let method = cfg.method()?;
+    let from_checkpoint = if method == Method::Full { resume_dir } else { None };
+    let mut model = match from_checkpoint {
+        None if cfg.random_weights => {
+            let mut compact = config.clone();
+            if let Some(v) = vocab {
+                compact.vocab_size = v.len();
+            }
+            return with_lora(Qwen3ForCausalLM::load(&compact, &mut RandomInit::new(cfg.seed, cfg.init_std as f32), device)?, cfg, method, adapter);
+        }
+        Some(dir) => Qwen3ForCausalLM::load(config, &mut open_weights(dir)?, device)?,
+        None => Qwen3ForCausalLM::load(config, &mut open_weights(base)?, device)?,
+    };
+    if let Some(v) = vocab {
+        v.restrict(&mut model)?;
+    }
+    with_lora(model, cfg, method, adapter)
+}
+
+fn with_lora<B: Backend>(mut model: Qwen3ForCausalLM<B>, cfg: &RunConfig, method: Method, adapter: Option<&Path>) -> Result<Qwen3ForCausalLM<B>> {
+    if method == Method::Lora {
+        match adapter {
+            Some(dir) => {
+                let (lora, mut weights) = open_adapter(dir)?;
+                model.load_adapter(&lora, &mut weights, &dir.display().to_string())?;
+            }
+            None => model.add_lora(&cfg.lora(), cfg.seed)?,
+        }
+    }
+    Ok(model)
+}
+
+fn train_on<B: AutodiffBackend>(device: &B::Device, opts: &RunOptions, cfg: &RunConfig, run: &Path) -> Result<Finished> {
+    let method = cfg.method()?;
     fs::create_dir_all(run).map_err(|e| anyhow!("{}: {e}", run.display()))?;
-    let resume_from = if args.resume {
+    let resume_from = if opts.resume {
         Some(last_checkpoint(run).ok_or_else(|| anyhow!("{}: no checkpoint to resume from", run.display()))?)
     } else {
         None
     };
-    let adapter = resume_from.as_ref().map(|(_, dir)| dir.clone()).or_else(|| args.model.adapter.clone());
-    let opts = checkpoint::LoadOptions {
-        model: &cfg.model,
-        adapter: adapter.as_deref(),
-        tokenizer: args.model.tokenizer.as_deref(),
-        random_weights: args.model.random_weights,
-        seed: cfg.seed,
-    };
-    let loaded = checkpoint::load::<B>(&opts, device)?;
-    let (train, cut, bad) = load_examples(Path::new(&cfg.data), &loaded.tokenizer, cfg.max_length, args.skip_bad_records)?;
-    let eval = match &cfg.eval_data {
-        Some(p) => Some(load_examples(Path::new(p), &loaded.tokenizer, cfg.max_length, args.skip_bad_records)?.0),
+    let base = checkpoint::resolve(&cfg.model)?;
+    let config = load_config(&base)?;
+    let tokenizer = load_tokenizer(&base, opts.tokenizer.as_deref())?;
+    let eos_token_ids = load_eos(&base, &config)?;
+    let (mut train, cut, bad) = load_examples(Path::new(&cfg.data), &tokenizer, cfg.max_length, opts.skip_bad_records)?;
+    let mut eval = match &cfg.eval_data {
+        Some(p) => Some(load_examples(Path::new(p), &tokenizer, cfg.max_length, opts.skip_bad_records)?.0),
         None => None,
     };
     if cut > 0 {
@@ -407,14 +580,34 @@ fn train_on<B: AutodiffBackend>(device: &B::Device, args: &TrainArgs, cfg: &RunC
     if bad > 0 {
         eprintln!("note: skipped {bad} records that are not valid JSON");
     }
-    let mut model = loaded.model;
-    if adapter.is_none() {
-        model.add_lora(&cfg.lora(), cfg.seed)?;
-    }
-    let (trainable, all) = model.lora_parameter_counts(loaded.config.num_parameters());
-    let line = trainable_line(trainable, all);
+    let vocab = if cfg.restrict_vocab {
+        let v = VocabMap::from_examples(&train, &eos_token_ids, config.vocab_size)?;
+        eprintln!("vocabulary restricted to the {} tokens the training data uses (of {})", v.len() - 1, config.vocab_size);
+        write_atomically(&run.join("vocab.json"), &serde_json::to_vec(&json!({"full_size": v.full_size(), "ids": v.ids()}))?)?;
+        train = train.iter().map(|e| v.example(e)).collect();
+        eval = eval.map(|ex| ex.iter().map(|e| v.example(e)).collect());
+        Some(v)
+    } else {
+        None
+    };
+    let tokenizer_dir = opts.tokenizer.clone().unwrap_or_else(|| base.clone());
+    let folder = ModelFolder { config: &config, eos_token_ids: &eos_token_ids, tokenizer_dir: &tokenizer_dir, vocab: vocab.as_ref() };
+    let resume_dir = resume_from.as_ref().map(|(_, dir)| dir.clone());
+    let adapter = resume_dir.clone().or_else(|| opts.adapter.clone());
+    let model = initial_model::<B>(cfg, &base, &config, vocab.as_ref(), resume_dir.as_deref(), adapter.as_deref(), device)?;
+    let line = match method {
+        Method::Lora => {
+            let (trainable, all) = model.lora_parameter_counts(config.num_parameters());
+            trainable_line(trainable, all)
+        }
+        Method::Full => {
+            let mut compact = config.clone();
+            compact.vocab_size = model.vocab_size();
+            trainable_line(compact.num_parameters(), compact.num_parameters())
+        }
+    };
     eprintln!("{line}");
-    let mut trainer = Trainer::new(model, cfg.adamw(), cfg.max_grad_norm, cfg.seed)?;
+    let mut trainer = Trainer::new(model, method, cfg.adamw(), cfg.max_grad_norm, cfg.seed)?;
 
     let per_epoch = steps_per_epoch(train.len(), cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps);
     let total = if cfg.max_steps > 0 { cfg.max_steps } else { per_epoch * cfg.num_train_epochs };
@@ -447,7 +640,7 @@ fn train_on<B: AutodiffBackend>(device: &B::Device, args: &TrainArgs, cfg: &RunC
     let started = Instant::now();
     let mut order = Vec::new();
     let mut order_epoch = usize::MAX;
-    let mut last_saved: Option<PathBuf> = resume_from.map(|(_, d)| d);
+    let mut last_saved: Option<PathBuf> = resume_dir;
     for step in start_step..total {
         let epoch = step / per_epoch.max(1);
         if epoch != order_epoch {
@@ -459,7 +652,7 @@ fn train_on<B: AutodiffBackend>(device: &B::Device, args: &TrainArgs, cfg: &RunC
             .map(|idx| idx.iter().map(|&i| train[i].clone()).collect())
             .collect();
         let refs: Vec<&[Example]> = micro.iter().map(Vec::as_slice).collect();
-        let lr = linear_lr(cfg.learning_rate, step, total);
+        let lr = linear_lr(cfg.learning_rate, step, cfg.warmup_steps, total);
         let t0 = Instant::now();
         let stats = match trainer.step(&refs, lr) {
             Ok(s) => s,
@@ -485,7 +678,7 @@ fn train_on<B: AutodiffBackend>(device: &B::Device, args: &TrainArgs, cfg: &RunC
         bar.set_position(done as u64);
         if done % cfg.save_steps.max(1) == 0 || done == total {
             let state = TrainerState { global_step: done, total_steps: total, elapsed_s: elapsed };
-            last_saved = Some(save_checkpoint(run, &trainer, cfg, &state)?);
+            last_saved = Some(save_checkpoint(run, &trainer, cfg, &folder, &state)?);
             if let Some(eval) = &eval {
                 let eval_loss = eval_loss(&trainer.model.valid(), eval)?;
                 writeln!(metrics, "{}", json!({"step": done, "eval_loss": eval_loss}))?;
@@ -494,12 +687,20 @@ fn train_on<B: AutodiffBackend>(device: &B::Device, args: &TrainArgs, cfg: &RunC
         }
     }
     bar.finish_and_clear();
-    save_adapter(run, &trainer.model, cfg)?;
+    let output = match method {
+        Method::Lora => {
+            save_adapter(run, &trainer.model, cfg)?;
+            run.to_path_buf()
+        }
+        Method::Full => {
+            let dir = run.join("model");
+            folder.save(&dir, &trainer.model)?;
+            dir
+        }
+    };
     let elapsed = elapsed_before + started.elapsed().as_secs_f64();
     let summary = report::summarize(&metrics_path, &line, elapsed, total, cut, bad)?;
     write_atomically(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
     report::write_html(run, cfg, &metrics_path, &summary)?;
-    println!("adapter: {}", run.display());
-    println!("report: {}", run.join("report.html").display());
-    Ok(())
+    Ok(Finished { output, report: run.join("report.html"), summary })
 }

@@ -219,3 +219,55 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     assert!(run.join("checkpoint-1/adapter_model.safetensors").is_file());
     assert!(!run.join("checkpoint-2").exists());
 }
+
+/// Unused rows of a saved restricted-vocabulary model all hold the unknown row.
+fn embedding_rows(model: &Path, name: &str, ids: &[usize]) -> Vec<Vec<f32>> {
+    let bytes = fs::read(model.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.shape()[0], 151936, "{name} must be mapped back to Qwen3's vocabulary");
+    let width = t.shape()[1];
+    let values: Vec<f32> = t.data().chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    ids.iter().map(|&i| values[i * width..(i + 1) * width].to_vec()).collect()
+}
+
+#[test]
+fn full_training_from_scratch_on_the_datas_vocabulary_saves_a_qwen3_folder_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let full = ["--method", "full", "--random-weights", "--restrict-vocab", "true", "--epochs", "3"];
+    ok(train(&a, &full));
+    let curve = losses(&a);
+    assert!(curve.last().unwrap().1 < curve[0].1 * 0.5, "from scratch, the loss must fall: {curve:?}");
+    let model = a.join("model");
+    let cfg: Value = serde_json::from_slice(&fs::read(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["vocab_size"], 151936);
+    assert!(model.join("tokenizer.json").exists() && model.join("generation_config.json").exists());
+    // Ids 100000 and 140000 are not in the fixture's records: both are the unknown row.
+    let rows = embedding_rows(&model, "lm_head.weight", &[100000, 140000]);
+    assert_eq!(rows[0], rows[1]);
+    let vocab: Value = serde_json::from_slice(&fs::read(a.join("vocab.json")).unwrap()).unwrap();
+    let used = vocab["ids"].as_array().unwrap().len();
+    assert!(used > 20 && used < 2000, "{used} tokens");
+    // The saved folder is a plain Qwen3 checkpoint: eval loads it, and it learned the data.
+    let model_path = model.display().to_string();
+    assert!(eval_loss(&model_path, None) < eval_loss(&fixture("tiny-untied"), None));
+    assert!(eval_loss(&model_path, None) < curve[0].1 * 0.5);
+
+    // Resume from the step-2 checkpoint (what a kill -9 after it leaves): the same curve and the
+    // same final weights.
+    ok(train(&b, &full));
+    for entry in fs::read_dir(&b).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name == "model" || (name.starts_with("checkpoint-") && name != "checkpoint-2") {
+            fs::remove_dir_all(&path).unwrap();
+        } else if name == "summary.json" || name == "report.html" {
+            fs::remove_file(&path).unwrap();
+        }
+    }
+    let out = ok(train(&b, &["--resume"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"));
+    assert_eq!(losses(&b), curve);
+    assert_eq!(fs::read(b.join("model/model.safetensors")).unwrap(), fs::read(model.join("model.safetensors")).unwrap());
+}

@@ -1,0 +1,112 @@
+//! Every parameter of the model by its checkpoint key, for full fine-tuning and for saving a
+//! whole model: the optimizer treats RMSNorm vectors as `[1, n]` matrices so that one AdamW loop
+//! and one state layout serve both.
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::model::{Linear, Qwen3ForCausalLM, RmsNorm};
+use crate::Result;
+
+/// A mutable handle to one parameter, vector or matrix.
+pub enum ParamMut<'a, B: Backend> {
+    Vector(&'a mut Param<Tensor<B, 1>>),
+    Matrix(&'a mut Param<Tensor<B, 2>>),
+}
+
+impl<B: Backend> ParamMut<'_, B> {
+    /// The shape as the optimizer sees it: vectors are `[1, n]`.
+    pub fn dims2(&self) -> [usize; 2] {
+        match self {
+            Self::Vector(p) => [1, p.dims()[0]],
+            Self::Matrix(p) => p.dims(),
+        }
+    }
+
+    /// Marks the parameter trainable (checkpoint weights load frozen).
+    pub fn train(&mut self) {
+        match self {
+            Self::Vector(p) => **p = p.clone().set_require_grad(true),
+            Self::Matrix(p) => **p = p.clone().set_require_grad(true),
+        }
+    }
+}
+
+impl<B: AutodiffBackend> ParamMut<'_, B> {
+    pub fn value(&self) -> Tensor<B::InnerBackend, 2> {
+        match self {
+            Self::Vector(p) => p.val().inner().unsqueeze(),
+            Self::Matrix(p) => p.val().inner(),
+        }
+    }
+
+    pub fn grad(&self, grads: &B::Gradients) -> Option<Tensor<B::InnerBackend, 2>> {
+        match self {
+            Self::Vector(p) => p.val().grad(grads).map(|g| g.unsqueeze()),
+            Self::Matrix(p) => p.val().grad(grads),
+        }
+    }
+
+    /// Replaces the value (a trainable leaf again).
+    pub fn set(&mut self, value: Tensor<B::InnerBackend, 2>) {
+        match self {
+            Self::Vector(p) => {
+                let n = value.dims()[1];
+                **p = Param::from_tensor(Tensor::from_inner(value.reshape([n])));
+            }
+            Self::Matrix(p) => **p = Param::from_tensor(Tensor::from_inner(value)),
+        }
+    }
+}
+
+/// Every base parameter by checkpoint key, in the order the checkpoint lists them (LoRA pairs
+/// are not included).
+pub fn named_params_mut<B: Backend>(model: &mut Qwen3ForCausalLM<B>) -> Vec<(String, ParamMut<'_, B>)> {
+    fn linear<'a, B: Backend>(out: &mut Vec<(String, ParamMut<'a, B>)>, name: String, l: &'a mut Linear<B>) {
+        out.push((format!("{name}.weight"), ParamMut::Matrix(&mut l.weight)));
+    }
+    fn norm<'a, B: Backend>(out: &mut Vec<(String, ParamMut<'a, B>)>, name: String, n: &'a mut RmsNorm<B>) {
+        out.push((format!("{name}.weight"), ParamMut::Vector(&mut n.weight)));
+    }
+    let mut out = Vec::new();
+    let m = &mut model.model;
+    out.push(("model.embed_tokens.weight".to_string(), ParamMut::Matrix(&mut m.embed_tokens.weight)));
+    for (i, layer) in m.layers.iter_mut().enumerate() {
+        let p = format!("model.layers.{i}");
+        let a = &mut layer.self_attn;
+        linear(&mut out, format!("{p}.self_attn.q_proj"), &mut a.q_proj);
+        linear(&mut out, format!("{p}.self_attn.k_proj"), &mut a.k_proj);
+        linear(&mut out, format!("{p}.self_attn.v_proj"), &mut a.v_proj);
+        linear(&mut out, format!("{p}.self_attn.o_proj"), &mut a.o_proj);
+        norm(&mut out, format!("{p}.self_attn.q_norm"), &mut a.q_norm);
+        norm(&mut out, format!("{p}.self_attn.k_norm"), &mut a.k_norm);
+        let mlp = &mut layer.mlp;
+        linear(&mut out, format!("{p}.mlp.gate_proj"), &mut mlp.gate_proj);
+        linear(&mut out, format!("{p}.mlp.up_proj"), &mut mlp.up_proj);
+        linear(&mut out, format!("{p}.mlp.down_proj"), &mut mlp.down_proj);
+        norm(&mut out, format!("{p}.input_layernorm"), &mut layer.input_layernorm);
+        norm(&mut out, format!("{p}.post_attention_layernorm"), &mut layer.post_attention_layernorm);
+    }
+    norm(&mut out, "model.norm".to_string(), &mut m.norm);
+    if let Some(head) = model.lm_head.as_mut() {
+        linear(&mut out, "lm_head".to_string(), head);
+    }
+    out
+}
+
+/// Every base tensor as `(checkpoint key, shape, f32 values)`, for writing a checkpoint.
+pub fn base_tensors<B: Backend>(model: &Qwen3ForCausalLM<B>) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    // The visitor needs `&mut`; a clone shares the tensors' storage, so this copies nothing.
+    let mut model = model.clone();
+    let mut out = Vec::new();
+    for (name, p) in named_params_mut(&mut model) {
+        let (shape, data) = match p {
+            ParamMut::Vector(p) => (p.dims().to_vec(), p.val().into_data()),
+            ParamMut::Matrix(p) => (p.dims().to_vec(), p.val().into_data()),
+        };
+        let values = data.convert::<f32>().to_vec::<f32>().map_err(|e| crate::Error::Tensor(format!("{name}: {e:?}")))?;
+        out.push((name, shape, values));
+    }
+    Ok(out)
+}

@@ -1,0 +1,67 @@
+//! `tiqu eval` by field on the committed tiny checkpoint: the JSON contract, the mistakes file,
+//! and records whose reference output is unusable (counted, not a crash).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tiqu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tiqu")).args(args).env("HF_HUB_OFFLINE", "1").output().expect("run tiqu")
+}
+
+#[test]
+fn eval_reports_fields_counts_bad_references_and_writes_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("records.jsonl");
+    let good = fs::read_to_string(repo().join("tests/fixtures/sft_small.jsonl")).unwrap();
+    let first = good.lines().next().unwrap();
+    let mut bad_output: Value = serde_json::from_str(first).unwrap();
+    bad_output["output"] = "not json".into();
+    let mut missing: Value = serde_json::from_str(first).unwrap();
+    missing["output"] = r#"{"name": "张伟"}"#.into();
+    fs::write(&data, format!("{good}{bad_output}\n{missing}\n{{oops\n")).unwrap();
+    let model = repo().join("tests/fixtures/tiny-untied").display().to_string();
+    let mistakes = dir.path().join("m.jsonl");
+    let out = tiqu(&[
+        "--backend", "cpu", "eval", "--model", &model, "--data", data.to_str().unwrap(), "--max-new-tokens", "12",
+        "--mistakes", mistakes.to_str().unwrap(), "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let records = good.lines().count() as u64;
+    assert_eq!(r["records"], records, "{r}");
+    assert_eq!(r["bad_records"], 3, "a non-JSON output, a missing field and a non-JSON line: {r}");
+    for key in ["all_fields_exact", "json_valid", "hallucinated", "records_per_s", "loss"] {
+        assert!(r[key].is_number(), "{key} missing: {r}");
+    }
+    // Copy-constrained decoding: always an object, never a value that is not in the text.
+    assert_eq!((r["json_valid"].as_f64(), r["hallucinated"].as_f64()), (Some(1.0), Some(0.0)));
+    for field in ["name", "address", "email", "question"] {
+        let f = &r["per_field"][field];
+        assert!(f["exact"].as_f64().unwrap() <= f["char_f1"].as_f64().unwrap() + 1e-12, "{field}: {f}");
+    }
+    assert!(stdout.contains("all fields exact") && stdout.contains("char F1"), "the table: {stdout}");
+    // A random tiny model gets records wrong: each is listed with what was expected and got.
+    let lines: Vec<Value> = fs::read_to_string(&mistakes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().filter(|l| l.get("error").is_some() && l.get("text").is_none()).count(), 3);
+    let wrong = lines.iter().filter(|l| l.get("expected").is_some()).count() as u64;
+    let exact = (r["all_fields_exact"].as_f64().unwrap() * records as f64).round() as u64;
+    assert_eq!(wrong + exact, records);
+}
+
+#[test]
+fn eval_without_a_readable_data_file_is_one_line() {
+    let model = repo().join("tests/fixtures/tiny-untied").display().to_string();
+    let out = tiqu(&["--backend", "cpu", "eval", "--model", &model, "--data", "/nonexistent/x.jsonl"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/x.jsonl"), "{stderr}");
+}
