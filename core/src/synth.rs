@@ -550,14 +550,14 @@ impl Gen<'_> {
         let problem = self.pick_str(cat.problems);
         let mut q = self.fill(problem);
         let comma = if self.chance(half) { "," } else { "，" };
-        if self.chance(0.6) {
+        if self.chance(0.35) {
             q.push_str(comma);
             let impact = self.pick_str(cat.impacts);
             let impact = self.fill(impact);
             q.push_str(&impact);
         }
         let mut asks = false;
-        if self.chance(0.75) {
+        if self.chance(0.5) {
             q.push_str(if self.chance(0.7) { comma } else { "。" });
             let demand = self.pick_str(cat.demands);
             asks = demand.starts_with("什么") || demand.contains("什么时候") || demand.starts_with("能不能")

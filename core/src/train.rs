@@ -2,6 +2,7 @@
 //! gradient accumulation with the loss normalised by the label tokens of the whole accumulated
 //! batch, global-norm clipping, torch's AdamW, and a linear decay to 0 after an optional warmup.
 
+use burn::module::{ModuleMapper, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
@@ -119,6 +120,36 @@ pub struct Trainer<B: AutodiffBackend> {
     /// Dropout masks derive from this and the step.
     pub seed: u64,
     pub method: Method,
+    /// Micro-batches computed at once, each on its own thread (CPU backends use the cores better
+    /// this way than with one small batch at a time); results do not depend on it.
+    pub threads: usize,
+}
+
+/// NLL sum and gradients (in [`trainable_params`] order) of one micro-batch.
+type MicroGradients<B> = (f64, Vec<Option<Tensor<<B as AutodiffBackend>::InnerBackend, 2>>>);
+
+/// Gives every parameter a fresh autodiff leaf over the same storage. burn 0.21 merges graphs
+/// that share leaves, and two threads doing so at once deadlock on its graph locks; with leaves of
+/// their own, each thread's graph stays apart.
+struct FreshLeaves;
+
+impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let trainable = tensor.is_require_grad();
+        let leaf = Tensor::from_inner(tensor.inner());
+        Param::from_mapped_value(id, if trainable { leaf.require_grad() } else { leaf }, mapper)
+    }
+}
+
+fn micro_gradients<B: AutodiffBackend>(model: &Qwen3ForCausalLM<B>, method: Method, lb: &LabelledBatch, dropout_seed: u64, norm: f64) -> Result<MicroGradients<B>> {
+    let mut model = model.clone().map(&mut FreshLeaves);
+    let hidden = model.hidden_train(&lb.ids, &lb.pos, dropout_seed)?;
+    let loss = lb.nll(&model, hidden).sum().div_scalar(norm);
+    let nll = scalar(loss.clone().inner())? * norm;
+    let grads = loss.backward();
+    let out = trainable_params(&mut model, method).iter().map(|p| p.grad(&grads)).collect();
+    Ok((nll, out))
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -132,7 +163,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let zeros = |p: &ParamMut<B>| Tensor::<B::InnerBackend, 2>::zeros(p.dims2(), &device);
         let exp_avg = params.iter().map(zeros).collect();
         let exp_avg_sq = params.iter().map(zeros).collect();
-        Ok(Self { model, state: AdamWState { exp_avg, exp_avg_sq, step: 0 }, adamw, max_grad_norm, seed, method })
+        Ok(Self { model, state: AdamWState { exp_avg, exp_avg_sq, step: 0 }, adamw, max_grad_norm, seed, method, threads: 1 })
     }
 
     /// Loss and gradients of one accumulated batch, without updating anything: the loss of
@@ -145,21 +176,33 @@ impl<B: AutodiffBackend> Trainer<B> {
         let norm = label_tokens.max(1) as f64;
         let mut acc: Vec<Option<Tensor<B::InnerBackend, 2>>> = vec![None; self.state.exp_avg.len()];
         let mut nll_total = 0.0f64;
-        for (k, lb) in prepared.iter().enumerate() {
-            if lb.rows.is_empty() {
-                continue;
-            }
-            let dropout_seed = mix(mix(self.seed, self.state.step as u64), k as u64);
-            let hidden = self.model.hidden_train(&lb.ids, &lb.pos, dropout_seed)?;
-            let loss = lb.nll(&self.model, hidden).sum().div_scalar(norm);
-            nll_total += scalar(loss.clone().inner())? * norm;
-            let grads = loss.backward();
-            for (slot, param) in acc.iter_mut().zip(trainable_params(&mut self.model, self.method)) {
-                if let Some(g) = param.grad(&grads) {
-                    *slot = Some(match slot.take() {
-                        Some(prev) => prev.add(g),
-                        None => g,
-                    });
+        let step_seed = mix(self.seed, self.state.step as u64);
+        let (model, method) = (&self.model, self.method);
+        let work: Vec<(usize, &LabelledBatch)> = prepared.iter().enumerate().filter(|(_, lb)| !lb.rows.is_empty()).collect();
+        // Micro-batches are independent until their gradients are summed, which happens in their
+        // order whatever thread computed them: the numbers do not depend on `threads`.
+        for wave in work.chunks(self.threads.max(1)) {
+            let results: Vec<Result<MicroGradients<B>>> = if wave.len() == 1 {
+                vec![micro_gradients(model, method, wave[0].1, mix(step_seed, wave[0].0 as u64), norm)]
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = wave
+                        .iter()
+                        .map(|&(k, lb)| scope.spawn(move || micro_gradients(model, method, lb, mix(step_seed, k as u64), norm)))
+                        .collect();
+                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Other("a training thread panicked".into())))).collect()
+                })
+            };
+            for result in results {
+                let (nll, grads) = result?;
+                nll_total += nll;
+                for (slot, g) in acc.iter_mut().zip(grads) {
+                    if let Some(g) = g {
+                        *slot = Some(match slot.take() {
+                            Some(prev) => prev.add(g),
+                            None => g,
+                        });
+                    }
                 }
             }
         }

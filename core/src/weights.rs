@@ -229,17 +229,22 @@ fn read_header(name: &str, reader: &mut Box<dyn ReadSeek>, shard: usize) -> Resu
 pub struct RandomInit {
     rng: StdRng,
     std: f32,
+    /// Initial value of the query/key RMSNorm weights (1 in transformers).
+    pub qk_norm: f32,
 }
 
 impl RandomInit {
     pub fn new(seed: u64, std: f32) -> Self {
-        Self { rng: StdRng::seed_from_u64(seed), std }
+        Self { rng: StdRng::seed_from_u64(seed), std, qk_norm: 1.0 }
     }
 }
 
 impl WeightSource for RandomInit {
     fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let n: usize = shape.iter().product();
+        if name.ends_with("q_norm.weight") || name.ends_with("k_norm.weight") {
+            return Ok(vec![self.qk_norm; n]);
+        }
         if name.ends_with("norm.weight") {
             return Ok(vec![1.0; n]);
         }

@@ -63,6 +63,10 @@ pub struct BenchTrainArgs {
     /// Recompute activations in backward (burn's balanced checkpointing).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     gradient_checkpointing: bool,
+    /// Split the batch into this many micro-batches (gradient accumulation), computed at once on
+    /// their own threads; on the cpu backend kernels then run single-threaded.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     #[arg(long)]
     json: bool,
 }
@@ -177,13 +181,17 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
     use tiqu_core::lora::LoraConfig;
     use tiqu_core::sft::Example;
     use tiqu_core::train::{AdamWConfig, Method, Trainer};
-    if args.batch == 0 || args.seq < 2 || args.steps == 0 {
-        bail!("--batch and --steps must be at least 1, --seq at least 2");
+    if args.batch == 0 || args.seq < 2 || args.steps == 0 || args.threads == 0 || args.batch % args.threads != 0 {
+        bail!("--batch, --steps and --threads must be at least 1, --seq at least 2, and --threads must divide --batch");
+    }
+    if args.threads > 1 && backend == BackendName::Cpu {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
     }
     let cfg = load_bench_config(&args.config)?;
     let mut model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?;
     model.add_lora(&LoraConfig::default(), 42)?;
     let mut trainer = Trainer::new(model, Method::Lora, AdamWConfig::default(), 1.0, 42)?;
+    trainer.threads = args.threads;
     let mut rng = StdRng::seed_from_u64(7);
     let half = args.seq / 2;
     let rows: Vec<Example> = (0..args.batch)
@@ -192,10 +200,11 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
             response: (0..args.seq - half).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect(),
         })
         .collect();
-    trainer.step(&[&rows], 1e-4)?;
+    let micro: Vec<&[Example]> = rows.chunks(args.batch / args.threads).collect();
+    trainer.step(&micro, 1e-4)?;
     let start = Instant::now();
     for _ in 0..args.steps {
-        trainer.step(&[&rows], 1e-4)?;
+        trainer.step(&micro, 1e-4)?;
     }
     let step_s = start.elapsed().as_secs_f64() / args.steps as f64;
     let out = serde_json::json!({
@@ -205,6 +214,7 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
         "seq": args.seq,
         "steps": args.steps,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "threads": args.threads,
         "step_s": step_s,
         "tokens_per_s": (args.batch * args.seq) as f64 / step_s,
         "peak_rss_mb": peak_rss_mb(),

@@ -19,7 +19,7 @@ use tiqu_core::{Constrain, ExtractOptions, Extractor, Schema};
 use crate::backend::BackendName;
 use crate::{checkpoint, with_backend, ModelArgs};
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -45,12 +45,23 @@ pub struct EvalArgs {
     /// Make the last stdout line a JSON object of the results.
     #[arg(long)]
     pub json: bool,
+    /// Batches extracted at once, each on its own thread (default: the cores on the cpu backend,
+    /// else 1).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 pub fn run(backend: BackendName, args: &EvalArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    let mut args = args.clone();
+    if args.threads.is_none() && backend == BackendName::Cpu {
+        args.threads = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // Each thread runs whole batches; kernels that split themselves too would only contend.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
+    }
+    let args = &args;
     let result = with_backend!(backend, |B, device| evaluate::<B>(&device, args))?;
     if !args.loss_only {
         print_table(&result);
@@ -117,11 +128,36 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
     let bar = indicatif::ProgressBar::new(texts.len() as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} records  ETA {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
     let started = Instant::now();
-    let mut results = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(args.batch) {
-        results.extend(extractor.extract_batch(chunk));
-        bar.inc(chunk.len() as u64);
+    let chunks: Vec<&[&str]> = texts.chunks(args.batch).collect();
+    let workers = args.threads.unwrap_or(1).clamp(1, chunks.len().max(1));
+    // Worker w takes chunks w, w + workers, …; results go back in input order.
+    let mut per_chunk: Vec<Vec<_>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (extractor, chunks, bar) = (&extractor, &chunks, &bar);
+                scope.spawn(move || {
+                    (w..chunks.len())
+                        .step_by(workers)
+                        .map(|i| {
+                            let r = extractor.extract_batch(chunks[i]);
+                            bar.inc(chunks[i].len() as u64);
+                            (i, r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<_>>()
+    })
+    .into_iter()
+    .fold((0..chunks.len()).map(|_| Vec::new()).collect::<Vec<_>>(), |mut acc, (i, r)| {
+        acc[i] = r;
+        acc
+    });
+    if per_chunk.iter().zip(&chunks).any(|(r, c)| r.len() != c.len()) {
+        bail!("an extraction thread failed");
     }
+    let results: Vec<_> = per_chunk.drain(..).flatten().collect();
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let name_refs: Vec<&str> = names_owned.iter().map(String::as_str).collect();

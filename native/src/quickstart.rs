@@ -18,6 +18,9 @@ use crate::eval::{evaluate, print_table, EvalArgs};
 use crate::train::{execute, RunConfig, RunOptions};
 use crate::{data, merge, with_backend, ModelArgs};
 
+/// Optimizer steps from scratch: what fits the 10-minute budget on a 2-core CPU (BENCHMARKS.md).
+const DEFAULT_STEPS: usize = 2000;
+
 /// The from-scratch model: Qwen3's architecture at a size a 2-core CPU trains in minutes.
 const SMALL_CONFIG: &str = r#"{
   "architectures": ["Qwen3ForCausalLM"],
@@ -51,7 +54,10 @@ pub struct QuickstartArgs {
     /// a GPU), then merge it.
     #[arg(long)]
     model: Option<String>,
-    /// Optimizer steps (default: 1000 from scratch, 3 epochs of the records with --model).
+    /// A config.json for the from-scratch model instead of the built-in small one.
+    #[arg(long)]
+    base_config: Option<PathBuf>,
+    /// Optimizer steps (default: 2000 from scratch, 3 epochs of the records with --model).
     #[arg(long)]
     steps: Option<usize>,
     /// Training records (default: batch × steps from scratch, so no record is seen twice; 1000
@@ -88,8 +94,10 @@ fn find_tokenizer(given: Option<&Path>) -> Result<PathBuf> {
 
 pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
     let started = Instant::now();
-    let batch = 16;
-    let steps = args.steps.unwrap_or(1000);
+    // 16 records per step as two micro-batches of 8, computed on two threads.
+    let (micro, accumulation) = (8, 2);
+    let batch = micro * accumulation;
+    let steps = args.steps.unwrap_or(DEFAULT_STEPS);
     if steps == 0 || args.heldout == 0 || args.records == Some(0) {
         bail!("--steps, --records and --heldout must be at least 1");
     }
@@ -119,7 +127,13 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
         None => {
             let base = out.join("base");
             fs::create_dir_all(&base)?;
-            fs::write(base.join("config.json"), SMALL_CONFIG)?;
+            match &args.base_config {
+                Some(path) => {
+                    tiqu_core::Qwen3Config::from_json(&fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?, &path.display().to_string())?;
+                    fs::copy(path, base.join("config.json"))?;
+                }
+                None => fs::write(base.join("config.json"), SMALL_CONFIG)?,
+            }
             for name in ["tokenizer.json", "tokenizer_config.json"] {
                 if tokenizer.join(name).exists() {
                     fs::copy(tokenizer.join(name), base.join(name)).map_err(|e| anyhow!("{}: {e}", tokenizer.join(name).display()))?;
@@ -136,8 +150,8 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
                 learning_rate: 3e-3,
                 warmup_steps: 50,
                 weight_decay: 0.01,
-                per_device_train_batch_size: batch,
-                gradient_accumulation_steps: 1,
+                per_device_train_batch_size: micro,
+                gradient_accumulation_steps: accumulation,
                 num_train_epochs: 1,
                 max_steps: steps,
                 save_steps: steps.div_ceil(4),
@@ -179,6 +193,7 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
         max_new_tokens: 256,
         mistakes: Some(out.join("mistakes.jsonl")),
         json: args.json,
+        threads: (backend == BackendName::Cpu).then(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
     let mut result: Value = with_backend!(backend, |B, device| evaluate::<B>(&device, &eval_args))?;
     let total_s = started.elapsed().as_secs_f64();
