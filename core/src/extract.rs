@@ -8,6 +8,7 @@ use burn::prelude::*;
 use crate::chat::chat_prompt;
 use crate::constrain::{Constrain, Grammar, State, TokenTable};
 use crate::model::{Positions, Qwen3ForCausalLM};
+use crate::read::{read, ready, ReadMode};
 use crate::schema::Schema;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -120,9 +121,24 @@ impl<B: Backend> Extractor<B> {
 
     /// One result per text, in order; a text that fails does not fail the others.
     pub fn extract_batch(&self, texts: &[&str]) -> Vec<Result<Extraction>> {
+        ready(self.extract_batch_with(texts, ReadMode::Blocking))
+    }
+
+    /// [`Self::extract`] for backends that cannot block (WebGPU in a browser).
+    pub async fn extract_async(&self, text: &str) -> Result<Extraction> {
+        self.extract_batch_async(&[text]).await.remove(0)
+    }
+
+    /// [`Self::extract_batch`] for backends that cannot block: the same decoding loop, awaiting
+    /// each step's logits.
+    pub async fn extract_batch_async(&self, texts: &[&str]) -> Vec<Result<Extraction>> {
+        self.extract_batch_with(texts, ReadMode::Async).await
+    }
+
+    async fn extract_batch_with(&self, texts: &[&str], mode: ReadMode) -> Vec<Result<Extraction>> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(self.options.batch.max(1)) {
-            match self.run_chunk(chunk) {
+            match self.run_chunk(chunk, mode).await {
                 Ok(results) => out.extend(results),
                 Err(e) => out.extend(chunk.iter().map(|_| Err(Error::Other(e.to_string())))),
             }
@@ -158,7 +174,7 @@ impl<B: Backend> Extractor<B> {
         Ok((ids, cut, Some(warning)))
     }
 
-    fn run_chunk(&self, texts: &[&str]) -> Result<Vec<Result<Extraction>>> {
+    async fn run_chunk(&self, texts: &[&str], read_mode: ReadMode) -> Result<Vec<Result<Extraction>>> {
         let mode = self.options.constrain;
         let mut results: Vec<Option<Result<Extraction>>> = Vec::with_capacity(texts.len());
         let mut rows: Vec<Row> = Vec::new();
@@ -188,7 +204,7 @@ impl<B: Backend> Extractor<B> {
             owner.push(i);
         }
         if !rows.is_empty() {
-            self.generate_rows(&mut rows, initial)?;
+            self.generate_rows(&mut rows, initial, read_mode).await?;
         }
         for (row, i) in rows.into_iter().zip(owner) {
             results[i] = Some(self.finish(row));
@@ -225,7 +241,7 @@ impl<B: Backend> Extractor<B> {
     }
 
     /// Decodes all rows together: one forward pass per step over every unfinished row.
-    fn generate_rows(&self, rows: &mut [Row], initial: Vec<Vec<u32>>) -> Result<()> {
+    async fn generate_rows(&self, rows: &mut [Row], initial: Vec<Vec<u32>>, mode: ReadMode) -> Result<()> {
         let batch = rows.len();
         let seq = initial.iter().map(Vec::len).max().unwrap_or(1);
         let pad = self.eos_token_ids.first().copied().unwrap_or(0);
@@ -256,8 +272,8 @@ impl<B: Backend> Extractor<B> {
             let picks: Vec<i64> = active.iter().map(|&r| (r * t + offsets[r] + counts[r] - 1) as i64).collect();
             let idx = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(picks, [active.len()]), &hidden.device());
             let logits = self.model.logits(hidden.reshape([batch * t, d]).select(0, idx));
-            let logits: Vec<f32> = logits
-                .into_data()
+            let logits: Vec<f32> = read(logits, mode)
+                .await?
                 .convert::<f32>()
                 .to_vec()
                 .map_err(|e| Error::Other(format!("reading logits: {e:?}")))?;

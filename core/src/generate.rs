@@ -5,6 +5,7 @@ use burn::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::model::{Positions, Qwen3ForCausalLM};
+use crate::read::{read, ready, ReadMode};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,25 @@ pub fn generate<B: Backend>(
     model: &Qwen3ForCausalLM<B>,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
+) -> Result<Vec<Generated>> {
+    ready(generate_with(model, prompts, opts, ReadMode::Blocking))
+}
+
+/// [`generate`] for backends that cannot block (WebGPU in a browser): the same loop, awaiting
+/// each step's read-back.
+pub async fn generate_async<B: Backend>(
+    model: &Qwen3ForCausalLM<B>,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+) -> Result<Vec<Generated>> {
+    generate_with(model, prompts, opts, ReadMode::Async).await
+}
+
+async fn generate_with<B: Backend>(
+    model: &Qwen3ForCausalLM<B>,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    mode: ReadMode,
 ) -> Result<Vec<Generated>> {
     if prompts.is_empty() {
         return Ok(Vec::new());
@@ -86,7 +106,7 @@ pub fn generate<B: Backend>(
         let [b, t, d] = hidden.dims();
         let last = hidden.narrow(1, t - 1, 1).reshape([b, d]);
         let logits = model.logits(last);
-        let next = pick(logits, &opts.sampling, &mut rng)?;
+        let next = pick(logits, &opts.sampling, &mut rng, mode).await?;
         for (row, &tok) in next.iter().enumerate() {
             if done[row] {
                 continue;
@@ -113,16 +133,16 @@ pub fn generate<B: Backend>(
 }
 
 /// Chooses the next token of each row from logits `[batch, vocab]`.
-fn pick<B: Backend>(logits: Tensor<B, 2>, sampling: &Sampling, rng: &mut StdRng) -> Result<Vec<u32>> {
+async fn pick<B: Backend>(logits: Tensor<B, 2>, sampling: &Sampling, rng: &mut StdRng, mode: ReadMode) -> Result<Vec<u32>> {
     let read_err = |e| Error::Other(format!("reading logits: {e:?}"));
     match sampling {
         Sampling::Greedy => {
-            let ids = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().map_err(read_err)?;
+            let ids = read(logits.argmax(1), mode).await?.convert::<i64>().to_vec::<i64>().map_err(read_err)?;
             Ok(ids.into_iter().map(|i| i as u32).collect())
         }
         Sampling::Sample { temperature, top_k, top_p, .. } => {
             let [b, v] = logits.dims();
-            let values: Vec<f32> = logits.into_data().convert::<f32>().to_vec().map_err(read_err)?;
+            let values: Vec<f32> = read(logits, mode).await?.convert::<f32>().to_vec().map_err(read_err)?;
             Ok((0..b).map(|r| sample_row(&values[r * v..(r + 1) * v], *temperature, *top_k, *top_p, rng)).collect())
         }
     }

@@ -72,17 +72,100 @@ impl<B: Backend> RmsNorm<B> {
     }
 }
 
-/// `nn.Embedding`: one row of `weight` per token id.
+fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// Where loading may split tensors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The most bytes (as f32) one tensor may take on the device: WebGPU adapters commonly cap a
+    /// storage binding at 128 MiB, while Qwen3-0.6B's embedding is 594 MiB. A tied embedding
+    /// (which is also the output layer) is then stored as row blocks under the limit; any other
+    /// tensor over it is an error. `None`: no limit, one block.
+    pub max_tensor_bytes: Option<usize>,
+}
+
+/// `nn.Embedding`: one row of `weight` per token id. Under a per-tensor byte limit
+/// ([`LoadOptions`]) the table is kept as consecutive row blocks: `weight` holds the first rows
+/// and `rest` the blocks after it (empty when unsplit, as natively); lookups and the tied output
+/// layer give the numbers of the whole table. Whole-model training and saving see `weight`
+/// only, so they take unsplit models.
 #[derive(Module, Debug)]
 pub struct Embedding<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
+    pub rest: Vec<Param<Tensor<B, 2>>>,
 }
 
 impl<B: Backend> Embedding<B> {
-    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [b, t] = ids.dims();
+    fn load(src: &mut dyn WeightSource, name: &str, shape: [usize; 2], max_bytes: Option<usize>, device: &B::Device) -> Result<Self> {
+        let [rows, cols] = shape;
+        let per_block = max_bytes.map_or(rows, |limit| (limit / (cols * 4).max(1)).max(1));
+        if per_block >= rows {
+            return Ok(Self { weight: load(src, name, shape, device)?, rest: Vec::new() });
+        }
+        let values = src.load(name, &shape)?;
+        let mut blocks = values.chunks(per_block * cols).map(|chunk| {
+            let data = TensorData::new(chunk.to_vec(), [chunk.len() / cols, cols]);
+            Param::from_tensor(Tensor::from_data(data, device)).set_require_grad(false)
+        });
+        let weight = blocks.next().expect("a table with rows");
+        Ok(Self { weight, rest: blocks.collect() })
+    }
+
+    fn blocks(&self) -> impl Iterator<Item = &Param<Tensor<B, 2>>> {
+        std::iter::once(&self.weight).chain(&self.rest)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.blocks().map(|b| b.dims()[0]).sum()
+    }
+
+    /// Embeddings `[batch, seq, hidden]` of `ids` `[batch * seq]` (each below [`Self::rows`]).
+    pub fn forward(&self, ids: &[i64], batch: usize, seq: usize) -> Tensor<B, 3> {
+        let device = self.weight.device();
         let d = self.weight.dims()[1];
-        self.weight.val().select(0, ids.reshape([b * t])).reshape([b, t, d])
+        let int = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), &device)
+        };
+        if self.rest.is_empty() {
+            return self.weight.val().select(0, int(ids.to_vec())).reshape([batch, seq, d]);
+        }
+        // Each block's rows, gathered, then put back in the order asked.
+        let mut parts = Vec::new();
+        let mut place = vec![0i64; ids.len()];
+        let (mut start, mut taken) = (0i64, 0i64);
+        for block in self.blocks() {
+            let n = block.dims()[0] as i64;
+            let local: Vec<i64> = ids
+                .iter()
+                .enumerate()
+                .filter(|(_, &id)| id >= start && id < start + n)
+                .map(|(i, &id)| {
+                    place[i] = taken;
+                    taken += 1;
+                    id - start
+                })
+                .collect();
+            if !local.is_empty() {
+                parts.push(block.val().select(0, int(local)));
+            }
+            start += n;
+        }
+        Tensor::cat(parts, 0).select(0, int(place)).reshape([batch, seq, d])
+    }
+
+    /// `x · tableᵀ` for `x` `[n, hidden]`: the tied output layer, `[n, rows]`, one product per block.
+    pub fn matmul_t(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        if self.rest.is_empty() {
+            return x.matmul(self.weight.val().transpose());
+        }
+        Tensor::cat(self.blocks().map(|b| x.clone().matmul(b.val().transpose())).collect(), 1)
     }
 }
 
@@ -347,10 +430,31 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
     /// Builds the model from a weight source (a checkpoint or a random init), checking every
     /// tensor's shape against the config.
     pub fn load(cfg: &Qwen3Config, src: &mut dyn WeightSource, device: &B::Device) -> Result<Self> {
+        Self::load_with(cfg, src, device, &LoadOptions::default())
+    }
+
+    /// [`Self::load`] under a per-tensor byte limit (see [`LoadOptions`]): refused before any
+    /// tensor is read when a tensor that cannot be split exceeds it.
+    pub fn load_with(cfg: &Qwen3Config, src: &mut dyn WeightSource, device: &B::Device, opts: &LoadOptions) -> Result<Self> {
+        let max_bytes = opts.max_tensor_bytes;
+        if let Some(limit) = max_bytes {
+            for (name, shape) in cfg.tensor_shapes() {
+                let bytes = shape.iter().product::<usize>() * 4;
+                let splittable = name == "model.embed_tokens.weight" && cfg.tie_word_embeddings;
+                if bytes > limit && (!splittable || shape[1] * 4 > limit) {
+                    return Err(Error::Limit(format!(
+                        "tensor `{name}` {shape:?} takes {} as f32, over the device's limit of {} per tensor",
+                        size(bytes),
+                        size(limit)
+                    )));
+                }
+            }
+        }
         let (hd, d) = (cfg.hidden_size, cfg.head_dim);
         let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
         let eps = cfg.rms_norm_eps;
-        let embed_tokens = Embedding { weight: load(src, "model.embed_tokens.weight", [cfg.vocab_size, hd], device)? };
+        let embed_tokens =
+            Embedding::load(src, "model.embed_tokens.weight", [cfg.vocab_size, hd], max_bytes.filter(|_| cfg.tie_word_embeddings), device)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -396,7 +500,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.model.embed_tokens.weight.dims()[0]
+        self.model.embed_tokens.rows()
     }
 
     /// An empty KV cache for `batch` rows of up to `capacity` tokens.
@@ -467,8 +571,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         let head_dim = self.model.layers.first().map_or(2, |l| l.self_attn.head_dim);
         let ctx = Context::new(pos, head_dim, self.rope_theta, dropout_seed, &device);
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [pos.batch, pos.seq]), &device);
-        let mut x = self.model.embed_tokens.forward(ids);
+        let mut x = self.model.embed_tokens.forward(&ids, pos.batch, pos.seq);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, &ctx, layer_cache);
@@ -478,11 +581,10 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
 
     /// Logits `[rows, vocab]` for hidden-state rows `[rows, hidden]`.
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        let weight = match &self.lm_head {
-            Some(head) => head.weight.val(),
-            None => self.model.embed_tokens.weight.val(),
-        };
-        hidden.matmul(weight.transpose())
+        match &self.lm_head {
+            Some(head) => hidden.matmul(head.weight.val().transpose()),
+            None => self.model.embed_tokens.matmul_t(hidden),
+        }
     }
 
     /// Negative log-likelihood of `targets` given hidden rows `[rows, hidden]`, computed in chunks

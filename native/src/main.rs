@@ -11,6 +11,7 @@ mod merge;
 mod quickstart;
 mod report;
 mod runs;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -90,6 +91,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// List the compiled backends and whether each initialises here.
     Doctor,
+    /// Serve the browser demo (wasm/www) and a model folder's files on localhost.
+    ServeDemo(serve::ServeArgs),
 }
 
 fn doctor() -> anyhow::Result<()> {
@@ -110,6 +113,7 @@ fn doctor() -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Doctor => doctor(),
+        Command::ServeDemo(args) => serve::run(&args),
         Command::Generate(args) => generate::run(backend::choose(cli.backend)?, &args),
         Command::Quickstart(args) => quickstart::run(backend::choose(cli.backend)?, &args),
         Command::Eval(args) => eval::run(backend::choose(cli.backend)?, &args),

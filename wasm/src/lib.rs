@@ -1,0 +1,357 @@
+//! tiqu in a browser tab: the core [`Extractor`] over the files of a model folder as the Hub ships
+//! it (or as `tiqu merge` writes it), on WebGPU when the browser gives an adapter, else on burn's
+//! flex CPU backend. Everything that reads a tensor back awaits it: WebGPU cannot block.
+//!
+//! ```js
+//! const model = await Model.load({"config.json": bytes, "model.safetensors": bytes, ...}, null, {backend: "auto"});
+//! const out = JSON.parse(await model.extract(text));   // {fields, tokens, seconds, tokens_per_s, ...}
+//! ```
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::rc::Rc;
+
+use burn::backend::wgpu::{graphics::WebGpu as WebGpuApi, init_setup_async, RuntimeOptions, WgpuDevice};
+use burn::backend::{Flex, Wgpu};
+use burn::prelude::Backend;
+use js_sys::{Object, Promise, Reflect, Uint8Array};
+use serde_json::{json, Value};
+use tiqu_core::config::generation_eos;
+use tiqu_core::generate::{generate_async, GenerateOptions, Sampling};
+use tiqu_core::lora::LoraConfig;
+use tiqu_core::weights::ReadSeek;
+use tiqu_core::{chat_prompt, ExtractOptions, Extractor, LoadOptions, Qwen3Config, Qwen3ForCausalLM, SafetensorsFile, Schema, Tokenizer};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{future_to_promise, JsFuture};
+
+/// A `Read + Seek` over a JS `Uint8Array`: weights stay in JS memory and are copied into wasm
+/// one tensor at a time, so a checkpoint never sits twice in the wasm heap.
+struct JsReader {
+    array: Uint8Array,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for JsReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n > 0 {
+            self.array.subarray(self.pos as u32, (self.pos as usize + n) as u32).copy_to(&mut buf[..n]);
+            self.pos += n as u64;
+        }
+        Ok(n)
+    }
+}
+
+impl Seek for JsReader {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => p as i128,
+            SeekFrom::End(d) => self.len as i128 + d as i128,
+            SeekFrom::Current(d) => self.pos as i128 + d as i128,
+        };
+        if target < 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start"));
+        }
+        self.pos = target as u64;
+        Ok(self.pos)
+    }
+}
+
+/// The files of one folder, by base name.
+struct Files(HashMap<String, Uint8Array>);
+
+impl Files {
+    fn from_js(files: &JsValue, what: &str) -> Result<Self, String> {
+        if !files.is_object() {
+            return Err(format!("{what}: expected an object of file name → Uint8Array"));
+        }
+        let mut map = HashMap::new();
+        for entry in Object::entries(&Object::from(files.clone())).iter() {
+            let pair = js_sys::Array::from(&entry);
+            let name = pair.get(0).as_string().unwrap_or_default();
+            let base = name.rsplit('/').next().unwrap_or(&name).to_string();
+            let bytes = pair
+                .get(1)
+                .dyn_into::<Uint8Array>()
+                .map_err(|_| format!("{what}: {name} is not a Uint8Array"))?;
+            map.insert(base, bytes);
+        }
+        Ok(Self(map))
+    }
+
+    fn bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.get(name).map(Uint8Array::to_vec)
+    }
+
+    fn need(&self, name: &str) -> Result<Vec<u8>, String> {
+        self.bytes(name).ok_or_else(|| format!("{name}: missing from the model folder"))
+    }
+
+    fn reader(&self, name: &str) -> Result<(String, Box<dyn ReadSeek>), String> {
+        let array = self.0.get(name).ok_or_else(|| format!("{name}: missing from the model folder"))?.clone();
+        let len = array.length() as u64;
+        Ok((name.to_string(), Box::new(JsReader { array, len, pos: 0 })))
+    }
+
+    /// The checkpoint's safetensors files, chosen as natively: the index's shards, else
+    /// `model.safetensors`, else every `*.safetensors` but an adapter's.
+    fn weights(&self) -> Result<SafetensorsFile, String> {
+        let names: Vec<String> = if let Some(index) = self.bytes("model.safetensors.index.json") {
+            let value: Value = serde_json::from_slice(&index)
+                .map_err(|e| format!("model.safetensors.index.json: not valid JSON: {e}"))?;
+            let map = value
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or("model.safetensors.index.json: no weight_map")?;
+            let mut names: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+            names.sort();
+            names.dedup();
+            names
+        } else if self.0.contains_key("model.safetensors") {
+            vec!["model.safetensors".into()]
+        } else {
+            let mut names: Vec<String> = self
+                .0
+                .keys()
+                .filter(|n| n.ends_with(".safetensors") && *n != "adapter_model.safetensors")
+                .cloned()
+                .collect();
+            names.sort();
+            names
+        };
+        if names.is_empty() {
+            return Err("no model.safetensors (or model.safetensors.index.json and its shards) in the model folder".into());
+        }
+        let shards = names.iter().map(|n| self.reader(n)).collect::<Result<Vec<_>, _>>()?;
+        SafetensorsFile::open(shards).map_err(|e| e.to_string())
+    }
+}
+
+fn now_ms() -> f64 {
+    Reflect::get(&js_sys::global(), &"performance".into())
+        .ok()
+        .and_then(|p| {
+            let f = Reflect::get(&p, &"now".into()).ok()?.dyn_into::<js_sys::Function>().ok()?;
+            f.call0(&p).ok()?.as_f64()
+        })
+        .unwrap_or_else(js_sys::Date::now)
+}
+
+/// Whether `navigator.gpu.requestAdapter()` gives an adapter.
+async fn webgpu_adapter() -> bool {
+    let gpu = Reflect::get(&js_sys::global(), &"navigator".into())
+        .and_then(|nav| Reflect::get(&nav, &"gpu".into()))
+        .unwrap_or(JsValue::UNDEFINED);
+    if gpu.is_undefined() || gpu.is_null() {
+        return false;
+    }
+    let Ok(request) = Reflect::get(&gpu, &"requestAdapter".into()).and_then(|f| f.dyn_into::<js_sys::Function>().map_err(JsValue::from)) else {
+        return false;
+    };
+    let Ok(promise) = request.call0(&gpu).and_then(|p| p.dyn_into::<Promise>().map_err(JsValue::from)) else {
+        return false;
+    };
+    matches!(JsFuture::from(promise).await, Ok(a) if !a.is_null() && !a.is_undefined())
+}
+
+enum Inner {
+    Gpu(Extractor<Wgpu>),
+    Cpu(Extractor<Flex>),
+}
+
+struct State {
+    inner: Inner,
+    backend: String,
+    load_ms: f64,
+    max_tensor_bytes: Option<usize>,
+    embedding_blocks: usize,
+}
+
+/// A loaded model, ready to extract.
+#[wasm_bindgen]
+pub struct Model {
+    state: Rc<State>,
+}
+
+fn options(opts: &JsValue, key: &str) -> Option<JsValue> {
+    if !opts.is_object() {
+        return None;
+    }
+    Reflect::get(opts, &key.into()).ok().filter(|v| !v.is_undefined() && !v.is_null())
+}
+
+fn build<B: Backend>(
+    files: &Files,
+    adapter: Option<&Files>,
+    config: &Qwen3Config,
+    load: &LoadOptions,
+    max_new_tokens: usize,
+    device: &B::Device,
+) -> Result<(Extractor<B>, usize), String> {
+    let tokenizer = Tokenizer::from_bytes(&files.need("tokenizer.json")?, "tokenizer.json").map_err(|e| e.to_string())?;
+    let eos = match files.bytes("generation_config.json") {
+        Some(b) => generation_eos(&b, "generation_config.json").map_err(|e| e.to_string())?,
+        None => None,
+    }
+    .unwrap_or_else(|| config.eos_token_ids.clone());
+    if eos.is_empty() {
+        return Err("no eos_token_id in generation_config.json or config.json".into());
+    }
+    let mut weights = files.weights()?;
+    let mut model = Qwen3ForCausalLM::<B>::load_with(config, &mut weights, device, load).map_err(|e| e.to_string())?;
+    if let Some(adapter) = adapter {
+        let lora = LoraConfig::from_peft_json(&adapter.need("adapter_config.json")?, "adapter_config.json").map_err(|e| e.to_string())?;
+        let mut w = SafetensorsFile::open(vec![adapter.reader("adapter_model.safetensors")?]).map_err(|e| e.to_string())?;
+        model.load_adapter(&lora, &mut w, "adapter").map_err(|e| e.to_string())?;
+    }
+    let blocks = 1 + model.model.embed_tokens.rest.len();
+    let options = ExtractOptions { max_new_tokens, batch: 1, ..Default::default() };
+    Ok((Extractor::new(model, tokenizer, eos, Schema::default(), options), blocks))
+}
+
+#[wasm_bindgen]
+impl Model {
+    /// Loads a model folder's files (`{name: Uint8Array}`: config.json, tokenizer.json,
+    /// safetensors, generation_config.json optional) and optionally an adapter folder's
+    /// (adapter_config.json, adapter_model.safetensors). `options`: `{backend: "auto" | "webgpu"
+    /// | "cpu", maxTensorBytes?: number, maxNewTokens?: number}`. Rejects with a one-line message.
+    pub async fn load(files: JsValue, adapter: JsValue, options_js: JsValue) -> Result<Model, JsError> {
+        Self::load_inner(files, adapter, options_js).await.map_err(|e| JsError::new(&e))
+    }
+
+    async fn load_inner(files: JsValue, adapter: JsValue, opts: JsValue) -> Result<Model, String> {
+        let start = now_ms();
+        let files = Files::from_js(&files, "model files")?;
+        let adapter = if adapter.is_undefined() || adapter.is_null() { None } else { Some(Files::from_js(&adapter, "adapter files")?) };
+        let config = Qwen3Config::from_json(&files.need("config.json")?, "config.json").map_err(|e| e.to_string())?;
+        let wanted = options(&opts, "backend").and_then(|v| v.as_string()).unwrap_or_else(|| "auto".into());
+        let forced_limit = options(&opts, "maxTensorBytes").and_then(|v| v.as_f64()).map(|v| v as usize);
+        let max_new_tokens = options(&opts, "maxNewTokens").and_then(|v| v.as_f64()).map_or(256, |v| v as usize);
+        let use_gpu = match wanted.as_str() {
+            "cpu" => false,
+            "webgpu" => {
+                if !webgpu_adapter().await {
+                    return Err("WebGPU was asked for, but navigator.gpu gives no adapter here".into());
+                }
+                true
+            }
+            "auto" => webgpu_adapter().await,
+            other => return Err(format!("unknown backend `{other}` (auto, webgpu or cpu)")),
+        };
+        let state = if use_gpu {
+            let device = WgpuDevice::default();
+            let setup = init_setup_async::<WebGpuApi>(&device, RuntimeOptions::default()).await;
+            let limits = setup.device.limits();
+            let device_limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize;
+            let limit = forced_limit.map_or(device_limit, |f| f.min(device_limit));
+            let load = LoadOptions { max_tensor_bytes: Some(limit) };
+            let info = setup.adapter.get_info();
+            let about: Vec<&str> = [info.name.as_str(), info.driver.as_str(), info.driver_info.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
+            let name = if about.is_empty() { "webgpu".to_string() } else { format!("webgpu ({})", about.join(", ")) };
+            let (extractor, blocks) = build::<Wgpu>(&files, adapter.as_ref(), &config, &load, max_new_tokens, &device)?;
+            State { inner: Inner::Gpu(extractor), backend: name, load_ms: 0.0, max_tensor_bytes: Some(limit), embedding_blocks: blocks }
+        } else {
+            let load = LoadOptions { max_tensor_bytes: forced_limit };
+            let (extractor, blocks) = build::<Flex>(&files, adapter.as_ref(), &config, &load, max_new_tokens, &Default::default())?;
+            State { inner: Inner::Cpu(extractor), backend: "cpu (flex)".into(), load_ms: 0.0, max_tensor_bytes: forced_limit, embedding_blocks: blocks }
+        };
+        let load_ms = now_ms() - start;
+        Ok(Model { state: Rc::new(State { load_ms, ..state }) })
+    }
+
+    /// Which backend runs this model: `webgpu (adapter name)` or `cpu (flex)`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        self.state.backend.clone()
+    }
+
+    /// Milliseconds from the files in memory to the model ready on its device.
+    #[wasm_bindgen(getter, js_name = loadMs)]
+    pub fn load_ms(&self) -> f64 {
+        self.state.load_ms
+    }
+
+    /// The per-tensor byte limit the weights were loaded under, and the embedding's row blocks.
+    #[wasm_bindgen(getter)]
+    pub fn info(&self) -> String {
+        json!({
+            "backend": self.state.backend,
+            "load_ms": self.state.load_ms,
+            "max_tensor_bytes": self.state.max_tensor_bytes,
+            "embedding_blocks": self.state.embedding_blocks,
+        })
+        .to_string()
+    }
+
+    /// Extracts the fields of `text`: a promise of a JSON string `{fields, tokens, truncated,
+    /// warning, seconds, tokens_per_s}`.
+    pub fn extract(&self, text: String) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let start = now_ms();
+            let result = match &state.inner {
+                Inner::Gpu(e) => e.extract_async(&text).await,
+                Inner::Cpu(e) => e.extract_async(&text).await,
+            };
+            let seconds = (now_ms() - start) / 1000.0;
+            let e = result.map_err(|e| JsValue::from(JsError::new(&e.to_string())))?;
+            let out = json!({
+                "fields": e.fields.to_json(),
+                "tokens": e.tokens,
+                "truncated": e.truncated,
+                "warning": e.warning,
+                "seconds": seconds,
+                "tokens_per_s": if seconds > 0.0 { e.tokens as f64 / seconds } else { 0.0 },
+                "backend": state.backend,
+            });
+            Ok(JsValue::from_str(&out.to_string()))
+        })
+    }
+
+    /// Greedy generation as `tiqu generate --json` runs it (chat template, thinking off): a
+    /// promise of `{text, tokens, prompt_tokens, tokens_per_s}`.
+    pub fn generate(&self, prompt: String, max_new_tokens: usize) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let err = |e: tiqu_core::Error| JsValue::from(JsError::new(&e.to_string()));
+            macro_rules! run {
+                ($e:expr) => {{
+                    let e = $e;
+                    let ids = e.tokenizer.encode(&chat_prompt(None, &prompt)).map_err(err)?;
+                    let opts = GenerateOptions {
+                        max_new_tokens,
+                        sampling: Sampling::Greedy,
+                        pad_token_id: e.eos_token_ids[0],
+                        eos_token_ids: e.eos_token_ids.clone(),
+                    };
+                    let start = now_ms();
+                    let out = generate_async(&e.model, &[ids.clone()], &opts).await.map_err(err)?.remove(0);
+                    let seconds = (now_ms() - start) / 1000.0;
+                    let text = e.tokenizer.decode(&out.tokens, true).map_err(err)?;
+                    (text, out.tokens.len(), ids.len(), seconds)
+                }};
+            }
+            let (text, tokens, prompt_tokens, seconds) = match &state.inner {
+                Inner::Gpu(e) => run!(e),
+                Inner::Cpu(e) => run!(e),
+            };
+            let out = json!({
+                "text": text,
+                "tokens": tokens,
+                "prompt_tokens": prompt_tokens,
+                "seconds": seconds,
+                "tokens_per_s": if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 },
+            });
+            Ok(JsValue::from_str(&out.to_string()))
+        })
+    }
+}
+
+/// Panics end the wasm instance (panic = abort); log them first so the page can show them.
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        web_sys::console::error_1(&format!("tiqu panicked: {info}").into());
+    }));
+}
