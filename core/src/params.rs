@@ -95,8 +95,11 @@ pub fn named_params_mut<B: Backend>(model: &mut Qwen3ForCausalLM<B>) -> Vec<(Str
     out
 }
 
-/// Every base tensor as `(checkpoint key, shape, f32 values)`, for writing a checkpoint.
-pub fn base_tensors<B: Backend>(model: &Qwen3ForCausalLM<B>) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+/// A tensor to write: checkpoint key, shape, f32 values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Every base tensor, for writing a checkpoint.
+pub fn base_tensors<B: Backend>(model: &Qwen3ForCausalLM<B>) -> Result<Vec<NamedTensor>> {
     // The visitor needs `&mut`; a clone shares the tensors' storage, so this copies nothing.
     let mut model = model.clone();
     let mut out = Vec::new();

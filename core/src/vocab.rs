@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn compact_ids_map_back_and_rows_round_trip() {
         let ex = Example { prompt: vec![7, 3, 3], response: vec![9] };
-        let map = VocabMap::from_examples(&[ex.clone()], &[1], 12).unwrap();
+        let map = VocabMap::from_examples(std::slice::from_ref(&ex), &[1], 12).unwrap();
         assert_eq!(map.ids(), [1, 3, 7, 9]);
         assert_eq!(map.len(), 5);
         assert_eq!(map.example(&ex), Example { prompt: vec![3, 2, 2], response: vec![4] });

@@ -181,7 +181,7 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
     use tiqu_core::lora::LoraConfig;
     use tiqu_core::sft::Example;
     use tiqu_core::train::{AdamWConfig, Method, Trainer};
-    if args.batch == 0 || args.seq < 2 || args.steps == 0 || args.threads == 0 || args.batch % args.threads != 0 {
+    if args.batch == 0 || args.seq < 2 || args.steps == 0 || args.threads == 0 || !args.batch.is_multiple_of(args.threads) {
         bail!("--batch, --steps and --threads must be at least 1, --seq at least 2, and --threads must divide --batch");
     }
     if args.threads > 1 && backend == BackendName::Cpu {

@@ -64,6 +64,9 @@ pub struct QuickstartArgs {
     /// with --model).
     #[arg(long)]
     records: Option<usize>,
+    /// Peak learning rate from scratch (after 50 warmup steps, then a linear decay to 0).
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
     /// Held-out records to evaluate on.
     #[arg(long, default_value_t = 200)]
     heldout: usize,
@@ -119,7 +122,7 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
     let heldout_path = out.join("data/heldout.jsonl");
     data::write(&train_path, Synth::new(args.seed).take(records).map(|r| r.to_sft()))?;
     // A different stream: held-out records are not drawn from the training sequence.
-    data::write(&heldout_path, Synth::new(args.seed ^ 0x4E1D_0u64).take(args.heldout).map(|r| r.to_sft()))?;
+    data::write(&heldout_path, Synth::new(args.seed ^ 0x0004_E1D0_u64).take(args.heldout).map(|r| r.to_sft()))?;
     eprintln!("synthesised {records} training and {} held-out records in {}", args.heldout, out.join("data").display());
 
     let run_dir = out.join("run");
@@ -147,7 +150,7 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
                 restrict_vocab: true,
                 data: train_path.display().to_string(),
                 eval_data: Some(heldout_path.display().to_string()),
-                learning_rate: 3e-3,
+                learning_rate: args.lr,
                 warmup_steps: 50,
                 weight_decay: 0.01,
                 per_device_train_batch_size: micro,
