@@ -104,6 +104,7 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
     if steps == 0 || args.heldout == 0 || args.records == Some(0) {
         bail!("--steps, --records and --heldout must be at least 1");
     }
+    let tokenizer = find_tokenizer(args.tokenizer.as_deref())?;
     let out = &args.out;
     // A previous quickstart folder is replaced; anything else is not ours to delete.
     if out.exists() {
@@ -115,7 +116,6 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
     }
     fs::create_dir_all(out).map_err(|e| anyhow!("cannot create {}: {e}", out.display()))?;
     fs::write(out.join(".quickstart"), b"").map_err(|e| anyhow!("cannot write in {}: {e}", out.display()))?;
-    let tokenizer = find_tokenizer(args.tokenizer.as_deref())?;
 
     let records = args.records.unwrap_or(if args.model.is_some() { 1000 } else { batch * steps });
     let train_path = out.join("data/train.jsonl");
