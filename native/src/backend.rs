@@ -135,3 +135,15 @@ macro_rules! with_backend {
         }
     }};
 }
+
+/// The CPU's cores, for work tiqu splits over threads itself.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Work tiqu splits over threads itself (micro-batches, extraction batches) runs best with
+/// single-threaded CPU kernels: kernels that also split themselves over the cores only contend.
+/// Harmless when the kernels' thread pool already exists.
+pub fn single_threaded_kernels() {
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
+}

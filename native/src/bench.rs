@@ -185,7 +185,7 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
         bail!("--batch, --steps and --threads must be at least 1, --seq at least 2, and --threads must divide --batch");
     }
     if args.threads > 1 && backend == BackendName::Cpu {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
+        crate::backend::single_threaded_kernels();
     }
     let cfg = load_bench_config(&args.config)?;
     let mut model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?;

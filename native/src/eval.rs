@@ -55,13 +55,7 @@ pub fn run(backend: BackendName, args: &EvalArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let mut args = args.clone();
-    if args.threads.is_none() && backend == BackendName::Cpu {
-        args.threads = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
-        // Each thread runs whole batches; kernels that split themselves too would only contend.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
-    }
-    let args = &args;
+    let args = &with_default_threads(backend, args);
     let result = with_backend!(backend, |B, device| evaluate::<B>(&device, args))?;
     if !args.loss_only {
         print_table(&result);
@@ -70,6 +64,17 @@ pub fn run(backend: BackendName, args: &EvalArgs) -> Result<()> {
         println!("{result}");
     }
     Ok(())
+}
+
+/// `args` with `threads` set to the cores on the cpu backend when not given (kernels then run
+/// single-threaded).
+pub fn with_default_threads(backend: BackendName, args: &EvalArgs) -> EvalArgs {
+    let mut args = args.clone();
+    if args.threads.is_none() && backend == BackendName::Cpu {
+        args.threads = Some(crate::backend::cores());
+        crate::backend::single_threaded_kernels();
+    }
+    args
 }
 
 /// The mistakes file for `data` when none is given: beside it.
@@ -102,7 +107,9 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
     }
 
     let schema = Schema::default();
-    let names = schema.names();
+    // Owned: the schema moves into the extractor.
+    let names: Vec<String> = schema.names().into_iter().map(String::from).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let mistakes_path = args.mistakes.clone().unwrap_or_else(|| default_mistakes(&args.data));
     let mut mistakes = fs::File::create(&mistakes_path).map_err(|e| anyhow!("cannot write {}: {e}", mistakes_path.display()))?;
     for (line, why) in &bad_lines {
@@ -122,7 +129,6 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
         }
     }
     let options = ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch };
-    let names_owned: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let extractor = Extractor::new(loaded.model, loaded.tokenizer, loaded.eos_token_ids, schema, options);
     let texts: Vec<&str> = scored.iter().map(|(_, t, _)| t.as_str()).collect();
     let bar = indicatif::ProgressBar::new(texts.len() as u64);
@@ -131,7 +137,7 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
     let chunks: Vec<&[&str]> = texts.chunks(args.batch).collect();
     let workers = args.threads.unwrap_or(1).clamp(1, chunks.len().max(1));
     // Worker w takes chunks w, w + workers, …; results go back in input order.
-    let mut per_chunk: Vec<Vec<_>> = std::thread::scope(|scope| {
+    let mut done: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
                 let (extractor, chunks, bar) = (&extractor, &chunks, &bar);
@@ -147,27 +153,22 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<_>>()
-    })
-    .into_iter()
-    .fold((0..chunks.len()).map(|_| Vec::new()).collect::<Vec<_>>(), |mut acc, (i, r)| {
-        acc[i] = r;
-        acc
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
     });
-    if per_chunk.iter().zip(&chunks).any(|(r, c)| r.len() != c.len()) {
+    if done.len() != chunks.len() {
         bail!("an extraction thread failed");
     }
-    let results: Vec<_> = per_chunk.drain(..).flatten().collect();
+    done.sort_by_key(|(i, _)| *i);
+    let results: Vec<_> = done.into_iter().flat_map(|(_, r)| r).collect();
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let name_refs: Vec<&str> = names_owned.iter().map(String::as_str).collect();
-    let mut scores = Scores::new(&name_refs);
+    let mut scores = Scores::new(&names);
     for ((line, text, reference), result) in scored.iter().zip(&results) {
         let predicted = result.as_ref().ok().map(|e| &e.fields);
         let wrong = scores.add(text, reference, predicted);
         if !wrong.is_empty() {
             let expected: serde_json::Map<String, Value> =
-                names_owned.iter().zip(reference).map(|(k, v)| (k.clone(), v.clone().map_or(Value::Null, Value::String))).collect();
+                names.iter().zip(reference).map(|(k, v)| (k.to_string(), v.clone().map_or(Value::Null, Value::String))).collect();
             let got = match result {
                 Ok(e) => json!({"predicted": e.fields.to_json()}),
                 Err(e) => json!({"error": e.to_string()}),

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tiqu_core::synth::Synth;
 
 use crate::backend::BackendName;
-use crate::eval::{evaluate, print_table, EvalArgs};
+use crate::eval::{evaluate, print_table, with_default_threads, EvalArgs};
 use crate::train::{execute, RunConfig, RunOptions};
 use crate::{data, merge, with_backend, ModelArgs};
 
@@ -196,8 +196,9 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
         max_new_tokens: 256,
         mistakes: Some(out.join("mistakes.jsonl")),
         json: args.json,
-        threads: (backend == BackendName::Cpu).then(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        threads: None,
     };
+    let eval_args = with_default_threads(backend, &eval_args);
     let mut result: Value = with_backend!(backend, |B, device| evaluate::<B>(&device, &eval_args))?;
     let total_s = started.elapsed().as_secs_f64();
     result["train_s"] = json!(train_s);
