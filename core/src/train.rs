@@ -35,10 +35,7 @@ pub fn linear_lr(lr: f64, step: usize, warmup: usize, total: usize) -> f64 {
     if step < warmup {
         return lr * step as f64 / warmup as f64;
     }
-    if total <= warmup {
-        return lr;
-    }
-    lr * (total.saturating_sub(step) as f64 / (total - warmup) as f64).max(0.0)
+    lr * (total.saturating_sub(step) as f64 / total.saturating_sub(warmup).max(1) as f64)
 }
 
 /// What training updates.
@@ -301,4 +298,18 @@ pub fn trainable_names<B: Backend>(model: &Qwen3ForCausalLM<B>, method: Method) 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_lr_is_transformers_linear_schedule_with_warmup() {
+        // get_linear_schedule_with_warmup(opt, 2, 6): step / 2 during warmup, then (6 - step) / 4.
+        let lrs: Vec<f64> = (0..=6).map(|s| linear_lr(1.0, s, 2, 6)).collect();
+        assert_eq!(lrs, [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0]);
+        // Without warmup (the seed's recipe): (total - step) / total.
+        assert_eq!(linear_lr(1.0, 1, 0, 4), 0.75);
+    }
 }
