@@ -15,7 +15,7 @@ use tiqu_core::synth::Synth;
 
 use crate::backend::BackendName;
 use crate::eval::{evaluate, print_table, with_default_threads, EvalArgs};
-use crate::train::{execute, RunConfig, RunOptions};
+use crate::train::{execute, RunConfig, RunOptions, TOKENIZER_FILES};
 use crate::{data, merge, with_backend, ModelArgs};
 
 /// Optimizer steps from scratch: what fits the 10-minute budget on a 2-core CPU (BENCHMARKS.md).
@@ -137,7 +137,7 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
                 }
                 None => fs::write(base.join("config.json"), SMALL_CONFIG)?,
             }
-            for name in ["tokenizer.json", "tokenizer_config.json"] {
+            for name in TOKENIZER_FILES {
                 if tokenizer.join(name).exists() {
                     fs::copy(tokenizer.join(name), base.join(name)).map_err(|e| anyhow!("{}: {e}", tokenizer.join(name).display()))?;
                 }
@@ -177,8 +177,9 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
             (cfg, RunOptions { tokenizer: args.tokenizer.clone(), ..RunOptions::default() })
         }
     };
+    let training = Instant::now();
     let finished = execute(backend, &cfg, &opts, &run_dir)?;
-    let train_s = started.elapsed().as_secs_f64();
+    let train_s = training.elapsed().as_secs_f64();
     let model_dir = match &args.model {
         None => finished.output.clone(),
         Some(model) => {

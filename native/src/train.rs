@@ -440,7 +440,7 @@ fn to_vec<B: Backend>(t: Tensor<B, 2>) -> Result<(Vec<usize>, Vec<f32>)> {
 }
 
 /// Files a model folder carries besides weights and config, copied into saved models.
-const TOKENIZER_FILES: [&str; 2] = ["tokenizer.json", "tokenizer_config.json"];
+pub const TOKENIZER_FILES: [&str; 2] = ["tokenizer.json", "tokenizer_config.json"];
 
 /// What a saved full model needs to be a standalone Hugging Face folder.
 struct ModelFolder<'a> {

@@ -55,3 +55,31 @@ fn a_reduced_quickstart_learns_to_extract() {
 /// 500 steps learn the long fields first (measured here: address and question mostly exact, names
 /// not yet; the full quickstart's 2000 steps get the names too). An untrained model scores 0.
 const MARGIN: f64 = 0.3;
+
+#[test]
+fn bad_quickstart_input_gets_one_line_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::write(theirs.join("keep.txt"), "x").unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (&["--steps", "0"], "--steps"),
+        (&["--out", theirs.to_str().unwrap()], "not a quickstart folder"),
+        (&["--tokenizer", "/nonexistent-tokenizer"], "/nonexistent-tokenizer"),
+    ];
+    for (args, needle) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_tiqu"))
+            .args(["--backend", "cpu", "quickstart", "--out"])
+            .arg(dir.path().join("qs"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains(needle), "{needle}: {}", errors[0]);
+    }
+    assert!(theirs.join("keep.txt").exists(), "a folder that is not a quickstart's is never deleted");
+    assert!(!dir.path().join("qs").exists(), "nothing is created before the inputs are checked");
+}
