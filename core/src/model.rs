@@ -6,7 +6,7 @@
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, silu, softmax};
-use burn::tensor::TensorData;
+use burn::tensor::{DType, FloatDType, TensorData};
 
 use crate::config::Qwen3Config;
 use crate::lora::Lora;
@@ -16,6 +16,30 @@ use crate::{Error, Result};
 /// Large enough to zero a softmax weight, small enough that a fully masked row (a padding query)
 /// stays finite instead of turning into NaN.
 const MASKED: f32 = -1.0e9;
+
+/// `x` in `dtype`; no cast (and no autodiff node) when it already is.
+pub fn to_dtype<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {
+    if x.dtype() == DType::from(dtype) {
+        x
+    } else {
+        x.cast(dtype)
+    }
+}
+
+/// The float dtype of a tensor (f32 for anything that is not a half type).
+fn float_dtype<B: Backend, const D: usize>(x: &Tensor<B, D>) -> FloatDType {
+    match x.dtype() {
+        DType::BF16 => FloatDType::BF16,
+        DType::F16 => FloatDType::F16,
+        DType::F64 => FloatDType::F64,
+        _ => FloatDType::F32,
+    }
+}
+
+/// A frozen base parameter cast to `dtype`.
+fn cast_param<B: Backend, const D: usize>(p: Param<Tensor<B, D>>, dtype: FloatDType) -> Param<Tensor<B, D>> {
+    p.map(|t| to_dtype(t, dtype)).set_require_grad(false)
+}
 
 fn load<B: Backend, const D: usize>(
     src: &mut dyn WeightSource,
@@ -47,7 +71,11 @@ impl<B: Backend> Linear<B> {
         let x = x.reshape([b * t, d]);
         let mut out = x.clone().matmul(self.weight.val().transpose());
         if let Some(lora) = &self.lora {
-            out = out.add(lora.forward(x, dropout_seed));
+            // As PEFT with a half-precision base: the adapter (kept in f32) sees x cast to f32,
+            // the sum is taken in f32 and cast back.
+            let dtype = float_dtype(&out);
+            let update = lora.forward(to_dtype(x, FloatDType::F32), dropout_seed);
+            out = to_dtype(to_dtype(out, FloatDType::F32).add(update), dtype);
         }
         let n = out.dims()[1];
         out.reshape([b, t, n])
@@ -66,9 +94,13 @@ impl<B: Backend> RmsNorm<B> {
         Ok(Self { weight: load(src, &format!("{name}.weight"), [dim], device)?, eps })
     }
 
+    /// Normalised in f32 whatever the input's dtype, then cast back before the weight, as
+    /// transformers does.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = float_dtype(&x);
+        let x = to_dtype(x, FloatDType::F32);
         let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
-        x.div(rms).mul(self.weight.val().unsqueeze())
+        to_dtype(x.div(rms), dtype).mul(self.weight.val().unsqueeze())
     }
 }
 
@@ -211,9 +243,14 @@ impl<B: Backend> Qwen3Attention<B> {
         // Query heads of one KV group share its keys: fold them into the row dimension instead of
         // copying K and V per head (transformers' repeat_kv), same numbers, less memory.
         let q = q.reshape([b, kvh, groups * t, d]);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((d as f64).powf(-0.5));
-        let scores = scores.reshape([b, h, t, s]).add(ctx.mask.clone());
-        let probs = softmax(scores, 3).reshape([b, kvh, groups * t, s]);
+        // In half precision the rounding of transformers' eager attention: scores scaled in f32
+        // (a scale rounded to bf16 would shift every score) and rounded to the dtype, then masked
+        // and softmaxed in f32 (-1e9 does not fit in f16). In f32 every cast is a no-op.
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let dtype = float_dtype(&scores);
+        let scores = to_dtype(to_dtype(scores, FloatDType::F32).mul_scalar((d as f64).powf(-0.5)), dtype);
+        let scores = to_dtype(scores.reshape([b, h, t, s]), FloatDType::F32).add(ctx.mask.clone());
+        let probs = to_dtype(softmax(scores, 3), dtype).reshape([b, kvh, groups * t, s]);
         let out = probs.matmul(v).reshape([b, h, t, d]).swap_dims(1, 2).reshape([b, t, h * d]);
         self.o_proj.forward(out, seed)
     }
@@ -228,7 +265,10 @@ pub struct Qwen3Mlp<B: Backend> {
 
 impl<B: Backend> Qwen3Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, seed: Option<u64>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone(), seed));
+        // SiLU in f32 and rounded once, as torch computes it for half types.
+        let gate = self.gate_proj.forward(x.clone(), seed);
+        let dtype = float_dtype(&gate);
+        let gate = to_dtype(silu(to_dtype(gate, FloatDType::F32)), dtype);
         self.down_proj.forward(gate.mul(self.up_proj.forward(x, seed)), seed)
     }
 }
@@ -314,10 +354,10 @@ impl<B: Backend> KvCache<B> {
         let capacity = needed.max(self.capacity + self.capacity / 2);
         for layer in &mut self.layers {
             let [b, h, _, d] = layer.k.dims();
-            let device = layer.k.device();
+            let (device, dtype) = (layer.k.device(), layer.k.dtype());
             let extra = capacity - self.capacity;
-            layer.k = Tensor::cat(vec![layer.k.clone(), Tensor::zeros([b, h, extra, d], &device)], 2);
-            layer.v = Tensor::cat(vec![layer.v.clone(), Tensor::zeros([b, h, extra, d], &device)], 2);
+            layer.k = Tensor::cat(vec![layer.k.clone(), Tensor::zeros([b, h, extra, d], (&device, dtype))], 2);
+            layer.v = Tensor::cat(vec![layer.v.clone(), Tensor::zeros([b, h, extra, d], (&device, dtype))], 2);
         }
         self.capacity = capacity;
     }
@@ -388,7 +428,9 @@ struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Context<B> {
-    fn new(p: &Positions, head_dim: usize, theta: f64, dropout_seed: Option<u64>, device: &B::Device) -> Self {
+    /// Rotary tables in the activations' `dtype` (computed in f32, as transformers does); the
+    /// mask stays f32.
+    fn new(p: &Positions, head_dim: usize, theta: f64, dropout_seed: Option<u64>, dtype: FloatDType, device: &B::Device) -> Self {
         let half = head_dim / 2;
         // f32 products as in transformers, so high positions round the same way.
         let inv_freq: Vec<f32> =
@@ -417,8 +459,8 @@ impl<B: Backend> Context<B> {
         }
         Self {
             rope: Rope {
-                cos: Tensor::from_data(TensorData::new(cos, shape), device),
-                sin: Tensor::from_data(TensorData::new(sin, shape), device),
+                cos: to_dtype(Tensor::from_data(TensorData::new(cos, shape), device), dtype),
+                sin: to_dtype(Tensor::from_data(TensorData::new(sin, shape), device), dtype),
             },
             mask: Tensor::from_data(TensorData::new(mask, [p.batch, 1, p.seq, total]), device),
             dropout_seed,
@@ -499,6 +541,38 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         self.model.embed_tokens.weight.device()
     }
 
+    /// The dtype of the base weights and of the activations between layers.
+    pub fn dtype(&self) -> FloatDType {
+        float_dtype(&self.model.norm.weight.val())
+    }
+
+    /// The frozen base weights cast to `dtype` (bf16 on CUDA, f16 on most GPUs through wgpu);
+    /// LoRA weights stay as they are (f32), so their gradients and optimizer state do too.
+    /// Normalisation, softmax, the adapters and the logits still compute in f32.
+    pub fn cast_base(mut self, dtype: FloatDType) -> Self {
+        let m = &mut self.model;
+        m.embed_tokens.weight = cast_param(m.embed_tokens.weight.clone(), dtype);
+        m.embed_tokens.rest = m.embed_tokens.rest.drain(..).map(|p| cast_param(p, dtype)).collect();
+        m.norm.weight = cast_param(m.norm.weight.clone(), dtype);
+        for layer in &mut m.layers {
+            let a = &mut layer.self_attn;
+            for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+                lin.weight = cast_param(lin.weight.clone(), dtype);
+            }
+            for norm in [&mut a.q_norm, &mut a.k_norm, &mut layer.input_layernorm, &mut layer.post_attention_layernorm] {
+                norm.weight = cast_param(norm.weight.clone(), dtype);
+            }
+            let mlp = &mut layer.mlp;
+            for lin in [&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj] {
+                lin.weight = cast_param(lin.weight.clone(), dtype);
+            }
+        }
+        if let Some(head) = &mut self.lm_head {
+            head.weight = cast_param(head.weight.clone(), dtype);
+        }
+        self
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.model.embed_tokens.rows()
     }
@@ -512,6 +586,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
             )));
         }
         let device = self.device();
+        let dtype = DType::from(self.dtype());
         let layers = self
             .model
             .layers
@@ -519,7 +594,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
             .map(|l| {
                 let a = &l.self_attn;
                 let shape = [batch, a.num_kv_heads, capacity, a.head_dim];
-                LayerCache { k: Tensor::zeros(shape, &device), v: Tensor::zeros(shape, &device), len: 0 }
+                LayerCache { k: Tensor::zeros(shape, (&device, dtype)), v: Tensor::zeros(shape, (&device, dtype)), len: 0 }
             })
             .collect();
         Ok(KvCache { layers, capacity })
@@ -569,7 +644,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
             return Err(Error::Limit(format!("token id {bad} is outside the vocabulary ({vocab})")));
         }
         let head_dim = self.model.layers.first().map_or(2, |l| l.self_attn.head_dim);
-        let ctx = Context::new(pos, head_dim, self.rope_theta, dropout_seed, &device);
+        let ctx = Context::new(pos, head_dim, self.rope_theta, dropout_seed, self.dtype(), &device);
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let mut x = self.model.embed_tokens.forward(&ids, pos.batch, pos.seq);
         for (i, layer) in self.model.layers.iter().enumerate() {
@@ -579,12 +654,14 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         Ok(self.model.norm.forward(x))
     }
 
-    /// Logits `[rows, vocab]` for hidden-state rows `[rows, hidden]`.
+    /// Logits `[rows, vocab]` for hidden-state rows `[rows, hidden]`, in f32 whatever the
+    /// model's dtype (transformers upcasts them for the loss too).
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => hidden.matmul(head.weight.val().transpose()),
             None => self.model.embed_tokens.matmul_t(hidden),
-        }
+        };
+        to_dtype(logits, FloatDType::F32)
     }
 
     /// Negative log-likelihood of `targets` given hidden rows `[rows, hidden]`, computed in chunks

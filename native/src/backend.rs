@@ -93,6 +93,12 @@ fn smoke<B: burn::prelude::Backend>(device: &B::Device) -> f32 {
 /// The backend a command runs on: the one asked for (which must initialise), or the best
 /// compiled one that initialises (cuda, then wgpu, then cpu).
 pub fn choose(asked: Option<BackendName>) -> Result<BackendName> {
+    let chosen = choose_one(asked)?;
+    let _ = CHOSEN.set(chosen);
+    Ok(chosen)
+}
+
+fn choose_one(asked: Option<BackendName>) -> Result<BackendName> {
     if let Some(name) = asked {
         return match probe(name) {
             Ok(_) => Ok(name),
@@ -106,6 +112,9 @@ pub fn choose(asked: Option<BackendName>) -> Result<BackendName> {
     }
     bail!("no compiled backend initialises (run `tiqu doctor`)")
 }
+
+/// The backend [`choose`] picked for this process: `--dtype auto` depends on it.
+static CHOSEN: std::sync::OnceLock<BackendName> = std::sync::OnceLock::new();
 
 /// Calls `$body` with the type `B` bound to the chosen backend and `device` to its device.
 #[macro_export]
@@ -146,4 +155,93 @@ pub fn cores() -> usize {
 /// Harmless when the kernels' thread pool already exists.
 pub fn single_threaded_kernels() {
     let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
+}
+
+/// `--dtype`: the dtype of the frozen base weights and the activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeName {
+    /// bf16 on cuda; f16 for inference on a wgpu adapter that supports it; else f32.
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+/// What the model is loaded for: the dtype `auto` picks depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    Inference,
+    /// LoRA: the base is frozen, so it may be half precision; adapters and AdamW stay f32.
+    TrainLora,
+    /// Every weight trained: f32, as tiqu keeps no separate f32 master copy.
+    TrainFull,
+}
+
+/// `--dtype` as given on the command line; set once by `main`, like `--backend`.
+static DTYPE: std::sync::OnceLock<DtypeName> = std::sync::OnceLock::new();
+
+pub fn set_dtype(dtype: DtypeName) {
+    let _ = DTYPE.set(dtype);
+}
+
+/// The dtype to cast the base to on backend `B` for `usage`: what `--dtype` asked for, checked
+/// against what the device supports, or what `auto` picks for the chosen backend.
+pub fn dtype<B: burn::prelude::Backend>(device: &B::Device, usage: Use) -> Result<burn::tensor::FloatDType> {
+    use burn::tensor::{DType, FloatDType};
+    let backend = *CHOSEN.get().unwrap_or(&BackendName::Cpu);
+    let asked = *DTYPE.get().unwrap_or(&DtypeName::Auto);
+    let supports = |d: DType| B::supports_dtype(device, d);
+    let chosen = match asked {
+        DtypeName::F32 => FloatDType::F32,
+        DtypeName::Bf16 => FloatDType::BF16,
+        DtypeName::F16 => FloatDType::F16,
+        DtypeName::Auto => {
+            return Ok(match (backend, usage) {
+                (_, Use::TrainFull) | (BackendName::Cpu, _) => FloatDType::F32,
+                (BackendName::Cuda, _) if supports(DType::BF16) => FloatDType::BF16,
+                (BackendName::Wgpu, Use::Inference) if supports(DType::F16) => FloatDType::F16,
+                _ => FloatDType::F32,
+            })
+        }
+    };
+    if usage == Use::TrainFull && chosen != FloatDType::F32 {
+        bail!("--dtype {}: `--method full` trains every weight and needs f32 (half precision is for LoRA and inference)", dtype_name(chosen));
+    }
+    if !supports(chosen.into()) {
+        bail!("--dtype {}: the {} device does not support it (use --dtype f32)", dtype_name(chosen), backend.name());
+    }
+    Ok(chosen)
+}
+
+/// `f32`, `bf16`, `f16`: as `--dtype` spells it.
+pub fn dtype_name(dtype: burn::tensor::FloatDType) -> &'static str {
+    use burn::tensor::FloatDType;
+    match dtype {
+        FloatDType::BF16 => "bf16",
+        FloatDType::F16 => "f16",
+        FloatDType::F64 => "f64",
+        _ => "f32",
+    }
+}
+
+/// Memory the backend's allocator holds on the device, in MiB (its pools grow to the peak and
+/// are kept, so read after a step it is the step's peak, as reserved); `None` on the CPU.
+pub fn device_reserved_mb(backend: BackendName) -> Option<f64> {
+    let bytes: u64 = match backend {
+        #[cfg(feature = "cuda")]
+        BackendName::Cuda => reserved_bytes::<cubecl::cuda::CudaRuntime>(),
+        #[cfg(feature = "wgpu")]
+        BackendName::Wgpu => reserved_bytes::<cubecl::wgpu::WgpuRuntime>(),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }?;
+    Some(bytes as f64 / (1u64 << 20) as f64)
+}
+
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn reserved_bytes<R: cubecl::Runtime>() -> Option<u64>
+where
+    R::Device: Default,
+{
+    R::client(&Default::default()).memory_usage().ok().map(|u| u.bytes_reserved)
 }

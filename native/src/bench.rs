@@ -125,7 +125,8 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     }
     let cfg = load_bench_config(&args.config)?;
     let load_start = Instant::now();
-    let model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?;
+    let dtype = crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?;
+    let model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?.cast_base(dtype);
     let load_s = load_start.elapsed().as_secs_f64();
     let mut rng = StdRng::seed_from_u64(7);
     let (b, p, t) = (args.batch, args.prompt_len, args.new_tokens);
@@ -163,6 +164,7 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     let decode_tokens = b * t.saturating_sub(1);
     let out = serde_json::json!({
         "backend": backend.name(),
+        "dtype": crate::backend::dtype_name(dtype),
         "config": args.config,
         "batch": b,
         "prompt_len": p,
@@ -173,6 +175,7 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
         "decode_s": decode_s,
         "decode_tokens_per_s": if decode_s > 0.0 { decode_tokens as f64 / decode_s } else { 0.0 },
         "peak_rss_mb": peak_rss_mb(),
+        "device_reserved_mb": crate::backend::device_reserved_mb(backend),
     });
     print_result(&out, args.json)
 }
@@ -188,7 +191,8 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
         crate::backend::single_threaded_kernels();
     }
     let cfg = load_bench_config(&args.config)?;
-    let mut model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?;
+    let dtype = crate::backend::dtype::<B>(device, crate::backend::Use::TrainLora)?;
+    let mut model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?.cast_base(dtype);
     model.add_lora(&LoraConfig::default(), 42)?;
     let mut trainer = Trainer::new(model, Method::Lora, AdamWConfig::default(), 1.0, 42)?;
     trainer.threads = args.threads;
@@ -202,13 +206,19 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
         .collect();
     let micro: Vec<&[Example]> = rows.chunks(args.batch / args.threads).collect();
     trainer.step(&micro, 1e-4)?;
+    let mut device_mb = crate::backend::device_reserved_mb(backend);
     let start = Instant::now();
     for _ in 0..args.steps {
         trainer.step(&micro, 1e-4)?;
+        device_mb = match (device_mb, crate::backend::device_reserved_mb(backend)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
     }
     let step_s = start.elapsed().as_secs_f64() / args.steps as f64;
     let out = serde_json::json!({
         "backend": backend.name(),
+        "dtype": crate::backend::dtype_name(dtype),
         "config": args.config,
         "batch": args.batch,
         "seq": args.seq,
@@ -218,6 +228,7 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
         "step_s": step_s,
         "tokens_per_s": (args.batch * args.seq) as f64 / step_s,
         "peak_rss_mb": peak_rss_mb(),
+        "device_reserved_mb": device_mb,
     });
     print_result(&out, args.json)
 }
@@ -229,7 +240,8 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
     }
     let cfg = load_bench_config(&args.config)?;
     let tokenizer = tiqu_core::folder::load_tokenizer(&args.tokenizer, None)?;
-    let model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?;
+    let dtype = crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?;
+    let model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?.cast_base(dtype);
     let options = ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch };
     let eos = if cfg.eos_token_ids.is_empty() { vec![151645] } else { cfg.eos_token_ids.clone() };
     let extractor = Extractor::new(model, tokenizer, eos, Schema::default(), options);
@@ -249,6 +261,7 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
     let constrain_s: f64 = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.constrain_s).sum();
     let out = serde_json::json!({
         "backend": backend.name(),
+        "dtype": crate::backend::dtype_name(dtype),
         "config": args.config,
         "constrain": format!("{:?}", args.constrain).to_lowercase(),
         "batch": args.batch,
@@ -262,6 +275,7 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
         "constrain_s": constrain_s,
         "constrain_share": constrain_s / secs,
         "peak_rss_mb": peak_rss_mb(),
+        "device_reserved_mb": crate::backend::device_reserved_mb(backend),
     });
     print_result(&out, args.json)
 }

@@ -104,5 +104,6 @@ pub fn load<B: Backend>(opts: &LoadOptions, device: &B::Device) -> Result<Loaded
         let (lora, mut weights) = tiqu_core::folder::open_adapter(adapter)?;
         model.load_adapter(&lora, &mut weights, &adapter.display().to_string())?;
     }
+    let model = model.cast_base(crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?);
     Ok(Loaded { config, model, tokenizer, eos_token_ids })
 }

@@ -28,6 +28,11 @@ struct Cli {
     /// Backend to run on (default: the best compiled one that initialises: cuda, wgpu, cpu).
     #[arg(long, global = true, value_enum)]
     backend: Option<BackendName>,
+    /// Dtype of the base weights and activations (LoRA adapters, AdamW state, normalisation,
+    /// softmax and logits stay f32): auto = bf16 on cuda, f16 for inference on a wgpu adapter
+    /// that supports it, else f32.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    dtype: backend::DtypeName,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,6 +116,7 @@ fn doctor() -> anyhow::Result<()> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    backend::set_dtype(cli.dtype);
     match cli.command {
         Command::Doctor => doctor(),
         Command::ServeDemo(args) => serve::run(&args),

@@ -583,6 +583,8 @@ fn with_lora<B: Backend>(mut model: Qwen3ForCausalLM<B>, cfg: &RunConfig, method
 
 fn train_on<B: AutodiffBackend>(device: &B::Device, opts: &RunOptions, cfg: &RunConfig, run: &Path) -> Result<Finished> {
     let method = cfg.method()?;
+    let usage = if method == Method::Full { crate::backend::Use::TrainFull } else { crate::backend::Use::TrainLora };
+    let dtype = crate::backend::dtype::<B>(device, usage)?;
     fs::create_dir_all(run).map_err(|e| anyhow!("{}: {e}", run.display()))?;
     let resume_from = if opts.resume {
         Some(last_checkpoint(run).ok_or_else(|| anyhow!("{}: no checkpoint to resume from", run.display()))?)
@@ -618,7 +620,10 @@ fn train_on<B: AutodiffBackend>(device: &B::Device, opts: &RunOptions, cfg: &Run
     let folder = ModelFolder { config: &config, eos_token_ids: &eos_token_ids, tokenizer_dir: &tokenizer_dir, vocab: vocab.as_ref() };
     let resume_dir = resume_from.as_ref().map(|(_, dir)| dir.clone());
     let adapter = resume_dir.clone().or_else(|| opts.adapter.clone());
-    let model = initial_model::<B>(cfg, &base, &config, vocab.as_ref(), resume_dir.as_deref(), adapter.as_deref(), device)?;
+    let model = initial_model::<B>(cfg, &base, &config, vocab.as_ref(), resume_dir.as_deref(), adapter.as_deref(), device)?.cast_base(dtype);
+    if dtype != burn::tensor::FloatDType::F32 {
+        eprintln!("base weights in {}, LoRA adapters and optimizer state in f32", crate::backend::dtype_name(dtype));
+    }
     let line = match method {
         Method::Lora => {
             let (trainable, all) = model.lora_parameter_counts(config.num_parameters());
