@@ -101,3 +101,22 @@ fn lora_training_on_a_bf16_base_keeps_f32_adapters_and_learns() {
     let after = loss(&trainer.model, &examples);
     assert!(after < 0.5 * before, "bf16 base + f32 LoRA: loss {before} -> {after}");
 }
+
+/// f16 inference on the wgpu backend (lavapipe in CI), where the adapter supports f16: the loss
+/// transformers computes in f16. An adapter without f16 must say so through `supports_dtype`,
+/// which `--dtype auto` consults; then this test checks nothing and says so.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_f16_losses_match_transformers_f16() {
+    use burn::backend::Wgpu;
+    if !<Wgpu as Backend>::supports_dtype(&Default::default(), DType::F16) {
+        eprintln!("this wgpu adapter has no f16: skipped");
+        return;
+    }
+    let r = &reference()["models"]["tiny-untied"];
+    let theirs = r["f16"]["loss"].as_f64().unwrap();
+    let (model, examples) = model::<Wgpu>("tiny-untied", None, FloatDType::F16);
+    let ours = loss(&model, &examples);
+    eprintln!("wgpu f16: ours {ours}, transformers {theirs}");
+    assert!((ours - theirs).abs() < 1e-4 * theirs, "wgpu f16 {ours} vs transformers {theirs}");
+}
