@@ -16,6 +16,7 @@ pub mod merge;
 pub mod model;
 mod read;
 pub mod params;
+pub mod quantize;
 pub mod schema;
 pub mod score;
 pub mod sft;

@@ -36,8 +36,11 @@ fn float_dtype<B: Backend, const D: usize>(x: &Tensor<B, D>) -> FloatDType {
     }
 }
 
-/// A frozen base parameter cast to `dtype`.
+/// A frozen base parameter cast to `dtype`; quantized weights stay quantized.
 fn cast_param<B: Backend, const D: usize>(p: Param<Tensor<B, D>>, dtype: FloatDType) -> Param<Tensor<B, D>> {
+    if matches!(p.val().dtype(), DType::QFloat(_)) {
+        return p;
+    }
     p.map(|t| to_dtype(t, dtype)).set_require_grad(false)
 }
 
@@ -69,7 +72,12 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, x: Tensor<B, 3>, dropout_seed: Option<u64>) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let x = x.reshape([b * t, d]);
-        let mut out = x.clone().matmul(self.weight.val().transpose());
+        let weight = match self.weight.val() {
+            // Quantized (see `quantize`): dequantized for this matmul only.
+            w if matches!(w.dtype(), DType::QFloat(_)) => to_dtype(w.dequantize(), float_dtype(&x)),
+            w => w,
+        };
+        let mut out = x.clone().matmul(weight.transpose());
         if let Some(lora) = &self.lora {
             // As PEFT with a half-precision base: the adapter (kept in f32) sees x cast to f32,
             // the sum is taken in f32 and cast back.

@@ -24,6 +24,8 @@ pub enum BenchCommand {
 
 #[derive(Args)]
 pub struct BenchExtractArgs {
+    #[command(flatten)]
+    quant: crate::checkpoint::QuantArgs,
     /// A config.json, or a preset: qwen3-0.6b, qwen3-1.7b, qwen3-4b.
     #[arg(long)]
     config: String,
@@ -73,6 +75,8 @@ pub struct BenchTrainArgs {
 
 #[derive(Args)]
 pub struct BenchGenerateArgs {
+    #[command(flatten)]
+    quant: crate::checkpoint::QuantArgs,
     /// A config.json, or a preset: qwen3-0.6b, qwen3-1.7b, qwen3-4b.
     #[arg(long)]
     config: String,
@@ -125,8 +129,8 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     }
     let cfg = load_bench_config(&args.config)?;
     let load_start = Instant::now();
-    let dtype = crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?;
-    let model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?.cast_base(dtype);
+    let model = args.quant.apply(Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?)?;
+    let dtype = model.dtype();
     let load_s = load_start.elapsed().as_secs_f64();
     let mut rng = StdRng::seed_from_u64(7);
     let (b, p, t) = (args.batch, args.prompt_len, args.new_tokens);
@@ -165,6 +169,7 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     let out = serde_json::json!({
         "backend": backend.name(),
         "dtype": crate::backend::dtype_name(dtype),
+        "quantize": args.quant.get().map(|q| format!("{:?}/{}", q.bits, q.block).to_lowercase()),
         "config": args.config,
         "batch": b,
         "prompt_len": p,
@@ -240,8 +245,8 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
     }
     let cfg = load_bench_config(&args.config)?;
     let tokenizer = tiqu_core::folder::load_tokenizer(&args.tokenizer, None)?;
-    let dtype = crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?;
-    let model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?.cast_base(dtype);
+    let model = args.quant.apply(Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?)?;
+    let dtype = model.dtype();
     let options = ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch };
     let eos = if cfg.eos_token_ids.is_empty() { vec![151645] } else { cfg.eos_token_ids.clone() };
     let extractor = Extractor::new(model, tokenizer, eos, Schema::default(), options);
@@ -263,6 +268,7 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
     let out = serde_json::json!({
         "backend": backend.name(),
         "dtype": crate::backend::dtype_name(dtype),
+        "quantize": args.quant.get().map(|q| format!("{:?}/{}", q.bits, q.block).to_lowercase()),
         "config": args.config,
         "constrain": format!("{:?}", args.constrain).to_lowercase(),
         "batch": args.batch,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use burn::prelude::Backend;
 use tiqu_core::folder::{has_weights, load_config, load_eos, load_tokenizer, open_weights, shard_names};
+use tiqu_core::quantize::{Bits, Quantization};
 use tiqu_core::{Qwen3Config, Qwen3ForCausalLM, RandomInit, Tokenizer};
 
 /// Files of a Hub checkpoint that tiqu reads (weights are listed by the index).
@@ -80,6 +81,47 @@ fn download(model: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantizeName {
+    None,
+    Int8,
+    Int4,
+}
+
+/// `--quantize` / `--quantize-block`, for commands that only run the model.
+#[derive(clap::Args, Clone, Debug)]
+pub struct QuantArgs {
+    /// Store the seven projections of every layer quantized (burn's symmetric int8 or int4, one
+    /// scale per block) and dequantize each just before its matmul: less memory for weights, at
+    /// an accuracy cost measured in BENCHMARKS.md. Embeddings and norms stay unquantized.
+    #[arg(long, value_enum, default_value = "none")]
+    pub quantize: QuantizeName,
+    /// Weights per quantization scale; must divide every projection's input size.
+    #[arg(long, default_value_t = 32)]
+    pub quantize_block: usize,
+}
+
+impl QuantArgs {
+    pub fn get(&self) -> Option<Quantization> {
+        let bits = match self.quantize {
+            QuantizeName::None => return None,
+            QuantizeName::Int8 => Bits::Int8,
+            QuantizeName::Int4 => Bits::Int4,
+        };
+        Some(Quantization { bits, block: self.quantize_block })
+    }
+
+    /// `model` with its projections quantized as asked, in the dtype `--dtype` picks.
+    pub fn apply<B: Backend>(&self, model: Qwen3ForCausalLM<B>) -> Result<Qwen3ForCausalLM<B>> {
+        let dtype = crate::backend::dtype::<B>(&model.device(), crate::backend::Use::Inference)?;
+        let model = match self.get() {
+            Some(q) => model.quantize_projections(&q).context("--quantize")?,
+            None => model,
+        };
+        Ok(model.cast_base(dtype))
+    }
+}
+
 pub struct LoadOptions<'a> {
     pub model: &'a str,
     /// A LoRA adapter folder (PEFT layout) to apply on top.
@@ -87,6 +129,7 @@ pub struct LoadOptions<'a> {
     pub tokenizer: Option<&'a Path>,
     pub random_weights: bool,
     pub seed: u64,
+    pub quant: &'a QuantArgs,
 }
 
 pub fn load<B: Backend>(opts: &LoadOptions, device: &B::Device) -> Result<Loaded<B>> {
@@ -104,6 +147,6 @@ pub fn load<B: Backend>(opts: &LoadOptions, device: &B::Device) -> Result<Loaded
         let (lora, mut weights) = tiqu_core::folder::open_adapter(adapter)?;
         model.load_adapter(&lora, &mut weights, &adapter.display().to_string())?;
     }
-    let model = model.cast_base(crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?);
+    let model = opts.quant.apply(model)?;
     Ok(Loaded { config, model, tokenizer, eos_token_ids })
 }

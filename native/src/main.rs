@@ -57,6 +57,8 @@ pub struct ModelArgs {
     /// Seed for --random-weights and for sampling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    #[command(flatten)]
+    quant: checkpoint::QuantArgs,
 }
 
 impl ModelArgs {
@@ -67,6 +69,7 @@ impl ModelArgs {
             tokenizer: self.tokenizer.as_deref(),
             random_weights: self.random_weights,
             seed: self.seed,
+            quant: &self.quant,
         }
     }
 }

@@ -189,7 +189,14 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
         }
     };
     let eval_args = EvalArgs {
-        model: ModelArgs { model: model_dir.display().to_string(), tokenizer: None, adapter: None, random_weights: false, seed: args.seed },
+        model: ModelArgs {
+            model: model_dir.display().to_string(),
+            tokenizer: None,
+            adapter: None,
+            random_weights: false,
+            seed: args.seed,
+            quant: crate::checkpoint::QuantArgs { quantize: crate::checkpoint::QuantizeName::None, quantize_block: 32 },
+        },
         data: heldout_path,
         loss_only: false,
         batch: 32,

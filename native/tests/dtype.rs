@@ -1,6 +1,6 @@
 //! `--dtype` on the command line: `tiqu --dtype bf16 eval --loss-only` gives transformers' bf16
 //! loss (tests/fixtures/half_precision.json), `auto` on the CPU stays f32, a LoRA run trains on a
-//! bf16 base, and what cannot work is refused in one line before any work.
+//! bf16 base, `--quantize` runs, and what cannot work is refused in one line before any work.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -64,4 +64,22 @@ fn lora_trains_on_a_bf16_base_and_full_training_refuses_half_precision() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("base weights in bf16"), "{stderr}");
     assert!(run.join("adapter_model.safetensors").exists(), "the adapter is saved");
+}
+
+#[test]
+fn quantized_eval_runs_and_a_block_that_does_not_fit_is_one_line() {
+    let model = repo().join("tests/fixtures/tiny-tied");
+    let data = repo().join("tests/fixtures/sft_small.jsonl");
+    let run = |block: &str| {
+        tiqu(&[
+            "--backend", "cpu", "eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(),
+            "--loss-only", "--json", "--quantize", "int8", "--quantize-block", block,
+        ])
+    };
+    let out = run("8");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run("32");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.trim().lines().count() == 1, "{stderr}");
+    assert!(stderr.contains("q_proj.weight") && stderr.contains("32"), "{stderr}");
 }
