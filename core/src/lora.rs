@@ -183,6 +183,8 @@ pub struct Lora<B: Backend> {
     pub tag: u64,
 }
 
+static DROPOUT_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Mixes a seed with a tag (splitmix64), so masks are a pure function of (seed, step, module):
 /// reproducible, and a resumed run draws exactly the masks the uninterrupted one would have.
 pub fn mix(seed: u64, tag: u64) -> u64 {
@@ -198,9 +200,14 @@ impl<B: Backend> Lora<B> {
         let x = match dropout_seed {
             Some(seed) if self.dropout > 0.0 => {
                 let device = x.device();
-                B::seed(&device, mix(seed, self.tag));
                 let keep = 1.0 - self.dropout;
-                let mask = Tensor::<B, 2>::random(x.dims(), Distribution::Bernoulli(keep), &device);
+                // Backends keep one RNG per process: seeding and drawing must not interleave with
+                // another training thread's (micro-batches and devices run concurrently).
+                let mask = {
+                    let _one_at_a_time = DROPOUT_RNG.lock().unwrap_or_else(|e| e.into_inner());
+                    B::seed(&device, mix(seed, self.tag));
+                    Tensor::<B, 2>::random(x.dims(), Distribution::Bernoulli(keep), &device)
+                };
                 x.mul(mask).div_scalar(keep)
             }
             _ => x,
