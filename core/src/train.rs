@@ -120,6 +120,8 @@ pub struct Trainer<B: AutodiffBackend> {
     /// Micro-batches computed at once, each on its own thread (CPU backends use the cores better
     /// this way than with one small batch at a time); results do not depend on it.
     pub threads: usize,
+    /// Data parallelism: copies of the model on further devices (see [`Trainer::set_devices`]).
+    replicas: Vec<Qwen3ForCausalLM<B>>,
 }
 
 /// NLL sum and gradients (in [`trainable_params`] order) of one micro-batch.
@@ -136,6 +138,39 @@ impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
         let trainable = tensor.is_require_grad();
         let leaf = Tensor::from_inner(tensor.inner());
         Param::from_mapped_value(id, if trainable { leaf.require_grad() } else { leaf }, mapper)
+    }
+}
+
+/// The message a panic carried (device failures such as running out of memory arrive so).
+fn panic_text(payload: &Box<dyn std::any::Any + Send>) -> String {
+    let text = payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
+    text.unwrap_or_default().lines().map(str::trim).filter(|l| !l.is_empty()).take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// `t` on `device`, through host memory: not every backend copies between its devices directly
+/// (cubecl's wgpu server leaves peer-to-peer copies unimplemented), and what crosses per step
+/// (trainable weights out, their gradients back) is small.
+fn via_host<B: Backend, const D: usize>(t: Tensor<B, D>, device: &B::Device) -> Tensor<B, D> {
+    if &t.device() == device {
+        return t;
+    }
+    let data = t.into_data();
+    let dtype = data.dtype;
+    Tensor::from_data(data, (device, dtype))
+}
+
+/// A copy of a module on another device (through host memory, see [`via_host`]), trainable
+/// parameters still trainable.
+struct ViaHost<D> {
+    device: D,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for ViaHost<B::Device> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let trainable = tensor.is_require_grad();
+        let copy = Tensor::from_inner(via_host(tensor.inner(), &self.device));
+        Param::from_mapped_value(id, if trainable { copy.require_grad() } else { copy }, mapper)
     }
 }
 
@@ -160,7 +195,39 @@ impl<B: AutodiffBackend> Trainer<B> {
         let zeros = |p: &ParamMut<B>| Tensor::<B::InnerBackend, 2>::zeros(p.dims2(), &device);
         let exp_avg = params.iter().map(zeros).collect();
         let exp_avg_sq = params.iter().map(zeros).collect();
-        Ok(Self { model, state: AdamWState { exp_avg, exp_avg_sq, step: 0 }, adamw, max_grad_norm, seed, method, threads: 1 })
+        Ok(Self {
+            model,
+            state: AdamWState { exp_avg, exp_avg_sq, step: 0 },
+            adamw,
+            max_grad_norm,
+            seed,
+            method,
+            threads: 1,
+            replicas: Vec::new(),
+        })
+    }
+
+    /// Data-parallel training over the model's device and `more` devices: each step, micro-batch
+    /// k runs on device k mod n (on its own thread), gradients are moved to the model's device
+    /// and summed there in micro-batch order, and only the updated trainable weights are copied
+    /// back out. Same numbers as one device with the same global batch, up to the devices'
+    /// kernels. The base weights are copied once, here.
+    pub fn set_devices(&mut self, more: &[B::Device]) {
+        self.replicas = more.iter().map(|d| self.model.clone().map(&mut ViaHost { device: d.clone() })).collect();
+    }
+
+    /// The trainable weights of the model, copied to every replica.
+    fn sync_replicas(&mut self) {
+        if self.replicas.is_empty() {
+            return;
+        }
+        let values: Vec<_> = trainable_params(&mut self.model, self.method).iter().map(ParamMut::value).collect();
+        for replica in &mut self.replicas {
+            let device = replica.device();
+            for (mut p, v) in trainable_params(replica, self.method).into_iter().zip(&values) {
+                p.set(via_host(v.clone(), &device));
+            }
+        }
     }
 
     /// Loss and gradients of one accumulated batch, without updating anything: the loss of
@@ -174,27 +241,34 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut acc: Vec<Option<Tensor<B::InnerBackend, 2>>> = vec![None; self.state.exp_avg.len()];
         let mut nll_total = 0.0f64;
         let step_seed = mix(self.seed, self.state.step as u64);
-        let (model, method) = (&self.model, self.method);
+        self.sync_replicas();
+        let models: Vec<&Qwen3ForCausalLM<B>> = std::iter::once(&self.model).chain(&self.replicas).collect();
+        let (method, main) = (self.method, self.model.device());
         let work: Vec<(usize, &LabelledBatch)> = prepared.iter().enumerate().filter(|(_, lb)| !lb.rows.is_empty()).collect();
         // Micro-batches are independent until their gradients are summed, which happens in their
-        // order whatever thread computed them: the numbers do not depend on `threads`.
-        for wave in work.chunks(self.threads.max(1)) {
+        // order whatever thread or device computed them: the numbers do not depend on `threads`.
+        for wave in work.chunks(self.threads.max(models.len()).max(1)) {
+            let on = |j: usize| models[j % models.len()];
             let results: Vec<Result<MicroGradients<B>>> = if wave.len() == 1 {
-                vec![micro_gradients(model, method, wave[0].1, mix(step_seed, wave[0].0 as u64), norm)]
+                vec![micro_gradients(on(0), method, wave[0].1, mix(step_seed, wave[0].0 as u64), norm)]
             } else {
                 std::thread::scope(|scope| {
                     let handles: Vec<_> = wave
                         .iter()
-                        .map(|&(k, lb)| scope.spawn(move || micro_gradients(model, method, lb, mix(step_seed, k as u64), norm)))
+                        .enumerate()
+                        .map(|(j, &(k, lb))| {
+                            let model = on(j);
+                            scope.spawn(move || micro_gradients(model, method, lb, mix(step_seed, k as u64), norm))
+                        })
                         .collect();
-                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Other("a training thread panicked".into())))).collect()
+                    handles.into_iter().map(|h| h.join().unwrap_or_else(|p| Err(Error::Other(format!("a training thread failed: {}", panic_text(&p)))))).collect()
                 })
             };
             for result in results {
                 let (nll, grads) = result?;
                 nll_total += nll;
                 for (slot, g) in acc.iter_mut().zip(grads) {
-                    if let Some(g) = g {
+                    if let Some(g) = g.map(|g| via_host(g, &main)) {
                         *slot = Some(match slot.take() {
                             Some(prev) => prev.add(g),
                             None => g,

@@ -145,6 +145,71 @@ macro_rules! with_backend {
     }};
 }
 
+/// `device` of backend `B` initialised with one tiny op; `Err` names `spec`.
+#[allow(dead_code)]
+fn check_device<B: burn::prelude::Backend>(device: B::Device, spec: &str) -> Result<B::Device>
+where
+    B::Device: std::panic::RefUnwindSafe,
+{
+    match quietly(|| smoke::<B>(&device)) {
+        Ok(_) => Ok(device),
+        Err(why) => bail!("--devices {spec}: not usable here ({why})"),
+    }
+}
+
+/// `--devices` for the cpu backend: flex has the one device.
+#[cfg(feature = "flex")]
+pub fn cpu_devices(specs: &[String]) -> Result<Vec<burn::backend::flex::FlexDevice>> {
+    match specs {
+        [] => Ok(vec![Default::default()]),
+        [one] if one == "cpu" => Ok(vec![Default::default()]),
+        _ => bail!("--devices {}: the cpu backend has one device, `cpu` (--threads spreads micro-batches over its cores)", specs.join(",")),
+    }
+}
+
+/// `--devices` for wgpu: `wgpu:N` (the Nth discrete GPU), `wgpu:integrated:N`, `wgpu:default`,
+/// `wgpu:cpu` (a software adapter such as lavapipe).
+#[cfg(feature = "wgpu")]
+pub fn wgpu_devices(specs: &[String]) -> Result<Vec<burn::backend::wgpu::WgpuDevice>> {
+    use burn::backend::wgpu::WgpuDevice;
+    if specs.is_empty() {
+        return Ok(vec![WgpuDevice::default()]);
+    }
+    specs
+        .iter()
+        .map(|spec| {
+            let rest = spec.strip_prefix("wgpu:");
+            let index = |s: &str| s.parse::<usize>().ok();
+            let device = match rest {
+                Some("default") => WgpuDevice::DefaultDevice,
+                Some("cpu") => WgpuDevice::Cpu,
+                Some(r) if index(r).is_some() => WgpuDevice::DiscreteGpu(index(r).unwrap_or(0)),
+                Some(r) if r.strip_prefix("integrated:").and_then(index).is_some() => {
+                    WgpuDevice::IntegratedGpu(r.strip_prefix("integrated:").and_then(index).unwrap_or(0))
+                }
+                _ => bail!("--devices {spec}: expected wgpu:N, wgpu:integrated:N, wgpu:default or wgpu:cpu"),
+            };
+            check_device::<burn::backend::Wgpu>(device, spec)
+        })
+        .collect()
+}
+
+/// `--devices` for cuda: `cuda:N`.
+#[cfg(feature = "cuda")]
+pub fn cuda_devices(specs: &[String]) -> Result<Vec<burn::backend::cuda::CudaDevice>> {
+    use burn::backend::cuda::CudaDevice;
+    if specs.is_empty() {
+        return Ok(vec![CudaDevice::default()]);
+    }
+    specs
+        .iter()
+        .map(|spec| match spec.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => check_device::<burn::backend::Cuda>(CudaDevice::new(n), spec),
+            None => bail!("--devices {spec}: expected cuda:N"),
+        })
+        .collect()
+}
+
 /// The CPU's cores, for work tiqu splits over threads itself.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

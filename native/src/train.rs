@@ -181,6 +181,11 @@ pub struct TrainArgs {
     /// not change. Default: the CPU's cores (up to --grad-accum) on the cpu backend, else 1.
     #[arg(long)]
     threads: Option<usize>,
+    /// Data-parallel training over these devices of --backend, comma-separated: cuda:0,cuda:1 or
+    /// wgpu:0,wgpu:1 (discrete GPUs), wgpu:default, wgpu:cpu. Each step's micro-batches
+    /// (--grad-accum) are spread over them; the numbers are those of one device. Default: one.
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<String>,
     #[arg(long)]
     r: Option<usize>,
     #[arg(long)]
@@ -273,6 +278,8 @@ pub struct RunOptions {
     /// Micro-batches computed at once on their own threads (default: on the CPU, as many as
     /// there are cores, up to the accumulation steps; elsewhere 1). Results do not depend on it.
     pub threads: Option<usize>,
+    /// `--devices` as given (empty: the backend's default device).
+    pub devices: Vec<String>,
 }
 
 /// Where a finished run left its results.
@@ -286,6 +293,9 @@ pub struct Finished {
 pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
     if args.dry_run {
         return dry_run(args);
+    }
+    if args.model.quant.get().is_some() {
+        bail!("--quantize is for generate, eval and extract: training keeps the base weights unquantized (use --dtype bf16 for a lighter base)");
     }
     let out = args.out.as_ref().context("--out is required (the run folder)")?;
     let cfg = if args.resume {
@@ -307,6 +317,7 @@ pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
         adapter: args.model.adapter.clone(),
         skip_bad_records: args.skip_bad_records,
         threads: args.threads,
+        devices: args.devices.clone(),
     };
     let done = execute(backend, &cfg, &opts, out)?;
     let what = if cfg.method()? == Method::Full { "model" } else { "adapter" };
@@ -327,22 +338,31 @@ pub fn execute(backend: BackendName, cfg: &RunConfig, opts: &RunOptions, out: &P
         // Measured on a quickstart-sized model: 0.35 s/step this way, 0.52 s with 2-way kernels too.
         crate::backend::single_threaded_kernels();
     }
+    if opts.devices.len() > cfg.gradient_accumulation_steps {
+        bail!(
+            "--devices: {} devices need --grad-accum {} or more (each device takes whole micro-batches of a step)",
+            opts.devices.len(),
+            opts.devices.len()
+        );
+    }
     macro_rules! go {
-        ($B:ty, $device:expr) => {
+        ($B:ty, $devices:expr) => {{
+            let devices = $devices;
+            let (main, more) = devices.split_first().expect("at least one device");
             if cfg.gradient_checkpointing {
-                train_on::<burn::backend::Autodiff<$B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>>(&$device, opts, cfg, out)
+                train_on::<burn::backend::Autodiff<$B, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>>(main, more, opts, cfg, out)
             } else {
-                train_on::<burn::backend::Autodiff<$B>>(&$device, opts, cfg, out)
+                train_on::<burn::backend::Autodiff<$B>>(main, more, opts, cfg, out)
             }
-        };
+        }};
     }
     match backend {
         #[cfg(feature = "flex")]
-        BackendName::Cpu => go!(burn::backend::Flex, Default::default()),
+        BackendName::Cpu => go!(burn::backend::Flex, crate::backend::cpu_devices(&opts.devices)?),
         #[cfg(feature = "wgpu")]
-        BackendName::Wgpu => go!(burn::backend::Wgpu, Default::default()),
+        BackendName::Wgpu => go!(burn::backend::Wgpu, crate::backend::wgpu_devices(&opts.devices)?),
         #[cfg(feature = "cuda")]
-        BackendName::Cuda => go!(burn::backend::Cuda, Default::default()),
+        BackendName::Cuda => go!(burn::backend::Cuda, crate::backend::cuda_devices(&opts.devices)?),
         #[allow(unreachable_patterns)]
         other => bail!("backend {} is not compiled in", other.name()),
     }
@@ -581,7 +601,7 @@ fn with_lora<B: Backend>(mut model: Qwen3ForCausalLM<B>, cfg: &RunConfig, method
     Ok(model)
 }
 
-fn train_on<B: AutodiffBackend>(device: &B::Device, opts: &RunOptions, cfg: &RunConfig, run: &Path) -> Result<Finished> {
+fn train_on<B: AutodiffBackend>(device: &B::Device, more: &[B::Device], opts: &RunOptions, cfg: &RunConfig, run: &Path) -> Result<Finished> {
     let method = cfg.method()?;
     let usage = if method == Method::Full { crate::backend::Use::TrainFull } else { crate::backend::Use::TrainLora };
     let dtype = crate::backend::dtype::<B>(device, usage)?;
@@ -638,6 +658,10 @@ fn train_on<B: AutodiffBackend>(device: &B::Device, opts: &RunOptions, cfg: &Run
     eprintln!("{line}");
     let mut trainer = Trainer::new(model, method, cfg.adamw(), cfg.max_grad_norm, cfg.seed)?;
     trainer.threads = opts.threads.unwrap_or(1);
+    if !more.is_empty() {
+        trainer.set_devices(more);
+        eprintln!("data-parallel over {} devices: {}", more.len() + 1, opts.devices.join(", "));
+    }
 
     let per_epoch = steps_per_epoch(train.len(), cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps);
     let total = if cfg.max_steps > 0 { cfg.max_steps } else { per_epoch * cfg.num_train_epochs };

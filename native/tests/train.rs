@@ -201,6 +201,14 @@ fn bad_training_input_gets_one_clear_line() {
 
     // An existing run folder is never overwritten.
     assert_error(&run(&["--skip-bad-records"], &out2), &["--resume"]);
+
+    // Devices the backend does not have, more devices than micro-batches, a quantized base.
+    let out4 = dir.path().join("r4");
+    let out4s = out4.display().to_string();
+    assert_error(&run(&["--devices", "cpu,cpu", "--grad-accum", "2"], &out4s), &["--devices", "one device"]);
+    assert_error(&run(&["--devices", "cpu,cpu", "--grad-accum", "1"], &out4s), &["--devices", "--grad-accum 2"]);
+    assert_error(&run(&["--quantize", "int8"], &out4s), &["--quantize", "unquantized"]);
+    assert!(!out4.exists(), "refused runs create nothing");
 }
 
 #[test]
