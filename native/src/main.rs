@@ -118,6 +118,27 @@ fn doctor() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What to try when the device runs out of memory, for the command running.
+fn memory_hint(command: &Command) -> &'static str {
+    match command {
+        Command::Train(_) => {
+            "lower --batch-size (a higher --grad-accum keeps the global batch) or --max-length, keep --gradient-checkpointing on, or use --dtype bf16"
+        }
+        Command::Bench(_) => "lower --batch or --seq / --prompt-len",
+        _ => "lower --batch or --max-new-tokens, or shrink the weights with --dtype bf16|f16 or --quantize int8",
+    }
+}
+
+/// The first line of the last panic, with where it happened: `main` reports it.
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Device allocators report exhaustion in their own words (cubecl's OutOfMemory, CUDA's
+/// CUDA_ERROR_OUT_OF_MEMORY, wgpu's "Out of Memory").
+fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_lowercase();
+    m.contains("out of memory") || m.contains("out-of-memory") || m.contains("out_of_memory") || m.contains("outofmemory")
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     backend::set_dtype(cli.dtype);
     match cli.command {
@@ -136,7 +157,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    // A panic is a bug, but the user still gets one line, not a backtrace.
+    // A panic is a bug or a device failure, but the user still gets one line, not a backtrace:
+    // the hook only records it (a training thread's panic also comes back as an error).
     std::panic::set_hook(Box::new(|info| {
         let msg = info
             .payload()
@@ -144,17 +166,43 @@ fn main() -> ExitCode {
             .cloned()
             .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
-        let first = msg.lines().next().unwrap_or("");
+        // cubecl puts the reason on the line after its headline.
+        let first: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "Caused by:").take(2).collect();
         let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
-        eprintln!("error: internal failure: {first}{at}");
+        if let Ok(mut last) = LAST_PANIC.lock() {
+            *last = Some(format!("{}{at}", first.join(": ")));
+        }
     }));
     let cli = Cli::parse();
-    match std::panic::catch_unwind(|| run(cli)) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
-        Err(_) => ExitCode::from(101),
+    let hint = memory_hint(&cli.command);
+    let (message, panicked) = match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(())) => return ExitCode::SUCCESS,
+        Ok(Err(e)) => (format!("{e:#}").replace('\n', " "), false),
+        Err(_) => (format!("internal failure: {}", LAST_PANIC.lock().ok().and_then(|l| l.clone()).unwrap_or_default()), true),
+    };
+    if is_out_of_memory(&message) {
+        eprintln!("error: out of device memory; {hint} ({message})");
+        return ExitCode::FAILURE;
+    }
+    eprintln!("error: {message}");
+    // 101, as Rust's own panics: a bug, which tests tell from a refused input.
+    if panicked {
+        ExitCode::from(101)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_out_of_memory;
+
+    #[test]
+    fn device_memory_exhaustion_is_recognised_in_each_backends_words() {
+        // cubecl's LaunchError::OutOfMemory, cudarc's driver error, wgpu's allocation error.
+        assert!(is_out_of_memory("internal failure: An out-of-memory error happened during launch: Out of memory"));
+        assert!(is_out_of_memory("a training thread failed: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"));
+        assert!(is_out_of_memory("internal failure: wgpu error: Validation Error: Out of Memory"));
+        assert!(!is_out_of_memory("tensor `lm_head.weight` [151936, 1024] takes 594.0 MiB as f32, over the device's limit"));
     }
 }
