@@ -70,7 +70,7 @@ async function run(browser, r) {
   check(rows === Object.keys(out.fields).length, `and as a table (${rows} rows)`);
   console.log(`  extract: ${out.tokens} tokens in ${out.seconds.toFixed(3)} s = ${out.tokens_per_s.toFixed(1)} tokens/s`);
   let gen = null;
-  if (spec.bench) {
+  if (spec.bench && r.generated !== null) {
     // Medians of 5 after the first call (which also warms up).
     const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
     const ex = [];

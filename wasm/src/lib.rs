@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tiqu_core::config::generation_eos;
 use tiqu_core::generate::{generate_async, GenerateOptions, Sampling};
 use tiqu_core::lora::LoraConfig;
+use tiqu_core::quantize::{Bits, Quantization};
 use tiqu_core::weights::ReadSeek;
 use tiqu_core::{chat_prompt, ExtractOptions, Extractor, LoadOptions, Qwen3Config, Qwen3ForCausalLM, SafetensorsFile, Schema, Tokenizer};
 use wasm_bindgen::prelude::*;
@@ -181,11 +182,37 @@ fn options(opts: &JsValue, key: &str) -> Option<JsValue> {
     Reflect::get(opts, &key.into()).ok().filter(|v| !v.is_undefined() && !v.is_null())
 }
 
+/// `options.quantize` ("int8" | "int4", with `quantizeBlock`, default 32) and `options.dtype`
+/// ("f32" | "f16").
+struct Precision {
+    quantize: Option<Quantization>,
+    f16: bool,
+}
+
+impl Precision {
+    fn from_js(opts: &JsValue) -> Result<Self, String> {
+        let block = options(opts, "quantizeBlock").and_then(|v| v.as_f64()).map_or(32, |v| v as usize);
+        let quantize = match options(opts, "quantize").and_then(|v| v.as_string()).as_deref() {
+            None | Some("none") | Some("") => None,
+            Some("int8") => Some(Quantization { bits: Bits::Int8, block }),
+            Some("int4") => Some(Quantization { bits: Bits::Int4, block }),
+            Some(other) => return Err(format!("unknown quantize `{other}` (none, int8 or int4)")),
+        };
+        let f16 = match options(opts, "dtype").and_then(|v| v.as_string()).as_deref() {
+            None | Some("f32") | Some("") => false,
+            Some("f16") => true,
+            Some(other) => return Err(format!("unknown dtype `{other}` (f32 or f16)")),
+        };
+        Ok(Self { quantize, f16 })
+    }
+}
+
 fn build<B: Backend>(
     files: &Files,
     adapter: Option<&Files>,
     config: &Qwen3Config,
     load: &LoadOptions,
+    precision: &Precision,
     max_new_tokens: usize,
     device: &B::Device,
 ) -> Result<(Extractor<B>, usize), String> {
@@ -205,6 +232,15 @@ fn build<B: Backend>(
         let mut w = SafetensorsFile::open(vec![adapter.reader("adapter_model.safetensors")?]).map_err(|e| e.to_string())?;
         model.load_adapter(&lora, &mut w, "adapter").map_err(|e| e.to_string())?;
     }
+    if let Some(q) = &precision.quantize {
+        model = model.quantize_projections(q).map_err(|e| e.to_string())?;
+    }
+    if precision.f16 {
+        if !B::supports_dtype(device, burn::tensor::DType::F16) {
+            return Err("dtype f16 was asked for, but this device does not support f16 (use f32)".into());
+        }
+        model = model.cast_base(burn::tensor::FloatDType::F16);
+    }
     let blocks = 1 + model.model.embed_tokens.rest.len();
     let options = ExtractOptions { max_new_tokens, batch: 1, ..Default::default() };
     Ok((Extractor::new(model, tokenizer, eos, Schema::default(), options), blocks))
@@ -215,7 +251,8 @@ impl Model {
     /// Loads a model folder's files (`{name: Uint8Array}`: config.json, tokenizer.json,
     /// safetensors, generation_config.json optional) and optionally an adapter folder's
     /// (adapter_config.json, adapter_model.safetensors). `options`: `{backend: "auto" | "webgpu"
-    /// | "cpu", maxTensorBytes?: number, maxNewTokens?: number}`. Rejects with a one-line message.
+    /// | "cpu", maxTensorBytes?: number, maxNewTokens?: number, quantize?: "none" | "int8" |
+    /// "int4", quantizeBlock?: number, dtype?: "f32" | "f16"}`. Rejects with a one-line message.
     pub async fn load(files: JsValue, adapter: JsValue, options_js: JsValue) -> Result<Model, JsError> {
         Self::load_inner(files, adapter, options_js).await.map_err(|e| JsError::new(&e))
     }
@@ -228,6 +265,7 @@ impl Model {
         let wanted = options(&opts, "backend").and_then(|v| v.as_string()).unwrap_or_else(|| "auto".into());
         let forced_limit = options(&opts, "maxTensorBytes").and_then(|v| v.as_f64()).map(|v| v as usize);
         let max_new_tokens = options(&opts, "maxNewTokens").and_then(|v| v.as_f64()).map_or(256, |v| v as usize);
+        let precision = Precision::from_js(&opts)?;
         let use_gpu = match wanted.as_str() {
             "cpu" => false,
             "webgpu" => {
@@ -249,11 +287,11 @@ impl Model {
             let info = setup.adapter.get_info();
             let about: Vec<&str> = [info.name.as_str(), info.driver.as_str(), info.driver_info.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
             let name = if about.is_empty() { "webgpu".to_string() } else { format!("webgpu ({})", about.join(", ")) };
-            let (extractor, blocks) = build::<Wgpu>(&files, adapter.as_ref(), &config, &load, max_new_tokens, &device)?;
+            let (extractor, blocks) = build::<Wgpu>(&files, adapter.as_ref(), &config, &load, &precision, max_new_tokens, &device)?;
             State { inner: Inner::Gpu(extractor), backend: name, load_ms: 0.0, max_tensor_bytes: Some(limit), embedding_blocks: blocks }
         } else {
             let load = LoadOptions { max_tensor_bytes: forced_limit };
-            let (extractor, blocks) = build::<Flex>(&files, adapter.as_ref(), &config, &load, max_new_tokens, &Default::default())?;
+            let (extractor, blocks) = build::<Flex>(&files, adapter.as_ref(), &config, &load, &precision, max_new_tokens, &Default::default())?;
             State { inner: Inner::Cpu(extractor), backend: "cpu (flex)".into(), load_ms: 0.0, max_tensor_bytes: forced_limit, embedding_blocks: blocks }
         };
         let load_ms = now_ms() - start;

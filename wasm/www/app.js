@@ -2,7 +2,7 @@
 // Errors go to the red box on the page; the page stays usable after any of them, even after the
 // wasm instance dies (a Rust panic aborts it): the module is then instantiated afresh.
 // For scripts (scripts/test-browser): window.tiqu.{loadUrl, extract, generate, ready}, and the
-// query string ?autoload=1&backend=cpu|webgpu|auto&maxTensorBytes=N.
+// query string ?autoload=1&backend=cpu|webgpu|auto&maxTensorBytes=N&quantize=none|int8|int4&quantizeBlock=N&dtype=f32|f16.
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -155,6 +155,9 @@ async function loadFiles(files, adapter, fetchMs) {
   const backend = params.get('backend') || $('backend').value;
   const options = { backend };
   if (params.get('maxTensorBytes')) options.maxTensorBytes = Number(params.get('maxTensorBytes'));
+  options.quantize = params.get('quantize') || $('quantize').value;
+  if (params.get('quantizeBlock')) options.quantizeBlock = Number(params.get('quantizeBlock'));
+  if (params.get('dtype')) options.dtype = params.get('dtype');
   if (model) {
     model.free();
     model = null;
