@@ -128,6 +128,9 @@ pub struct LoadOptions {
     /// (which is also the output layer) is then stored as row blocks under the limit; any other
     /// tensor over it is an error. `None`: no limit, one block.
     pub max_tensor_bytes: Option<usize>,
+    /// Quantize each layer's projections as soon as it is loaded (see [`crate::quantize`]), so
+    /// the whole model never sits in memory as f32.
+    pub quantize: Option<crate::quantize::Quantization>,
 }
 
 /// `nn.Embedding`: one row of `weight` per token id. Under a per-tensor byte limit
@@ -510,7 +513,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
             let p = format!("model.layers.{i}");
             let a = format!("{p}.self_attn");
             let m = format!("{p}.mlp");
-            layers.push(Qwen3DecoderLayer {
+            let mut layer = Qwen3DecoderLayer {
                 self_attn: Qwen3Attention {
                     q_proj: Linear::load(src, &format!("{a}.q_proj"), q, hd, device)?,
                     k_proj: Linear::load(src, &format!("{a}.k_proj"), kv, hd, device)?,
@@ -529,7 +532,11 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
                 },
                 input_layernorm: RmsNorm::load(src, &format!("{p}.input_layernorm"), hd, eps, device)?,
                 post_attention_layernorm: RmsNorm::load(src, &format!("{p}.post_attention_layernorm"), hd, eps, device)?,
-            });
+            };
+            if let Some(q) = &opts.quantize {
+                crate::quantize::quantize_layer(&mut layer, i, q)?;
+            }
+            layers.push(layer);
         }
         let norm = RmsNorm::load(src, "model.norm", hd, eps, device)?;
         let lm_head = if cfg.tie_word_embeddings {

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::ops::QuantizedTensor;
 use burn::tensor::quantization::{QTensorPrimitive, QuantLevel, QuantParam, QuantScheme, QuantValue};
 
-use crate::model::{Linear, Qwen3ForCausalLM};
+use crate::model::{Linear, Qwen3DecoderLayer, Qwen3ForCausalLM};
 use crate::{Error, Result};
 
 /// How many bits each quantized weight keeps.
@@ -45,30 +45,37 @@ impl Quantization {
 
 impl<B: Backend> Qwen3ForCausalLM<B> {
     /// The seven projections of every layer quantized (LoRA adapters, if any, stay as they are).
-    /// Refused, naming the tensor, where the block does not divide a row.
+    /// Refused, naming the tensor, where the block does not divide a row. To never hold the
+    /// whole model in f32, quantize while loading instead ([`crate::LoadOptions::quantize`]).
     pub fn quantize_projections(mut self, q: &Quantization) -> Result<Self> {
-        if q.block == 0 || q.block > 255 {
-            return Err(Error::Limit(format!("quantization block {} must be between 1 and 255 weights", q.block)));
-        }
-        let scheme = q.scheme::<B>();
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
-            let a = &mut layer.self_attn;
-            let m = &mut layer.mlp;
-            let projections = [
-                ("self_attn.q_proj", &mut a.q_proj),
-                ("self_attn.k_proj", &mut a.k_proj),
-                ("self_attn.v_proj", &mut a.v_proj),
-                ("self_attn.o_proj", &mut a.o_proj),
-                ("mlp.gate_proj", &mut m.gate_proj),
-                ("mlp.up_proj", &mut m.up_proj),
-                ("mlp.down_proj", &mut m.down_proj),
-            ];
-            for (name, lin) in projections {
-                quantize_linear(lin, &scheme, q.block, &format!("model.layers.{i}.{name}.weight"))?;
-            }
+            quantize_layer(layer, i, q)?;
         }
         Ok(self)
     }
+}
+
+/// Layer `index`'s seven projections quantized.
+pub fn quantize_layer<B: Backend>(layer: &mut Qwen3DecoderLayer<B>, index: usize, q: &Quantization) -> Result<()> {
+    if q.block == 0 || q.block > 255 {
+        return Err(Error::Limit(format!("quantization block {} must be between 1 and 255 weights", q.block)));
+    }
+    let scheme = q.scheme::<B>();
+    let a = &mut layer.self_attn;
+    let m = &mut layer.mlp;
+    let projections = [
+        ("self_attn.q_proj", &mut a.q_proj),
+        ("self_attn.k_proj", &mut a.k_proj),
+        ("self_attn.v_proj", &mut a.v_proj),
+        ("self_attn.o_proj", &mut a.o_proj),
+        ("mlp.gate_proj", &mut m.gate_proj),
+        ("mlp.up_proj", &mut m.up_proj),
+        ("mlp.down_proj", &mut m.down_proj),
+    ];
+    for (name, lin) in projections {
+        quantize_linear(lin, &scheme, q.block, &format!("model.layers.{index}.{name}.weight"))?;
+    }
+    Ok(())
 }
 
 fn quantize_linear<B: Backend>(lin: &mut Linear<B>, scheme: &QuantScheme, block: usize, name: &str) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Weight-only quantization (burn's, per block) of the tiny checkpoints: what it costs in loss,
 //! measured against the unquantized model's transformers-checked loss, int8 far below int4;
-//! the projections are stored quantized; a block that does not divide a row is refused.
+//! the projections are stored quantized, also when quantized while loading; a block that does not
+//! divide a row is refused.
 
 use std::path::{Path, PathBuf};
 
@@ -68,4 +69,16 @@ fn int8_on_wgpu_costs_what_it_costs_on_the_cpu() {
     let (cpu8, cpu4) = deltas::<Flex>("tiny-untied");
     let (gpu8, gpu4) = deltas::<burn::backend::Wgpu>("tiny-untied");
     assert!((cpu8 - gpu8).abs() < 1e-4 && (cpu4 - gpu4).abs() < 1e-3, "cpu {cpu8:.2e}/{cpu4:.2e}, wgpu {gpu8:.2e}/{gpu4:.2e}");
+}
+
+#[test]
+fn quantizing_while_loading_equals_quantizing_after() {
+    let dir = fixtures().join("tiny-tied");
+    let cfg = folder::load_config(&dir).unwrap();
+    let q = Quantization { bits: Bits::Int4, block: 8 };
+    let opts = tiqu_core::LoadOptions { quantize: Some(q), ..Default::default() };
+    let early = Qwen3ForCausalLM::<Flex>::load_with(&cfg, &mut folder::open_weights(&dir).unwrap(), &Default::default(), &opts).unwrap();
+    let (model, examples) = load::<Flex>("tiny-tied");
+    let late = model.quantize_projections(&q).unwrap();
+    assert_eq!(loss(&early, &examples), loss(&late, &examples));
 }

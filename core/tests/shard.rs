@@ -17,7 +17,7 @@ fn dir(name: &str) -> PathBuf {
 fn load(name: &str, max_tensor_bytes: Option<usize>) -> Qwen3ForCausalLM<Flex> {
     let d = dir(name);
     let config = folder::load_config(&d).unwrap();
-    let opts = LoadOptions { max_tensor_bytes };
+    let opts = LoadOptions { max_tensor_bytes, ..Default::default() };
     Qwen3ForCausalLM::load_with(&config, &mut folder::open_weights(&d).unwrap(), &Default::default(), &opts).unwrap()
 }
 
@@ -88,7 +88,7 @@ fn extraction_is_the_same_split_or_whole_blocking_or_async() {
 fn a_tensor_over_the_limit_that_cannot_be_split_is_refused_by_name() {
     let d = dir("tiny-untied");
     let config = folder::load_config(&d).unwrap();
-    let opts = LoadOptions { max_tensor_bytes: Some(1 << 20) };
+    let opts = LoadOptions { max_tensor_bytes: Some(1 << 20), ..Default::default() };
     let err = Qwen3ForCausalLM::<Flex>::load_with(&config, &mut folder::open_weights(&d).unwrap(), &Default::default(), &opts).unwrap_err();
     assert!(matches!(err, Error::Limit(_)), "{err}");
     let msg = err.to_string();
@@ -96,7 +96,7 @@ fn a_tensor_over_the_limit_that_cannot_be_split_is_refused_by_name() {
     // A limit below one row cannot hold even one block.
     let d = dir("tiny-tied");
     let config = folder::load_config(&d).unwrap();
-    let opts = LoadOptions { max_tensor_bytes: Some(32) };
+    let opts = LoadOptions { max_tensor_bytes: Some(32), ..Default::default() };
     let err = Qwen3ForCausalLM::<Flex>::load_with(&config, &mut folder::open_weights(&d).unwrap(), &Default::default(), &opts).unwrap_err();
     assert!(err.to_string().contains("over the device's limit"), "{err}");
 }

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use burn::prelude::Backend;
 use tiqu_core::folder::{has_weights, load_config, load_eos, load_tokenizer, open_weights, shard_names};
 use tiqu_core::quantize::{Bits, Quantization};
-use tiqu_core::{Qwen3Config, Qwen3ForCausalLM, RandomInit, Tokenizer};
+use tiqu_core::{Qwen3Config, Qwen3ForCausalLM, RandomInit, Tokenizer, WeightSource};
 
 /// Files of a Hub checkpoint that tiqu reads (weights are listed by the index).
 const HUB_FILES: [&str; 4] = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"];
@@ -111,13 +111,13 @@ impl QuantArgs {
         Some(Quantization { bits, block: self.quantize_block })
     }
 
-    /// `model` with its projections quantized as asked, in the dtype `--dtype` picks.
-    pub fn apply<B: Backend>(&self, model: Qwen3ForCausalLM<B>) -> Result<Qwen3ForCausalLM<B>> {
-        let dtype = crate::backend::dtype::<B>(&model.device(), crate::backend::Use::Inference)?;
-        let model = match self.get() {
-            Some(q) => model.quantize_projections(&q).context("--quantize")?,
-            None => model,
-        };
+    /// The model from `src`, its projections quantized as each layer loads (the whole model is
+    /// never f32 in memory), then cast to the dtype `--dtype` picks.
+    pub fn load<B: Backend>(&self, config: &Qwen3Config, src: &mut dyn WeightSource, device: &B::Device) -> Result<Qwen3ForCausalLM<B>> {
+        let dtype = crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?;
+        let opts = tiqu_core::LoadOptions { quantize: self.get(), ..Default::default() };
+        let model = Qwen3ForCausalLM::load_with(config, src, device, &opts);
+        let model = if opts.quantize.is_some() { model.context("--quantize")? } else { model? };
         Ok(model.cast_base(dtype))
     }
 }
@@ -138,15 +138,13 @@ pub fn load<B: Backend>(opts: &LoadOptions, device: &B::Device) -> Result<Loaded
     let tokenizer = load_tokenizer(&dir, opts.tokenizer)?;
     let eos_token_ids = load_eos(&dir, &config)?;
     let mut model = if opts.random_weights {
-        Qwen3ForCausalLM::load(&config, &mut RandomInit::new(opts.seed, 0.02), device)?
+        opts.quant.load(&config, &mut RandomInit::new(opts.seed, 0.02), device)?
     } else {
-        let mut weights = open_weights(&dir)?;
-        Qwen3ForCausalLM::load(&config, &mut weights, device)?
+        opts.quant.load(&config, &mut open_weights(&dir)?, device)?
     };
     if let Some(adapter) = opts.adapter {
         let (lora, mut weights) = tiqu_core::folder::open_adapter(adapter)?;
         model.load_adapter(&lora, &mut weights, &adapter.display().to_string())?;
     }
-    let model = opts.quant.apply(model)?;
     Ok(Loaded { config, model, tokenizer, eos_token_ids })
 }

@@ -232,9 +232,6 @@ fn build<B: Backend>(
         let mut w = SafetensorsFile::open(vec![adapter.reader("adapter_model.safetensors")?]).map_err(|e| e.to_string())?;
         model.load_adapter(&lora, &mut w, "adapter").map_err(|e| e.to_string())?;
     }
-    if let Some(q) = &precision.quantize {
-        model = model.quantize_projections(q).map_err(|e| e.to_string())?;
-    }
     if precision.f16 {
         if !B::supports_dtype(device, burn::tensor::DType::F16) {
             return Err("dtype f16 was asked for, but this device does not support f16 (use f32)".into());
@@ -283,14 +280,14 @@ impl Model {
             let limits = setup.device.limits();
             let device_limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize;
             let limit = forced_limit.map_or(device_limit, |f| f.min(device_limit));
-            let load = LoadOptions { max_tensor_bytes: Some(limit) };
+            let load = LoadOptions { max_tensor_bytes: Some(limit), quantize: precision.quantize };
             let info = setup.adapter.get_info();
             let about: Vec<&str> = [info.name.as_str(), info.driver.as_str(), info.driver_info.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
             let name = if about.is_empty() { "webgpu".to_string() } else { format!("webgpu ({})", about.join(", ")) };
             let (extractor, blocks) = build::<Wgpu>(&files, adapter.as_ref(), &config, &load, &precision, max_new_tokens, &device)?;
             State { inner: Inner::Gpu(extractor), backend: name, load_ms: 0.0, max_tensor_bytes: Some(limit), embedding_blocks: blocks }
         } else {
-            let load = LoadOptions { max_tensor_bytes: forced_limit };
+            let load = LoadOptions { max_tensor_bytes: forced_limit, quantize: precision.quantize };
             let (extractor, blocks) = build::<Flex>(&files, adapter.as_ref(), &config, &load, &precision, max_new_tokens, &Default::default())?;
             State { inner: Inner::Cpu(extractor), backend: "cpu (flex)".into(), load_ms: 0.0, max_tensor_bytes: forced_limit, embedding_blocks: blocks }
         };
