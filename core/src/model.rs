@@ -131,6 +131,8 @@ pub struct LoadOptions {
     /// Quantize each layer's projections as soon as it is loaded (see [`crate::quantize`]), so
     /// the whole model never sits in memory as f32.
     pub quantize: Option<crate::quantize::Quantization>,
+    /// Cast the base weights to this dtype as they load (see [`Qwen3ForCausalLM::cast_base`]).
+    pub dtype: Option<FloatDType>,
 }
 
 /// `nn.Embedding`: one row of `weight` per token id. Under a per-tensor byte limit
@@ -293,6 +295,18 @@ pub struct Qwen3DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> Qwen3DecoderLayer<B> {
+    /// The layer's frozen weights in `dtype` (LoRA weights untouched).
+    fn cast_base(&mut self, dtype: FloatDType) {
+        let a = &mut self.self_attn;
+        let m = &mut self.mlp;
+        for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
+            lin.weight = cast_param(lin.weight.clone(), dtype);
+        }
+        for norm in [&mut a.q_norm, &mut a.k_norm, &mut self.input_layernorm, &mut self.post_attention_layernorm] {
+            norm.weight = cast_param(norm.weight.clone(), dtype);
+        }
+    }
+
     fn forward(&self, x: Tensor<B, 3>, ctx: &Context<B>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
         let h = x.clone().add(self.self_attn.forward(self.input_layernorm.forward(x), ctx, cache));
         h.clone().add(self.mlp.forward(self.post_attention_layernorm.forward(h), ctx.dropout_seed))
@@ -536,6 +550,9 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
             if let Some(q) = &opts.quantize {
                 crate::quantize::quantize_layer(&mut layer, i, q)?;
             }
+            if let Some(dtype) = opts.dtype {
+                layer.cast_base(dtype);
+            }
             layers.push(layer);
         }
         let norm = RmsNorm::load(src, "model.norm", hd, eps, device)?;
@@ -544,11 +561,15 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         } else {
             Some(Linear::load(src, "lm_head", cfg.vocab_size, hd, device)?)
         };
-        Ok(Self {
+        let model = Self {
             model: Qwen3Model { embed_tokens, layers, norm },
             lm_head,
             rope_theta: cfg.rope_theta,
             max_position_embeddings: cfg.max_position_embeddings,
+        };
+        Ok(match opts.dtype {
+            Some(dtype) => model.cast_base(dtype),
+            None => model,
         })
     }
 
@@ -570,17 +591,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         m.embed_tokens.rest = m.embed_tokens.rest.drain(..).map(|p| cast_param(p, dtype)).collect();
         m.norm.weight = cast_param(m.norm.weight.clone(), dtype);
         for layer in &mut m.layers {
-            let a = &mut layer.self_attn;
-            for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
-                lin.weight = cast_param(lin.weight.clone(), dtype);
-            }
-            for norm in [&mut a.q_norm, &mut a.k_norm, &mut layer.input_layernorm, &mut layer.post_attention_layernorm] {
-                norm.weight = cast_param(norm.weight.clone(), dtype);
-            }
-            let mlp = &mut layer.mlp;
-            for lin in [&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj] {
-                lin.weight = cast_param(lin.weight.clone(), dtype);
-            }
+            layer.cast_base(dtype);
         }
         if let Some(head) = &mut self.lm_head {
             head.weight = cast_param(head.weight.clone(), dtype);

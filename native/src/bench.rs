@@ -197,7 +197,8 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
     }
     let cfg = load_bench_config(&args.config)?;
     let dtype = crate::backend::dtype::<B>(device, crate::backend::Use::TrainLora)?;
-    let mut model = Qwen3ForCausalLM::<B>::load(&cfg, &mut RandomInit::new(42, 0.02), device)?.cast_base(dtype);
+    let load = tiqu_core::LoadOptions { dtype: Some(dtype), ..Default::default() };
+    let mut model = Qwen3ForCausalLM::<B>::load_with(&cfg, &mut RandomInit::new(42, 0.02), device, &load)?;
     model.add_lora(&LoraConfig::default(), 42)?;
     let mut trainer = Trainer::new(model, Method::Lora, AdamWConfig::default(), 1.0, 42)?;
     trainer.threads = args.threads;

@@ -111,14 +111,13 @@ impl QuantArgs {
         Some(Quantization { bits, block: self.quantize_block })
     }
 
-    /// The model from `src`, its projections quantized as each layer loads (the whole model is
-    /// never f32 in memory), then cast to the dtype `--dtype` picks.
+    /// The model from `src`, each layer quantized and cast to the dtype `--dtype` picks as it
+    /// loads: the whole model is never f32 in memory.
     pub fn load<B: Backend>(&self, config: &Qwen3Config, src: &mut dyn WeightSource, device: &B::Device) -> Result<Qwen3ForCausalLM<B>> {
         let dtype = crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?;
-        let opts = tiqu_core::LoadOptions { quantize: self.get(), ..Default::default() };
+        let opts = tiqu_core::LoadOptions { quantize: self.get(), dtype: Some(dtype), ..Default::default() };
         let model = Qwen3ForCausalLM::load_with(config, src, device, &opts);
-        let model = if opts.quantize.is_some() { model.context("--quantize")? } else { model? };
-        Ok(model.cast_base(dtype))
+        Ok(if opts.quantize.is_some() { model.context("--quantize")? } else { model? })
     }
 }
 
