@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
-use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use tiqu_core::lora::LoraConfig;
 use tiqu_core::sft::{parse_records, Example};
