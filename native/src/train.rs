@@ -565,12 +565,12 @@ fn initial_model<B: Backend>(
     vocab: Option<&VocabMap>,
     resume_dir: Option<&Path>,
     adapter: Option<&Path>,
-    dtype: burn::tensor::FloatDType,
     device: &B::Device,
 ) -> Result<Qwen3ForCausalLM<B>> {
     let method = cfg.method()?;
+    let usage = if method == Method::Full { crate::backend::Use::TrainFull } else { crate::backend::Use::TrainLora };
     // Cast layer by layer as the weights load: the whole base is never f32 in memory.
-    let load = tiqu_core::LoadOptions { dtype: Some(dtype), ..Default::default() };
+    let load = tiqu_core::LoadOptions { dtype: Some(crate::backend::dtype::<B>(device, usage)?), ..Default::default() };
     let from_checkpoint = if method == Method::Full { resume_dir } else { None };
     let mut model = match from_checkpoint {
         None if cfg.random_weights => {
@@ -643,7 +643,7 @@ fn train_on<B: AutodiffBackend>(device: &B::Device, more: &[B::Device], opts: &R
     let folder = ModelFolder { config: &config, eos_token_ids: &eos_token_ids, tokenizer_dir: &tokenizer_dir, vocab: vocab.as_ref() };
     let resume_dir = resume_from.as_ref().map(|(_, dir)| dir.clone());
     let adapter = resume_dir.clone().or_else(|| opts.adapter.clone());
-    let model = initial_model::<B>(cfg, &base, &config, vocab.as_ref(), resume_dir.as_deref(), adapter.as_deref(), dtype, device)?;
+    let model = initial_model::<B>(cfg, &base, &config, vocab.as_ref(), resume_dir.as_deref(), adapter.as_deref(), device)?;
     if dtype != burn::tensor::FloatDType::F32 {
         eprintln!("base weights in {}, LoRA adapters and optimizer state in f32", crate::backend::dtype_name(dtype));
     }
