@@ -225,18 +225,17 @@ fn build<B: Backend>(
     if eos.is_empty() {
         return Err("no eos_token_id in generation_config.json or config.json".into());
     }
+    if precision.f16 && !B::supports_dtype(device, burn::tensor::DType::F16) {
+        return Err("dtype f16 was asked for, but this device does not support f16 (use f32)".into());
+    }
+    // Cast (and quantize) layer by layer as the weights load.
+    let load = LoadOptions { dtype: precision.f16.then_some(burn::tensor::FloatDType::F16), ..load.clone() };
     let mut weights = files.weights()?;
-    let mut model = Qwen3ForCausalLM::<B>::load_with(config, &mut weights, device, load).map_err(|e| e.to_string())?;
+    let mut model = Qwen3ForCausalLM::<B>::load_with(config, &mut weights, device, &load).map_err(|e| e.to_string())?;
     if let Some(adapter) = adapter {
         let lora = LoraConfig::from_peft_json(&adapter.need("adapter_config.json")?, "adapter_config.json").map_err(|e| e.to_string())?;
         let mut w = SafetensorsFile::open(vec![adapter.reader("adapter_model.safetensors")?]).map_err(|e| e.to_string())?;
         model.load_adapter(&lora, &mut w, "adapter").map_err(|e| e.to_string())?;
-    }
-    if precision.f16 {
-        if !B::supports_dtype(device, burn::tensor::DType::F16) {
-            return Err("dtype f16 was asked for, but this device does not support f16 (use f32)".into());
-        }
-        model = model.cast_base(burn::tensor::FloatDType::F16);
     }
     let blocks = 1 + model.model.embed_tokens.rest.len();
     let options = ExtractOptions { max_new_tokens, batch: 1, ..Default::default() };
@@ -280,14 +279,14 @@ impl Model {
             let limits = setup.device.limits();
             let device_limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize;
             let limit = forced_limit.map_or(device_limit, |f| f.min(device_limit));
-            let load = LoadOptions { max_tensor_bytes: Some(limit), quantize: precision.quantize };
+            let load = LoadOptions { max_tensor_bytes: Some(limit), quantize: precision.quantize, dtype: None };
             let info = setup.adapter.get_info();
             let about: Vec<&str> = [info.name.as_str(), info.driver.as_str(), info.driver_info.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
             let name = if about.is_empty() { "webgpu".to_string() } else { format!("webgpu ({})", about.join(", ")) };
             let (extractor, blocks) = build::<Wgpu>(&files, adapter.as_ref(), &config, &load, &precision, max_new_tokens, &device)?;
             State { inner: Inner::Gpu(extractor), backend: name, load_ms: 0.0, max_tensor_bytes: Some(limit), embedding_blocks: blocks }
         } else {
-            let load = LoadOptions { max_tensor_bytes: forced_limit, quantize: precision.quantize };
+            let load = LoadOptions { max_tensor_bytes: forced_limit, quantize: precision.quantize, dtype: None };
             let (extractor, blocks) = build::<Flex>(&files, adapter.as_ref(), &config, &load, &precision, max_new_tokens, &Default::default())?;
             State { inner: Inner::Cpu(extractor), backend: "cpu (flex)".into(), load_ms: 0.0, max_tensor_bytes: forced_limit, embedding_blocks: blocks }
         };
