@@ -39,22 +39,52 @@ impl BackendName {
     }
 }
 
-/// Runs `f` with panics silenced: backends report a missing driver or adapter by panicking.
+/// Runs `f` with panics silenced: backends report a missing driver or adapter by panicking,
+/// often on a device thread of their own, while the caller only sees a closed channel. The
+/// first panic message from any thread is the one that says what is missing.
 fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::result::Result<T, String> {
+    static FIRST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let text = |p: &(dyn std::any::Any + Send)| {
+        p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown failure".into())
+    };
+    if let Ok(mut first) = FIRST.lock() {
+        *first = None;
+    }
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(move |info| {
+        if let Ok(mut first) = FIRST.lock() {
+            first.get_or_insert_with(|| text(info.payload()));
+        }
+    }));
     let out = std::panic::catch_unwind(f);
     std::panic::set_hook(hook);
     out.map_err(|e| {
-        e.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown failure".into())
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string()
+        let first = FIRST.lock().ok().and_then(|mut f| f.take()).unwrap_or_else(|| text(e.as_ref()));
+        short_reason(&first)
     })
+}
+
+/// The first line of a backend's failure, short enough for one line of error.
+fn short_reason(message: &str) -> String {
+    let line = message.lines().next().unwrap_or_default();
+    // cudarc's missing-library message goes on to list 34 file names.
+    match line.split_once(" - searched for library names") {
+        Some((what, _)) => format!("{what}: is the NVIDIA driver installed, libcuda.so on LD_LIBRARY_PATH?"),
+        None => line.chars().take(300).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_cuda_driver_is_named_in_one_short_line() {
+        // What cudarc panics with on a machine without the NVIDIA driver (seen here).
+        let cudarc = r#"Unable to dynamically load the "cuda" shared library - searched for library names: ["libcuda.so", "libcuda64.so", "libcuda.so.1"]. Ensure that `LD_LIBRARY_PATH` has the correct path to the installed library."#;
+        let short = super::short_reason(cudarc);
+        assert!(short.contains(r#"load the "cuda" shared library"#) && short.contains("NVIDIA driver"), "{short}");
+        assert!(!short.contains("libcuda64") && short.len() < 160, "{short}");
+        assert_eq!(super::short_reason("no adapter\nsecond line"), "no adapter");
+    }
 }
 
 /// Initialises a backend with one tiny tensor op; `Err` says what is missing.
