@@ -561,16 +561,16 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         } else {
             Some(Linear::load(src, "lm_head", cfg.vocab_size, hd, device)?)
         };
-        let model = Self {
+        let mut model = Self {
             model: Qwen3Model { embed_tokens, layers, norm },
             lm_head,
             rope_theta: cfg.rope_theta,
             max_position_embeddings: cfg.max_position_embeddings,
         };
-        Ok(match opts.dtype {
-            Some(dtype) => model.cast_base(dtype),
-            None => model,
-        })
+        if let Some(dtype) = opts.dtype {
+            model.cast_outside_layers(dtype);
+        }
+        Ok(model)
     }
 
     pub fn device(&self) -> B::Device {
@@ -586,17 +586,23 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
     /// LoRA weights stay as they are (f32), so their gradients and optimizer state do too.
     /// Normalisation, softmax, the adapters and the logits still compute in f32.
     pub fn cast_base(mut self, dtype: FloatDType) -> Self {
+        for layer in &mut self.model.layers {
+            layer.cast_base(dtype);
+        }
+        self.cast_outside_layers(dtype);
+        self
+    }
+
+    /// The embedding, the final norm and an untied output layer in `dtype` (loading casts the
+    /// layers one by one as they arrive).
+    fn cast_outside_layers(&mut self, dtype: FloatDType) {
         let m = &mut self.model;
         m.embed_tokens.weight = cast_param(m.embed_tokens.weight.clone(), dtype);
         m.embed_tokens.rest = m.embed_tokens.rest.drain(..).map(|p| cast_param(p, dtype)).collect();
         m.norm.weight = cast_param(m.norm.weight.clone(), dtype);
-        for layer in &mut m.layers {
-            layer.cast_base(dtype);
-        }
         if let Some(head) = &mut self.lm_head {
             head.weight = cast_param(head.weight.clone(), dtype);
         }
-        self
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -247,7 +247,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let work: Vec<(usize, &LabelledBatch)> = prepared.iter().enumerate().filter(|(_, lb)| !lb.rows.is_empty()).collect();
         // Micro-batches are independent until their gradients are summed, which happens in their
         // order whatever thread or device computed them: the numbers do not depend on `threads`.
-        for wave in work.chunks(self.threads.max(models.len()).max(1)) {
+        for wave in work.chunks(self.threads.max(models.len())) {
             let on = |j: usize| models[j % models.len()];
             let results: Vec<Result<MicroGradients<B>>> = if wave.len() == 1 {
                 vec![micro_gradients(on(0), method, wave[0].1, mix(step_seed, wave[0].0 as u64), norm)]

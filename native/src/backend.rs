@@ -44,9 +44,7 @@ impl BackendName {
 /// first panic message from any thread is the one that says what is missing.
 fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::result::Result<T, String> {
     static FIRST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-    let text = |p: &(dyn std::any::Any + Send)| {
-        p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown failure".into())
-    };
+    let text = |p: &(dyn std::any::Any + Send)| panic_message(p).unwrap_or_else(|| "unknown failure".into());
     if let Ok(mut first) = FIRST.lock() {
         *first = None;
     }
@@ -62,6 +60,11 @@ fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::result::Re
         let first = FIRST.lock().ok().and_then(|mut f| f.take()).unwrap_or_else(|| text(e.as_ref()));
         short_reason(&first)
     })
+}
+
+/// The text a panic carried, when it carried one (`panic!` with a message, `expect`, `unwrap`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
 }
 
 /// The first line of a backend's failure, short enough for one line of error.
@@ -197,47 +200,47 @@ pub fn cpu_devices(specs: &[String]) -> Result<Vec<burn::backend::flex::FlexDevi
     }
 }
 
+/// `--devices` for backend `B`: its default device when none are given, else each spec parsed
+/// by `parse` (or refused, saying the `expected` forms) and initialised.
+#[allow(dead_code)]
+fn devices<B: burn::prelude::Backend>(specs: &[String], expected: &str, parse: impl Fn(&str) -> Option<B::Device>) -> Result<Vec<B::Device>>
+where
+    B::Device: std::panic::RefUnwindSafe,
+{
+    if specs.is_empty() {
+        return Ok(vec![Default::default()]);
+    }
+    specs
+        .iter()
+        .map(|spec| match parse(spec) {
+            Some(device) => check_device::<B>(device, spec),
+            None => bail!("--devices {spec}: expected {expected}"),
+        })
+        .collect()
+}
+
 /// `--devices` for wgpu: `wgpu:N` (the Nth discrete GPU), `wgpu:integrated:N`, `wgpu:default`,
 /// `wgpu:cpu` (a software adapter such as lavapipe).
 #[cfg(feature = "wgpu")]
 pub fn wgpu_devices(specs: &[String]) -> Result<Vec<burn::backend::wgpu::WgpuDevice>> {
     use burn::backend::wgpu::WgpuDevice;
-    if specs.is_empty() {
-        return Ok(vec![WgpuDevice::default()]);
-    }
-    specs
-        .iter()
-        .map(|spec| {
-            let rest = spec.strip_prefix("wgpu:");
-            let index = |s: &str| s.parse::<usize>().ok();
-            let device = match rest {
-                Some("default") => WgpuDevice::DefaultDevice,
-                Some("cpu") => WgpuDevice::Cpu,
-                Some(r) if index(r).is_some() => WgpuDevice::DiscreteGpu(index(r).unwrap_or(0)),
-                Some(r) if r.strip_prefix("integrated:").and_then(index).is_some() => {
-                    WgpuDevice::IntegratedGpu(r.strip_prefix("integrated:").and_then(index).unwrap_or(0))
-                }
-                _ => bail!("--devices {spec}: expected wgpu:N, wgpu:integrated:N, wgpu:default or wgpu:cpu"),
-            };
-            check_device::<burn::backend::Wgpu>(device, spec)
+    devices::<burn::backend::Wgpu>(specs, "wgpu:N, wgpu:integrated:N, wgpu:default or wgpu:cpu", |spec| {
+        Some(match spec.strip_prefix("wgpu:")? {
+            "default" => WgpuDevice::DefaultDevice,
+            "cpu" => WgpuDevice::Cpu,
+            rest => match rest.strip_prefix("integrated:") {
+                Some(n) => WgpuDevice::IntegratedGpu(n.parse().ok()?),
+                None => WgpuDevice::DiscreteGpu(rest.parse().ok()?),
+            },
         })
-        .collect()
+    })
 }
 
 /// `--devices` for cuda: `cuda:N`.
 #[cfg(feature = "cuda")]
 pub fn cuda_devices(specs: &[String]) -> Result<Vec<burn::backend::cuda::CudaDevice>> {
     use burn::backend::cuda::CudaDevice;
-    if specs.is_empty() {
-        return Ok(vec![CudaDevice::default()]);
-    }
-    specs
-        .iter()
-        .map(|spec| match spec.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => check_device::<burn::backend::Cuda>(CudaDevice::new(n), spec),
-            None => bail!("--devices {spec}: expected cuda:N"),
-        })
-        .collect()
+    devices::<burn::backend::Cuda>(specs, "cuda:N", |spec| Some(CudaDevice::new(spec.strip_prefix("cuda:")?.parse().ok()?)))
 }
 
 /// The CPU's cores, for work tiqu splits over threads itself.
@@ -270,6 +273,16 @@ pub enum Use {
     TrainLora,
     /// Every weight trained: f32, as tiqu keeps no separate f32 master copy.
     TrainFull,
+}
+
+impl Use {
+    /// What training with `method` needs.
+    pub fn training(method: tiqu_core::train::Method) -> Self {
+        match method {
+            tiqu_core::train::Method::Full => Self::TrainFull,
+            tiqu_core::train::Method::Lora => Self::TrainLora,
+        }
+    }
 }
 
 /// `--dtype` as given on the command line; set once by `main`, like `--backend`.

@@ -169,7 +169,7 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     let out = serde_json::json!({
         "backend": backend.name(),
         "dtype": crate::backend::dtype_name(dtype),
-        "quantize": args.quant.get().map(|q| format!("{:?}/{}", q.bits, q.block).to_lowercase()),
+        "quantize": args.quant.describe(),
         "config": args.config,
         "batch": b,
         "prompt_len": p,
@@ -269,7 +269,7 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
     let out = serde_json::json!({
         "backend": backend.name(),
         "dtype": crate::backend::dtype_name(dtype),
-        "quantize": args.quant.get().map(|q| format!("{:?}/{}", q.bits, q.block).to_lowercase()),
+        "quantize": args.quant.describe(),
         "config": args.config,
         "constrain": format!("{:?}", args.constrain).to_lowercase(),
         "batch": args.batch,

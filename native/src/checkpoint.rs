@@ -111,6 +111,11 @@ impl QuantArgs {
         Some(Quantization { bits, block: self.quantize_block })
     }
 
+    /// `int8/32`-style, for benchmark reports; `None` unquantized.
+    pub fn describe(&self) -> Option<String> {
+        self.get().map(|q| format!("{:?}/{}", q.bits, q.block).to_lowercase())
+    }
+
     /// The model from `src`, each layer quantized and cast to the dtype `--dtype` picks as it
     /// loads: the whole model is never f32 in memory.
     pub fn load<B: Backend>(&self, config: &Qwen3Config, src: &mut dyn WeightSource, device: &B::Device) -> Result<Qwen3ForCausalLM<B>> {

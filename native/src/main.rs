@@ -160,12 +160,7 @@ fn main() -> ExitCode {
     // A panic is a bug or a device failure, but the user still gets one line, not a backtrace:
     // the hook only records it (a training thread's panic also comes back as an error).
     std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
+        let msg = backend::panic_message(info.payload()).unwrap_or_default();
         // cubecl puts the reason on the line after its headline.
         let first: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "Caused by:").take(2).collect();
         let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();

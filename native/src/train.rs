@@ -568,7 +568,7 @@ fn initial_model<B: Backend>(
     device: &B::Device,
 ) -> Result<Qwen3ForCausalLM<B>> {
     let method = cfg.method()?;
-    let usage = if method == Method::Full { crate::backend::Use::TrainFull } else { crate::backend::Use::TrainLora };
+    let usage = crate::backend::Use::training(method);
     // Cast layer by layer as the weights load: the whole base is never f32 in memory.
     let load = tiqu_core::LoadOptions { dtype: Some(crate::backend::dtype::<B>(device, usage)?), ..Default::default() };
     let from_checkpoint = if method == Method::Full { resume_dir } else { None };
@@ -606,7 +606,7 @@ fn with_lora<B: Backend>(mut model: Qwen3ForCausalLM<B>, cfg: &RunConfig, method
 
 fn train_on<B: AutodiffBackend>(device: &B::Device, more: &[B::Device], opts: &RunOptions, cfg: &RunConfig, run: &Path) -> Result<Finished> {
     let method = cfg.method()?;
-    let usage = if method == Method::Full { crate::backend::Use::TrainFull } else { crate::backend::Use::TrainLora };
+    let usage = crate::backend::Use::training(method);
     let dtype = crate::backend::dtype::<B>(device, usage)?;
     fs::create_dir_all(run).map_err(|e| anyhow!("{}: {e}", run.display()))?;
     let resume_from = if opts.resume {
