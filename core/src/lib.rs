@@ -7,6 +7,7 @@ pub mod config;
 pub mod constrain;
 pub mod error;
 pub mod extract;
+pub mod flex;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod folder;
 pub mod generate;

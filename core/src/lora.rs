@@ -194,6 +194,23 @@ pub fn mix(seed: u64, tag: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// `n` dropout multipliers as torch makes them: `1/keep` with probability `keep`, else 0. Two
+/// per 64-bit draw of a counter-based splitmix64 stream keyed by `seed`. On the CPU this replaces
+/// burn's per-element ChaCha draws, which were 8 % of a LoRA training step (BENCHMARKS.md).
+pub fn keep_mask(n: usize, keep: f64, seed: u64) -> Vec<f32> {
+    let threshold = (keep * 4_294_967_296.0) as u64;
+    let scale = (1.0 / keep) as f32;
+    let pick = |bits: u64| if bits < threshold { scale } else { 0.0 };
+    let mut out = Vec::with_capacity(n + 1);
+    for i in 0..n.div_ceil(2) as u64 {
+        let z = mix(seed, i);
+        out.push(pick(z & 0xFFFF_FFFF));
+        out.push(pick(z >> 32));
+    }
+    out.truncate(n);
+    out
+}
+
 impl<B: Backend> Lora<B> {
     /// `scaling · B(A(dropout(x)))` for rows `x` `[n, in]`; dropout only when `dropout_seed` is set.
     pub fn forward(&self, x: Tensor<B, 2>, dropout_seed: Option<u64>) -> Tensor<B, 2> {
@@ -201,14 +218,17 @@ impl<B: Backend> Lora<B> {
             Some(seed) if self.dropout > 0.0 => {
                 let device = x.device();
                 let keep = 1.0 - self.dropout;
-                // Backends keep one RNG per process: seeding and drawing must not interleave with
-                // another training thread's (micro-batches and devices run concurrently).
-                let mask = {
+                let seed = mix(seed, self.tag);
+                let mask = if crate::flex::is_cpu::<B>() {
+                    Tensor::from_data(TensorData::new(keep_mask(x.dims().iter().product(), keep, seed), x.dims()), &device)
+                } else {
+                    // Backends keep one RNG per process: seeding and drawing must not interleave
+                    // with another training thread's (micro-batches and devices run concurrently).
                     let _one_at_a_time = DROPOUT_RNG.lock().unwrap_or_else(|e| e.into_inner());
-                    B::seed(&device, mix(seed, self.tag));
-                    Tensor::<B, 2>::random(x.dims(), Distribution::Bernoulli(keep), &device)
+                    B::seed(&device, seed);
+                    Tensor::<B, 2>::random(x.dims(), Distribution::Bernoulli(keep), &device).div_scalar(keep)
                 };
-                x.mul(mask).div_scalar(keep)
+                x.mul(mask)
             }
             _ => x,
         };
@@ -387,6 +407,26 @@ pub fn trainable_line(trainable: usize, all: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_mask_keeps_the_asked_share_at_torchs_scale_and_depends_only_on_its_seed() {
+        let n = 200_001;
+        let mask = keep_mask(n, 0.9, 42);
+        assert_eq!(mask.len(), n);
+        let scale = (1.0 / 0.9) as f32;
+        assert!(mask.iter().all(|&m| m == 0.0 || m == scale));
+        let kept = mask.iter().filter(|&&m| m > 0.0).count() as f64 / n as f64;
+        // Binomial standard deviation at n = 2e5 is 0.00067: 0.003 is 4.5 of them.
+        assert!((kept - 0.9).abs() < 0.003, "kept {kept}");
+        assert_eq!(mask, keep_mask(n, 0.9, 42));
+        let other = keep_mask(n, 0.9, 43);
+        let same = mask.iter().zip(&other).filter(|(a, b)| a == b).count() as f64 / n as f64;
+        // Independent masks agree on 0.9² + 0.1² = 82 % of positions.
+        assert!((same - 0.82).abs() < 0.005, "agree {same}");
+        // Neighbouring elements (the two halves of one draw) are not correlated.
+        let pairs = mask.chunks(2).filter(|p| p.len() == 2 && p[0] == 0.0 && p[1] == 0.0).count() as f64;
+        assert!((pairs / (n / 2) as f64 - 0.01).abs() < 0.002);
+    }
 
     fn peft(extra: Value) -> Result<LoraConfig> {
         let mut v = serde_json::json!({"peft_type": "LORA", "r": 8, "lora_alpha": 32, "lora_dropout": 0.1,

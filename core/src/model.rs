@@ -77,7 +77,7 @@ impl<B: Backend> Linear<B> {
             w if matches!(w.dtype(), DType::QFloat(_)) => to_dtype(w.dequantize(), float_dtype(&x)),
             w => w,
         };
-        let mut out = x.clone().matmul(weight.transpose());
+        let mut out = crate::flex::linear(x.clone(), weight);
         if let Some(lora) = &self.lora {
             // As PEFT with a half-precision base: the adapter (kept in f32) sees x cast to f32,
             // the sum is taken in f32 and cast back.
@@ -208,9 +208,9 @@ impl<B: Backend> Embedding<B> {
     /// `x · tableᵀ` for `x` `[n, hidden]`: the tied output layer, `[n, rows]`, one product per block.
     pub fn matmul_t(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         if self.rest.is_empty() {
-            return x.matmul(self.weight.val().transpose());
+            return crate::flex::linear(x, self.weight.val());
         }
-        Tensor::cat(self.blocks().map(|b| x.clone().matmul(b.val().transpose())).collect(), 1)
+        Tensor::cat(self.blocks().map(|b| crate::flex::linear(x.clone(), b.val())).collect(), 1)
     }
 }
 
@@ -230,6 +230,9 @@ pub struct Qwen3Attention<B: Backend> {
 /// HF's `rotate_half` convention: the two halves of each head are the (x, y) pairs, not
 /// interleaved neighbours as in burn's `RotaryEncoding`.
 fn apply_rope<B: Backend>(x: Tensor<B, 4>, rope: &Rope<B>) -> Tensor<B, 4> {
+    if let Some(out) = crate::flex::rope(&x, &rope.cos, &rope.sin) {
+        return out;
+    }
     let d = x.dims()[3];
     let x1 = x.clone().narrow(3, 0, d / 2);
     let x2 = x.clone().narrow(3, d / 2, d / 2);
@@ -690,7 +693,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
     /// model's dtype (transformers upcasts them for the loss too).
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         let logits = match &self.lm_head {
-            Some(head) => hidden.matmul(head.weight.val().transpose()),
+            Some(head) => crate::flex::linear(hidden, head.weight.val()),
             None => self.model.embed_tokens.matmul_t(hidden),
         };
         to_dtype(logits, FloatDType::F32)

@@ -1,0 +1,441 @@
+//! Two things burn's CPU backend (flex) does slowly for tiqu's shapes, done directly on its
+//! buffers; every other backend takes burn's generic ops.
+//!
+//! - `x · wᵀ` for a projection weight `w` `[out, in]` (the checkpoint's layout). flex hands the
+//!   `gemm` crate the transposed view, and gemm then repacks all of `w` on every call: 137
+//!   GFLOP/s on one core for 256 × 1024 · 1024 × 3072, against 234 when the same product is asked
+//!   for as `w · xᵀ`, where the repacked operand is `x` (12 times smaller here), and 240 for
+//!   the backward's `grad · w`, which is already in gemm's own layout (BENCHMARKS.md). So the
+//!   forward computes `w · xᵀ` and transposes the result, and, under autodiff, the backward is
+//!   still `grad · w` (as `w · xᵀ` through burn's ops would make it `wᵀ · gradᵀ`, slower). Only
+//!   for a weight that receives no gradient (LoRA's frozen base, the output layer); full
+//!   fine-tuning and half precision take burn's matmul.
+//! - The rotary embedding: through burn's ops it is a narrow, a negation, a concatenation, two
+//!   products and a sum, most of them over a strided view (the heads swapped to the front), and
+//!   was 8 % of a LoRA training step; here one pass each way.
+//! - Whether the backend is flex at all, for LoRA dropout masks drawn on the host (see `lora`).
+//!
+//! The backend is recognised by its type (`TypeId`), since burn has no specialisation: the
+//! primitives are moved out through `Any`, which only ever succeeds for the type just checked.
+
+use burn::prelude::*;
+
+/// True when `B` is burn's CPU backend (flex), with or without autodiff.
+pub fn is_cpu<B: Backend>() -> bool {
+    imp::is_cpu::<B>()
+}
+
+/// `x · wᵀ` for `x` `[rows, in]` and a weight `w` `[out, in]`: `[rows, out]`.
+pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    imp::linear(x, w)
+}
+
+/// HF's rotary embedding `x·cos + rotate_half(x)·sin` for `x` `[batch, heads, seq, head_dim]`
+/// and tables `[batch or 1, 1, seq, head_dim]`, in one pass over `x` (and one for its gradient);
+/// `None` where the caller's generic ops apply (not flex, not f32). Bit-identical to those ops:
+/// the same products and sums, in the same order.
+pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+    imp::rope(x, cos, sin)
+}
+
+#[cfg(not(all(feature = "flex", not(target_arch = "wasm32"))))]
+mod imp {
+    use burn::prelude::*;
+
+    pub fn is_cpu<B: Backend>() -> bool {
+        false
+    }
+
+    pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+        x.matmul(w.transpose())
+    }
+
+    pub fn rope<B: Backend>(_: &Tensor<B, 4>, _: &Tensor<B, 4>, _: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+        None
+    }
+}
+
+#[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
+mod imp {
+    use std::any::{Any, TypeId};
+
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+    use burn::backend::{Autodiff, Flex};
+    use burn::prelude::*;
+    use burn::tensor::backend::BackendTypes;
+    use burn::tensor::ops::FloatTensorOps;
+    use burn::tensor::{DType, TensorData, TensorPrimitive};
+    use burn_flex::FlexTensor;
+
+    /// Fewer rows than this keep burn's product: decoding a token per row is a matrix-vector
+    /// product, memory-bound either way, and gemm has its own path for it.
+    const MIN_ROWS: usize = 16;
+    /// Products smaller than this (m·n·k) stay on the calling thread, as flex decides.
+    const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
+
+    type Ad<C> = Autodiff<Flex, C>;
+    type AdTensor<C> = <Ad<C> as BackendTypes>::FloatTensorPrimitive;
+
+    fn same<A: 'static, B: 'static>() -> bool {
+        TypeId::of::<A>() == TypeId::of::<B>()
+    }
+
+    /// Moves a value to the type `same` has just said it is.
+    fn cast<T: 'static, U: 'static>(value: T) -> U {
+        *(Box::new(value) as Box<dyn Any>).downcast::<U>().unwrap_or_else(|_| unreachable!("checked by TypeId"))
+    }
+
+    pub fn is_cpu<B: Backend>() -> bool {
+        same::<B, Flex>() || same::<B, Ad<NoCheckpointing>>() || same::<B, Ad<BalancedCheckpointing>>()
+    }
+
+    pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+        let fits = x.dims()[0] >= MIN_ROWS && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+        if fits && same::<B, Flex>() {
+            let out = forward(&cast(x.into_primitive().tensor()), &cast(w.into_primitive().tensor()));
+            return Tensor::from_primitive(TensorPrimitive::Float(cast(out)));
+        }
+        if fits && same::<B, Ad<NoCheckpointing>>() {
+            return tracked::<B, NoCheckpointing>(x, w);
+        }
+        if fits && same::<B, Ad<BalancedCheckpointing>>() {
+            return tracked::<B, BalancedCheckpointing>(x, w);
+        }
+        x.matmul(w.transpose())
+    }
+
+    fn tracked<B: Backend, C: CheckpointStrategy>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+        let x: AdTensor<C> = cast(x.into_primitive().tensor());
+        let w: AdTensor<C> = cast(w.into_primitive().tensor());
+        let out = if w.is_tracked() {
+            // A weight being trained needs its own gradient: burn's product computes it.
+            Ad::<C>::float_matmul(x, Ad::<C>::float_transpose(w))
+        } else {
+            let out = forward(&x.primitive, &w.primitive);
+            match FrozenLinear.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(w.primitive, out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            }
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(cast(out)))
+    }
+
+    /// Backward of `x · wᵀ` for a frozen `w` (the state): `grad · w`.
+    #[derive(Debug)]
+    struct FrozenLinear;
+
+    impl Backward<Flex, 1> for FrozenLinear {
+        type State = FlexTensor;
+
+        fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let w = ops.state;
+            unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+                let (rows, out) = dims(&grad);
+                let inp = dims(&w).1;
+                let mut dx = vec![0f32; rows * inp];
+                // SAFETY: the views describe `grad` and `w` as their layouts say; `dx` is
+                // `[rows, inp]` row-major.
+                unsafe { product(rows, inp, out, dx.as_mut_ptr(), inp as isize, 1, view(&grad), view(&w)) };
+                tensor(dx, [rows, inp])
+            })
+        }
+    }
+
+    pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+        let [b, _, t, d] = x.dims();
+        let [cb, _, ct, cd] = cos.dims();
+        let f32s = [x.dtype(), cos.dtype(), sin.dtype()].iter().all(|&d| d == DType::F32);
+        if !f32s || cos.dims() != sin.dims() || (cb != b && cb != 1) || ct != t || cd != d || d % 2 != 0 {
+            return None;
+        }
+        let tables = |c: &Tensor<B, 4>, s: &Tensor<B, 4>| (c.clone().into_primitive().tensor(), s.clone().into_primitive().tensor());
+        let x = x.clone().into_primitive().tensor();
+        let out: B::FloatTensorPrimitive = if same::<B, Flex>() {
+            let (c, s) = tables(cos, sin);
+            cast(rope_forward(&cast(x), &cast(c), &cast(s)))
+        } else if same::<B, Ad<NoCheckpointing>>() {
+            cast(rope_tracked::<NoCheckpointing>(cast(x), tables(cos, sin))?)
+        } else if same::<B, Ad<BalancedCheckpointing>>() {
+            cast(rope_tracked::<BalancedCheckpointing>(cast(x), tables(cos, sin))?)
+        } else {
+            return None;
+        };
+        Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn rope_tracked<C: CheckpointStrategy>(
+        x: AdTensor<C>,
+        (cos, sin): (impl Any, impl Any),
+    ) -> Option<AdTensor<C>> {
+        let (cos, sin): (AdTensor<C>, AdTensor<C>) = (cast(cos), cast(sin));
+        if cos.is_tracked() || sin.is_tracked() {
+            return None;
+        }
+        let out = rope_forward(&x.primitive, &cos.primitive, &sin.primitive);
+        Some(match Rope.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((cos.primitive, sin.primitive), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        })
+    }
+
+    /// Backward of the rotary embedding: `g·cos + rotate_halfᵀ(g·sin)`, where `rotate_halfᵀ`
+    /// maps `[u, v]` to `[v, -u]`.
+    #[derive(Debug)]
+    struct Rope;
+
+    impl Backward<Flex, 1> for Rope {
+        type State = (FlexTensor, FlexTensor);
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (cos, sin) = ops.state;
+            unary::<Flex, _>(ops.parents, ops.node, grads, |g| {
+                rope_pass(&g, &cos, &sin, |g, c, s, i, h| {
+                    if i < h { g[i] * c[i] + g[i + h] * s[i + h] } else { g[i] * c[i] + -(g[i - h] * s[i - h]) }
+                })
+            })
+        }
+    }
+
+    fn rope_forward(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor) -> FlexTensor {
+        // As `x.mul(cos).add(cat([-x2, x1]).mul(sin))`, product by product.
+        rope_pass(x, cos, sin, |x, c, s, i, h| if i < h { x[i] * c[i] + -x[i + h] * s[i] } else { x[i] * c[i] + x[i - h] * s[i] })
+    }
+
+    /// Applies `f(row, cos_row, sin_row, i, half)` to every element of every head row of `x`
+    /// (any strides, logical `[b, heads, t, d]`), giving a contiguous `[b, heads, t, d]`.
+    fn rope_pass(
+        x: &FlexTensor,
+        cos: &FlexTensor,
+        sin: &FlexTensor,
+        f: impl Fn(&[f32], &[f32], &[f32], usize, usize) -> f32,
+    ) -> FlexTensor {
+        let shape = x.layout().shape();
+        let [b, heads, t, d] = [shape[0], shape[1], shape[2], shape[3]];
+        let strides = x.layout().strides();
+        let data: &[f32] = x.storage();
+        let (cos, sin) = (contiguous(cos), contiguous(sin));
+        let (cos, sin): (&[f32], &[f32]) = (cos.storage(), sin.storage());
+        let per_batch = if cos.len() == b * t * d { t * d } else { 0 };
+        let mut out = vec![0f32; b * heads * t * d];
+        let mut row = vec![0f32; d];
+        let mut dst = out.chunks_exact_mut(d);
+        for bi in 0..b {
+            for hi in 0..heads {
+                for ti in 0..t {
+                    let start = x.layout().start_offset() as isize
+                        + bi as isize * strides[0]
+                        + hi as isize * strides[1]
+                        + ti as isize * strides[2];
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = data[(start + i as isize * strides[3]) as usize];
+                    }
+                    let table = bi * per_batch + ti * d;
+                    let (c, s) = (&cos[table..table + d], &sin[table..table + d]);
+                    let line = dst.next().expect("one output row per input row");
+                    for (i, o) in line.iter_mut().enumerate() {
+                        *o = f(&row, c, s, i, d / 2);
+                    }
+                }
+            }
+        }
+        FlexTensor::from_data(TensorData::new(out, [b, heads, t, d]))
+    }
+
+    fn contiguous(t: &FlexTensor) -> FlexTensor {
+        if t.is_contiguous() && t.layout().start_offset() == 0 { t.clone() } else { t.clone().to_contiguous() }
+    }
+
+    /// `x · wᵀ` computed as `(w · xᵀ)ᵀ`.
+    fn forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
+        let (rows, inp) = dims(x);
+        let out = dims(w).0;
+        let mut t = vec![0f32; out * rows];
+        let (x, (x_rs, x_cs)) = view(x);
+        // SAFETY: `t` is `[out, rows]` row-major; xᵀ is x's buffer with its strides swapped.
+        unsafe { product(out, rows, inp, t.as_mut_ptr(), rows as isize, 1, view(w), (x, (x_cs, x_rs))) };
+        tensor(transpose(&t, out, rows), [rows, out])
+    }
+
+    fn dims(t: &FlexTensor) -> (usize, usize) {
+        let shape = t.layout().shape();
+        (shape[0], shape[1])
+    }
+
+    /// First element and (row, column) strides of a 2-d f32 tensor.
+    fn view(t: &FlexTensor) -> (*const f32, (isize, isize)) {
+        let strides = t.layout().strides();
+        let data: &[f32] = t.storage();
+        (data[t.layout().start_offset()..].as_ptr(), (strides[0], strides[1]))
+    }
+
+    fn tensor(values: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
+        // `TensorData::new` keeps the vector's allocation (no copy).
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
+
+    /// `dst[m, n] = a[m, k] · b[k, n]`, `dst` with row stride `dst_rs` and column stride `dst_cs`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        dst_rs: isize,
+        dst_cs: isize,
+        (a, (a_rs, a_cs)): (*const f32, (isize, isize)),
+        (b, (b_rs, b_cs)): (*const f32, (isize, isize)),
+    ) {
+        // `Rayon(0)` is the current pool's size: one thread inside a training micro-batch.
+        let parallelism =
+            if m * n * k >= PARALLEL_THRESHOLD { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+        unsafe {
+            gemm::gemm(m, n, k, dst, dst_cs, dst_rs, false, a, a_cs, a_rs, b, b_cs, b_rs, 0.0, 1.0, false, false, false, parallelism)
+        };
+    }
+
+    /// `[rows, cols]` row-major → `[cols, rows]` row-major. 16 × 16 blocks through a fixed-size
+    /// array (the compiler turns them into register shuffles), 64 × 64 tiles for the cache:
+    /// 0.6 ns an element for `[3072, 256]`, against 5.6 for plain tiles, whose stores stride by
+    /// a power of two and collide in the cache.
+    fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        const B: usize = 16;
+        const TILE: usize = 64;
+        let mut dst = vec![0f32; rows * cols];
+        let (rows_b, cols_b) = (rows / B * B, cols / B * B);
+        for r1 in (0..rows_b).step_by(TILE) {
+            for c1 in (0..cols_b).step_by(TILE) {
+                for r0 in (r1..(r1 + TILE).min(rows_b)).step_by(B) {
+                    for c0 in (c1..(c1 + TILE).min(cols_b)).step_by(B) {
+                        let mut block = [[0f32; B]; B];
+                        for (i, line) in block.iter_mut().enumerate() {
+                            line.copy_from_slice(&src[(r0 + i) * cols + c0..][..B]);
+                        }
+                        for j in 0..B {
+                            let out = &mut dst[(c0 + j) * rows + r0..][..B];
+                            for (o, line) in out.iter_mut().zip(&block) {
+                                *o = line[j];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The ragged right and bottom edges.
+        for r in 0..rows {
+            let from = if r < rows_b { cols_b } else { 0 };
+            for c in from..cols {
+                dst[c * rows + r] = src[r * cols + c];
+            }
+        }
+        dst
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use burn::tensor::backend::AutodiffBackend;
+        use burn::tensor::Distribution;
+
+        fn close<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) {
+            let (a, b) = (a.into_data().to_vec::<f32>().unwrap(), b.into_data().to_vec::<f32>().unwrap());
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+
+        /// Against burn's own `x.matmul(wᵀ)`: the product, the gradient reaching `x` (contiguous
+        /// and a transposed view), and a weight that is itself trained (burn's path, gradient too).
+        fn matches_burns_matmul<B: AutodiffBackend>() {
+            let device = Default::default();
+            let normal = Distribution::Normal(0.0, 1.0);
+            let w = Tensor::<B, 2>::random([56, 24], normal, &device);
+            let upstream = Tensor::<B, 2>::random([40, 56], normal, &device);
+            for x in [
+                Tensor::<B, 2>::random([40, 24], normal, &device),
+                Tensor::<B, 2>::random([24, 40], normal, &device).transpose(),
+            ] {
+                let x = x.require_grad();
+                let ours = linear(x.clone(), w.clone());
+                let theirs = x.clone().matmul(w.clone().transpose());
+                close(ours.clone().inner(), theirs.clone().inner());
+                let g_ours = x.grad(&ours.mul(upstream.clone()).sum().backward()).unwrap();
+                let g_theirs = x.grad(&theirs.mul(upstream.clone()).sum().backward()).unwrap();
+                close(g_ours, g_theirs);
+            }
+            let (x, w) = (Tensor::<B, 2>::random([40, 24], normal, &device), w.require_grad());
+            let grads = linear(x.clone(), w.clone()).mul(upstream.clone()).sum().backward();
+            let expected = upstream.transpose().matmul(x).inner();
+            close(w.grad(&grads).unwrap(), expected);
+        }
+
+        fn close4<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) {
+            let (a, b) = (a.into_data().to_vec::<f32>().unwrap(), b.into_data().to_vec::<f32>().unwrap());
+            assert_eq!(a, b, "not bit-identical");
+        }
+
+        /// HF's definition through burn's ops, as `model::apply_rope` computes it elsewhere.
+        fn reference<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+            let d = x.dims()[3];
+            let rotated = Tensor::cat(vec![x.clone().narrow(3, d / 2, d / 2).neg(), x.clone().narrow(3, 0, d / 2)], 3);
+            x.mul(cos).add(rotated.mul(sin))
+        }
+
+        /// Heads swapped to the front (a strided view, as attention makes it), tables shared by
+        /// the batch or one per row; the output and the gradient reaching `x` bit for bit.
+        fn rope_matches<B: AutodiffBackend>() {
+            let device = Default::default();
+            let normal = Distribution::Normal(0.0, 1.0);
+            for table_batch in [1, 3] {
+                let x = Tensor::<B, 4>::random([3, 5, 4, 8], normal, &device).require_grad();
+                let cos = Tensor::<B, 4>::random([table_batch, 1, 5, 8], normal, &device);
+                let sin = Tensor::<B, 4>::random([table_batch, 1, 5, 8], normal, &device);
+                let upstream = Tensor::<B, 4>::random([3, 4, 5, 8], normal, &device);
+                let ours = rope(&x.clone().swap_dims(1, 2), &cos, &sin).expect("flex, f32");
+                let theirs = reference(x.clone().swap_dims(1, 2), cos, sin);
+                close4(ours.clone().inner(), theirs.clone().inner());
+                let g_ours = x.grad(&ours.mul(upstream.clone()).sum().backward()).unwrap();
+                let g_theirs = x.grad(&theirs.mul(upstream).sum().backward()).unwrap();
+                close4(g_ours, g_theirs);
+            }
+        }
+
+        #[test]
+        fn rope_equals_hfs_formula_through_burns_ops() {
+            rope_matches::<Autodiff<Flex>>();
+            rope_matches::<Autodiff<Flex, BalancedCheckpointing>>();
+            let device = Default::default();
+            let x = Tensor::<Flex, 4>::random([2, 3, 4, 6], Distribution::Default, &device);
+            let cos = Tensor::<Flex, 4>::random([2, 1, 4, 6], Distribution::Default, &device);
+            let sin = Tensor::<Flex, 4>::random([2, 1, 4, 6], Distribution::Default, &device);
+            close4(rope(&x, &cos, &sin).unwrap(), reference(x, cos, sin));
+        }
+
+        #[test]
+        fn linear_equals_burns_matmul_with_and_without_autodiff() {
+            matches_burns_matmul::<Autodiff<Flex>>();
+            matches_burns_matmul::<Autodiff<Flex, BalancedCheckpointing>>();
+            let device = Default::default();
+            let x = Tensor::<Flex, 2>::random([33, 24], Distribution::Default, &device);
+            let w = Tensor::<Flex, 2>::random([70, 24], Distribution::Default, &device);
+            close(linear(x.clone(), w.clone()), x.matmul(w.transpose()));
+            assert!(is_cpu::<Flex>() && is_cpu::<Autodiff<Flex>>());
+        }
+
+        #[test]
+        fn transpose_covers_blocks_tiles_and_ragged_edges() {
+            for (rows, cols) in [(37, 70), (130, 16), (16, 130), (5, 3), (64, 64)] {
+                let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+                let dst = transpose(&src, rows, cols);
+                for r in 0..rows {
+                    for c in 0..cols {
+                        assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows}x{cols} at {r},{c}");
+                    }
+                }
+            }
+        }
+    }
+}
