@@ -1,4 +1,4 @@
-//! Two things burn's CPU backend (flex) does slowly for tiqu's shapes, done directly on its
+//! What burn's CPU backend (flex) does slowly for tiqu's shapes, done directly on its
 //! buffers; every other backend takes burn's generic ops.
 //!
 //! - `x · wᵀ` for a projection weight `w` `[out, in]` (the checkpoint's layout). flex hands the
