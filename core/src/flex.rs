@@ -38,6 +38,20 @@ pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>
     imp::rope(x, cos, sin)
 }
 
+/// `cache[:, :, start..start + t, :] = value` for a KV cache `[batch, heads, capacity, head_dim]`
+/// and `value` `[batch, heads, t, head_dim]`. flex's `slice_assign` copies the whole cache on
+/// every call (it keeps a second handle on the buffer while writing, so its copy-on-write always
+/// copies: 28 % of a batch-32 extraction); on flex the rows are written in place when nothing else
+/// holds the buffer.
+pub fn assign_rows<B: Backend>(cache: Tensor<B, 4>, start: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
+    imp::assign_rows(cache, start, value)
+}
+
+fn slice_assign_rows<B: Backend>(cache: Tensor<B, 4>, start: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, t, d] = value.dims();
+    cache.slice_assign([0..b, 0..h, start..start + t, 0..d], value)
+}
+
 #[cfg(not(all(feature = "flex", not(target_arch = "wasm32"))))]
 mod imp {
     use burn::prelude::*;
@@ -52,6 +66,10 @@ mod imp {
 
     pub fn rope<B: Backend>(_: &Tensor<B, 4>, _: &Tensor<B, 4>, _: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
         None
+    }
+
+    pub fn assign_rows<B: Backend>(cache: Tensor<B, 4>, start: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
+        super::slice_assign_rows(cache, start, value)
     }
 }
 
@@ -248,6 +266,40 @@ mod imp {
         if t.is_contiguous() && t.layout().start_offset() == 0 { t.clone() } else { t.clone().to_contiguous() }
     }
 
+    pub fn assign_rows<B: Backend>(cache: Tensor<B, 4>, start: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
+        if !same::<B, Flex>() || cache.dtype() != value.dtype() {
+            return super::slice_assign_rows(cache, start, value);
+        }
+        let mut c: FlexTensor = cast(cache.into_primitive().tensor());
+        let v = contiguous(&cast(value.into_primitive().tensor()));
+        let written = match c.dtype() {
+            DType::F32 => write_rows::<f32>(&mut c, &v, start),
+            DType::F16 => write_rows::<half::f16>(&mut c, &v, start),
+            DType::BF16 => write_rows::<half::bf16>(&mut c, &v, start),
+            _ => false,
+        };
+        let back = |t: FlexTensor| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(cast(t)));
+        if written { back(c) } else { super::slice_assign_rows(back(c), start, back(v)) }
+    }
+
+    /// Copies contiguous `value` rows into `cache` if its buffer is its own; false otherwise.
+    fn write_rows<E: burn::tensor::Element + bytemuck::Pod>(cache: &mut FlexTensor, value: &FlexTensor, start: usize) -> bool {
+        let (cs, vs) = (cache.layout().shape(), value.layout().shape());
+        let [b, h, cap, d] = [cs[0], cs[1], cs[2], cs[3]];
+        let t = vs[2];
+        let fits = [vs[0], vs[1], vs[3]] == [b, h, d] && start + t <= cap;
+        if !fits || !cache.is_contiguous() || cache.layout().start_offset() != 0 {
+            return false;
+        }
+        let src: &[E] = value.storage();
+        let Some(dst) = cache.try_storage_mut::<E>() else { return false };
+        for (i, rows) in src.chunks_exact(t * d).enumerate() {
+            let at = (i * cap + start) * d;
+            dst[at..at + t * d].copy_from_slice(rows);
+        }
+        true
+    }
+
     /// `x · wᵀ` computed as `(w · xᵀ)ᵀ`.
     fn forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
         let (rows, inp) = dims(x);
@@ -412,6 +464,32 @@ mod imp {
             let cos = Tensor::<Flex, 4>::random([2, 1, 4, 6], Distribution::Default, &device);
             let sin = Tensor::<Flex, 4>::random([2, 1, 4, 6], Distribution::Default, &device);
             close4(rope(&x, &cos, &sin).unwrap(), reference(x, cos, sin));
+        }
+
+        fn buffer(t: &Tensor<Flex, 4>) -> *const f32 {
+            let t: FlexTensor = t.clone().into_primitive().tensor();
+            t.storage::<f32>().as_ptr()
+        }
+
+        /// The rows land where `slice_assign` puts them; in place when the cache's buffer is its
+        /// own, and a handle kept elsewhere still sees the old contents (copy-on-write).
+        #[test]
+        fn assign_rows_writes_in_place_only_when_the_buffer_is_unshared() {
+            let device = Default::default();
+            let cache = Tensor::<Flex, 4>::random([2, 3, 10, 4], Distribution::Default, &device);
+            let value = Tensor::<Flex, 4>::random([2, 3, 4, 4], Distribution::Default, &device);
+            let expected = cache.clone().slice_assign([0..2, 0..3, 5..9, 0..4], value.clone());
+            let original = Tensor::<Flex, 4>::from_data(cache.to_data(), &device);
+            let kept = cache.clone();
+            let shared = assign_rows(cache, 5, value.clone());
+            close4(shared.clone(), expected.clone());
+            close4(kept.clone(), original);
+            assert_ne!(buffer(&kept), buffer(&shared), "a shared buffer must not be written");
+            drop(kept);
+            let before = buffer(&shared);
+            let again = assign_rows(shared, 1, value.clone());
+            assert_eq!(buffer(&again), before, "an unshared buffer is written in place");
+            close4(again, expected.slice_assign([0..2, 0..3, 1..5, 0..4], value));
         }
 
         #[test]

@@ -349,8 +349,8 @@ impl<B: Backend> LayerCache<B> {
         let dummy = || Tensor::<B, 4>::empty([0, 0, 0, 0], &k.device());
         let cache_k = std::mem::replace(&mut self.k, dummy());
         let cache_v = std::mem::replace(&mut self.v, dummy());
-        self.k = cache_k.slice_assign([0..b, 0..kvh, self.len..end, 0..d], k);
-        self.v = cache_v.slice_assign([0..b, 0..kvh, self.len..end, 0..d], v);
+        self.k = crate::flex::assign_rows(cache_k, self.len, k);
+        self.v = crate::flex::assign_rows(cache_v, self.len, v);
         self.len = end;
         (self.k.clone().slice([0..b, 0..kvh, 0..end, 0..d]), self.v.clone().slice([0..b, 0..kvh, 0..end, 0..d]))
     }
