@@ -234,7 +234,7 @@ impl<B: Backend> Lora<B> {
         };
         // The scaling goes on the `[n, r]` product instead of PEFT's `[n, out]` result: a pass
         // over r = 8 columns instead of thousands, and the same numbers when it is a power of
-        // two (the recipe's 32 / 8 = 4), as scaling by one is exact.
+        // two (the recipe's 32 / 8 = 4), since multiplying by a power of two is exact.
         x.matmul(self.lora_A.val().transpose()).mul_scalar(self.scaling).matmul(self.lora_B.val().transpose())
     }
 }
