@@ -234,9 +234,10 @@ mod imp {
         let [b, heads, t, d] = [shape[0], shape[1], shape[2], shape[3]];
         let strides = x.layout().strides();
         let data: &[f32] = x.storage();
-        let (cos, sin) = (contiguous(cos), contiguous(sin));
+        // Tables shared by the batch (`[1, 1, t, d]`) repeat for every row of it.
+        let per_batch = if cos.layout().shape()[0] == b { t * d } else { 0 };
+        let (cos, sin) = (cos.to_contiguous(), sin.to_contiguous());
         let (cos, sin): (&[f32], &[f32]) = (cos.storage(), sin.storage());
-        let per_batch = if cos.len() == b * t * d { t * d } else { 0 };
         let mut out = vec![0f32; b * heads * t * d];
         let mut row = vec![0f32; d];
         let mut dst = out.chunks_exact_mut(d);
@@ -262,16 +263,13 @@ mod imp {
         FlexTensor::from_data(TensorData::new(out, [b, heads, t, d]))
     }
 
-    fn contiguous(t: &FlexTensor) -> FlexTensor {
-        if t.is_contiguous() && t.layout().start_offset() == 0 { t.clone() } else { t.clone().to_contiguous() }
-    }
-
     pub fn assign_rows<B: Backend>(cache: Tensor<B, 4>, start: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
         if !same::<B, Flex>() || cache.dtype() != value.dtype() {
             return super::slice_assign_rows(cache, start, value);
         }
         let mut c: FlexTensor = cast(cache.into_primitive().tensor());
-        let v = contiguous(&cast(value.into_primitive().tensor()));
+        // flex's `to_contiguous` copies unless the tensor covers its whole buffer in order.
+        let v = cast::<_, FlexTensor>(value.into_primitive().tensor()).to_contiguous();
         let written = match c.dtype() {
             DType::F32 => write_rows::<f32>(&mut c, &v, start),
             DType::F16 => write_rows::<half::f16>(&mut c, &v, start),
