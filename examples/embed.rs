@@ -5,16 +5,20 @@
 use std::path::PathBuf;
 
 use burn::backend::Flex;
-use tiqu_core::{Constrain, ExtractOptions, Extractor, Schema};
+use tiqu_core::files::Folder;
+use tiqu_core::{Checkpoint, Constrain, ExtractOptions, Files, LoadOptions, Schema};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let model = PathBuf::from(args.next().unwrap_or_else(|| "tests/fixtures/tiny-untied".into()));
-    let adapter = args.next().map(PathBuf::from);
+    let adapter = args.next().map(Folder::new);
 
-    let mut extractor = Extractor::<Flex>::load(&model, adapter.as_deref(), &Default::default())?;
-    extractor.schema = Schema::default(); // name, address, email, question
-    extractor.options = ExtractOptions { constrain: Constrain::Copy, max_new_tokens: 128, batch: 16 };
+    let opts = LoadOptions { adapter: adapter.as_ref().map(|a| a as &dyn Files), ..Default::default() };
+    let loaded = Checkpoint::open_dir(&model)?.load::<Flex>(&opts, &Default::default())?;
+    // The schema and options are fixed when the extractor is built: prompt, grammar and
+    // vocabulary table always agree.
+    let options = ExtractOptions { constrain: Constrain::Copy, max_new_tokens: 128, batch: 16 };
+    let extractor = loaded.into_extractor(Schema::default(), options)?; // name, address, email, question
 
     let complaints = [
         "龙琳，宁夏回族自治区璐市城东林街g座 955491，邮箱 nafan@example.com。小区垃圾堆积成山，物业不管。",

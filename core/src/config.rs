@@ -213,36 +213,6 @@ pub fn generation_eos(bytes: &[u8], source: &str) -> Result<Option<Vec<u32>>> {
     Ok(value.get("eos_token_id").map(token_ids).filter(|ids| !ids.is_empty()))
 }
 
-impl Qwen3Config {
-    /// Every checkpoint tensor of this config, as transformers names and shapes it.
-    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let (h, d, i) = (self.hidden_size, self.head_dim, self.intermediate_size);
-        let (q, kv) = (self.num_attention_heads * d, self.num_key_value_heads * d);
-        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
-        for l in 0..self.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            out.extend([
-                (format!("{p}.self_attn.q_proj.weight"), vec![q, h]),
-                (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
-                (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
-                (format!("{p}.self_attn.o_proj.weight"), vec![h, q]),
-                (format!("{p}.self_attn.q_norm.weight"), vec![d]),
-                (format!("{p}.self_attn.k_norm.weight"), vec![d]),
-                (format!("{p}.mlp.gate_proj.weight"), vec![i, h]),
-                (format!("{p}.mlp.up_proj.weight"), vec![i, h]),
-                (format!("{p}.mlp.down_proj.weight"), vec![h, i]),
-                (format!("{p}.input_layernorm.weight"), vec![h]),
-                (format!("{p}.post_attention_layernorm.weight"), vec![h]),
-            ]);
-        }
-        out.push(("model.norm.weight".to_string(), vec![h]));
-        if !self.tie_word_embeddings {
-            out.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

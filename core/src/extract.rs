@@ -103,16 +103,13 @@ impl<B: Backend> Extractor<B> {
     /// Loads a checkpoint folder (and optionally a LoRA adapter folder) with the default schema.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(model: &std::path::Path, adapter: Option<&std::path::Path>, device: &B::Device) -> Result<Self> {
-        use crate::folder;
-        let config = folder::load_config(model)?;
-        let mut m = Qwen3ForCausalLM::load(&config, &mut folder::open_weights(model)?, device)?;
-        if let Some(dir) = adapter {
-            let (lora, mut weights) = folder::open_adapter(dir)?;
-            m.load_adapter(&lora, &mut weights, &dir.display().to_string())?;
-        }
-        let tokenizer = folder::load_tokenizer(model, None)?;
-        let eos = folder::load_eos(model, &config)?;
-        Ok(Self::new(m, tokenizer, eos, Schema::default(), ExtractOptions::default()))
+        let adapter = adapter.map(crate::files::Folder::new);
+        let opts = crate::LoadOptions { adapter: adapter.as_ref().map(|a| a as &dyn crate::files::Files), ..Default::default() };
+        crate::checkpoint::Checkpoint::open_dir(model)?.load(&opts, device)?.into_extractor(Schema::default(), ExtractOptions::default())
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
     }
 
     pub fn extract(&self, text: &str) -> Result<Fields> {
@@ -373,6 +370,14 @@ impl<B: Backend> Extractor<B> {
         }
         row.constrain_s += elapsed_s(started);
         Ok(chunk)
+    }
+}
+
+impl<B: Backend> crate::checkpoint::Loaded<B> {
+    /// An extractor over the loaded model (which needs an eos token).
+    pub fn into_extractor(self, schema: Schema, options: ExtractOptions) -> Result<Extractor<B>> {
+        self.require_eos()?;
+        Ok(Extractor::new(self.model, self.tokenizer, self.eos_token_ids, schema, options))
     }
 }
 

@@ -111,10 +111,13 @@ mod imp {
     }
 
     pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
-        let fits = x.dims()[0] >= MIN_ROWS && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+        // Shapes that do not fit go to burn's product, which reports them.
+        let fits = x.dims()[0] >= MIN_ROWS && x.dims()[1] == w.dims()[1] && x.dtype() == DType::F32 && w.dtype() == DType::F32;
         if fits && same::<B, Flex>() {
-            let out = forward(&cast(x.into_primitive().tensor()), &cast(w.into_primitive().tensor()));
-            return Tensor::from_primitive(TensorPrimitive::Float(cast(out)));
+            let (xp, wp): (FlexTensor, FlexTensor) = (cast(x.clone().into_primitive().tensor()), cast(w.clone().into_primitive().tensor()));
+            if let Some(out) = forward(&xp, &wp) {
+                return Tensor::from_primitive(TensorPrimitive::Float(cast(out)));
+            }
         }
         if fits && same::<B, Ad<NoCheckpointing>>() {
             return tracked::<B, NoCheckpointing>(x, w);
@@ -128,15 +131,15 @@ mod imp {
     fn tracked<B: Backend, C: CheckpointStrategy>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
         let x: AdTensor<C> = cast(x.into_primitive().tensor());
         let w: AdTensor<C> = cast(w.into_primitive().tensor());
-        let out = if w.is_tracked() {
-            // A weight being trained needs its own gradient: burn's product computes it.
-            Ad::<C>::float_matmul(x, Ad::<C>::float_transpose(w))
-        } else {
-            let out = forward(&x.primitive, &w.primitive);
-            match FrozenLinear.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+        let fast = if w.is_tracked() { None } else { forward(&x.primitive, &w.primitive) };
+        let out = match fast {
+            Some(out) => match FrozenLinear.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => prep.finish(w.primitive, out),
                 OpsKind::UnTracked(prep) => prep.finish(out),
-            }
+            },
+            // A weight being trained needs its own gradient, and a layout the fast path does not
+            // take stays with burn: its product computes both.
+            None => Ad::<C>::float_matmul(x, Ad::<C>::float_transpose(w)),
         };
         Tensor::from_primitive(TensorPrimitive::Float(cast(out)))
     }
@@ -152,12 +155,17 @@ mod imp {
             let w = ops.state;
             unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
                 let (rows, out) = dims(&grad);
-                let inp = dims(&w).1;
-                let mut dx = vec![0f32; rows * inp];
-                // SAFETY: the views describe `grad` and `w` as their layouts say; `dx` is
-                // `[rows, inp]` row-major.
-                unsafe { product(rows, inp, out, dx.as_mut_ptr(), inp as isize, 1, view(&grad), view(&w)) };
-                tensor(dx, [rows, inp])
+                let (w_out, inp) = dims(&w);
+                match (view(&grad), view(&w)) {
+                    (Some(g), Some(wv)) if w_out == out => {
+                        let mut dx = vec![0f32; rows * inp];
+                        // SAFETY: `view` checked that every element the views address lies in
+                        // its buffer; `dx` is `[rows, inp]` row-major; the inner sizes agree.
+                        unsafe { product(rows, inp, out, dx.as_mut_ptr(), inp as isize, 1, g, wv) };
+                        tensor(dx, [rows, inp])
+                    }
+                    _ => Flex::float_matmul(grad, w),
+                }
             })
         }
     }
@@ -173,7 +181,11 @@ mod imp {
         let x = x.clone().into_primitive().tensor();
         let out: B::FloatTensorPrimitive = if same::<B, Flex>() {
             let (c, s) = tables(cos, sin);
-            cast(rope_forward(&cast(x), &cast(c), &cast(s)))
+            let x: FlexTensor = cast(x);
+            if !readable(&x) {
+                return None;
+            }
+            cast(rope_forward(&x, &cast(c), &cast(s)))
         } else if same::<B, Ad<NoCheckpointing>>() {
             cast(rope_tracked::<NoCheckpointing>(cast(x), tables(cos, sin))?)
         } else if same::<B, Ad<BalancedCheckpointing>>() {
@@ -189,7 +201,7 @@ mod imp {
         (cos, sin): (impl Any, impl Any),
     ) -> Option<AdTensor<C>> {
         let (cos, sin): (AdTensor<C>, AdTensor<C>) = (cast(cos), cast(sin));
-        if cos.is_tracked() || sin.is_tracked() {
+        if cos.is_tracked() || sin.is_tracked() || !readable(&x.primitive) {
             return None;
         }
         let out = rope_forward(&x.primitive, &cos.primitive, &sin.primitive);
@@ -210,11 +222,27 @@ mod imp {
         fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
             let (cos, sin) = ops.state;
             unary::<Flex, _>(ops.parents, ops.node, grads, |g| {
+                let g = if readable(&g) { g } else { g.to_contiguous() };
                 rope_pass(&g, &cos, &sin, |g, c, s, i, h| {
                     if i < h { g[i] * c[i] + g[i + h] * s[i + h] } else { g[i] * c[i] + -(g[i - h] * s[i - h]) }
                 })
             })
         }
+    }
+
+    /// Whether the one-pass rotary embedding can read `x`: four dimensions, no negative stride,
+    /// every addressed element inside the buffer (anything else takes burn's ops).
+    fn readable(x: &FlexTensor) -> bool {
+        let layout = x.layout();
+        let (shape, strides) = (layout.shape(), layout.strides());
+        if shape.len() != 4 || strides.len() != 4 || x.dtype() != DType::F32 || strides.iter().any(|&s| s < 0) {
+            return false;
+        }
+        if shape.contains(&0) {
+            return true;
+        }
+        let reach = shape.iter().zip(strides).try_fold(layout.start_offset(), |acc, (&n, &s)| acc.checked_add((n - 1).checked_mul(s as usize)?));
+        reach.is_some_and(|last| last < x.storage::<f32>().len())
     }
 
     fn rope_forward(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor) -> FlexTensor {
@@ -298,27 +326,48 @@ mod imp {
         true
     }
 
-    /// `x · wᵀ` computed as `(w · xᵀ)ᵀ`.
-    fn forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
+    /// `x · wᵀ` computed as `(w · xᵀ)ᵀ`; `None` for shapes or layouts this path does not take.
+    fn forward(x: &FlexTensor, w: &FlexTensor) -> Option<FlexTensor> {
         let (rows, inp) = dims(x);
-        let out = dims(w).0;
+        let (out, w_inp) = dims(w);
+        if w_inp != inp {
+            return None;
+        }
+        let (xv, (x_rs, x_cs)) = view(x)?;
+        let wv = view(w)?;
         let mut t = vec![0f32; out * rows];
-        let (x, (x_rs, x_cs)) = view(x);
-        // SAFETY: `t` is `[out, rows]` row-major; xᵀ is x's buffer with its strides swapped.
-        unsafe { product(out, rows, inp, t.as_mut_ptr(), rows as isize, 1, view(w), (x, (x_cs, x_rs))) };
-        tensor(transpose(&t, out, rows), [rows, out])
+        // SAFETY: `view` checked that every element the views address lies in its buffer; `t` is
+        // `[out, rows]` row-major; xᵀ is x's buffer with its strides swapped; inner sizes agree.
+        unsafe { product(out, rows, inp, t.as_mut_ptr(), rows as isize, 1, wv, (xv, (x_cs, x_rs))) };
+        Some(tensor(transpose(&t, out, rows), [rows, out]))
     }
 
     fn dims(t: &FlexTensor) -> (usize, usize) {
         let shape = t.layout().shape();
-        (shape[0], shape[1])
+        (shape.first().copied().unwrap_or(0), shape.get(1).copied().unwrap_or(0))
     }
 
-    /// First element and (row, column) strides of a 2-d f32 tensor.
-    fn view(t: &FlexTensor) -> (*const f32, (isize, isize)) {
-        let strides = t.layout().strides();
+    /// First element and (row, column) strides of a 2-d f32 tensor, for gemm: only when its
+    /// strides are not negative and every element it addresses lies inside its buffer, so that no
+    /// arguments can make the product read past it. `None` sends the caller to burn's ops.
+    fn view(t: &FlexTensor) -> Option<(*const f32, (isize, isize))> {
+        let layout = t.layout();
+        let (shape, strides) = (layout.shape(), layout.strides());
+        if shape.len() != 2 || strides.len() != 2 || t.dtype() != DType::F32 || strides.iter().any(|&s| s < 0) {
+            return None;
+        }
         let data: &[f32] = t.storage();
-        (data[t.layout().start_offset()..].as_ptr(), (strides[0], strides[1]))
+        let start = layout.start_offset();
+        if shape[0] > 0 && shape[1] > 0 {
+            let reach = |n: usize, s: isize| (n - 1).checked_mul(s as usize);
+            let last = start.checked_add(reach(shape[0], strides[0])?)?.checked_add(reach(shape[1], strides[1])?)?;
+            if last >= data.len() {
+                return None;
+            }
+        } else if start > data.len() {
+            return None;
+        }
+        Some((data[start..].as_ptr(), (strides[0], strides[1])))
     }
 
     fn tensor(values: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
@@ -388,6 +437,24 @@ mod imp {
         use super::*;
         use burn::tensor::backend::AutodiffBackend;
         use burn::tensor::Distribution;
+
+        #[test]
+        fn views_the_fast_path_cannot_read_safely_take_burns_product() {
+            let device = Default::default();
+            let normal = Distribution::Normal(0.0, 1.0);
+            let w = Tensor::<Flex, 2>::random([24, 8], normal, &device);
+            let x = Tensor::<Flex, 2>::random([32, 8], normal, &device);
+            // Reversed rows and columns (negative strides in flex), and a narrowed view.
+            for x in [x.clone().flip([0, 1]), x.clone().narrow(1, 0, 8), x.clone().slice([4..24, 0..8])] {
+                close(linear(x.clone(), w.clone()), x.clone().matmul(w.clone().transpose()));
+            }
+            let flipped_w = w.clone().flip([1]);
+            close(linear(x.clone(), flipped_w.clone()), x.clone().matmul(flipped_w.transpose()));
+            // Inner sizes that disagree never reach gemm: burn's product refuses them.
+            let wrong = Tensor::<Flex, 2>::random([24, 5], normal, &device);
+            let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| linear(x.clone(), wrong.clone()).into_data()));
+            assert!(refused.is_err());
+        }
 
         fn close<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) {
             let (a, b) = (a.into_data().to_vec::<f32>().unwrap(), b.into_data().to_vec::<f32>().unwrap());

@@ -3,21 +3,31 @@
 //! natively and in wasm32: files come in as bytes or readers.
 
 pub mod chat;
+mod clock;
+pub mod checkpoint;
 pub mod config;
 pub mod constrain;
+pub mod dtype;
 pub mod error;
+pub mod eval;
 pub mod extract;
+pub mod files;
 pub mod flex;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod folder;
 pub mod generate;
+pub mod kv_cache;
+pub mod layout;
+pub mod linear;
+pub mod load;
 pub mod lora;
 pub mod loss;
 pub mod merge;
 pub mod model;
-mod read;
 pub mod params;
+pub mod positions;
 pub mod quantize;
+mod read;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod run;
 pub mod schema;
 pub mod score;
 pub mod sft;
@@ -31,7 +41,13 @@ pub use chat::{chat_prompt, Message};
 pub use config::Qwen3Config;
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generated, Sampling};
-pub use model::{KvCache, LoadOptions, Qwen3ForCausalLM};
+pub use checkpoint::{Adapter, Checkpoint, Loaded};
+pub use files::{Files, MemoryFiles};
+#[cfg(not(target_arch = "wasm32"))]
+pub use files::Folder;
+pub use kv_cache::KvCache;
+pub use load::{LoadOptions, RandomWeights};
+pub use model::Qwen3ForCausalLM;
 pub use tokenizer::Tokenizer;
 pub use weights::{RandomInit, SafetensorsFile, WeightSource};
 pub use constrain::Constrain;

@@ -8,12 +8,15 @@ use std::collections::BTreeMap;
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorData};
+use burn::tensor::TensorData;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::{Linear, Qwen3ForCausalLM};
+use crate::layout::{Projection, PROJECTIONS};
+pub use crate::linear::{keep_mask, mix, Lora};
+use crate::linear::Linear;
+use crate::model::Qwen3ForCausalLM;
 use crate::weights::SafetensorsFile;
 use crate::{Error, Result};
 
@@ -21,10 +24,19 @@ use crate::{Error, Result};
 pub type AdapterTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// The projections LoRA can target, in the order PEFT lists a Qwen3 layer's modules.
-pub const TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const TARGETS: [&str; 7] = {
+    let mut names = [""; 7];
+    let mut i = 0;
+    while i < 7 {
+        names[i] = PROJECTIONS[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// The LoRA hyper-parameters (PEFT's `LoraConfig` fields that tiqu honours).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LoraConfig {
     pub r: usize,
     pub lora_alpha: f64,
@@ -80,21 +92,10 @@ impl LoraConfig {
 
     /// LoRA parameters this config adds to a model of shape `model` (no weights needed).
     pub fn trainable_params(&self, model: &crate::Qwen3Config) -> usize {
-        let (h, q, kv, i) = (
-            model.hidden_size,
-            model.num_attention_heads * model.head_dim,
-            model.num_key_value_heads * model.head_dim,
-            model.intermediate_size,
-        );
-        let per_layer: usize = self
-            .target_modules
+        let per_layer: usize = PROJECTIONS
             .iter()
-            .map(|t| match t.as_str() {
-                "q_proj" => h + q,
-                "k_proj" | "v_proj" => h + kv,
-                "o_proj" => q + h,
-                _ => h + i,
-            })
+            .filter(|p| self.target_modules.iter().any(|t| t == p.name()))
+            .map(|p| p.shape(model).iter().sum::<usize>())
             .sum();
         self.r * per_layer * model.num_hidden_layers
     }
@@ -171,74 +172,6 @@ impl LoraConfig {
     }
 }
 
-/// One LoRA pair on a projection: `lora_A` `[r, in]`, `lora_B` `[out, r]`.
-#[derive(Module, Debug)]
-#[allow(non_snake_case)]
-pub struct Lora<B: Backend> {
-    pub lora_A: Param<Tensor<B, 2>>,
-    pub lora_B: Param<Tensor<B, 2>>,
-    pub scaling: f64,
-    pub dropout: f64,
-    /// Distinguishes this module's dropout masks from every other module's.
-    pub tag: u64,
-}
-
-static DROPOUT_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Mixes a seed with a tag (splitmix64), so masks are a pure function of (seed, step, module):
-/// reproducible, and a resumed run draws exactly the masks the uninterrupted one would have.
-pub fn mix(seed: u64, tag: u64) -> u64 {
-    let mut z = seed ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// `n` dropout multipliers as torch makes them: `1/keep` with probability `keep`, else 0. Two
-/// per 64-bit draw of a counter-based splitmix64 stream keyed by `seed`. On the CPU this replaces
-/// burn's per-element ChaCha draws, which were 8 % of a LoRA training step (BENCHMARKS.md).
-pub fn keep_mask(n: usize, keep: f64, seed: u64) -> Vec<f32> {
-    let threshold = (keep * 4_294_967_296.0) as u64;
-    let scale = (1.0 / keep) as f32;
-    let pick = |bits: u64| if bits < threshold { scale } else { 0.0 };
-    let mut out = vec![0f32; n.next_multiple_of(2)];
-    for (i, pair) in (0u64..).zip(out.chunks_exact_mut(2)) {
-        let z = mix(seed, i);
-        pair[0] = pick(z & 0xFFFF_FFFF);
-        pair[1] = pick(z >> 32);
-    }
-    out.truncate(n);
-    out
-}
-
-impl<B: Backend> Lora<B> {
-    /// `scaling · B(A(dropout(x)))` for rows `x` `[n, in]`; dropout only when `dropout_seed` is set.
-    pub fn forward(&self, x: Tensor<B, 2>, dropout_seed: Option<u64>) -> Tensor<B, 2> {
-        let x = match dropout_seed {
-            Some(seed) if self.dropout > 0.0 => {
-                let device = x.device();
-                let keep = 1.0 - self.dropout;
-                let seed = mix(seed, self.tag);
-                let mask = if crate::flex::is_cpu::<B>() {
-                    Tensor::from_data(TensorData::new(keep_mask(x.dims().iter().product(), keep, seed), x.dims()), &device)
-                } else {
-                    // Backends keep one RNG per process: seeding and drawing must not interleave
-                    // with another training thread's (micro-batches and devices run concurrently).
-                    let _one_at_a_time = DROPOUT_RNG.lock().unwrap_or_else(|e| e.into_inner());
-                    B::seed(&device, seed);
-                    Tensor::<B, 2>::random(x.dims(), Distribution::Bernoulli(keep), &device).div_scalar(keep)
-                };
-                x.mul(mask)
-            }
-            _ => x,
-        };
-        // The scaling goes on the `[n, r]` product instead of PEFT's `[n, out]` result: a pass
-        // over r = 8 columns instead of thousands, and the same numbers when it is a power of
-        // two (the recipe's 32 / 8 = 4), since multiplying by a power of two is exact.
-        x.matmul(self.lora_A.val().transpose()).mul_scalar(self.scaling).matmul(self.lora_B.val().transpose())
-    }
-}
-
 /// Fresh LoRA weights as PEFT initialises them: A like `nn.Linear` (kaiming-uniform with a=√5,
 /// i.e. U(±1/√in)), B zeros.
 pub fn init_lora<B: Backend>(inp: usize, out: usize, cfg: &LoraConfig, rng: &mut StdRng, tag: u64, device: &B::Device) -> Lora<B> {
@@ -253,53 +186,34 @@ pub fn init_lora<B: Backend>(inp: usize, out: usize, cfg: &LoraConfig, rng: &mut
     }
 }
 
-/// Module path of projection `name` in layer `layer`, as the checkpoint names it.
-pub fn module_path(layer: usize, name: &str) -> String {
-    let block = if matches!(name, "gate_proj" | "up_proj" | "down_proj") { "mlp" } else { "self_attn" };
-    format!("model.layers.{layer}.{block}.{name}")
-}
-
 /// PEFT's saved key for a LoRA weight (`which` is "lora_A" or "lora_B").
-pub fn peft_key(layer: usize, name: &str, which: &str) -> String {
-    format!("base_model.model.{}.{which}.weight", module_path(layer, name))
+pub fn peft_key(layer: usize, p: Projection, which: &str) -> String {
+    format!("base_model.model.{}.{which}.weight", p.path(layer))
 }
 
 impl<B: Backend> Qwen3ForCausalLM<B> {
-    /// Every projection of every layer, with its layer index and name.
-    pub fn projections_mut(&mut self) -> Vec<(usize, &'static str, &mut Linear<B>)> {
+    /// Every projection of every layer, with its layer index, in checkpoint order.
+    pub fn projections_mut(&mut self) -> Vec<(usize, Projection, &mut Linear<B>)> {
         let mut out = Vec::new();
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
             let a = &mut layer.self_attn;
             let m = &mut layer.mlp;
+            // Field borrows, not `projection_mut`, so that all seven can be held at once.
             out.extend([
-                (i, "q_proj", &mut a.q_proj),
-                (i, "k_proj", &mut a.k_proj),
-                (i, "v_proj", &mut a.v_proj),
-                (i, "o_proj", &mut a.o_proj),
-                (i, "gate_proj", &mut m.gate_proj),
-                (i, "up_proj", &mut m.up_proj),
-                (i, "down_proj", &mut m.down_proj),
+                (i, Projection::Q, &mut a.q_proj),
+                (i, Projection::K, &mut a.k_proj),
+                (i, Projection::V, &mut a.v_proj),
+                (i, Projection::O, &mut a.o_proj),
+                (i, Projection::Gate, &mut m.gate_proj),
+                (i, Projection::Up, &mut m.up_proj),
+                (i, Projection::Down, &mut m.down_proj),
             ]);
         }
         out
     }
 
-    pub fn projections(&self) -> Vec<(usize, &'static str, &Linear<B>)> {
-        let mut out = Vec::new();
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            let a = &layer.self_attn;
-            let m = &layer.mlp;
-            out.extend([
-                (i, "q_proj", &a.q_proj),
-                (i, "k_proj", &a.k_proj),
-                (i, "v_proj", &a.v_proj),
-                (i, "o_proj", &a.o_proj),
-                (i, "gate_proj", &m.gate_proj),
-                (i, "up_proj", &m.up_proj),
-                (i, "down_proj", &m.down_proj),
-            ]);
-        }
-        out
+    pub fn projections(&self) -> Vec<(usize, Projection, &Linear<B>)> {
+        self.model.layers.iter().enumerate().flat_map(|(i, l)| PROJECTIONS.map(|p| (i, p, l.projection(p)))).collect()
     }
 
     /// Adds fresh LoRA pairs (PEFT's init, seeded) to the targeted projections.
@@ -309,7 +223,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         let mut rng = StdRng::seed_from_u64(seed);
         for (tag, (layer, name, linear)) in self.projections_mut().into_iter().enumerate() {
             let _ = layer;
-            if cfg.target_modules.iter().any(|t| t == name) {
+            if cfg.target_modules.iter().any(|t| t == name.name()) {
                 let [out, inp] = linear.weight.dims();
                 linear.lora = Some(init_lora(inp, out, cfg, &mut rng, tag as u64, &device));
             }
@@ -323,7 +237,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         let device = self.device();
         let mut used = 0usize;
         for (tag, (layer, name, linear)) in self.projections_mut().into_iter().enumerate() {
-            if !cfg.target_modules.iter().any(|t| t == name) {
+            if !cfg.target_modules.iter().any(|t| t == name.name()) {
                 continue;
             }
             let [out, inp] = linear.weight.dims();
@@ -332,7 +246,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
                 let alt = key.replace(&format!(".{which}.weight"), &format!(".{which}.default.weight"));
                 let key = if weights.info(&key).is_none() && weights.info(&alt).is_some() { alt } else { key };
                 let (got, values) = weights.read_f32(&key).map_err(|_| {
-                    Error::Tensor(format!("{source}: tensor `{key}` is missing (adapter_config.json targets {name})"))
+                    Error::Tensor(format!("{source}: tensor `{key}` is missing (adapter_config.json targets {})", name.name()))
                 })?;
                 if got != shape {
                     return Err(Error::Tensor(format!(
@@ -410,26 +324,6 @@ pub fn trainable_line(trainable: usize, all: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keep_mask_keeps_the_asked_share_at_torchs_scale_and_depends_only_on_its_seed() {
-        let n = 200_001;
-        let mask = keep_mask(n, 0.9, 42);
-        assert_eq!(mask.len(), n);
-        let scale = (1.0 / 0.9) as f32;
-        assert!(mask.iter().all(|&m| m == 0.0 || m == scale));
-        let kept = mask.iter().filter(|&&m| m > 0.0).count() as f64 / n as f64;
-        // Binomial standard deviation at n = 2e5 is 0.00067: 0.003 is 4.5 of them.
-        assert!((kept - 0.9).abs() < 0.003, "kept {kept}");
-        assert_eq!(mask, keep_mask(n, 0.9, 42));
-        let other = keep_mask(n, 0.9, 43);
-        let same = mask.iter().zip(&other).filter(|(a, b)| a == b).count() as f64 / n as f64;
-        // Independent masks agree on 0.9² + 0.1² = 82 % of positions.
-        assert!((same - 0.82).abs() < 0.005, "agree {same}");
-        // Neighbouring elements (the two halves of one draw) are not correlated.
-        let pairs = mask.chunks(2).filter(|p| p.len() == 2 && p[0] == 0.0 && p[1] == 0.0).count() as f64;
-        assert!((pairs / (n / 2) as f64 - 0.01).abs() < 0.002);
-    }
 
     fn peft(extra: Value) -> Result<LoraConfig> {
         let mut v = serde_json::json!({"peft_type": "LORA", "r": 8, "lora_alpha": 32, "lora_dropout": 0.1,

@@ -4,7 +4,10 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use crate::model::{Positions, Qwen3ForCausalLM};
+use burn::tensor::activation::log_softmax;
+
+use crate::model::Qwen3ForCausalLM;
+use crate::positions::Positions;
 use crate::sft::Example;
 use crate::{Error, Result};
 
@@ -57,8 +60,26 @@ impl LabelledBatch {
         let device = model.device();
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(self.rows.clone(), [self.rows.len()]), &device);
         let picked = hidden.reshape([b * t, d]).select(0, idx);
-        model.nll(picked, &self.targets, (LOGIT_CHUNK_ELEMENTS / model.vocab_size()).max(1))
+        nll(model, picked, &self.targets, (LOGIT_CHUNK_ELEMENTS / model.vocab_size()).max(1))
     }
+}
+
+/// Negative log-likelihood of `targets` given hidden rows `[rows, hidden]`, computed in chunks
+/// so that at most `chunk` rows of full-vocabulary logits exist at once.
+pub fn nll<B: Backend>(model: &Qwen3ForCausalLM<B>, hidden: Tensor<B, 2>, targets: &[u32], chunk: usize) -> Tensor<B, 1> {
+    let rows = hidden.dims()[0];
+    let device = model.device();
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let n = chunk.max(1).min(rows - start);
+        let logp = log_softmax(model.logits(hidden.clone().narrow(0, start, n)), 1);
+        let idx: Vec<i64> = targets[start..start + n].iter().map(|&t| t as i64).collect();
+        let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), &device);
+        parts.push(logp.gather(1, idx).reshape([n]).neg());
+        start += n;
+    }
+    Tensor::cat(parts, 0)
 }
 
 /// Sum of response-token NLLs and the count of response tokens, for each example.

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use crate::lora::{module_path, LoraConfig, TARGETS};
+use crate::layout::PROJECTIONS;
+use crate::lora::LoraConfig;
 use crate::weights::{encode, write_safetensors, SafetensorsFile};
 use crate::{Error, Result};
 
@@ -37,8 +38,8 @@ pub fn merge_into<W: std::io::Write>(
     // Base weight name → adapter (A, B) keys.
     let mut targets: HashMap<String, (String, String)> = HashMap::new();
     for layer in 0..num_layers {
-        for name in TARGETS.iter().filter(|t| lora.target_modules.iter().any(|m| m == *t)) {
-            let path = module_path(layer, name);
+        for p in PROJECTIONS.iter().filter(|p| lora.target_modules.iter().any(|m| m == p.name())) {
+            let path = p.path(layer);
             let key = |which: &str| {
                 let plain = format!("base_model.model.{path}.{which}.weight");
                 let named = format!("base_model.model.{path}.{which}.default.weight");

@@ -1,94 +1,23 @@
-//! Qwen3ForCausalLM, as transformers' `modeling_qwen3.py` defines it, in one file.
+//! Qwen3ForCausalLM, as transformers' `modeling_qwen3.py` defines it: the modules and their
+//! forward passes, nothing else (loading is [`crate::load`], the cache [`crate::kv_cache`],
+//! positions and masks [`crate::positions`], the loss [`crate::loss`]).
 //!
 //! Field names equal the checkpoint keys (`model.layers.3.self_attn.q_proj.weight`), so loading
 //! needs no remap table, and linear weights keep PyTorch's `[out, in]` layout.
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, silu, softmax};
-use burn::tensor::{DType, FloatDType, TensorData};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{DType, FloatDType};
 
-use crate::config::Qwen3Config;
-use crate::lora::Lora;
-use crate::weights::WeightSource;
+use crate::dtype::{cast_param, float_dtype, to_dtype};
+pub use crate::kv_cache::KvCache;
+use crate::kv_cache::LayerCache;
+use crate::layout::{Projection, PROJECTIONS};
+pub use crate::linear::Linear;
+pub use crate::positions::Positions;
+use crate::positions::{Context, Rope};
 use crate::{Error, Result};
-
-/// Large enough to zero a softmax weight, small enough that a fully masked row (a padding query)
-/// stays finite instead of turning into NaN.
-const MASKED: f32 = -1.0e9;
-
-/// `x` in `dtype`; no cast (and no autodiff node) when it already is.
-pub fn to_dtype<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {
-    if x.dtype() == DType::from(dtype) {
-        x
-    } else {
-        x.cast(dtype)
-    }
-}
-
-/// The float dtype of a tensor (f32 for anything that is not a half type).
-fn float_dtype<B: Backend, const D: usize>(x: &Tensor<B, D>) -> FloatDType {
-    match x.dtype() {
-        DType::BF16 => FloatDType::BF16,
-        DType::F16 => FloatDType::F16,
-        DType::F64 => FloatDType::F64,
-        _ => FloatDType::F32,
-    }
-}
-
-/// A frozen base parameter cast to `dtype`; quantized weights stay quantized.
-fn cast_param<B: Backend, const D: usize>(p: Param<Tensor<B, D>>, dtype: FloatDType) -> Param<Tensor<B, D>> {
-    if matches!(p.val().dtype(), DType::QFloat(_)) {
-        return p;
-    }
-    p.map(|t| to_dtype(t, dtype)).set_require_grad(false)
-}
-
-fn load<B: Backend, const D: usize>(
-    src: &mut dyn WeightSource,
-    name: &str,
-    shape: [usize; D],
-    device: &B::Device,
-) -> Result<Param<Tensor<B, D>>> {
-    let values = src.load(name, &shape)?;
-    // Base weights are frozen; training marks what it trains.
-    Ok(Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device)).set_require_grad(false))
-}
-
-/// `nn.Linear(bias=False)`; `weight` is `[out, in]` as in the checkpoint. With `lora`, PEFT's
-/// LoRA layer: the low-rank update is added in activation space.
-#[derive(Module, Debug)]
-pub struct Linear<B: Backend> {
-    pub weight: Param<Tensor<B, 2>>,
-    pub lora: Option<Lora<B>>,
-}
-
-impl<B: Backend> Linear<B> {
-    fn load(src: &mut dyn WeightSource, prefix: &str, out: usize, inp: usize, device: &B::Device) -> Result<Self> {
-        Ok(Self { weight: load(src, &format!("{prefix}.weight"), [out, inp], device)?, lora: None })
-    }
-
-    /// `dropout_seed` is set while training: LoRA dropout masks derive from it.
-    pub fn forward(&self, x: Tensor<B, 3>, dropout_seed: Option<u64>) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
-        let x = x.reshape([b * t, d]);
-        let weight = match self.weight.val() {
-            // Quantized (see `quantize`): dequantized for this matmul only.
-            w if matches!(w.dtype(), DType::QFloat(_)) => to_dtype(w.dequantize(), float_dtype(&x)),
-            w => w,
-        };
-        let mut out = crate::flex::linear(x.clone(), weight);
-        if let Some(lora) = &self.lora {
-            // As PEFT with a half-precision base: the adapter (kept in f32) sees x cast to f32,
-            // the sum is taken in f32 and cast back.
-            let dtype = float_dtype(&out);
-            let update = lora.forward(to_dtype(x, FloatDType::F32), dropout_seed);
-            out = to_dtype(to_dtype(out, FloatDType::F32).add(update), dtype);
-        }
-        let n = out.dims()[1];
-        out.reshape([b, t, n])
-    }
-}
 
 /// `Qwen3RMSNorm`: `weight * x / sqrt(mean(x²) + eps)` over the last dimension.
 #[derive(Module, Debug)]
@@ -98,10 +27,6 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    fn load(src: &mut dyn WeightSource, name: &str, dim: usize, eps: f64, device: &B::Device) -> Result<Self> {
-        Ok(Self { weight: load(src, &format!("{name}.weight"), [dim], device)?, eps })
-    }
-
     /// Normalised in f32 whatever the input's dtype, then cast back before the weight, as
     /// transformers does.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
@@ -110,29 +35,6 @@ impl<B: Backend> RmsNorm<B> {
         let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
         to_dtype(x.div(rms), dtype).mul(self.weight.val().unsqueeze())
     }
-}
-
-fn size(bytes: usize) -> String {
-    if bytes >= 1 << 20 {
-        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
-    } else {
-        format!("{bytes} bytes")
-    }
-}
-
-/// Where loading may split tensors.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LoadOptions {
-    /// The most bytes (as f32) one tensor may take on the device: WebGPU adapters commonly cap a
-    /// storage binding at 128 MiB, while Qwen3-0.6B's embedding is 594 MiB. A tied embedding
-    /// (which is also the output layer) is then stored as row blocks under the limit; any other
-    /// tensor over it is an error. `None`: no limit, one block.
-    pub max_tensor_bytes: Option<usize>,
-    /// Quantize each layer's projections as soon as it is loaded (see [`crate::quantize`]), so
-    /// the whole model never sits in memory as f32.
-    pub quantize: Option<crate::quantize::Quantization>,
-    /// Cast the base weights to this dtype as they load (see [`Qwen3ForCausalLM::cast_base`]).
-    pub dtype: Option<FloatDType>,
 }
 
 /// `nn.Embedding`: one row of `weight` per token id. Under a per-tensor byte limit
@@ -147,21 +49,6 @@ pub struct Embedding<B: Backend> {
 }
 
 impl<B: Backend> Embedding<B> {
-    fn load(src: &mut dyn WeightSource, name: &str, shape: [usize; 2], max_bytes: Option<usize>, device: &B::Device) -> Result<Self> {
-        let [rows, cols] = shape;
-        let per_block = max_bytes.map_or(rows, |limit| (limit / (cols * 4).max(1)).max(1));
-        if per_block >= rows {
-            return Ok(Self { weight: load(src, name, shape, device)?, rest: Vec::new() });
-        }
-        let values = src.load(name, &shape)?;
-        let mut blocks = values.chunks(per_block * cols).map(|chunk| {
-            let data = TensorData::new(chunk.to_vec(), [chunk.len() / cols, cols]);
-            Param::from_tensor(Tensor::from_data(data, device)).set_require_grad(false)
-        });
-        let weight = blocks.next().expect("a table with rows");
-        Ok(Self { weight, rest: blocks.collect() })
-    }
-
     fn blocks(&self) -> impl Iterator<Item = &Param<Tensor<B, 2>>> {
         std::iter::once(&self.weight).chain(&self.rest)
     }
@@ -298,14 +185,52 @@ pub struct Qwen3DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> Qwen3DecoderLayer<B> {
-    /// The layer's frozen weights in `dtype` (LoRA weights untouched).
-    fn cast_base(&mut self, dtype: FloatDType) {
+    /// The projection `p` (see [`crate::layout`]).
+    pub fn projection(&self, p: Projection) -> &Linear<B> {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        match p {
+            Projection::Q => &a.q_proj,
+            Projection::K => &a.k_proj,
+            Projection::V => &a.v_proj,
+            Projection::O => &a.o_proj,
+            Projection::Gate => &m.gate_proj,
+            Projection::Up => &m.up_proj,
+            Projection::Down => &m.down_proj,
+        }
+    }
+
+    pub fn projection_mut(&mut self, p: Projection) -> &mut Linear<B> {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        match p {
+            Projection::Q => &mut a.q_proj,
+            Projection::K => &mut a.k_proj,
+            Projection::V => &mut a.v_proj,
+            Projection::O => &mut a.o_proj,
+            Projection::Gate => &mut m.gate_proj,
+            Projection::Up => &mut m.up_proj,
+            Projection::Down => &mut m.down_proj,
+        }
+    }
+
+    /// The layer's normalisation vectors by checkpoint name relative to the layer, in the order
+    /// of [`crate::layout::layer_norms`].
+    pub fn norms_mut(&mut self) -> [(&'static str, &mut RmsNorm<B>); 4] {
         let a = &mut self.self_attn;
-        let m = &mut self.mlp;
-        for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
+        [
+            ("self_attn.q_norm", &mut a.q_norm),
+            ("self_attn.k_norm", &mut a.k_norm),
+            ("input_layernorm", &mut self.input_layernorm),
+            ("post_attention_layernorm", &mut self.post_attention_layernorm),
+        ]
+    }
+
+    /// The layer's frozen weights in `dtype` (LoRA weights untouched).
+    pub(crate) fn cast_base(&mut self, dtype: FloatDType) {
+        for p in PROJECTIONS {
+            let lin = self.projection_mut(p);
             lin.weight = cast_param(lin.weight.clone(), dtype);
         }
-        for norm in [&mut a.q_norm, &mut a.k_norm, &mut self.input_layernorm, &mut self.post_attention_layernorm] {
+        for (_, norm) in self.norms_mut() {
             norm.weight = cast_param(norm.weight.clone(), dtype);
         }
     }
@@ -332,250 +257,7 @@ pub struct Qwen3ForCausalLM<B: Backend> {
     pub max_position_embeddings: usize,
 }
 
-/// Per-layer key/value cache, preallocated to its capacity.
-#[derive(Debug, Clone)]
-pub struct LayerCache<B: Backend> {
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    len: usize,
-}
-
-impl<B: Backend> LayerCache<B> {
-    fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let [b, kvh, t, d] = k.dims();
-        let end = self.len + t;
-        // Moved out, not cloned: a tensor with one owner is updated in place, a shared one would
-        // be copied whole on every step.
-        let dummy = || Tensor::<B, 4>::empty([0, 0, 0, 0], &k.device());
-        let cache_k = std::mem::replace(&mut self.k, dummy());
-        let cache_v = std::mem::replace(&mut self.v, dummy());
-        self.k = crate::flex::assign_rows(cache_k, self.len, k);
-        self.v = crate::flex::assign_rows(cache_v, self.len, v);
-        self.len = end;
-        (self.k.clone().slice([0..b, 0..kvh, 0..end, 0..d]), self.v.clone().slice([0..b, 0..kvh, 0..end, 0..d]))
-    }
-}
-
-/// The KV cache of a whole model for one batch.
-#[derive(Debug, Clone)]
-pub struct KvCache<B: Backend> {
-    layers: Vec<LayerCache<B>>,
-    capacity: usize,
-}
-
-impl<B: Backend> KvCache<B> {
-    pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.len)
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Grows the cache (by at least half) so that `needed` tokens fit, keeping what it holds.
-    pub fn reserve(&mut self, needed: usize) {
-        if needed <= self.capacity {
-            return;
-        }
-        let capacity = needed.max(self.capacity + self.capacity / 2);
-        for layer in &mut self.layers {
-            let [b, h, _, d] = layer.k.dims();
-            let (device, dtype) = (layer.k.device(), layer.k.dtype());
-            let extra = capacity - self.capacity;
-            layer.k = Tensor::cat(vec![layer.k.clone(), Tensor::zeros([b, h, extra, d], (&device, dtype))], 2);
-            layer.v = Tensor::cat(vec![layer.v.clone(), Tensor::zeros([b, h, extra, d], (&device, dtype))], 2);
-        }
-        self.capacity = capacity;
-    }
-}
-
-/// What one forward pass needs besides token ids, built on the host.
-#[derive(Debug, Clone)]
-pub struct Positions {
-    pub batch: usize,
-    pub seq: usize,
-    /// Tokens already in the KV cache.
-    pub past: usize,
-    /// Rotary position of each new token, `[batch * seq]`.
-    pub positions: Vec<usize>,
-    /// Which keys (cached and new) are real tokens, `[batch * (past + seq)]`.
-    pub key_valid: Vec<bool>,
-}
-
-impl Positions {
-    /// Right-padded rows starting at position 0 (training, loss): `lengths[i]` real tokens each.
-    pub fn right_padded(lengths: &[usize], seq: usize) -> Self {
-        let mut positions = Vec::with_capacity(lengths.len() * seq);
-        let mut key_valid = Vec::with_capacity(lengths.len() * seq);
-        for &len in lengths {
-            positions.extend(0..seq);
-            key_valid.extend((0..seq).map(|j| j < len));
-        }
-        Self { batch: lengths.len(), seq, past: 0, positions, key_valid }
-    }
-
-    /// Left-padded rows (generation prefill): `lengths[i]` real tokens at the end of each row.
-    pub fn left_padded(lengths: &[usize], seq: usize) -> Self {
-        let mut positions = Vec::with_capacity(lengths.len() * seq);
-        let mut key_valid = Vec::with_capacity(lengths.len() * seq);
-        for &len in lengths {
-            let pad = seq - len;
-            positions.extend((0..seq).map(|j| j.saturating_sub(pad)));
-            key_valid.extend((0..seq).map(|j| j >= pad));
-        }
-        Self { batch: lengths.len(), seq, past: 0, positions, key_valid }
-    }
-
-    /// The step after this one: row `r` feeds `lens[r]` tokens at rotary positions from
-    /// `starts[r]`, left-aligned in `seq` columns; the padding columns are never attended to.
-    pub fn next(&self, lens: &[usize], starts: &[usize], seq: usize) -> Self {
-        let past = self.past + self.seq;
-        let mut positions = Vec::with_capacity(self.batch * seq);
-        let mut key_valid = Vec::with_capacity(self.batch * (past + seq));
-        for r in 0..self.batch {
-            positions.extend((0..seq).map(|j| starts[r] + j.min(lens[r].saturating_sub(1))));
-            key_valid.extend_from_slice(&self.key_valid[r * past..(r + 1) * past]);
-            key_valid.extend((0..seq).map(|j| j < lens[r]));
-        }
-        Self { batch: self.batch, seq, past, positions, key_valid }
-    }
-}
-
-/// Device tensors derived from [`Positions`], shared by every layer of one forward pass.
-struct Context<B: Backend> {
-    rope: Rope<B>,
-    mask: Tensor<B, 4>,
-    dropout_seed: Option<u64>,
-}
-
-struct Rope<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
-}
-
-impl<B: Backend> Context<B> {
-    /// Rotary tables in the activations' `dtype` (computed in f32, as transformers does); the
-    /// mask stays f32.
-    fn new(p: &Positions, head_dim: usize, theta: f64, dropout_seed: Option<u64>, dtype: FloatDType, device: &B::Device) -> Self {
-        let half = head_dim / 2;
-        // f32 products as in transformers, so high positions round the same way.
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect();
-        let n = p.positions.len();
-        let mut cos = Vec::with_capacity(n * head_dim);
-        let mut sin = Vec::with_capacity(n * head_dim);
-        for &pos in &p.positions {
-            let angles: Vec<f32> = inv_freq.iter().map(|f| pos as f32 * f).collect();
-            for _ in 0..2 {
-                cos.extend(angles.iter().map(|a| a.cos()));
-                sin.extend(angles.iter().map(|a| a.sin()));
-            }
-        }
-        let shape = [p.batch, 1, p.seq, head_dim];
-        let total = p.past + p.seq;
-        let mut mask = vec![0f32; p.batch * p.seq * total];
-        for b in 0..p.batch {
-            for i in 0..p.seq {
-                for j in 0..total {
-                    if !p.key_valid[b * total + j] || j > p.past + i {
-                        mask[(b * p.seq + i) * total + j] = MASKED;
-                    }
-                }
-            }
-        }
-        Self {
-            rope: Rope {
-                cos: to_dtype(Tensor::from_data(TensorData::new(cos, shape), device), dtype),
-                sin: to_dtype(Tensor::from_data(TensorData::new(sin, shape), device), dtype),
-            },
-            mask: Tensor::from_data(TensorData::new(mask, [p.batch, 1, p.seq, total]), device),
-            dropout_seed,
-        }
-    }
-}
-
 impl<B: Backend> Qwen3ForCausalLM<B> {
-    /// Builds the model from a weight source (a checkpoint or a random init), checking every
-    /// tensor's shape against the config.
-    pub fn load(cfg: &Qwen3Config, src: &mut dyn WeightSource, device: &B::Device) -> Result<Self> {
-        Self::load_with(cfg, src, device, &LoadOptions::default())
-    }
-
-    /// [`Self::load`] under a per-tensor byte limit (see [`LoadOptions`]): refused before any
-    /// tensor is read when a tensor that cannot be split exceeds it.
-    pub fn load_with(cfg: &Qwen3Config, src: &mut dyn WeightSource, device: &B::Device, opts: &LoadOptions) -> Result<Self> {
-        let max_bytes = opts.max_tensor_bytes;
-        if let Some(limit) = max_bytes {
-            for (name, shape) in cfg.tensor_shapes() {
-                let bytes = shape.iter().product::<usize>() * 4;
-                let splittable = name == "model.embed_tokens.weight" && cfg.tie_word_embeddings;
-                if bytes > limit && (!splittable || shape[1] * 4 > limit) {
-                    return Err(Error::Limit(format!(
-                        "tensor `{name}` {shape:?} takes {} as f32, over the device's limit of {} per tensor",
-                        size(bytes),
-                        size(limit)
-                    )));
-                }
-            }
-        }
-        let (hd, d) = (cfg.hidden_size, cfg.head_dim);
-        let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-        let eps = cfg.rms_norm_eps;
-        let embed_tokens =
-            Embedding::load(src, "model.embed_tokens.weight", [cfg.vocab_size, hd], max_bytes.filter(|_| cfg.tie_word_embeddings), device)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let a = format!("{p}.self_attn");
-            let m = format!("{p}.mlp");
-            let mut layer = Qwen3DecoderLayer {
-                self_attn: Qwen3Attention {
-                    q_proj: Linear::load(src, &format!("{a}.q_proj"), q, hd, device)?,
-                    k_proj: Linear::load(src, &format!("{a}.k_proj"), kv, hd, device)?,
-                    v_proj: Linear::load(src, &format!("{a}.v_proj"), kv, hd, device)?,
-                    o_proj: Linear::load(src, &format!("{a}.o_proj"), hd, q, device)?,
-                    q_norm: RmsNorm::load(src, &format!("{a}.q_norm"), d, eps, device)?,
-                    k_norm: RmsNorm::load(src, &format!("{a}.k_norm"), d, eps, device)?,
-                    num_heads: cfg.num_attention_heads,
-                    num_kv_heads: cfg.num_key_value_heads,
-                    head_dim: d,
-                },
-                mlp: Qwen3Mlp {
-                    gate_proj: Linear::load(src, &format!("{m}.gate_proj"), cfg.intermediate_size, hd, device)?,
-                    up_proj: Linear::load(src, &format!("{m}.up_proj"), cfg.intermediate_size, hd, device)?,
-                    down_proj: Linear::load(src, &format!("{m}.down_proj"), hd, cfg.intermediate_size, device)?,
-                },
-                input_layernorm: RmsNorm::load(src, &format!("{p}.input_layernorm"), hd, eps, device)?,
-                post_attention_layernorm: RmsNorm::load(src, &format!("{p}.post_attention_layernorm"), hd, eps, device)?,
-            };
-            if let Some(q) = &opts.quantize {
-                crate::quantize::quantize_layer(&mut layer, i, q)?;
-            }
-            if let Some(dtype) = opts.dtype {
-                layer.cast_base(dtype);
-            }
-            layers.push(layer);
-        }
-        let norm = RmsNorm::load(src, "model.norm", hd, eps, device)?;
-        let lm_head = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(Linear::load(src, "lm_head", cfg.vocab_size, hd, device)?)
-        };
-        let mut model = Self {
-            model: Qwen3Model { embed_tokens, layers, norm },
-            lm_head,
-            rope_theta: cfg.rope_theta,
-            max_position_embeddings: cfg.max_position_embeddings,
-        };
-        if let Some(dtype) = opts.dtype {
-            model.cast_outside_layers(dtype);
-        }
-        Ok(model)
-    }
-
     pub fn device(&self) -> B::Device {
         self.model.embed_tokens.weight.device()
     }
@@ -598,7 +280,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
 
     /// The embedding, the final norm and an untied output layer in `dtype` (loading casts the
     /// layers one by one as they arrive).
-    fn cast_outside_layers(&mut self, dtype: FloatDType) {
+    pub(crate) fn cast_outside_layers(&mut self, dtype: FloatDType) {
         let m = &mut self.model;
         m.embed_tokens.weight = cast_param(m.embed_tokens.weight.clone(), dtype);
         m.embed_tokens.rest = m.embed_tokens.rest.drain(..).map(|p| cast_param(p, dtype)).collect();
@@ -697,23 +379,5 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
             None => self.model.embed_tokens.matmul_t(hidden),
         };
         to_dtype(logits, FloatDType::F32)
-    }
-
-    /// Negative log-likelihood of `targets` given hidden rows `[rows, hidden]`, computed in chunks
-    /// so that at most `chunk` rows of full-vocabulary logits exist at once.
-    pub fn nll(&self, hidden: Tensor<B, 2>, targets: &[u32], chunk: usize) -> Tensor<B, 1> {
-        let rows = hidden.dims()[0];
-        let device = self.device();
-        let mut parts = Vec::new();
-        let mut start = 0;
-        while start < rows {
-            let n = chunk.max(1).min(rows - start);
-            let logp = log_softmax(self.logits(hidden.clone().narrow(0, start, n)), 1);
-            let idx: Vec<i64> = targets[start..start + n].iter().map(|&t| t as i64).collect();
-            let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), &device);
-            parts.push(logp.gather(1, idx).reshape([n]).neg());
-            start += n;
-        }
-        Tensor::cat(parts, 0)
     }
 }

@@ -6,7 +6,8 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::model::{Linear, Qwen3ForCausalLM, RmsNorm};
+use crate::layout::Projection;
+use crate::model::Qwen3ForCausalLM;
 use crate::Result;
 
 /// A mutable handle to one parameter, vector or matrix.
@@ -63,34 +64,30 @@ impl<B: AutodiffBackend> ParamMut<'_, B> {
 /// Every base parameter by checkpoint key, in the order the checkpoint lists them (LoRA pairs
 /// are not included).
 pub fn named_params_mut<B: Backend>(model: &mut Qwen3ForCausalLM<B>) -> Vec<(String, ParamMut<'_, B>)> {
-    fn linear<'a, B: Backend>(out: &mut Vec<(String, ParamMut<'a, B>)>, name: String, l: &'a mut Linear<B>) {
-        out.push((format!("{name}.weight"), ParamMut::Matrix(&mut l.weight)));
-    }
-    fn norm<'a, B: Backend>(out: &mut Vec<(String, ParamMut<'a, B>)>, name: String, n: &'a mut RmsNorm<B>) {
-        out.push((format!("{name}.weight"), ParamMut::Vector(&mut n.weight)));
-    }
     let mut out = Vec::new();
     let m = &mut model.model;
     out.push(("model.embed_tokens.weight".to_string(), ParamMut::Matrix(&mut m.embed_tokens.weight)));
     for (i, layer) in m.layers.iter_mut().enumerate() {
-        let p = format!("model.layers.{i}");
         let a = &mut layer.self_attn;
-        linear(&mut out, format!("{p}.self_attn.q_proj"), &mut a.q_proj);
-        linear(&mut out, format!("{p}.self_attn.k_proj"), &mut a.k_proj);
-        linear(&mut out, format!("{p}.self_attn.v_proj"), &mut a.v_proj);
-        linear(&mut out, format!("{p}.self_attn.o_proj"), &mut a.o_proj);
-        norm(&mut out, format!("{p}.self_attn.q_norm"), &mut a.q_norm);
-        norm(&mut out, format!("{p}.self_attn.k_norm"), &mut a.k_norm);
         let mlp = &mut layer.mlp;
-        linear(&mut out, format!("{p}.mlp.gate_proj"), &mut mlp.gate_proj);
-        linear(&mut out, format!("{p}.mlp.up_proj"), &mut mlp.up_proj);
-        linear(&mut out, format!("{p}.mlp.down_proj"), &mut mlp.down_proj);
-        norm(&mut out, format!("{p}.input_layernorm"), &mut layer.input_layernorm);
-        norm(&mut out, format!("{p}.post_attention_layernorm"), &mut layer.post_attention_layernorm);
+        // Checkpoint order: attention projections and their norms, then the MLP, then the layer norms.
+        let linears = [
+            (Projection::Q, &mut a.q_proj),
+            (Projection::K, &mut a.k_proj),
+            (Projection::V, &mut a.v_proj),
+            (Projection::O, &mut a.o_proj),
+        ];
+        out.extend(linears.map(|(p, l)| (format!("{}.weight", p.path(i)), ParamMut::Matrix(&mut l.weight))));
+        out.push((format!("model.layers.{i}.self_attn.q_norm.weight"), ParamMut::Vector(&mut a.q_norm.weight)));
+        out.push((format!("model.layers.{i}.self_attn.k_norm.weight"), ParamMut::Vector(&mut a.k_norm.weight)));
+        let linears = [(Projection::Gate, &mut mlp.gate_proj), (Projection::Up, &mut mlp.up_proj), (Projection::Down, &mut mlp.down_proj)];
+        out.extend(linears.map(|(p, l)| (format!("{}.weight", p.path(i)), ParamMut::Matrix(&mut l.weight))));
+        out.push((format!("model.layers.{i}.input_layernorm.weight"), ParamMut::Vector(&mut layer.input_layernorm.weight)));
+        out.push((format!("model.layers.{i}.post_attention_layernorm.weight"), ParamMut::Vector(&mut layer.post_attention_layernorm.weight)));
     }
-    norm(&mut out, "model.norm".to_string(), &mut m.norm);
+    out.push(("model.norm.weight".to_string(), ParamMut::Vector(&mut m.norm.weight)));
     if let Some(head) = model.lm_head.as_mut() {
-        linear(&mut out, "lm_head".to_string(), head);
+        out.push(("lm_head.weight".to_string(), ParamMut::Matrix(&mut head.weight)));
     }
     out
 }

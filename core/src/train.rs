@@ -7,18 +7,22 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-use crate::lora::mix;
+use crate::linear::mix;
 use crate::loss::LabelledBatch;
 use crate::model::Qwen3ForCausalLM;
 use crate::params::{named_params_mut, ParamMut};
 use crate::sft::Example;
 use crate::{Error, Result};
 
-/// torch.optim.AdamW's hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// torch.optim.AdamW's hyper-parameters (named as transformers' `TrainingArguments` in a run's
+/// config.toml).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
+    #[serde(rename = "adam_beta1")]
     pub beta1: f64,
+    #[serde(rename = "adam_beta2")]
     pub beta2: f64,
+    #[serde(rename = "adam_epsilon")]
     pub eps: f64,
     pub weight_decay: f64,
 }
@@ -39,7 +43,8 @@ pub fn linear_lr(lr: f64, step: usize, warmup: usize, total: usize) -> f64 {
 }
 
 /// What training updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Method {
     /// LoRA pairs only; the base stays frozen.
     #[default]
@@ -365,10 +370,10 @@ pub fn trainable_names<B: Backend>(model: &Qwen3ForCausalLM<B>, method: Method) 
         return named_params_mut(&mut model.clone()).into_iter().map(|(n, _)| n).collect();
     }
     let mut out = Vec::new();
-    for (layer, name, linear) in model.projections() {
+    for (layer, p, linear) in model.projections() {
         if linear.lora.is_some() {
-            out.push(crate::lora::peft_key(layer, name, "lora_A"));
-            out.push(crate::lora::peft_key(layer, name, "lora_B"));
+            out.push(crate::lora::peft_key(layer, p, "lora_A"));
+            out.push(crate::lora::peft_key(layer, p, "lora_B"));
         }
     }
     out

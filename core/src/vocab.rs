@@ -132,6 +132,27 @@ impl VocabMap {
     }
 }
 
+impl VocabMap {
+    /// A copy of a compact-vocabulary model with Qwen3's rows again (what saving does to the
+    /// weights), so that it reads and emits Qwen3's ids.
+    pub fn widen<B: Backend>(&self, model: &Qwen3ForCausalLM<B>) -> Result<Qwen3ForCausalLM<B>> {
+        let mut wide = model.clone();
+        let device = model.device();
+        let expand = |p: &Param<Tensor<B, 2>>| -> Result<Param<Tensor<B, 2>>> {
+            let [_, width] = p.dims();
+            let dtype = p.val().dtype();
+            let values: Vec<f32> = p.val().into_data().convert::<f32>().to_vec().map_err(|e| Error::Tensor(format!("{e:?}")))?;
+            let rows = TensorData::new(self.expand_rows(&values, width), [self.full_size, width]);
+            Ok(Param::from_tensor(Tensor::from_data(rows, (&device, dtype))).set_require_grad(false))
+        };
+        wide.model.embed_tokens.weight = expand(&model.model.embed_tokens.weight)?;
+        if let Some(head) = wide.lm_head.as_mut() {
+            head.weight = expand(&head.weight)?;
+        }
+        Ok(wide)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

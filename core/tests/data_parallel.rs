@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use tiqu_core::lora::LoraConfig;
 use tiqu_core::sft::{parse_records, Example};
 use tiqu_core::train::{AdamWConfig, Method, Trainer};
-use tiqu_core::{folder, Qwen3ForCausalLM};
+use tiqu_core::{Checkpoint, Qwen3ForCausalLM};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -20,10 +20,10 @@ fn fixtures() -> PathBuf {
 /// final adapter weights.
 fn train<B: AutodiffBackend>(main: &B::Device, more: &[B::Device]) -> (Vec<f64>, Vec<(String, Vec<f32>)>) {
     let dir = fixtures().join("tiny-untied");
-    let cfg = folder::load_config(&dir).unwrap();
-    let mut model = Qwen3ForCausalLM::<B>::load(&cfg, &mut folder::open_weights(&dir).unwrap(), main).unwrap();
+    let cfg = Checkpoint::open_dir(&dir).unwrap().config().clone();
+    let mut model = Qwen3ForCausalLM::<B>::load(&cfg, &mut Checkpoint::open_dir(&dir).unwrap().weights().unwrap(), main).unwrap();
     model.add_lora(&LoraConfig::default(), 3).unwrap();
-    let tok = folder::load_tokenizer(&dir, None).unwrap();
+    let tok = Checkpoint::open_dir(&dir).unwrap().tokenizer(None).unwrap();
     let text = std::fs::read_to_string(fixtures().join("sft_small.jsonl")).unwrap();
     let examples: Vec<Example> = parse_records(&text, "sft_small.jsonl").unwrap().iter().map(|r| Example::new(&r.value, &tok).unwrap()).collect();
     let mut trainer = Trainer::new(model, Method::Lora, AdamWConfig::default(), 1.0, 3).unwrap();

@@ -17,7 +17,7 @@ use tiqu_core::lora::LoraConfig;
 use tiqu_core::loss::total_nll;
 use tiqu_core::sft::{parse_records, Example};
 use tiqu_core::train::{AdamWConfig, Method, Trainer};
-use tiqu_core::{folder, Qwen3ForCausalLM, Tokenizer};
+use tiqu_core::{Checkpoint, Qwen3ForCausalLM, Tokenizer};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -34,13 +34,13 @@ fn examples(tok: &Tokenizer) -> Vec<Example> {
 
 fn model<B: Backend>(name: &str, adapter: Option<&str>, dtype: FloatDType) -> (Qwen3ForCausalLM<B>, Vec<Example>) {
     let dir = fixtures().join(name);
-    let cfg = folder::load_config(&dir).unwrap();
-    let mut model = Qwen3ForCausalLM::load(&cfg, &mut folder::open_weights(&dir).unwrap(), &Default::default()).unwrap();
+    let cfg = Checkpoint::open_dir(&dir).unwrap().config().clone();
+    let mut model = Qwen3ForCausalLM::load(&cfg, &mut Checkpoint::open_dir(&dir).unwrap().weights().unwrap(), &Default::default()).unwrap();
     if let Some(adapter) = adapter {
-        let (lora, mut weights) = folder::open_adapter(&fixtures().join(adapter)).unwrap();
+        let (lora, mut weights) = { let a = tiqu_core::Adapter::open(&tiqu_core::files::Folder::new(&fixtures().join(adapter))).unwrap(); (a.config, a.weights) };
         model.load_adapter(&lora, &mut weights, adapter).unwrap();
     }
-    let tok = folder::load_tokenizer(&dir, None).unwrap();
+    let tok = Checkpoint::open_dir(&dir).unwrap().tokenizer(None).unwrap();
     (model.cast_base(dtype), examples(&tok))
 }
 

@@ -14,7 +14,7 @@ use tiqu_core::lora::LoraConfig;
 use tiqu_core::loss::total_nll;
 use tiqu_core::sft::{parse_records, Example};
 use tiqu_core::train::{linear_lr, trainable_names, AdamWConfig, Method, Trainer};
-use tiqu_core::{folder, Qwen3Config, Qwen3ForCausalLM, RandomInit, SafetensorsFile, Tokenizer};
+use tiqu_core::{Checkpoint, Qwen3Config, Qwen3ForCausalLM, RandomInit, SafetensorsFile, Tokenizer};
 
 type Train = Autodiff<Flex>;
 
@@ -33,14 +33,14 @@ fn examples(tok: &Tokenizer) -> Vec<Example> {
 
 fn base<B: Backend>(name: &str) -> (Qwen3ForCausalLM<B>, Tokenizer) {
     let dir = fixtures().join(name);
-    let cfg = folder::load_config(&dir).unwrap();
-    let model = Qwen3ForCausalLM::load(&cfg, &mut folder::open_weights(&dir).unwrap(), &Default::default()).unwrap();
-    (model, folder::load_tokenizer(&dir, None).unwrap())
+    let cfg = Checkpoint::open_dir(&dir).unwrap().config().clone();
+    let model = Qwen3ForCausalLM::load(&cfg, &mut Checkpoint::open_dir(&dir).unwrap().weights().unwrap(), &Default::default()).unwrap();
+    (model, Checkpoint::open_dir(&dir).unwrap().tokenizer(None).unwrap())
 }
 
 fn with_adapter<B: Backend>(name: &str, adapter: &str) -> (Qwen3ForCausalLM<B>, Tokenizer, LoraConfig) {
     let (mut model, tok) = base::<B>(name);
-    let (cfg, mut weights) = folder::open_adapter(&fixtures().join(adapter)).unwrap();
+    let (cfg, mut weights) = { let a = tiqu_core::Adapter::open(&tiqu_core::files::Folder::new(&fixtures().join(adapter))).unwrap(); (a.config, a.weights) };
     model.load_adapter(&cfg, &mut weights, adapter).unwrap();
     (model, tok, cfg)
 }
@@ -128,7 +128,7 @@ fn peft_adapters_give_peft_eval_losses() {
 fn adapter_shapes_that_do_not_fit_are_refused() {
     // The tied fixture's adapter has r=8 on a hidden-16 base; the untied base has hidden 8.
     let (mut model, _) = base::<Flex>("tiny-untied");
-    let (cfg, mut weights) = folder::open_adapter(&fixtures().join("peft-adapter-tied")).unwrap();
+    let (cfg, mut weights) = { let a = tiqu_core::Adapter::open(&tiqu_core::files::Folder::new(&fixtures().join("peft-adapter-tied"))).unwrap(); (a.config, a.weights) };
     let err = model.load_adapter(&cfg, &mut weights, "peft-adapter-tied").unwrap_err().to_string();
     assert!(err.contains("lora_A.weight") && err.contains("shape"), "{err}");
 }

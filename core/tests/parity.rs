@@ -10,7 +10,7 @@ use tiqu_core::generate::{generate, GenerateOptions, Sampling};
 use tiqu_core::loss::nll_sums;
 use tiqu_core::model::Positions;
 use tiqu_core::sft::{parse_records, Example};
-use tiqu_core::{folder, Qwen3Config, Qwen3ForCausalLM, Tokenizer};
+use tiqu_core::{Checkpoint, Qwen3Config, Qwen3ForCausalLM, Tokenizer};
 
 const FIXTURES: [&str; 2] = ["tiny-tied", "tiny-untied"];
 
@@ -28,10 +28,10 @@ struct Fixture<B: Backend> {
 
 fn load<B: Backend>(name: &'static str, device: &B::Device) -> Fixture<B> {
     let dir = fixtures().join(name);
-    let config = folder::load_config(&dir).unwrap();
-    let model = Qwen3ForCausalLM::load(&config, &mut folder::open_weights(&dir).unwrap(), device).unwrap();
-    let tokenizer = folder::load_tokenizer(&dir, None).unwrap();
-    let eos = folder::load_eos(&dir, &config).unwrap();
+    let config = Checkpoint::open_dir(&dir).unwrap().config().clone();
+    let model = Qwen3ForCausalLM::load(&config, &mut Checkpoint::open_dir(&dir).unwrap().weights().unwrap(), device).unwrap();
+    let tokenizer = Checkpoint::open_dir(&dir).unwrap().tokenizer(None).unwrap();
+    let eos = { let c = Checkpoint::open_dir(&dir).unwrap(); c.eos_token_ids(&c.tokenizer(None).unwrap(), None).unwrap() };
     let reference = serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
     Fixture { config, model, tokenizer, eos, reference }
 }

@@ -11,7 +11,7 @@ use burn::tensor::DType;
 use tiqu_core::loss::total_nll;
 use tiqu_core::quantize::{Bits, Quantization};
 use tiqu_core::sft::{parse_records, Example};
-use tiqu_core::{folder, Qwen3ForCausalLM};
+use tiqu_core::{Checkpoint, Qwen3ForCausalLM};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -19,9 +19,9 @@ fn fixtures() -> PathBuf {
 
 fn load<B: Backend>(name: &str) -> (Qwen3ForCausalLM<B>, Vec<Example>) {
     let dir = fixtures().join(name);
-    let cfg = folder::load_config(&dir).unwrap();
-    let model = Qwen3ForCausalLM::load(&cfg, &mut folder::open_weights(&dir).unwrap(), &Default::default()).unwrap();
-    let tok = folder::load_tokenizer(&dir, None).unwrap();
+    let cfg = Checkpoint::open_dir(&dir).unwrap().config().clone();
+    let model = Qwen3ForCausalLM::load(&cfg, &mut Checkpoint::open_dir(&dir).unwrap().weights().unwrap(), &Default::default()).unwrap();
+    let tok = Checkpoint::open_dir(&dir).unwrap().tokenizer(None).unwrap();
     let text = std::fs::read_to_string(fixtures().join("sft_small.jsonl")).unwrap();
     let examples = parse_records(&text, "sft_small.jsonl").unwrap().iter().map(|r| Example::new(&r.value, &tok).unwrap()).collect();
     (model, examples)
@@ -74,10 +74,10 @@ fn int8_on_wgpu_costs_what_it_costs_on_the_cpu() {
 #[test]
 fn quantizing_while_loading_equals_quantizing_after() {
     let dir = fixtures().join("tiny-tied");
-    let cfg = folder::load_config(&dir).unwrap();
+    let cfg = Checkpoint::open_dir(&dir).unwrap().config().clone();
     let q = Quantization { bits: Bits::Int4, block: 8 };
     let opts = tiqu_core::LoadOptions { quantize: Some(q), ..Default::default() };
-    let early = Qwen3ForCausalLM::<Flex>::load_with(&cfg, &mut folder::open_weights(&dir).unwrap(), &Default::default(), &opts).unwrap();
+    let early = Qwen3ForCausalLM::<Flex>::load_with(&cfg, &mut Checkpoint::open_dir(&dir).unwrap().weights().unwrap(), &Default::default(), &opts).unwrap();
     let (model, examples) = load::<Flex>("tiny-tied");
     let late = model.quantize_projections(&q).unwrap();
     assert_eq!(loss(&early, &examples), loss(&late, &examples));

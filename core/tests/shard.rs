@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use tiqu_core::generate::{generate, generate_async, GenerateOptions, Sampling};
 use tiqu_core::model::Positions;
-use tiqu_core::{folder, Error, ExtractOptions, Extractor, LoadOptions, Qwen3ForCausalLM, Schema};
+use tiqu_core::{Checkpoint, Error, ExtractOptions, Extractor, LoadOptions, Qwen3ForCausalLM, Schema};
 
 fn dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
@@ -16,9 +16,9 @@ fn dir(name: &str) -> PathBuf {
 
 fn load(name: &str, max_tensor_bytes: Option<usize>) -> Qwen3ForCausalLM<Flex> {
     let d = dir(name);
-    let config = folder::load_config(&d).unwrap();
+    let config = Checkpoint::open_dir(&d).unwrap().config().clone();
     let opts = LoadOptions { max_tensor_bytes, ..Default::default() };
-    Qwen3ForCausalLM::load_with(&config, &mut folder::open_weights(&d).unwrap(), &Default::default(), &opts).unwrap()
+    Qwen3ForCausalLM::load_with(&config, &mut Checkpoint::open_dir(&d).unwrap().weights().unwrap(), &Default::default(), &opts).unwrap()
 }
 
 /// The test's own executor for the async loops: flex reads never wait.
@@ -61,10 +61,9 @@ fn small_blocks_give_the_logits_and_tokens_of_the_whole_table() {
 #[test]
 fn extraction_is_the_same_split_or_whole_blocking_or_async() {
     let d = dir("tiny-tied");
-    let config = folder::load_config(&d).unwrap();
     let make = |m| {
-        let tok = folder::load_tokenizer(&d, None).unwrap();
-        let eos = folder::load_eos(&d, &config).unwrap();
+        let tok = Checkpoint::open_dir(&d).unwrap().tokenizer(None).unwrap();
+        let eos = { let c = Checkpoint::open_dir(&d).unwrap(); c.eos_token_ids(&c.tokenizer(None).unwrap(), None).unwrap() };
         let options = ExtractOptions { max_new_tokens: 40, ..Default::default() };
         Extractor::new(m, tok, eos, Schema::default(), options)
     };
@@ -87,16 +86,16 @@ fn extraction_is_the_same_split_or_whole_blocking_or_async() {
 #[test]
 fn a_tensor_over_the_limit_that_cannot_be_split_is_refused_by_name() {
     let d = dir("tiny-untied");
-    let config = folder::load_config(&d).unwrap();
+    let config = Checkpoint::open_dir(&d).unwrap().config().clone();
     let opts = LoadOptions { max_tensor_bytes: Some(1 << 20), ..Default::default() };
-    let err = Qwen3ForCausalLM::<Flex>::load_with(&config, &mut folder::open_weights(&d).unwrap(), &Default::default(), &opts).unwrap_err();
+    let err = Qwen3ForCausalLM::<Flex>::load_with(&config, &mut Checkpoint::open_dir(&d).unwrap().weights().unwrap(), &Default::default(), &opts).unwrap_err();
     assert!(matches!(err, Error::Limit(_)), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("model.embed_tokens.weight") && msg.contains("MiB"), "{msg}");
     // A limit below one row cannot hold even one block.
     let d = dir("tiny-tied");
-    let config = folder::load_config(&d).unwrap();
+    let config = Checkpoint::open_dir(&d).unwrap().config().clone();
     let opts = LoadOptions { max_tensor_bytes: Some(32), ..Default::default() };
-    let err = Qwen3ForCausalLM::<Flex>::load_with(&config, &mut folder::open_weights(&d).unwrap(), &Default::default(), &opts).unwrap_err();
+    let err = Qwen3ForCausalLM::<Flex>::load_with(&config, &mut Checkpoint::open_dir(&d).unwrap().weights().unwrap(), &Default::default(), &opts).unwrap_err();
     assert!(err.to_string().contains("over the device's limit"), "{err}");
 }

@@ -243,6 +243,18 @@ pub fn cuda_devices(specs: &[String]) -> Result<Vec<burn::backend::cuda::CudaDev
     devices::<burn::backend::Cuda>(specs, "cuda:N", |spec| Some(CudaDevice::new(spec.strip_prefix("cuda:")?.parse().ok()?)))
 }
 
+/// What runs the work, for reports: the CPU's model name on the cpu backend, else the device.
+pub fn machine(backend: BackendName) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| info.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    match backend {
+        BackendName::Cpu => format!("{cpu}, {} cores", cores()),
+        other => probe(other).map_or(cpu.clone(), |d| format!("{d} (host: {cpu})")),
+    }
+}
+
 /// The CPU's cores, for work tiqu splits over threads itself.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -129,7 +129,7 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     }
     let cfg = load_bench_config(&args.config)?;
     let load_start = Instant::now();
-    let model: Qwen3ForCausalLM<B> = args.quant.load(&cfg, &mut RandomInit::new(42, 0.02), device)?;
+    let model: Qwen3ForCausalLM<B> = args.quant.random_model(&cfg, device)?;
     let dtype = model.dtype();
     let load_s = load_start.elapsed().as_secs_f64();
     let mut rng = StdRng::seed_from_u64(7);
@@ -245,8 +245,8 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
         bail!("--batch and --text-chars must be at least 1");
     }
     let cfg = load_bench_config(&args.config)?;
-    let tokenizer = tiqu_core::folder::load_tokenizer(&args.tokenizer, None)?;
-    let model: Qwen3ForCausalLM<B> = args.quant.load(&cfg, &mut RandomInit::new(42, 0.02), device)?;
+    let tokenizer = tiqu_core::Checkpoint::tokenizer_in(&tiqu_core::Folder::new(&args.tokenizer))?;
+    let model: Qwen3ForCausalLM<B> = args.quant.random_model(&cfg, device)?;
     let dtype = model.dtype();
     let options = ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch };
     let eos = if cfg.eos_token_ids.is_empty() { vec![151645] } else { cfg.eos_token_ids.clone() };

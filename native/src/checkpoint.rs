@@ -1,85 +1,13 @@
-//! Finds a checkpoint (a folder, or a Hub id in the Hugging Face cache) and loads it.
+//! The command line's model options, turned into the core loader's: every command loads
+//! through [`tiqu_core::Checkpoint`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use burn::prelude::Backend;
-use tiqu_core::folder::{has_weights, load_config, load_eos, load_tokenizer, open_weights, shard_names};
+use tiqu_core::files::Folder;
 use tiqu_core::quantize::{Bits, Quantization};
-use tiqu_core::{Qwen3Config, Qwen3ForCausalLM, RandomInit, Tokenizer, WeightSource};
-
-/// Files of a Hub checkpoint that tiqu reads (weights are listed by the index).
-const HUB_FILES: [&str; 4] = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"];
-
-/// A loaded model with everything generation needs.
-pub struct Loaded<B: Backend> {
-    pub config: Qwen3Config,
-    pub model: Qwen3ForCausalLM<B>,
-    pub tokenizer: Tokenizer,
-    pub eos_token_ids: Vec<u32>,
-}
-
-/// `--model`: an existing folder, or a Hub id (`Qwen/Qwen3-0.6B`) found in the standard cache
-/// (HF_HOME or ~/.cache/huggingface/hub) or downloaded when online.
-pub fn resolve(model: &str) -> Result<PathBuf> {
-    let path = Path::new(model);
-    if path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    if path.exists() {
-        bail!("{model}: --model must be a checkpoint folder (or a Hub id), not a file");
-    }
-    let looks_like_id = model.split('/').count() == 2 && !model.starts_with('.') && !model.contains('\\');
-    if !looks_like_id {
-        bail!("{model}: no such folder (and not a Hub id like Qwen/Qwen3-0.6B)");
-    }
-    let cache = hf_hub::Cache::from_env();
-    let cached = cache.model(model.to_string());
-    if let Some(config) = cached.get("config.json") {
-        let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
-        if has_weights(&dir) {
-            return Ok(dir);
-        }
-    }
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v != "0" && !v.is_empty());
-    let how = format!(
-        "download it on a machine with internet (`huggingface-cli download {model}`) and copy the cache to {}, \
-         or pass --model with a folder holding config.json, *.safetensors and tokenizer.json",
-        cache.path().display()
-    );
-    if offline {
-        bail!("{model} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set: {how}", cache.path().display());
-    }
-    download(model).map_err(|e| {
-        anyhow!("{model} is not in the Hugging Face cache ({}) and downloading failed ({e}): {how}", cache.path().display())
-    })
-}
-
-fn download(model: &str) -> Result<PathBuf> {
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).with_retries(0).build()?;
-    let repo = api.model(model.to_string());
-    let mut dir = None;
-    for file in HUB_FILES {
-        match repo.get(file) {
-            Ok(p) => dir = p.parent().map(Path::to_path_buf),
-            Err(e) if file == "config.json" => return Err(e.into()),
-            Err(_) => {}
-        }
-    }
-    let dir = dir.context("no files downloaded")?;
-    let index = repo.get("model.safetensors.index.json");
-    match index {
-        Ok(index) => {
-            for shard in shard_names(&index)? {
-                repo.get(&shard)?;
-            }
-        }
-        Err(_) => {
-            repo.get("model.safetensors")?;
-        }
-    }
-    Ok(dir)
-}
+use tiqu_core::{Checkpoint, Files, Loaded, RandomWeights};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum QuantizeName {
@@ -111,18 +39,21 @@ impl QuantArgs {
         Some(Quantization { bits, block: self.quantize_block })
     }
 
+    /// A model of `config`'s shape with seeded random weights (benchmarks), quantized and cast as
+    /// it loads, like a checkpoint.
+    pub fn random_model<B: Backend>(&self, config: &tiqu_core::Qwen3Config, device: &B::Device) -> Result<tiqu_core::Qwen3ForCausalLM<B>> {
+        let opts = tiqu_core::LoadOptions {
+            quantize: self.get(),
+            dtype: Some(crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?),
+            ..Default::default()
+        };
+        let model = tiqu_core::Qwen3ForCausalLM::load_with(config, &mut RandomWeights::new(42).source(), device, &opts);
+        Ok(if opts.quantize.is_some() { model.context("--quantize")? } else { model? })
+    }
+
     /// `int8/32`-style, for benchmark reports; `None` unquantized.
     pub fn describe(&self) -> Option<String> {
         self.get().map(|q| format!("{:?}/{}", q.bits, q.block).to_lowercase())
-    }
-
-    /// The model from `src`, each layer quantized and cast to the dtype `--dtype` picks as it
-    /// loads: the whole model is never f32 in memory.
-    pub fn load<B: Backend>(&self, config: &Qwen3Config, src: &mut dyn WeightSource, device: &B::Device) -> Result<Qwen3ForCausalLM<B>> {
-        let dtype = crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?;
-        let opts = tiqu_core::LoadOptions { quantize: self.get(), dtype: Some(dtype), ..Default::default() };
-        let model = Qwen3ForCausalLM::load_with(config, src, device, &opts);
-        Ok(if opts.quantize.is_some() { model.context("--quantize")? } else { model? })
     }
 }
 
@@ -136,19 +67,20 @@ pub struct LoadOptions<'a> {
     pub quant: &'a QuantArgs,
 }
 
+/// The model of `--model` (a folder or a Hub id), each layer quantized and cast to the dtype
+/// `--dtype` picks as it loads, with `--adapter` attached.
 pub fn load<B: Backend>(opts: &LoadOptions, device: &B::Device) -> Result<Loaded<B>> {
-    let dir = resolve(opts.model)?;
-    let config = load_config(&dir)?;
-    let tokenizer = load_tokenizer(&dir, opts.tokenizer)?;
-    let eos_token_ids = load_eos(&dir, &config)?;
-    let mut model = if opts.random_weights {
-        opts.quant.load(&config, &mut RandomInit::new(opts.seed, 0.02), device)?
-    } else {
-        opts.quant.load(&config, &mut open_weights(&dir)?, device)?
+    let checkpoint = Checkpoint::resolve(opts.model)?;
+    let adapter = opts.adapter.map(Folder::new);
+    let tokenizer = opts.tokenizer.map(Folder::new);
+    let load = tiqu_core::LoadOptions {
+        quantize: opts.quant.get(),
+        dtype: Some(crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?),
+        adapter: adapter.as_ref().map(|a| a as &dyn Files),
+        tokenizer: tokenizer.as_ref().map(|t| t as &dyn Files),
+        random_weights: opts.random_weights.then(|| RandomWeights::new(opts.seed)),
+        ..Default::default()
     };
-    if let Some(adapter) = opts.adapter {
-        let (lora, mut weights) = tiqu_core::folder::open_adapter(adapter)?;
-        model.load_adapter(&lora, &mut weights, &adapter.display().to_string())?;
-    }
-    Ok(Loaded { config, model, tokenizer, eos_token_ids })
+    let loaded = checkpoint.load(&load, device);
+    Ok(if load.quantize.is_some() { loaded.context("--quantize")? } else { loaded? })
 }

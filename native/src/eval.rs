@@ -6,15 +6,13 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use tiqu_core::loss::total_nll;
-use tiqu_core::score::{reference_fields, Scores};
-use tiqu_core::sft::{parse_records, parse_records_lenient, Example};
-use tiqu_core::{Constrain, ExtractOptions, Extractor, Schema};
+use tiqu_core::eval::{evaluate_sft, SftEvalOptions};
+use tiqu_core::sft::{parse_records, parse_records_lenient};
+use tiqu_core::{Constrain, ExtractOptions};
 
 use crate::backend::BackendName;
 use crate::{checkpoint, with_backend, ModelArgs};
@@ -90,111 +88,36 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
     // The loss alone needs every record: a bad line is an error there. Extraction counts it.
     let (records, bad_lines) = if args.loss_only { (parse_records(&text, &source)?, Vec::new()) } else { parse_records_lenient(&text, &source)? };
     let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
-    let limit = loaded.config.max_position_embeddings;
-    let mut examples = Vec::with_capacity(records.len());
-    for rec in &records {
-        let ex = Example::new(&rec.value, &loaded.tokenizer)?;
-        if ex.len() > limit {
-            bail!("{source}:{}: record has {} tokens, more than max_position_embeddings ({limit})", rec.line, ex.len());
-        }
-        examples.push(ex);
-    }
-    let (nll, tokens) = total_nll(&loaded.model, &examples, args.batch)?;
-    let loss = if tokens > 0 { nll / tokens as f64 } else { f64::NAN };
+    let opts = SftEvalOptions {
+        extract: ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch },
+        workers: args.threads.unwrap_or(1),
+        loss_only: args.loss_only,
+    };
+    let bar = indicatif::ProgressBar::new(records.len() as u64);
     if args.loss_only {
-        println!("loss {loss:.6} over {tokens} response tokens in {} records", records.len());
-        return Ok(json!({"loss": loss, "tokens": tokens, "records": records.len()}));
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-
-    let schema = Schema::default();
-    // Owned: the schema moves into the extractor.
-    let names: Vec<String> = schema.names().into_iter().map(String::from).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mistakes_path = args.mistakes.clone().unwrap_or_else(|| default_mistakes(&args.data));
-    let mut mistakes = fs::File::create(&mistakes_path).map_err(|e| anyhow!("cannot write {}: {e}", mistakes_path.display()))?;
-    for (line, why) in &bad_lines {
-        writeln!(mistakes, "{}", json!({"line": line, "error": why}))?;
-    }
-    // Records whose reference is unusable are counted and listed, not scored.
-    let mut scored = Vec::new();
-    let mut bad_references = 0;
-    for rec in &records {
-        let r = &rec.value;
-        match reference_fields(r.output.as_deref().unwrap_or(""), &names) {
-            Ok(reference) => scored.push((rec.line, r.input.clone().unwrap_or_else(|| r.instruction.clone()), reference)),
-            Err(why) => {
-                bad_references += 1;
-                writeln!(mistakes, "{}", json!({"line": rec.line, "error": why}))?;
-            }
-        }
-    }
-    let options = ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch };
-    let extractor = Extractor::new(loaded.model, loaded.tokenizer, loaded.eos_token_ids, schema, options);
-    let texts: Vec<&str> = scored.iter().map(|(_, t, _)| t.as_str()).collect();
-    let bar = indicatif::ProgressBar::new(texts.len() as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} records  ETA {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
-    let started = Instant::now();
-    let chunks: Vec<&[&str]> = texts.chunks(args.batch).collect();
-    let workers = args.threads.unwrap_or(1).clamp(1, chunks.len().max(1));
-    // Worker w takes chunks w, w + workers, …; results go back in input order.
-    let mut done: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
-                let (extractor, chunks, bar) = (&extractor, &chunks, &bar);
-                scope.spawn(move || {
-                    (w..chunks.len())
-                        .step_by(workers)
-                        .map(|i| {
-                            let r = extractor.extract_batch(chunks[i]);
-                            bar.inc(chunks[i].len() as u64);
-                            (i, r)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-    });
-    if done.len() != chunks.len() {
-        bail!("an extraction thread failed");
-    }
-    done.sort_by_key(|(i, _)| *i);
-    let results: Vec<_> = done.into_iter().flat_map(|(_, r)| r).collect();
+    let mistakes_path = args.mistakes.clone().unwrap_or_else(|| default_mistakes(&args.data));
+    // Opened before the work, so an unwritable path is known at once.
+    let mut file = if args.loss_only {
+        None
+    } else {
+        Some(fs::File::create(&mistakes_path).map_err(|e| anyhow!("cannot write {}: {e}", mistakes_path.display()))?)
+    };
+    let (mut result, mistakes) = evaluate_sft(loaded, &records, &bad_lines, &source, &opts, &|n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
-    let mut scores = Scores::new(&names);
-    for ((line, text, reference), result) in scored.iter().zip(&results) {
-        let predicted = result.as_ref().ok().map(|e| &e.fields);
-        let wrong = scores.add(text, reference, predicted);
-        if !wrong.is_empty() {
-            let expected: serde_json::Map<String, Value> =
-                names.iter().zip(reference).map(|(k, v)| (k.to_string(), v.clone().map_or(Value::Null, Value::String))).collect();
-            let got = match result {
-                Ok(e) => json!({"predicted": e.fields.to_json()}),
-                Err(e) => json!({"error": e.to_string()}),
-            };
-            let mut entry = json!({"line": line, "text": text, "expected": expected, "wrong": wrong});
-            entry.as_object_mut().into_iter().for_each(|o| o.extend(got.as_object().cloned().unwrap_or_default()));
-            writeln!(mistakes, "{entry}")?;
-        }
+    let Some(file) = file.as_mut() else {
+        println!("loss {:.6} over {} response tokens in {} records", result["loss"].as_f64().unwrap_or(f64::NAN), result["tokens"], records.len());
+        return Ok(result);
+    };
+    for entry in &mistakes {
+        writeln!(file, "{entry}")?;
     }
-    let per_field: serde_json::Map<String, Value> =
-        scores.fields().into_iter().map(|(n, exact, f1)| (n.to_string(), json!({"exact": exact, "char_f1": f1}))).collect();
-    Ok(json!({
-        "records": scores.records,
-        "all_fields_exact": scores.all_fields_exact(),
-        "json_valid": scores.json_valid_rate(),
-        "hallucinated": scores.hallucination_rate(),
-        "per_field": per_field,
-        "records_per_s": scores.records as f64 / seconds.max(1e-9),
-        "loss": loss,
-        "bad_records": bad_lines.len() + bad_references,
-        "constrain": args.constrain.to_string(),
-        "mistakes": mistakes_path.display().to_string(),
-    }))
+    result["mistakes"] = json!(mistakes_path.display().to_string());
+    Ok(result)
 }
 
-/// The human-readable table of an [`evaluate`] result.
 pub fn print_table(r: &Value) {
     let pct = |v: &Value| format!("{:.1}%", 100.0 * v.as_f64().unwrap_or(f64::NAN));
     println!(

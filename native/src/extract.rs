@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use tiqu_core::{Constrain, ExtractOptions, Extractor, Schema};
+use tiqu_core::{Constrain, ExtractOptions, Schema};
 
 use crate::backend::BackendName;
 use crate::{checkpoint, with_backend, ModelArgs};
@@ -135,7 +135,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     }
     let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
     let options = ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch };
-    let extractor = Extractor::new(loaded.model, loaded.tokenizer, loaded.eos_token_ids, schema, options);
+    let extractor = loaded.into_extractor(schema, options)?;
 
     let bar = indicatif::ProgressBar::new(records.len() as u64);
     bar.set_style(

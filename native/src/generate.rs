@@ -60,7 +60,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &GenerateArgs) ->
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling,
-        pad_token_id: loaded.eos_token_ids[0],
+        pad_token_id: loaded.require_eos()?[0],
         eos_token_ids: loaded.eos_token_ids.clone(),
     };
     let start = Instant::now();

@@ -13,10 +13,18 @@ use clap::Args;
 use serde_json::{json, Value};
 use tiqu_core::synth::Synth;
 
+use tiqu_core::checkpoint::save::merge_folder;
+use tiqu_core::checkpoint::TOKENIZER_FILES;
+use tiqu_core::eval::{evaluate_sft, SftEvalOptions};
+use tiqu_core::files::Folder;
+use tiqu_core::run::{OptimizerConfig, Run, RunConfig, RunOptions};
+use tiqu_core::sft::parse_records_lenient;
+use tiqu_core::train::{AdamWConfig, Method};
+use tiqu_core::{Checkpoint, ExtractOptions};
+
 use crate::backend::BackendName;
-use crate::eval::{evaluate, print_table, with_default_threads, EvalArgs};
-use crate::train::{execute, RunConfig, RunOptions, TOKENIZER_FILES};
-use crate::{data, merge, with_backend, ModelArgs};
+use crate::eval::print_table;
+use crate::{data, with_backend};
 
 /// Optimizer steps from scratch: what fits the 10-minute budget on a 2-core CPU (BENCHMARKS.md).
 const DEFAULT_STEPS: usize = 2000;
@@ -145,14 +153,17 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
             eprintln!("training a small Qwen3-architecture model (2 layers, hidden 128) from scratch: it shows the pipeline, not Qwen3-0.6B's quality");
             let cfg = RunConfig {
                 model: base.display().to_string(),
-                method: "full".into(),
+                method: Method::Full,
                 random_weights: true,
                 restrict_vocab: true,
                 data: train_path.display().to_string(),
                 eval_data: Some(heldout_path.display().to_string()),
-                learning_rate: args.lr,
-                warmup_steps: 50,
-                weight_decay: 0.01,
+                optimizer: OptimizerConfig {
+                    learning_rate: args.lr,
+                    warmup_steps: 50,
+                    adamw: AdamWConfig { weight_decay: 0.01, ..AdamWConfig::default() },
+                    ..OptimizerConfig::default()
+                },
                 per_device_train_batch_size: micro,
                 gradient_accumulation_steps: accumulation,
                 num_train_epochs: 1,
@@ -178,48 +189,32 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
         }
     };
     let training = Instant::now();
-    let finished = execute(backend, &cfg, &opts, &run_dir)?;
+    let run = Run::create(&run_dir, cfg)?;
+    let finished = crate::train::execute(backend, &run, opts, &[])?;
     let train_s = training.elapsed().as_secs_f64();
     let model_dir = match &args.model {
         None => finished.output.clone(),
         Some(model) => {
             let merged = out.join("merged");
-            merge::run(&merge::MergeArgs { model: model.clone(), adapter: finished.output.clone(), out: merged.clone() })?;
+            let (n, lora) = merge_folder(&Checkpoint::resolve(model)?, &Folder::new(&finished.output), &merged)?;
+            eprintln!("merged {n} weight matrices (r={}, scaling {}) into {}", lora.r, lora.scaling(), merged.display());
             merged
         }
     };
-    let eval_args = EvalArgs {
-        model: ModelArgs {
-            model: model_dir.display().to_string(),
-            tokenizer: None,
-            adapter: None,
-            random_weights: false,
-            seed: args.seed,
-            quant: crate::checkpoint::QuantArgs { quantize: crate::checkpoint::QuantizeName::None, quantize_block: 32 },
-        },
-        data: heldout_path,
-        loss_only: false,
-        batch: 32,
-        constrain: tiqu_core::Constrain::Copy,
-        max_new_tokens: 256,
-        mistakes: Some(out.join("mistakes.jsonl")),
-        json: args.json,
-        threads: None,
-    };
-    let eval_args = with_default_threads(backend, &eval_args);
-    let mut result: Value = with_backend!(backend, |B, device| evaluate::<B>(&device, &eval_args))?;
+    let mut result: Value = with_backend!(backend, |B, device| held_out::<B>(&device, backend, &model_dir, &heldout_path, &out.join("mistakes.jsonl")))?;
+    let report = run_dir.join("report.html");
     let total_s = started.elapsed().as_secs_f64();
     result["train_s"] = json!(train_s);
     result["total_s"] = json!(total_s);
     result["model"] = json!(model_dir.display().to_string());
-    result["report"] = json!(finished.report.display().to_string());
+    result["report"] = json!(report.display().to_string());
     result["train_loss"] = finished.summary["final_loss"].clone();
     result["train_tokens_per_s"] = finished.summary["tokens_per_s"].clone();
     fs::write(out.join("quickstart.json"), serde_json::to_vec_pretty(&result)?)?;
     println!("held-out extraction ({} records, copy-constrained decoding):", args.heldout);
     print_table(&result);
     println!("model: {}", model_dir.display());
-    println!("report: {}", finished.report.display());
+    println!("report: {}", report.display());
     println!("total {:.0} s (training {:.0} s)", total_s, train_s);
     if args.model.is_none() {
         println!("This small model was trained from scratch on synthetic data: it shows the pipeline, not Qwen3-0.6B's quality.");
@@ -229,4 +224,26 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
         println!("{result}");
     }
     Ok(())
+}
+
+/// Extraction quality and loss of the trained model on the held-out records (their mistakes
+/// written to `mistakes`), as `tiqu eval` computes them.
+fn held_out<B: burn::prelude::Backend>(device: &B::Device, backend: BackendName, model: &Path, data: &Path, mistakes: &Path) -> Result<Value> {
+    let source = data.display().to_string();
+    let text = fs::read_to_string(data).map_err(|e| anyhow!("{source}: {e}"))?;
+    let (records, bad_lines) = parse_records_lenient(&text, &source)?;
+    let dtype = crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?;
+    let loaded = Checkpoint::open_dir(model)?.load::<B>(&tiqu_core::LoadOptions { dtype: Some(dtype), ..Default::default() }, device)?;
+    let workers = if backend == BackendName::Cpu {
+        crate::backend::single_threaded_kernels();
+        crate::backend::cores()
+    } else {
+        1
+    };
+    let opts = SftEvalOptions { extract: ExtractOptions { batch: 32, ..Default::default() }, workers, loss_only: false };
+    let (mut result, wrong) = evaluate_sft(loaded, &records, &bad_lines, &source, &opts, &|_| {})?;
+    let lines: String = wrong.iter().map(|m| format!("{m}\n")).collect();
+    fs::write(mistakes, lines).map_err(|e| anyhow!("{}: {e}", mistakes.display()))?;
+    result["mistakes"] = json!(mistakes.display().to_string());
+    Ok(result)
 }

@@ -6,9 +6,8 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::train::RunConfig;
 
 fn read_metrics(path: &Path) -> Result<Vec<Value>> {
     let text = fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -17,26 +16,6 @@ fn read_metrics(path: &Path) -> Result<Vec<Value>> {
 
 fn series(metrics: &[Value], key: &str) -> Vec<(f64, f64)> {
     metrics.iter().filter_map(|m| Some((m["step"].as_f64()?, m[key].as_f64()?))).collect()
-}
-
-/// Final and summary figures of a run, as `summary.json` stores them.
-pub fn summarize(metrics: &Path, trainable_line: &str, elapsed_s: f64, steps: usize, cut: usize, skipped: usize) -> Result<Value> {
-    let m = read_metrics(metrics)?;
-    let loss = series(&m, "loss");
-    let eval = series(&m, "eval_loss");
-    let tokens: f64 = m.iter().filter_map(|x| x["tokens"].as_f64()).sum();
-    let step_time: f64 = m.iter().filter_map(|x| x["step_s"].as_f64()).sum();
-    Ok(json!({
-        "steps": steps,
-        "final_loss": loss.last().map(|p| p.1),
-        "first_loss": loss.first().map(|p| p.1),
-        "final_eval_loss": eval.last().map(|p| p.1),
-        "tokens_per_s": if step_time > 0.0 { tokens / step_time } else { 0.0 },
-        "elapsed_s": elapsed_s,
-        "trainable": trainable_line,
-        "records_cut": cut,
-        "records_skipped": skipped,
-    }))
 }
 
 /// One curve of a chart: name, colour, (step, value) points.
@@ -76,8 +55,13 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-pub fn write_html(run: &Path, cfg: &RunConfig, metrics: &Path, summary: &Value) -> Result<()> {
-    let m = read_metrics(metrics)?;
+/// `report.html` in `run`, from the run folder's `metrics.jsonl`, `summary.json` and `config.toml`.
+pub fn write_html(run: &Path) -> Result<()> {
+    let m = read_metrics(&run.join("metrics.jsonl"))?;
+    let summary_path = run.join("summary.json");
+    let summary: Value = serde_json::from_slice(&fs::read(&summary_path).map_err(|e| anyhow!("{}: {e}", summary_path.display()))?)?;
+    let cfg_path = run.join("config.toml");
+    let cfg: toml::Value = toml::from_str(&fs::read_to_string(&cfg_path).map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?)?;
     let mut html = String::from("<!doctype html><meta charset='utf-8'><title>tiqu run</title><style>body{font-family:sans-serif;max-width:720px;margin:2em auto}td{padding:2px 12px}</style>");
     let _ = write!(html, "<h1>tiqu run {}</h1><p><code>{}</code></p>", escape(&run.display().to_string()), escape(summary["trainable"].as_str().unwrap_or("")));
     html.push_str(&chart("loss", &[("train loss", "#1f77b4", series(&m, "loss")), ("eval loss", "#d62728", series(&m, "eval_loss"))]));

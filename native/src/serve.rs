@@ -11,7 +11,6 @@ use anyhow::{anyhow, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::checkpoint;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -33,7 +32,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
-    let model = checkpoint::resolve(&args.model)?;
+    let model = tiqu_core::checkpoint::resolve_dir(&args.model)?;
     let www = args.www.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../wasm/www"));
     if !www.join("index.html").is_file() {
         return Err(anyhow!("{}: no index.html (pass --www DIR)", www.display()));

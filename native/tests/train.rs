@@ -55,6 +55,11 @@ fn train(out: &Path, extra: &[&str]) -> Output {
     tiqu(&args)
 }
 
+/// `tiqu train --out RUN --resume`, as the README shows it: no other flag.
+fn resume(out: &Path) -> Output {
+    tiqu(&["--backend", "cpu", "train", "--out", out.to_str().unwrap(), "--resume"])
+}
+
 fn metrics(run: &Path) -> Vec<Value> {
     fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -138,8 +143,7 @@ fn resume_after_kill_9_continues_the_exact_curve() {
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
     assert!(!killed.join("adapter_model.safetensors").exists(), "the run finished before it was killed");
-    let out = train(&killed, &["--resume"]);
-    let out = ok(out);
+    let out = ok(resume(&killed));
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"));
     assert_eq!(losses(&killed), losses(&full), "the resumed run must follow the uninterrupted curve exactly");
     let final_a = fs::read(full.join("adapter_model.safetensors")).unwrap();
@@ -274,8 +278,117 @@ fn full_training_from_scratch_on_the_datas_vocabulary_saves_a_qwen3_folder_and_r
             fs::remove_file(&path).unwrap();
         }
     }
-    let out = ok(train(&b, &["--resume"]));
+    let out = ok(resume(&b));
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"));
     assert_eq!(losses(&b), curve);
     assert_eq!(fs::read(b.join("model/model.safetensors")).unwrap(), fs::read(model.join("model.safetensors")).unwrap());
+}
+
+/// Every file under `dir` with its bytes, to check that a refused command changed nothing.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(snapshot(&path));
+        } else {
+            out.push((path.clone(), fs::read(&path).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn resume_refuses_changed_settings_and_edited_configs_and_finds_its_data_from_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    ok(train(&run, &["--max-steps", "2"]));
+    let before = snapshot(&run);
+    let r = run.to_str().unwrap();
+    // Flags given with --resume that would change the run are refused by name, not ignored.
+    let out = tiqu(&["--backend", "cpu", "train", "--out", r, "--resume", "--data", "/nonexistent", "--max-steps", "80"]);
+    assert_error(&out, &["cannot change", "data", "max_steps"]);
+    // A setting given again with its stored value, and one a resume may change, are fine.
+    ok(tiqu(&["--backend", "cpu", "train", "--out", r, "--resume", "--max-steps", "2", "--save-steps", "1"]));
+    // config.toml edited after the start (r 8 -> 16): refused, naming the setting and the file.
+    let cfg = fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(cfg.contains("r = 8"), "{cfg}");
+    fs::write(run.join("config.toml"), cfg.replace("r = 8", "r = 16")).unwrap();
+    let edited = snapshot(&run);
+    assert_error(&resume(&run), &["config.toml", "r changed since the run started"]);
+    assert_eq!(snapshot(&run), edited, "a refused resume changes nothing");
+    fs::write(run.join("config.toml"), &cfg).unwrap();
+    // Data paths are stored absolute: a resume from another working directory finds them.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tiqu"))
+        .args(["--backend", "cpu", "train", "--out", r, "--resume"])
+        .current_dir(elsewhere.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    ok(out);
+    assert!(fs::read_to_string(run.join("config.toml")).unwrap().contains(&fixture("sft_small.jsonl")));
+    assert!(before.iter().any(|(p, _)| p.ends_with("checkpoint-2/optimizer.safetensors")));
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_one_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, broken) = (dir.path().join("full"), dir.path().join("broken"));
+    let long = ["--save-steps", "1"];
+    ok(train(&full, &long));
+    ok(train(&broken, &long));
+    let finals = ["adapter_model.safetensors", "adapter_config.json", "summary.json", "report.html"];
+    // As a kill after checkpoint `newest` leaves the run folder.
+    let unfinish = |run: &Path, newest: usize| {
+        for f in finals {
+            let _ = fs::remove_file(run.join(f));
+        }
+        for step in newest + 1..=6 {
+            let _ = fs::remove_dir_all(run.join(format!("checkpoint-{step}")));
+        }
+    };
+    // The newest checkpoint cut short (a power cut without fsync could leave this).
+    unfinish(&broken, 4);
+    let opt = broken.join("checkpoint-4/optimizer.safetensors");
+    let bytes = fs::read(&opt).unwrap();
+    fs::write(&opt, &bytes[..bytes.len() / 2]).unwrap();
+    let out = ok(resume(&broken));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning") && stderr.contains("checkpoint-4") && stderr.contains("trying the checkpoint before it"), "{stderr}");
+    assert_eq!(losses(&broken), losses(&full), "resumed from checkpoint-3, the curve is the uninterrupted one");
+    assert_eq!(fs::read(broken.join("adapter_model.safetensors")).unwrap(), fs::read(full.join("adapter_model.safetensors")).unwrap());
+
+    // Moments of the wrong shape (1-d) are named, then skipped the same way.
+    unfinish(&broken, 3);
+    let opt = broken.join("checkpoint-3/optimizer.safetensors");
+    let bytes = fs::read(&opt).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let flat: Vec<(String, Vec<u8>, usize)> =
+        st.tensors().into_iter().map(|(n, t)| (n.clone(), t.data().to_vec(), t.shape().iter().product())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = flat
+        .iter()
+        .map(|(n, d, len)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*len], d).unwrap()))
+        .collect();
+    fs::write(&opt, safetensors::serialize(views, None).unwrap()).unwrap();
+    let out = ok(resume(&broken));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("checkpoint-3") && stderr.contains("has shape"), "{stderr}");
+    assert_eq!(losses(&broken), losses(&full));
+
+    // Nothing restores: one line saying so.
+    unfinish(&broken, 1);
+    fs::write(broken.join("checkpoint-1/trainer_state.json"), "{not json").unwrap();
+    assert_error(&resume(&broken), &["no checkpoint restores", "checkpoint-1/trainer_state.json"]);
+}
+
+#[test]
+fn a_broken_trainer_state_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    ok(train(&run, &["--max-steps", "2"]));
+    fs::write(run.join("checkpoint-2/trainer_state.json"), "{not json").unwrap();
+    let out = resume(&run);
+    assert_error(&out, &["checkpoint-2/trainer_state.json", "not valid JSON"]);
 }

@@ -16,12 +16,10 @@ use burn::backend::{Flex, Wgpu};
 use burn::prelude::Backend;
 use js_sys::{Object, Promise, Reflect, Uint8Array};
 use serde_json::{json, Value};
-use tiqu_core::config::generation_eos;
 use tiqu_core::generate::{generate_async, GenerateOptions, Sampling};
-use tiqu_core::lora::LoraConfig;
 use tiqu_core::quantize::{Bits, Quantization};
 use tiqu_core::weights::ReadSeek;
-use tiqu_core::{chat_prompt, ExtractOptions, Extractor, LoadOptions, Qwen3Config, Qwen3ForCausalLM, SafetensorsFile, Schema, Tokenizer};
+use tiqu_core::{chat_prompt, Checkpoint, ExtractOptions, Extractor, Files, LoadOptions, Schema};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
@@ -59,10 +57,14 @@ impl Seek for JsReader {
     }
 }
 
-/// The files of one folder, by base name.
-struct Files(HashMap<String, Uint8Array>);
+/// The files of one folder, by base name, kept in JS memory: the core loader reads them through
+/// [`tiqu_core::Files`] like a folder on disk.
+struct JsFiles {
+    label: String,
+    files: HashMap<String, Uint8Array>,
+}
 
-impl Files {
+impl JsFiles {
     fn from_js(files: &JsValue, what: &str) -> Result<Self, String> {
         if !files.is_object() {
             return Err(format!("{what}: expected an object of file name → Uint8Array"));
@@ -78,54 +80,34 @@ impl Files {
                 .map_err(|_| format!("{what}: {name} is not a Uint8Array"))?;
             map.insert(base, bytes);
         }
-        Ok(Self(map))
+        Ok(Self { label: what.to_string(), files: map })
+    }
+}
+
+impl Files for JsFiles {
+    fn label(&self) -> String {
+        self.label.clone()
     }
 
-    fn bytes(&self, name: &str) -> Option<Vec<u8>> {
-        self.0.get(name).map(Uint8Array::to_vec)
+    /// Messages name the file alone: the page shows them under its folder picker.
+    fn path(&self, name: &str) -> String {
+        name.to_string()
     }
 
-    fn need(&self, name: &str) -> Result<Vec<u8>, String> {
-        self.bytes(name).ok_or_else(|| format!("{name}: missing from the model folder"))
+    fn exists(&self, name: &str) -> bool {
+        self.files.contains_key(name)
     }
 
-    fn reader(&self, name: &str) -> Result<(String, Box<dyn ReadSeek>), String> {
-        let array = self.0.get(name).ok_or_else(|| format!("{name}: missing from the model folder"))?.clone();
+    fn open(&self, name: &str) -> tiqu_core::Result<Box<dyn ReadSeek>> {
+        let array = self.files.get(name).ok_or_else(|| tiqu_core::Error::Format(format!("{name}: missing from the {}", self.label)))?.clone();
         let len = array.length() as u64;
-        Ok((name.to_string(), Box::new(JsReader { array, len, pos: 0 })))
+        Ok(Box::new(JsReader { array, len, pos: 0 }))
     }
 
-    /// The checkpoint's safetensors files, chosen as natively: the index's shards, else
-    /// `model.safetensors`, else every `*.safetensors` but an adapter's.
-    fn weights(&self) -> Result<SafetensorsFile, String> {
-        let names: Vec<String> = if let Some(index) = self.bytes("model.safetensors.index.json") {
-            let value: Value = serde_json::from_slice(&index)
-                .map_err(|e| format!("model.safetensors.index.json: not valid JSON: {e}"))?;
-            let map = value
-                .get("weight_map")
-                .and_then(Value::as_object)
-                .ok_or("model.safetensors.index.json: no weight_map")?;
-            let mut names: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
-            names.sort();
-            names.dedup();
-            names
-        } else if self.0.contains_key("model.safetensors") {
-            vec!["model.safetensors".into()]
-        } else {
-            let mut names: Vec<String> = self
-                .0
-                .keys()
-                .filter(|n| n.ends_with(".safetensors") && *n != "adapter_model.safetensors")
-                .cloned()
-                .collect();
-            names.sort();
-            names
-        };
-        if names.is_empty() {
-            return Err("no model.safetensors (or model.safetensors.index.json and its shards) in the model folder".into());
-        }
-        let shards = names.iter().map(|n| self.reader(n)).collect::<Result<Vec<_>, _>>()?;
-        SafetensorsFile::open(shards).map_err(|e| e.to_string())
+    fn list(&self) -> tiqu_core::Result<Vec<String>> {
+        let mut names: Vec<String> = self.files.keys().cloned().collect();
+        names.sort();
+        Ok(names)
     }
 }
 
@@ -208,38 +190,26 @@ impl Precision {
 }
 
 fn build<B: Backend>(
-    files: &Files,
-    adapter: Option<&Files>,
-    config: &Qwen3Config,
+    checkpoint: &Checkpoint,
+    adapter: Option<&JsFiles>,
     load: &LoadOptions,
     precision: &Precision,
     max_new_tokens: usize,
     device: &B::Device,
 ) -> Result<(Extractor<B>, usize), String> {
-    let tokenizer = Tokenizer::from_bytes(&files.need("tokenizer.json")?, "tokenizer.json").map_err(|e| e.to_string())?;
-    let eos = match files.bytes("generation_config.json") {
-        Some(b) => generation_eos(&b, "generation_config.json").map_err(|e| e.to_string())?,
-        None => None,
-    }
-    .unwrap_or_else(|| config.eos_token_ids.clone());
-    if eos.is_empty() {
-        return Err("no eos_token_id in generation_config.json or config.json".into());
-    }
     if precision.f16 && !B::supports_dtype(device, burn::tensor::DType::F16) {
         return Err("dtype f16 was asked for, but this device does not support f16 (use f32)".into());
     }
     // Cast (and quantize) layer by layer as the weights load.
-    let load = LoadOptions { dtype: precision.f16.then_some(burn::tensor::FloatDType::F16), ..load.clone() };
-    let mut weights = files.weights()?;
-    let mut model = Qwen3ForCausalLM::<B>::load_with(config, &mut weights, device, &load).map_err(|e| e.to_string())?;
-    if let Some(adapter) = adapter {
-        let lora = LoraConfig::from_peft_json(&adapter.need("adapter_config.json")?, "adapter_config.json").map_err(|e| e.to_string())?;
-        let mut w = SafetensorsFile::open(vec![adapter.reader("adapter_model.safetensors")?]).map_err(|e| e.to_string())?;
-        model.load_adapter(&lora, &mut w, "adapter").map_err(|e| e.to_string())?;
-    }
-    let blocks = 1 + model.model.embed_tokens.rest.len();
+    let load = LoadOptions {
+        dtype: precision.f16.then_some(burn::tensor::FloatDType::F16),
+        adapter: adapter.map(|a| a as &dyn Files),
+        ..load.clone()
+    };
+    let loaded = checkpoint.load::<B>(&load, device).map_err(|e| e.to_string())?;
+    let blocks = 1 + loaded.model.model.embed_tokens.rest.len();
     let options = ExtractOptions { max_new_tokens, batch: 1, ..Default::default() };
-    Ok((Extractor::new(model, tokenizer, eos, Schema::default(), options), blocks))
+    Ok((loaded.into_extractor(Schema::default(), options).map_err(|e| e.to_string())?, blocks))
 }
 
 #[wasm_bindgen]
@@ -255,9 +225,9 @@ impl Model {
 
     async fn load_inner(files: JsValue, adapter: JsValue, opts: JsValue) -> Result<Model, String> {
         let start = now_ms();
-        let files = Files::from_js(&files, "model files")?;
-        let adapter = if adapter.is_undefined() || adapter.is_null() { None } else { Some(Files::from_js(&adapter, "adapter files")?) };
-        let config = Qwen3Config::from_json(&files.need("config.json")?, "config.json").map_err(|e| e.to_string())?;
+        let files = JsFiles::from_js(&files, "model folder")?;
+        let adapter = if adapter.is_undefined() || adapter.is_null() { None } else { Some(JsFiles::from_js(&adapter, "adapter folder")?) };
+        let checkpoint = Checkpoint::open(Box::new(files)).map_err(|e| e.to_string())?;
         let wanted = options(&opts, "backend").and_then(|v| v.as_string()).unwrap_or_else(|| "auto".into());
         let forced_limit = options(&opts, "maxTensorBytes").and_then(|v| v.as_f64()).map(|v| v as usize);
         let max_new_tokens = options(&opts, "maxNewTokens").and_then(|v| v.as_f64()).map_or(256, |v| v as usize);
@@ -279,15 +249,15 @@ impl Model {
             let limits = setup.device.limits();
             let device_limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize;
             let limit = forced_limit.map_or(device_limit, |f| f.min(device_limit));
-            let load = LoadOptions { max_tensor_bytes: Some(limit), quantize: precision.quantize, dtype: None };
+            let load = LoadOptions { max_tensor_bytes: Some(limit), quantize: precision.quantize, ..Default::default() };
             let info = setup.adapter.get_info();
             let about: Vec<&str> = [info.name.as_str(), info.driver.as_str(), info.driver_info.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
             let name = if about.is_empty() { "webgpu".to_string() } else { format!("webgpu ({})", about.join(", ")) };
-            let (extractor, blocks) = build::<Wgpu>(&files, adapter.as_ref(), &config, &load, &precision, max_new_tokens, &device)?;
+            let (extractor, blocks) = build::<Wgpu>(&checkpoint, adapter.as_ref(), &load, &precision, max_new_tokens, &device)?;
             State { inner: Inner::Gpu(extractor), backend: name, load_ms: 0.0, max_tensor_bytes: Some(limit), embedding_blocks: blocks }
         } else {
-            let load = LoadOptions { max_tensor_bytes: forced_limit, quantize: precision.quantize, dtype: None };
-            let (extractor, blocks) = build::<Flex>(&files, adapter.as_ref(), &config, &load, &precision, max_new_tokens, &Default::default())?;
+            let load = LoadOptions { max_tensor_bytes: forced_limit, quantize: precision.quantize, ..Default::default() };
+            let (extractor, blocks) = build::<Flex>(&checkpoint, adapter.as_ref(), &load, &precision, max_new_tokens, &Default::default())?;
             State { inner: Inner::Cpu(extractor), backend: "cpu (flex)".into(), load_ms: 0.0, max_tensor_bytes: forced_limit, embedding_blocks: blocks }
         };
         let load_ms = now_ms() - start;

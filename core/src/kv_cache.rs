@@ -1,0 +1,63 @@
+//! The KV cache: per layer, keys and values preallocated to a capacity and written in place.
+
+use burn::prelude::*;
+
+/// Per-layer key/value cache, preallocated to its capacity.
+#[derive(Debug, Clone)]
+pub struct LayerCache<B: Backend> {
+    pub(crate) k: Tensor<B, 4>,
+    pub(crate) v: Tensor<B, 4>,
+    pub(crate) len: usize,
+}
+
+impl<B: Backend> LayerCache<B> {
+    pub(crate) fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, kvh, t, d] = k.dims();
+        let end = self.len + t;
+        // Moved out, not cloned: a tensor with one owner is updated in place, a shared one would
+        // be copied whole on every step.
+        let dummy = || Tensor::<B, 4>::empty([0, 0, 0, 0], &k.device());
+        let cache_k = std::mem::replace(&mut self.k, dummy());
+        let cache_v = std::mem::replace(&mut self.v, dummy());
+        self.k = crate::flex::assign_rows(cache_k, self.len, k);
+        self.v = crate::flex::assign_rows(cache_v, self.len, v);
+        self.len = end;
+        (self.k.clone().slice([0..b, 0..kvh, 0..end, 0..d]), self.v.clone().slice([0..b, 0..kvh, 0..end, 0..d]))
+    }
+}
+
+
+/// The KV cache of a whole model for one batch.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    pub(crate) layers: Vec<LayerCache<B>>,
+    pub(crate) capacity: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.len)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Grows the cache (by at least half) so that `needed` tokens fit, keeping what it holds.
+    pub fn reserve(&mut self, needed: usize) {
+        if needed <= self.capacity {
+            return;
+        }
+        let capacity = needed.max(self.capacity + self.capacity / 2);
+        for layer in &mut self.layers {
+            let [b, h, _, d] = layer.k.dims();
+            let (device, dtype) = (layer.k.device(), layer.k.dtype());
+            let extra = capacity - self.capacity;
+            layer.k = Tensor::cat(vec![layer.k.clone(), Tensor::zeros([b, h, extra, d], (&device, dtype))], 2);
+            layer.v = Tensor::cat(vec![layer.v.clone(), Tensor::zeros([b, h, extra, d], (&device, dtype))], 2);
+        }
+        self.capacity = capacity;
+    }
+}

@@ -1,0 +1,117 @@
+//! Where each token of a forward pass sits: rotary positions and which keys are real, built on
+//! the host ([`Positions`]), and the device tensors derived from them that every layer shares
+//! (rotary tables and the attention mask).
+
+use burn::prelude::*;
+use burn::tensor::{FloatDType, TensorData};
+
+use crate::dtype::to_dtype;
+
+/// Large enough to zero a softmax weight, small enough that a fully masked row (a padding query)
+/// stays finite instead of turning into NaN.
+const MASKED: f32 = -1.0e9;
+
+/// What one forward pass needs besides token ids, built on the host.
+#[derive(Debug, Clone)]
+pub struct Positions {
+    pub batch: usize,
+    pub seq: usize,
+    /// Tokens already in the KV cache.
+    pub past: usize,
+    /// Rotary position of each new token, `[batch * seq]`.
+    pub positions: Vec<usize>,
+    /// Which keys (cached and new) are real tokens, `[batch * (past + seq)]`.
+    pub key_valid: Vec<bool>,
+}
+
+impl Positions {
+    /// Right-padded rows starting at position 0 (training, loss): `lengths[i]` real tokens each.
+    pub fn right_padded(lengths: &[usize], seq: usize) -> Self {
+        let mut positions = Vec::with_capacity(lengths.len() * seq);
+        let mut key_valid = Vec::with_capacity(lengths.len() * seq);
+        for &len in lengths {
+            positions.extend(0..seq);
+            key_valid.extend((0..seq).map(|j| j < len));
+        }
+        Self { batch: lengths.len(), seq, past: 0, positions, key_valid }
+    }
+
+    /// Left-padded rows (generation prefill): `lengths[i]` real tokens at the end of each row.
+    pub fn left_padded(lengths: &[usize], seq: usize) -> Self {
+        let mut positions = Vec::with_capacity(lengths.len() * seq);
+        let mut key_valid = Vec::with_capacity(lengths.len() * seq);
+        for &len in lengths {
+            let pad = seq - len;
+            positions.extend((0..seq).map(|j| j.saturating_sub(pad)));
+            key_valid.extend((0..seq).map(|j| j >= pad));
+        }
+        Self { batch: lengths.len(), seq, past: 0, positions, key_valid }
+    }
+
+    /// The step after this one: row `r` feeds `lens[r]` tokens at rotary positions from
+    /// `starts[r]`, left-aligned in `seq` columns; the padding columns are never attended to.
+    pub fn next(&self, lens: &[usize], starts: &[usize], seq: usize) -> Self {
+        let past = self.past + self.seq;
+        let mut positions = Vec::with_capacity(self.batch * seq);
+        let mut key_valid = Vec::with_capacity(self.batch * (past + seq));
+        for r in 0..self.batch {
+            positions.extend((0..seq).map(|j| starts[r] + j.min(lens[r].saturating_sub(1))));
+            key_valid.extend_from_slice(&self.key_valid[r * past..(r + 1) * past]);
+            key_valid.extend((0..seq).map(|j| j < lens[r]));
+        }
+        Self { batch: self.batch, seq, past, positions, key_valid }
+    }
+}
+
+/// Device tensors derived from [`Positions`], shared by every layer of one forward pass.
+pub(crate) struct Context<B: Backend> {
+    pub(crate) rope: Rope<B>,
+    pub(crate) mask: Tensor<B, 4>,
+    pub(crate) dropout_seed: Option<u64>,
+}
+
+pub(crate) struct Rope<B: Backend> {
+    pub(crate) cos: Tensor<B, 4>,
+    pub(crate) sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> Context<B> {
+    /// Rotary tables in the activations' `dtype` (computed in f32, as transformers does); the
+    /// mask stays f32.
+    pub(crate) fn new(p: &Positions, head_dim: usize, theta: f64, dropout_seed: Option<u64>, dtype: FloatDType, device: &B::Device) -> Self {
+        let half = head_dim / 2;
+        // f32 products as in transformers, so high positions round the same way.
+        let inv_freq: Vec<f32> =
+            (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect();
+        let n = p.positions.len();
+        let mut cos = Vec::with_capacity(n * head_dim);
+        let mut sin = Vec::with_capacity(n * head_dim);
+        for &pos in &p.positions {
+            let angles: Vec<f32> = inv_freq.iter().map(|f| pos as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+        let shape = [p.batch, 1, p.seq, head_dim];
+        let total = p.past + p.seq;
+        let mut mask = vec![0f32; p.batch * p.seq * total];
+        for b in 0..p.batch {
+            for i in 0..p.seq {
+                for j in 0..total {
+                    if !p.key_valid[b * total + j] || j > p.past + i {
+                        mask[(b * p.seq + i) * total + j] = MASKED;
+                    }
+                }
+            }
+        }
+        Self {
+            rope: Rope {
+                cos: to_dtype(Tensor::from_data(TensorData::new(cos, shape), device), dtype),
+                sin: to_dtype(Tensor::from_data(TensorData::new(sin, shape), device), dtype),
+            },
+            mask: Tensor::from_data(TensorData::new(mask, [p.batch, 1, p.seq, total]), device),
+            dropout_seed,
+        }
+    }
+}

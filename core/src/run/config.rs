@@ -1,0 +1,218 @@
+//! Every setting of a training run, declared once: defaults are the seed notebook's recipe, a
+//! run's `config.toml` stores them with transformers' names, and the command line's flags and a
+//! `--config` file fill the same struct (as layers of TOML values, so both are checked alike).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+use crate::lora::LoraConfig;
+use crate::train::{AdamWConfig, Method};
+use crate::{Error, Result};
+
+/// The optimizer and its schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OptimizerConfig {
+    pub learning_rate: f64,
+    #[serde(flatten)]
+    pub adamw: AdamWConfig,
+    /// Clip the global gradient norm to this (transformers' default 1.0); 0 disables.
+    pub max_grad_norm: f64,
+    /// Optimizer steps of linear warmup before the linear decay to 0.
+    pub warmup_steps: usize,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self { learning_rate: 1e-4, adamw: AdamWConfig::default(), max_grad_norm: 1.0, warmup_steps: 0 }
+    }
+}
+
+/// Every knob of a run. Saved as the run folder's `config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunConfig {
+    /// A checkpoint folder (stored absolute) or a Hub id.
+    pub model: String,
+    pub method: Method,
+    /// Start from config.json's architecture with seeded random weights.
+    pub random_weights: bool,
+    /// Train over the tokens the training data uses only; saved models use Qwen3 ids again
+    /// ([`crate::vocab`]).
+    pub restrict_vocab: bool,
+    /// Standard deviation of the normal init with random weights (transformers' initializer_range).
+    pub init_std: f64,
+    /// Initial query/key RMSNorm weight with random weights: Qwen3 normalises queries and keys,
+    /// which caps attention logits at √head_dim until these weights grow; copying wants sharp
+    /// attention early.
+    pub qk_norm_init: f64,
+    /// SFT records (stored absolute, so a resume from another folder finds them).
+    pub data: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_data: Option<String>,
+    /// Held-out records extracted and scored at each checkpoint (0: the eval loss alone).
+    pub eval_sample: usize,
+    #[serde(flatten)]
+    pub lora: LoraConfig,
+    #[serde(flatten)]
+    pub optimizer: OptimizerConfig,
+    pub per_device_train_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub num_train_epochs: usize,
+    /// Stop after this many optimizer steps (0: the epochs decide).
+    pub max_steps: usize,
+    pub save_steps: usize,
+    pub max_length: usize,
+    pub gradient_checkpointing: bool,
+    pub seed: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            method: Method::Lora,
+            random_weights: false,
+            restrict_vocab: false,
+            init_std: 0.02,
+            qk_norm_init: 1.0,
+            data: String::new(),
+            eval_data: None,
+            eval_sample: 32,
+            lora: LoraConfig::default(),
+            optimizer: OptimizerConfig::default(),
+            per_device_train_batch_size: 4,
+            gradient_accumulation_steps: 4,
+            num_train_epochs: 3,
+            max_steps: 0,
+            save_steps: 50,
+            max_length: 1024,
+            gradient_checkpointing: true,
+            seed: 42,
+        }
+    }
+}
+
+/// Settings a resumed run may change: they decide what is saved and reported, not the numbers.
+pub const RESUMABLE: [&str; 3] = ["save_steps", "eval_data", "eval_sample"];
+
+/// Settings that only matter for the LoRA method, or only with random weights (a report shows a
+/// run's settings without the ones its method never used).
+pub const LORA_ONLY: [&str; 5] = ["r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora"];
+pub const RANDOM_ONLY: [&str; 2] = ["init_std", "qk_norm_init"];
+
+impl RunConfig {
+    /// The settings as a TOML table, every key present.
+    pub fn to_table(&self) -> Result<Table> {
+        match Value::try_from(self).map_err(|e| Error::Other(format!("settings: {e}")))? {
+            Value::Table(t) => Ok(t),
+            _ => Err(Error::Other("settings are not a table".into())),
+        }
+    }
+
+    /// Every setting's name.
+    pub fn keys() -> Vec<String> {
+        let mut keys: Vec<String> = Self::default().to_table().map(|t| t.keys().cloned().collect()).unwrap_or_default();
+        keys.push("eval_data".into());
+        keys
+    }
+
+    /// Defaults, then each layer in turn (a `config.toml`-style file, then flags); a key that is
+    /// not a setting or a value of the wrong type is refused, naming it and where it came from.
+    pub fn from_layers(layers: &[(&str, Table)]) -> Result<Self> {
+        let known = Self::keys();
+        let mut merged = Self::default().to_table()?;
+        for (source, layer) in layers {
+            for (key, value) in layer {
+                if !known.contains(key) {
+                    return Err(Error::Format(format!("{source}: unknown setting `{key}`")));
+                }
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+        let config: Self = Value::Table(merged.clone()).try_into().map_err(|e: toml::de::Error| {
+            let what = layers.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ");
+            Error::Format(format!("{}: {}", if what.is_empty() { "settings" } else { &what }, e.message().replace('\n', " ")))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A `config.toml` (or `--config` file) as a layer.
+    pub fn parse_file(path: &Path) -> Result<Table> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))?;
+        text.parse::<Table>().map_err(|e| Error::Format(format!("{}: {}", path.display(), e.message().replace('\n', " "))))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.per_device_train_batch_size == 0 || self.gradient_accumulation_steps == 0 {
+            return Err(Error::Unsupported("batch size and gradient accumulation must be at least 1".into()));
+        }
+        if self.max_length < 2 {
+            return Err(Error::Unsupported("max_length must be at least 2".into()));
+        }
+        if !(self.optimizer.learning_rate.is_finite() && self.optimizer.learning_rate >= 0.0) {
+            return Err(Error::Unsupported(format!("learning_rate {} must be a finite number, at least 0", self.optimizer.learning_rate)));
+        }
+        if self.method == Method::Lora {
+            self.lora.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The settings of `self` that differ from `other`'s, by name.
+    pub fn differences(&self, other: &Self) -> Result<Vec<String>> {
+        let (a, b) = (self.to_table()?, other.to_table()?);
+        let mut keys: Vec<String> = a.keys().chain(b.keys()).cloned().collect();
+        keys.sort();
+        keys.dedup();
+        Ok(keys.into_iter().filter(|k| a.get(k) != b.get(k)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> Table {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_are_the_seed_recipe_and_layers_override_in_order() {
+        let d = RunConfig::default();
+        assert_eq!((d.lora.r, d.lora.lora_alpha, d.lora.lora_dropout, d.optimizer.learning_rate), (8, 32.0, 0.1, 1e-4));
+        assert_eq!((d.per_device_train_batch_size, d.gradient_accumulation_steps, d.num_train_epochs), (4, 4, 3));
+        let c = RunConfig::from_layers(&[("run.toml", table("r = 16\nlearning_rate = 2e-4\nmethod = \"full\"")), ("flags", table("learning_rate = 3e-4"))]).unwrap();
+        assert_eq!((c.lora.r, c.optimizer.learning_rate, c.method), (16, 3e-4, Method::Full));
+    }
+
+    #[test]
+    fn the_toml_keeps_transformers_names_and_round_trips() {
+        let c = RunConfig { eval_data: Some("/x/eval.jsonl".into()), ..Default::default() };
+        let text = toml::to_string(&c).unwrap();
+        for key in ["learning_rate = 0.0001", "adam_beta1 = 0.9", "lora_alpha = 32.0", "method = \"lora\"", "eval_data = \"/x/eval.jsonl\""] {
+            assert!(text.contains(key), "{key} missing from\n{text}");
+        }
+        assert_eq!(RunConfig::from_layers(&[("config.toml", text.parse().unwrap())]).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = RunConfig::from_layers(&[("run.toml", table("lr = 1e-3"))]).unwrap_err().to_string();
+        assert_eq!(err, "run.toml: unknown setting `lr`");
+        let err = RunConfig::from_layers(&[("run.toml", table("method = \"half\""))]).unwrap_err().to_string();
+        assert!(err.starts_with("run.toml: ") && err.contains("half") && !err.contains('\n'), "{err}");
+        let err = RunConfig::from_layers(&[("run.toml", table("r = 0"))]).unwrap_err().to_string();
+        assert!(err.contains("r must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn differences_are_listed_by_name() {
+        let a = RunConfig::default();
+        let b = RunConfig { lora: LoraConfig { r: 16, ..Default::default() }, save_steps: 7, ..Default::default() };
+        assert_eq!(a.differences(&b).unwrap(), ["r", "save_steps"]);
+    }
+}

@@ -1,0 +1,49 @@
+//! A run's training and held-out records, read and tokenized.
+
+use std::path::Path;
+
+use crate::sft::{parse_records_lenient, Example, Located, SftRecord};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// Records of one file, tokenized and cut to the run's `max_length`.
+pub struct Examples {
+    pub records: Vec<Located<SftRecord>>,
+    pub examples: Vec<Example>,
+    /// Records longer than `max_length` tokens, cut at the end.
+    pub cut: usize,
+    /// Lines that are not valid records, skipped.
+    pub skipped: usize,
+}
+
+/// Reads `path` (JSON array or JSONL SFT records). A line that is not a valid record is an
+/// [`Error::Record`] unless `skip_bad` (then counted).
+pub fn load_examples(path: &Path, tok: &Tokenizer, max_length: usize, skip_bad: bool) -> Result<Examples> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(&source, e))?;
+    let (records, bad) = parse_records_lenient(&text, &source)?;
+    if let Some((line, why)) = bad.first() {
+        if !skip_bad {
+            return Err(Error::Record { path: source, line: *line, message: why.clone() });
+        }
+    }
+    let mut cut = 0;
+    let mut examples = Vec::with_capacity(records.len());
+    for rec in &records {
+        let mut ex = Example::new(&rec.value, tok)?;
+        if ex.len() > max_length {
+            cut += 1;
+            if ex.prompt.len() >= max_length {
+                ex.prompt.truncate(max_length);
+                ex.response.clear();
+            } else {
+                ex.response.truncate(max_length - ex.prompt.len());
+            }
+        }
+        examples.push(ex);
+    }
+    if examples.is_empty() {
+        return Err(Error::Format(format!("{source}: no usable records")));
+    }
+    Ok(Examples { records, examples, cut, skipped: bad.len() })
+}

@@ -1,0 +1,502 @@
+//! A training run, the whole loop in one place: load the model, read the data, take optimizer
+//! steps, write checkpoints and metrics, evaluate, save the result (a PEFT adapter, or a whole
+//! model folder). Reproducible (same seed and backend → same curve), resumable from its last
+//! complete checkpoint, and reporting through an [`Observer`].
+//!
+//! ```no_run
+//! # use tiqu_core::run::{Run, RunConfig, RunOptions, Quiet};
+//! let settings = RunConfig { model: "Qwen/Qwen3-0.6B".into(), data: "train.jsonl".into(), ..Default::default() };
+//! let run = Run::create(std::path::Path::new("runs/first"), settings)?;
+//! let done = run.execute::<burn::backend::Flex>(&[Default::default()], &RunOptions::default(), &mut Quiet)?;
+//! println!("adapter in {}", done.output.display());
+//! # Ok::<(), tiqu_core::Error>(())
+//! ```
+
+mod config;
+mod data;
+mod observer;
+mod state;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::FloatDType;
+use serde_json::{json, Value};
+
+pub use config::{OptimizerConfig, RunConfig, LORA_ONLY, RANDOM_ONLY, RESUMABLE};
+pub use data::{load_examples, Examples};
+pub use observer::{Both, EvalRecord, Event, MetricsFile, Observer, Quiet, StepRecord};
+pub use state::{checkpoints, TrainerState};
+
+use crate::checkpoint::save::{save_adapter, write_atomically, ModelFolder};
+use crate::checkpoint::{Adapter, Checkpoint};
+use crate::eval::{evaluate, labelled, Labelled};
+use crate::extract::{ExtractOptions, Extractor};
+use crate::files::{Files, Folder};
+use crate::load::{LoadOptions, RandomWeights};
+use crate::lora::trainable_line;
+use crate::loss::total_nll;
+use crate::model::Qwen3ForCausalLM;
+use crate::schema::Schema;
+use crate::sft::Example;
+use crate::tokenizer::Tokenizer;
+use crate::train::{epoch_order, linear_lr, step_micro_batches, steps_per_epoch, Method, Trainer};
+use crate::vocab::VocabMap;
+use crate::{Error, Result};
+
+/// How a run executes, besides its settings: nothing here changes its numbers.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Read tokenizer.json (and tokenizer_config.json) from this folder instead of the model's.
+    pub tokenizer: Option<PathBuf>,
+    /// Continue training this LoRA adapter instead of starting fresh pairs.
+    pub adapter: Option<PathBuf>,
+    /// Skip records that are not valid JSON (counted) instead of stopping.
+    pub skip_bad_records: bool,
+    /// Micro-batches computed at once on their own threads (at least 1).
+    pub threads: usize,
+    /// The dtype of the frozen base (`None`: f32).
+    pub dtype: Option<FloatDType>,
+    /// For the summary: the backend's name and the machine (CPU model or GPU name).
+    pub backend: String,
+    pub machine: String,
+}
+
+/// Where a finished run left its results.
+pub struct Finished {
+    /// The adapter folder (LoRA) or the standalone model folder (full).
+    pub output: PathBuf,
+    /// What `summary.json` holds.
+    pub summary: Value,
+}
+
+/// A run folder and the settings it runs under.
+pub struct Run {
+    dir: PathBuf,
+    config: RunConfig,
+    resume: bool,
+}
+
+/// `path` made absolute (without resolving links), so a resumed run finds it from any folder.
+fn absolute(path: &str) -> Result<String> {
+    if path.is_empty() {
+        return Ok(String::new());
+    }
+    std::path::absolute(path).map(|p| p.display().to_string()).map_err(|e| Error::io(path, e))
+}
+
+impl Run {
+    /// A new run in `dir`, which must not exist or be empty. Data paths (and a model given as
+    /// a folder) are stored absolute.
+    pub fn create(dir: &Path, mut config: RunConfig) -> Result<Self> {
+        if dir.exists() && fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            return Err(Error::Format(format!("{}: run folder exists and is not empty; resume it, or use another folder", dir.display())));
+        }
+        if config.data.is_empty() {
+            return Err(Error::Format("no training data: set `data`".into()));
+        }
+        config.validate()?;
+        config.data = absolute(&config.data)?;
+        if let Some(e) = &config.eval_data {
+            config.eval_data = Some(absolute(e)?);
+        }
+        if Path::new(&config.model).is_dir() {
+            config.model = absolute(&config.model)?;
+        }
+        Ok(Self { dir: dir.to_path_buf(), config, resume: false })
+    }
+
+    /// The run in `dir`, to continue from its last complete checkpoint. `changes` are settings
+    /// given again: equal to the stored ones, or among [`RESUMABLE`]; any other is refused by
+    /// name, and so is a `config.toml` edited (outside [`RESUMABLE`]) since the run started.
+    pub fn resume(dir: &Path, changes: &toml::Table) -> Result<Self> {
+        let path = dir.join("config.toml");
+        if !path.exists() {
+            return Err(Error::Format(format!("{}: missing; {} is not a run folder to resume", path.display(), dir.display())));
+        }
+        let label = path.display().to_string();
+        let stored = RunConfig::from_layers(&[(label.as_str(), RunConfig::parse_file(&path)?)])?;
+        if let Some(started) = checkpoints(dir).iter().find_map(|(_, d)| TrainerState::read(d).ok()?.config) {
+            let edited: Vec<String> = stored.differences(&started)?.into_iter().filter(|k| !RESUMABLE.contains(&k.as_str())).collect();
+            if !edited.is_empty() {
+                return Err(Error::Unsupported(format!(
+                    "{label}: {} changed since the run started; a resumed run cannot change {} (start a new run instead)",
+                    edited.join(", "),
+                    if edited.len() == 1 { "it" } else { "them" }
+                )));
+            }
+        }
+        let mut table = stored.to_table()?;
+        let mut refused = Vec::new();
+        for (key, value) in changes {
+            if table.get(key) != Some(value) && !RESUMABLE.contains(&key.as_str()) {
+                refused.push(key.clone());
+            }
+            table.insert(key.clone(), value.clone());
+        }
+        if !refused.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "a resumed run cannot change {} (only {} may change); start a new run to train with other settings",
+                refused.join(", "),
+                RESUMABLE.join(", ")
+            )));
+        }
+        let mut config = RunConfig::from_layers(&[("settings", table)])?;
+        if let Some(e) = &config.eval_data {
+            config.eval_data = Some(absolute(e)?);
+        }
+        Ok(Self { dir: dir.to_path_buf(), config, resume: true })
+    }
+
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn is_resume(&self) -> bool {
+        self.resume
+    }
+
+    /// Trains on `devices` of backend `B` (micro-batches spread over them; the first holds the
+    /// result), with burn's balanced gradient checkpointing when the settings ask for it.
+    pub fn execute<B: Backend>(&self, devices: &[B::Device], opts: &RunOptions, observer: &mut dyn Observer) -> Result<Finished> {
+        let (main, more) = devices.split_first().ok_or_else(|| Error::Other("no device to train on".into()))?;
+        if devices.len() > self.config.gradient_accumulation_steps {
+            return Err(Error::Unsupported(format!(
+                "{} devices need gradient_accumulation_steps {} or more (each device takes whole micro-batches of a step)",
+                devices.len(),
+                devices.len()
+            )));
+        }
+        if self.config.gradient_checkpointing {
+            self.train::<Autodiff<B, BalancedCheckpointing>>(main, more, opts, observer)
+        } else {
+            self.train::<Autodiff<B>>(main, more, opts, observer)
+        }
+    }
+
+    /// The model training starts from: a checkpoint's weights (full method, resuming), seeded
+    /// random weights, or the base checkpoint; narrowed to the compact vocabulary; with LoRA pairs
+    /// added, or loaded from `adapter`, for the LoRA method.
+    fn initial_model<B: Backend>(
+        &self,
+        base: &Checkpoint,
+        vocab: Option<&VocabMap>,
+        resume_dir: Option<&Path>,
+        adapter: Option<&Path>,
+        dtype: Option<FloatDType>,
+        device: &B::Device,
+    ) -> Result<Qwen3ForCausalLM<B>> {
+        let cfg = &self.config;
+        let load = LoadOptions { dtype, ..Default::default() };
+        let from_checkpoint = if cfg.method == Method::Full { resume_dir } else { None };
+        let mut model = match from_checkpoint {
+            None if cfg.random_weights => {
+                let mut compact = base.config().clone();
+                if let Some(v) = vocab {
+                    compact.vocab_size = v.len();
+                }
+                let random = RandomWeights { seed: cfg.seed, std: cfg.init_std as f32, qk_norm: cfg.qk_norm_init as f32 };
+                Qwen3ForCausalLM::load_with(&compact, &mut random.source(), device, &load)?
+            }
+            Some(dir) => Qwen3ForCausalLM::load_with(base.config(), &mut Checkpoint::open_dir(dir)?.weights()?, device, &load)?,
+            None => base.load_model(&load, device)?,
+        };
+        let restricted = cfg.random_weights && from_checkpoint.is_none();
+        if let (Some(v), false) = (vocab, restricted) {
+            v.restrict(&mut model)?;
+        }
+        if cfg.method == Method::Lora {
+            match adapter {
+                Some(dir) => Adapter::open(&Folder::new(dir))?.attach(&mut model)?,
+                None => model.add_lora(&cfg.lora, cfg.seed)?,
+            }
+        }
+        Ok(model)
+    }
+
+    fn train<B: AutodiffBackend>(&self, device: &B::Device, more: &[B::Device], opts: &RunOptions, observer: &mut dyn Observer) -> Result<Finished> {
+        let cfg = &self.config;
+        let run = self.dir.as_path();
+        fs::create_dir_all(run).map_err(|e| Error::io(run.display(), e))?;
+        let base = Checkpoint::resolve(&cfg.model)?;
+        let tokenizer_dir = opts.tokenizer.as_ref().map(Folder::new);
+        let tokenizer_files: &dyn Files = match &tokenizer_dir {
+            Some(f) => f,
+            None => base.files(),
+        };
+        let tokenizer = base.tokenizer(Some(tokenizer_files))?;
+        let eos_token_ids = base.eos_token_ids(&tokenizer, Some(tokenizer_files))?;
+        let train_data = load_examples(Path::new(&cfg.data), &tokenizer, cfg.max_length, opts.skip_bad_records)?;
+        let eval_data = match &cfg.eval_data {
+            Some(p) => Some(load_examples(Path::new(p), &tokenizer, cfg.max_length, opts.skip_bad_records)?),
+            None => None,
+        };
+        if train_data.cut > 0 {
+            observer.event(&Event::Note(&format!("{} records longer than {} tokens were cut at the end", train_data.cut, cfg.max_length)))?;
+        }
+        if train_data.skipped > 0 {
+            observer.event(&Event::Note(&format!("skipped {} records that are not valid JSON", train_data.skipped)))?;
+        }
+        let mut train = train_data.examples;
+        let mut eval = eval_data.as_ref().map(|e| e.examples.clone());
+        let vocab = if cfg.restrict_vocab {
+            if eos_token_ids.is_empty() {
+                return Err(Error::Format(format!("{}: no eos token, which a restricted vocabulary must keep", base.files().label())));
+            }
+            let v = VocabMap::from_examples(&train, &eos_token_ids, base.config().vocab_size)?;
+            observer.event(&Event::Note(&format!(
+                "vocabulary restricted to the {} tokens the training data uses (of {})",
+                v.len() - 1,
+                base.config().vocab_size
+            )))?;
+            let ids = serde_json::to_vec(&json!({"full_size": v.full_size(), "ids": v.ids()})).map_err(|e| Error::Other(e.to_string()))?;
+            write_atomically(&run.join("vocab.json"), &ids)?;
+            train = train.iter().map(|e| v.example(e)).collect();
+            eval = eval.map(|ex| ex.iter().map(|e| v.example(e)).collect());
+            Some(v)
+        } else {
+            None
+        };
+        let folder = ModelFolder { config: base.config(), eos_token_ids: &eos_token_ids, tokenizer: tokenizer_files, vocab: vocab.as_ref() };
+        let per_epoch = steps_per_epoch(train.len(), cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps).max(1);
+        let total = if cfg.max_steps > 0 { cfg.max_steps } else { per_epoch * cfg.num_train_epochs };
+
+        // The trainer, from the newest checkpoint that restores whole (a damaged one is skipped
+        // with a note), or fresh.
+        let mut resumed: Option<(usize, PathBuf, TrainerState)> = None;
+        let mut trainer = None;
+        if self.resume {
+            let found = checkpoints(run);
+            if found.is_empty() {
+                return Err(Error::Format(format!("{}: no checkpoint to resume from", run.display())));
+            }
+            let mut first_error = None;
+            for (step, dir) in found {
+                let attempt = (|| -> Result<(Trainer<B>, TrainerState)> {
+                    let state = TrainerState::read(&dir)?;
+                    let model = self.initial_model::<B>(&base, vocab.as_ref(), Some(&dir), Some(&dir), opts.dtype, device)?;
+                    let mut t = Trainer::new(model, cfg.method, cfg.optimizer.adamw, cfg.optimizer.max_grad_norm, cfg.seed)?;
+                    state::restore_moments(&mut t, &dir, step)?;
+                    Ok((t, state))
+                })();
+                match attempt {
+                    Ok((t, state)) => {
+                        trainer = Some(t);
+                        resumed = Some((step, dir, state));
+                        break;
+                    }
+                    Err(e) => {
+                        observer.event(&Event::Note(&format!("warning: {} is damaged ({e}); trying the checkpoint before it", dir.display())))?;
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if trainer.is_none() {
+                return Err(Error::Format(format!(
+                    "{}: no checkpoint restores ({})",
+                    run.display(),
+                    first_error.map(|e| e.to_string()).unwrap_or_default()
+                )));
+            }
+        }
+        let mut trainer = match trainer {
+            Some(t) => t,
+            None => {
+                let model = self.initial_model::<B>(&base, vocab.as_ref(), None, opts.adapter.as_deref(), opts.dtype, device)?;
+                Trainer::new(model, cfg.method, cfg.optimizer.adamw, cfg.optimizer.max_grad_norm, cfg.seed)?
+            }
+        };
+        trainer.threads = opts.threads.max(1);
+        if !more.is_empty() {
+            trainer.set_devices(more);
+        }
+        let line = match cfg.method {
+            Method::Lora => {
+                let (trainable, all) = trainer.model.lora_parameter_counts(base.config().num_parameters());
+                trainable_line(trainable, all)
+            }
+            Method::Full => {
+                let mut compact = base.config().clone();
+                compact.vocab_size = trainer.model.vocab_size();
+                trainable_line(compact.num_parameters(), compact.num_parameters())
+            }
+        };
+        let start_step = resumed.as_ref().map_or(0, |(s, _, _)| *s);
+        let elapsed_before = resumed.as_ref().map_or(0.0, |(_, _, st)| st.elapsed_s);
+        if !self.resume {
+            let text = toml::to_string_pretty(cfg).map_err(|e| Error::Other(e.to_string()))?;
+            write_atomically(&run.join("config.toml"), text.as_bytes())?;
+        } else {
+            // Settings that may change on resume (save_steps, eval data) are saved as changed.
+            let text = toml::to_string_pretty(cfg).map_err(|e| Error::Other(e.to_string()))?;
+            write_atomically(&run.join("config.toml"), text.as_bytes())?;
+        }
+        let mut metrics = MetricsFile::open(&run.join("metrics.jsonl"), resumed.as_ref().map(|(s, _, _)| *s))?;
+        let mut observer = Both(&mut metrics, observer);
+        observer.event(&Event::Started { start_step, total_steps: total, trainable: &line, resumed: resumed.is_some() })?;
+
+        // The held-out sample scored at each checkpoint.
+        let sample: Vec<Labelled> = match (&eval_data, cfg.eval_sample) {
+            (Some(e), n) if n > 0 => {
+                let schema = Schema::default();
+                labelled(&e.records, &schema.names()).0.into_iter().take(n).collect()
+            }
+            _ => Vec::new(),
+        };
+
+        let started = crate::clock::now();
+        let mut order = Vec::new();
+        let mut order_epoch = usize::MAX;
+        let mut last_saved = resumed.as_ref().map(|(_, d, _)| d.clone());
+        for step in start_step..total {
+            let epoch = step / per_epoch;
+            if epoch != order_epoch {
+                order = epoch_order(train.len(), cfg.seed, epoch);
+                order_epoch = epoch;
+            }
+            let micro: Vec<Vec<Example>> = step_micro_batches(&order, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, step % per_epoch)
+                .iter()
+                .map(|idx| idx.iter().map(|&i| train[i].clone()).collect())
+                .collect();
+            let refs: Vec<&[Example]> = micro.iter().map(Vec::as_slice).collect();
+            let lr = linear_lr(cfg.optimizer.learning_rate, step, cfg.optimizer.warmup_steps, total);
+            let t0 = crate::clock::now();
+            let stats = match trainer.step(&refs, lr) {
+                Ok(s) => s,
+                Err(Error::NonFinite { step, loss }) => {
+                    let kept = last_saved.as_ref().map_or("no checkpoint was saved yet".to_string(), |d| format!("the last good checkpoint is {}", d.display()));
+                    return Err(Error::Other(format!("loss became {loss} at step {step}; stopped, {kept}")));
+                }
+                Err(e) => return Err(e),
+            };
+            let step_s = crate::clock::elapsed_s(t0);
+            let done = step + 1;
+            let record = StepRecord {
+                step: done,
+                epoch: done as f64 / per_epoch as f64,
+                loss: stats.loss,
+                lr,
+                grad_norm: stats.grad_norm,
+                tokens: stats.tokens,
+                label_tokens: stats.label_tokens,
+                tokens_per_s: stats.tokens as f64 / step_s.max(1e-9),
+                step_s,
+                elapsed_s: elapsed_before + crate::clock::elapsed_s(started),
+            };
+            observer.event(&Event::Step(&record))?;
+            if done % cfg.save_steps.max(1) == 0 || done == total {
+                let state = TrainerState { global_step: done, total_steps: total, elapsed_s: record.elapsed_s, config: Some(cfg.clone()) };
+                let dir = state::save(run, &trainer, cfg, &folder, &state)?;
+                observer.event(&Event::Saved { step: done, dir: &dir })?;
+                last_saved = Some(dir);
+                if let Some(eval) = &eval {
+                    let inference = trainer.model.valid();
+                    let record = self.evaluate(&inference, eval, &sample, vocab.as_ref(), &tokenizer, &eos_token_ids, done)?;
+                    observer.event(&Event::Eval(&record))?;
+                }
+            }
+        }
+        let output = match cfg.method {
+            Method::Lora => {
+                save_adapter(run, &trainer.model, &cfg.lora, &cfg.model)?;
+                run.to_path_buf()
+            }
+            Method::Full => {
+                let dir = run.join("model");
+                folder.save(&dir, &trainer.model)?;
+                dir
+            }
+        };
+        let elapsed = elapsed_before + crate::clock::elapsed_s(started);
+        let summary = summarize(&run.join("metrics.jsonl"), cfg, opts, &line, elapsed, total, train_data.cut, train_data.skipped)?;
+        let bytes = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Other(e.to_string()))?;
+        write_atomically(&run.join("summary.json"), &bytes)?;
+        Ok(Finished { output, summary })
+    }
+
+    /// The held-out loss, and extraction quality on `sample` when there is one.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate<B: Backend>(
+        &self,
+        model: &Qwen3ForCausalLM<B>,
+        eval: &[Example],
+        sample: &[Labelled],
+        vocab: Option<&VocabMap>,
+        tokenizer: &Tokenizer,
+        eos: &[u32],
+        step: usize,
+    ) -> Result<EvalRecord> {
+        let (nll, tokens) = total_nll(model, eval, 8)?;
+        let mut record = EvalRecord {
+            step,
+            eval_loss: nll / tokens.max(1) as f64,
+            eval_records: None,
+            eval_all_fields_exact: None,
+            eval_json_valid: None,
+            eval_hallucinated: None,
+            eval_per_field: None,
+        };
+        if sample.is_empty() || eos.is_empty() {
+            return Ok(record);
+        }
+        // Extraction runs on Qwen3's ids: a compact-vocabulary model is widened back first.
+        let model = match vocab {
+            Some(v) => v.widen(model)?,
+            None => model.clone(),
+        };
+        let options = ExtractOptions { batch: 16, ..Default::default() };
+        let extractor = Extractor::new(model, tokenizer.clone(), eos.to_vec(), Schema::default(), options);
+        let result = evaluate(&extractor, sample, 16, 1, &|_| {});
+        let s = &result.scores;
+        let per_field: serde_json::Map<String, Value> =
+            s.fields().into_iter().map(|(n, exact, f1)| (n.to_string(), json!({"exact": exact, "f1": f1}))).collect();
+        record.eval_records = Some(s.records);
+        record.eval_all_fields_exact = Some(s.all_fields_exact());
+        record.eval_json_valid = Some(s.json_valid_rate());
+        record.eval_hallucinated = Some(s.hallucination_rate());
+        record.eval_per_field = Some(Value::Object(per_field));
+        Ok(record)
+    }
+}
+
+/// What `summary.json` holds: final and summary figures of the run, and where it ran.
+#[allow(clippy::too_many_arguments)]
+fn summarize(metrics: &Path, cfg: &RunConfig, opts: &RunOptions, trainable: &str, elapsed_s: f64, steps: usize, cut: usize, skipped: usize) -> Result<Value> {
+    let text = fs::read_to_string(metrics).map_err(|e| Error::io(metrics.display(), e))?;
+    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let series = |key: &str| -> Vec<f64> { lines.iter().filter_map(|m| m[key].as_f64()).collect() };
+    let (loss, eval) = (series("loss"), series("eval_loss"));
+    let tokens: f64 = series("tokens").iter().sum();
+    let step_time: f64 = series("step_s").iter().sum();
+    let dtype = match opts.dtype {
+        Some(FloatDType::BF16) => "bf16",
+        Some(FloatDType::F16) => "f16",
+        _ => "f32",
+    };
+    Ok(json!({
+        "steps": steps,
+        "final_loss": loss.last(),
+        "first_loss": loss.first(),
+        "final_eval_loss": eval.last(),
+        "final_eval_all_fields_exact": series("eval_all_fields_exact").last(),
+        "tokens_per_s": if step_time > 0.0 { tokens / step_time } else { 0.0 },
+        "elapsed_s": elapsed_s,
+        "trainable": trainable,
+        "records_cut": cut,
+        "records_skipped": skipped,
+        "method": cfg.method.name(),
+        "backend": opts.backend,
+        "machine": opts.machine,
+        "dtype": dtype,
+        "tiqu_version": env!("CARGO_PKG_VERSION"),
+    }))
+}
