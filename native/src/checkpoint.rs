@@ -70,7 +70,7 @@ pub struct LoadOptions<'a> {
 /// The model of `--model` (a folder or a Hub id), each layer quantized and cast to the dtype
 /// `--dtype` picks as it loads, with `--adapter` attached.
 pub fn load<B: Backend>(opts: &LoadOptions, device: &B::Device) -> Result<Loaded<B>> {
-    let checkpoint = Checkpoint::resolve(opts.model)?;
+    let checkpoint = resolve(opts.model)?;
     let adapter = opts.adapter.map(Folder::new);
     let tokenizer = opts.tokenizer.map(Folder::new);
     let load = tiqu_core::LoadOptions {
@@ -81,6 +81,25 @@ pub fn load<B: Backend>(opts: &LoadOptions, device: &B::Device) -> Result<Loaded
         random_weights: opts.random_weights.then(|| RandomWeights::new(opts.seed)),
         ..Default::default()
     };
-    let loaded = checkpoint.load(&load, device);
+    let loaded = checkpoint.load(&load, device).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("no model.safetensors") {
+            anyhow::anyhow!("{text}; use --random-weights to run without weights")
+        } else {
+            e.into()
+        }
+    });
     Ok(if load.quantize.is_some() { loaded.context("--quantize")? } else { loaded? })
+}
+
+/// `--model` as a checkpoint: core's lookup, with the flag named in its advice.
+pub fn resolve(model: &str) -> Result<Checkpoint> {
+    Checkpoint::resolve(model).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("Hugging Face cache") {
+            anyhow::anyhow!("{text} (with --model)")
+        } else {
+            e.into()
+        }
+    })
 }

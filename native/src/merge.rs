@@ -6,7 +6,6 @@ use anyhow::Result;
 use clap::Args;
 use tiqu_core::checkpoint::save::merge_folder;
 use tiqu_core::files::Folder;
-use tiqu_core::Checkpoint;
 
 #[derive(Args)]
 pub struct MergeArgs {
@@ -22,7 +21,7 @@ pub struct MergeArgs {
 }
 
 pub fn run(args: &MergeArgs) -> Result<()> {
-    let base = Checkpoint::resolve(&args.model)?;
+    let base = crate::checkpoint::resolve(&args.model)?;
     let (merged, lora) = merge_folder(&base, &Folder::new(&args.adapter), &args.out)?;
     println!("merged {merged} weight matrices (r={}, scaling {}) into {}", lora.r, lora.scaling(), args.out.display());
     Ok(())

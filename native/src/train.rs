@@ -8,7 +8,6 @@ use clap::Args;
 use tiqu_core::lora::trainable_line;
 use tiqu_core::run::{Event, Finished, Observer, Run, RunConfig, RunOptions};
 use tiqu_core::train::Method;
-use tiqu_core::Checkpoint;
 
 use crate::backend::BackendName;
 use crate::report;
@@ -271,7 +270,7 @@ pub fn execute(backend: BackendName, run: &Run, mut opts: RunOptions, specs: &[S
 
 fn dry_run(args: &TrainArgs) -> Result<()> {
     let cfg = args.settings()?;
-    let model_cfg = Checkpoint::resolve(&cfg.model)?.config().clone();
+    let model_cfg = crate::checkpoint::resolve(&cfg.model)?.config().clone();
     let base = model_cfg.num_parameters();
     let line = match cfg.method {
         Method::Full => trainable_line(base, base),
