@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod config;
 pub mod constrain;
+pub mod dataset;
 pub mod error;
 pub mod extract;
 pub mod flex;
