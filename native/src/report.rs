@@ -68,7 +68,7 @@ pub fn load_run(dir: &Path) -> Result<Run> {
     let text = fs::read_to_string(&cfg_path).map_err(|e| anyhow!("{}: {e} (not a tiqu run folder?)", cfg_path.display()))?;
     let config: toml::Value = toml::from_str(&text).map_err(|e| {
         let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        anyhow!("{}{}: {}", cfg_path.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), e.message().trim())
+        anyhow!("{}{}: {}", cfg_path.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), e.message().trim().replace('\n', "; "))
     })?;
     let summary_path = dir.join("summary.json");
     let summary = match fs::read(&summary_path) {
