@@ -101,6 +101,7 @@ fn bad_inputs_are_refused_in_one_line_and_touch_nothing() {
     let before = snapshot(dir.path());
     let metrics = a.join("metrics.jsonl");
     let missing = dir.path().join("no/such/folder/c.html");
+    let nothing = dir.path().join("nothing");
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         // A slip that would overwrite a run's metrics.
         (vec!["runs", "compare", sa, sb, "--html", metrics.to_str().unwrap()], vec!["metrics.jsonl", "not an .html file name"]),
@@ -108,7 +109,7 @@ fn bad_inputs_are_refused_in_one_line_and_touch_nothing() {
         (vec!["runs", "compare", sa, sb, "--html", missing.to_str().unwrap()], vec!["does not exist"]),
         (vec!["runs", "compare", sa, dir.path().to_str().unwrap(), "--html", html.to_str().unwrap()], vec!["config.toml", "not a tiqu run folder"]),
         (vec!["runs", "compare", sa, "--html", html.to_str().unwrap()], vec!["at least two run folders"]),
-        (vec!["runs", "report", dir.path().join("nothing").to_str().unwrap()], vec!["config.toml", "not a tiqu run folder"]),
+        (vec!["runs", "report", nothing.to_str().unwrap()], vec!["config.toml", "not a tiqu run folder"]),
     ];
     for (args, needles) in &cases {
         assert_error(&tiqu(args), needles);
