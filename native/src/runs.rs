@@ -1,67 +1,72 @@
-//! `tiqu runs compare A B …`: settings and final metrics of runs, side by side.
+//! `tiqu runs compare A B …`: settings and final metrics of runs, side by side (and with
+//! `--html FILE` their curves on the same axes); `tiqu runs report RUN`: a run's report.html
+//! written again from its folder.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use clap::Subcommand;
 use serde_json::Value;
+
+use crate::report;
 
 #[derive(Subcommand)]
 pub enum RunsCommand {
     /// Print a table of settings and final metrics of two or more run folders.
-    Compare { runs: Vec<PathBuf> },
+    Compare {
+        runs: Vec<PathBuf>,
+        /// Also write one HTML page with the runs' curves on the same axes and their settings
+        /// side by side, differences highlighted (a name ending in .html; replaced if it exists).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
+    /// Write a run folder's report.html again from its config.toml, metrics.jsonl and
+    /// summary.json (an older or an unfinished run).
+    Report { run: PathBuf },
 }
 
-fn load(run: &Path) -> Result<(Value, Value)> {
-    let cfg_path = run.join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| anyhow!("{}: {e} (not a tiqu run folder?)", cfg_path.display()))?;
-    let cfg: toml::Value = toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
-    let summary_path = run.join("summary.json");
-    let summary = match std::fs::read(&summary_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: {e}", summary_path.display()))?,
-        Err(_) => serde_json::json!({"status": "unfinished"}),
-    };
-    Ok((serde_json::to_value(cfg)?, summary))
+/// Refuses an `--html` target that is not an .html file name, so that a slip of the keyboard
+/// cannot replace a run's config or metrics.
+fn check_html_target(path: &Path) -> Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    if path.is_dir() {
+        bail!("--html {}: is a folder; give a file name ending in .html", path.display());
+    }
+    if !matches!(ext.as_deref(), Some("html" | "htm")) {
+        bail!("--html {}: not an .html file name; give a file name ending in .html", path.display());
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!("--html {}: the folder {} does not exist", path.display(), parent.display());
+    }
+    Ok(())
 }
 
-fn cell(v: Option<&Value>) -> String {
+fn summary_cell(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => "-".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(f) if n.is_f64() && f != 0.0 && f.abs() < 1e-3 => format!("{f:e}"),
-            Some(f) if n.is_f64() => format!("{f:.6}").trim_end_matches('0').trim_end_matches('.').to_string(),
-            _ => n.to_string(),
-        },
-        Some(v) => v.to_string(),
+        Some(v) => report::figure(v),
     }
 }
 
-pub fn run(cmd: &RunsCommand) -> Result<()> {
-    let RunsCommand::Compare { runs } = cmd;
-    if runs.len() < 2 {
-        bail!("runs compare takes at least two run folders");
-    }
-    let loaded = runs.iter().map(|r| load(r)).collect::<Result<Vec<_>>>()?;
+fn print_table(runs: &[PathBuf], loaded: &[report::Run]) {
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     rows.push(("run".into(), runs.iter().map(|r| r.display().to_string()).collect()));
-    // Settings (config.toml), then final metrics (summary.json).
-    for pick in [0usize, 1] {
-        let keys: BTreeSet<String> =
-            loaded.iter().flat_map(|l| [&l.0, &l.1][pick].as_object().into_iter().flatten().map(|(k, _)| k.clone())).collect();
-        for k in keys {
-            if k == "trainable" {
-                continue;
-            }
-            rows.push((k.clone(), loaded.iter().map(|l| cell([&l.0, &l.1][pick].get(&k))).collect()));
+    // Settings the runs' methods use (config.toml), then final metrics (summary.json).
+    rows.extend(report::setting_rows(loaded).into_iter().map(|(k, cells)| (k, cells.into_iter().map(|c| if c == "–" { "-".into() } else { c }).collect())));
+    let unfinished = serde_json::json!({"status": "unfinished"});
+    let summaries: Vec<&Value> = loaded.iter().map(|l| l.summary.as_ref().unwrap_or(&unfinished)).collect();
+    let keys: BTreeSet<String> = summaries.iter().flat_map(|s| s.as_object().into_iter().flatten().map(|(k, _)| k.clone())).collect();
+    for k in keys {
+        if k != "trainable" {
+            rows.push((k.clone(), summaries.iter().map(|s| summary_cell(s.get(&k))).collect()));
         }
     }
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let cols: Vec<usize> = (0..runs.len()).map(|i| rows.iter().map(|r| r.1[i].chars().count()).max().unwrap_or(0)).collect();
     for (name, cells) in &rows {
-        let differs = cells.iter().any(|c| c != &cells[0]);
-        let mark = if differs && name != "run" { "*" } else { " " };
+        let mark = if name != "run" && report::differs(cells) { "*" } else { " " };
         let mut line = format!("{mark}{name:width$}");
         for (c, w) in cells.iter().zip(&cols) {
             line.push_str(&format!("  {c:>w$}"));
@@ -69,5 +74,29 @@ pub fn run(cmd: &RunsCommand) -> Result<()> {
         println!("{}", line.trim_end());
     }
     println!("(* = differs)");
-    Ok(())
+}
+
+pub fn run(cmd: &RunsCommand) -> Result<()> {
+    match cmd {
+        RunsCommand::Compare { runs, html } => {
+            if runs.len() < 2 {
+                bail!("runs compare takes at least two run folders");
+            }
+            if let Some(path) = html {
+                check_html_target(path)?;
+            }
+            let loaded = runs.iter().map(|r| report::load_run(r)).collect::<Result<Vec<_>>>()?;
+            print_table(runs, &loaded);
+            if let Some(path) = html {
+                report::write_file(path, &report::compare_html(&loaded))?;
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        RunsCommand::Report { run } => {
+            let path = report::write_report(run)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+    }
 }

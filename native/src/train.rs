@@ -264,7 +264,7 @@ pub fn execute(backend: BackendName, run: &Run, mut opts: RunOptions, specs: &[S
         tiqu_core::Error::Record { .. } => anyhow!("{e} (pass --skip-bad-records to skip such records)"),
         e => e.into(),
     })?;
-    report::write_html(run.dir())?;
+    report::write_report(run.dir())?;
     Ok(done)
 }
 
