@@ -16,7 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use chart::{Chart, Curve};
 pub use compare::{compare_html, differs, setting_rows};
@@ -225,6 +225,7 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use serde_json::json;
 
     /// A run folder made by hand: `steps` step lines with a decaying loss, a checkpoint every
     /// `save` steps with the eval line the training loop writes (extraction metrics when
