@@ -67,12 +67,16 @@ pub struct Extraction {
     pub constrain_s: f64,
 }
 
+/// A model with its tokenizer, ready to extract a schema's fields. Its fields are private so
+/// that the system prompt, the grammar's keys and the vocabulary table always agree with the
+/// schema and the model: change them through [`Extractor::with_schema`] and
+/// [`Extractor::with_options`].
 pub struct Extractor<B: Backend> {
-    pub model: Qwen3ForCausalLM<B>,
-    pub tokenizer: Tokenizer,
-    pub eos_token_ids: Vec<u32>,
-    pub schema: Schema,
-    pub options: ExtractOptions,
+    model: Qwen3ForCausalLM<B>,
+    tokenizer: Tokenizer,
+    eos_token_ids: Vec<u32>,
+    schema: Schema,
+    options: ExtractOptions,
     system: String,
     table: TokenTable,
 }
@@ -110,6 +114,34 @@ impl<B: Backend> Extractor<B> {
 
     pub fn schema(&self) -> &Schema {
         &self.schema
+    }
+
+    pub fn options(&self) -> &ExtractOptions {
+        &self.options
+    }
+
+    pub fn model(&self) -> &Qwen3ForCausalLM<B> {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_ids
+    }
+
+    /// The same model extracting `schema`'s fields: the system prompt is rebuilt from it.
+    pub fn with_schema(mut self, schema: Schema) -> Self {
+        self.system = schema.system_prompt();
+        self.schema = schema;
+        self
+    }
+
+    pub fn with_options(mut self, options: ExtractOptions) -> Self {
+        self.options = options;
+        self
     }
 
     pub fn extract(&self, text: &str) -> Result<Fields> {

@@ -12,9 +12,19 @@ const SEED_EXAMPLE: &str = "龙琳，宁夏回族自治区璐市城东林街g座
 
 fn extractor(constrain: Constrain) -> Extractor<Flex> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-untied");
-    let mut e = Extractor::<Flex>::load(&dir, None, &Default::default()).unwrap();
-    e.options = ExtractOptions { constrain, max_new_tokens: 48, batch: 4 };
-    e
+    let e = Extractor::<Flex>::load(&dir, None, &Default::default()).unwrap();
+    e.with_options(ExtractOptions { constrain, max_new_tokens: 48, batch: 4 })
+}
+
+#[test]
+fn a_new_schema_changes_the_prompt_and_the_keys_together() {
+    use tiqu_core::{Field, Schema};
+    let e = extractor(Constrain::Copy);
+    let schema = Schema { fields: vec![Field { name: "city".into(), description: None, nullable: true }] };
+    let e = e.with_schema(schema);
+    let fields = e.extract(SEED_EXAMPLE).unwrap();
+    assert_eq!(fields.names, ["city"], "the grammar's keys follow the new schema");
+    assert_eq!(e.schema().names(), ["city"]);
 }
 
 #[test]

@@ -322,17 +322,17 @@ impl Model {
             macro_rules! run {
                 ($e:expr) => {{
                     let e = $e;
-                    let ids = e.tokenizer.encode(&chat_prompt(None, &prompt)).map_err(err)?;
+                    let ids = e.tokenizer().encode(&chat_prompt(None, &prompt)).map_err(err)?;
                     let opts = GenerateOptions {
                         max_new_tokens,
                         sampling: Sampling::Greedy,
-                        pad_token_id: e.eos_token_ids[0],
-                        eos_token_ids: e.eos_token_ids.clone(),
+                        pad_token_id: e.eos_token_ids()[0],
+                        eos_token_ids: e.eos_token_ids().to_vec(),
                     };
                     let start = now_ms();
-                    let out = generate_async(&e.model, &[ids.clone()], &opts).await.map_err(err)?.remove(0);
+                    let out = generate_async(e.model(), &[ids.clone()], &opts).await.map_err(err)?.remove(0);
                     let seconds = (now_ms() - start) / 1000.0;
-                    let text = e.tokenizer.decode(&out.tokens, true).map_err(err)?;
+                    let text = e.tokenizer().decode(&out.tokens, true).map_err(err)?;
                     (text, out.tokens.len(), ids.len(), seconds)
                 }};
             }
