@@ -1,11 +1,5 @@
-//! `tiqu data`: synthetic complaint records as SFT JSONL (`synth`; see `tiqu_core::synth` for
-//! what they hold and how they are labelled), and tools for real labelled data: `check`,
-//! `import`, `split` (see `tiqu_core::dataset`).
-
-mod check;
-mod files;
-mod import;
-mod split;
+//! `tiqu data synth`: synthetic complaint records as SFT JSONL (see `tiqu_core::synth` for what
+//! they hold and how they are labelled).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -20,13 +14,6 @@ pub enum DataCommand {
     /// Write N synthetic complaint records ({system, instruction, input, output}) as JSONL,
     /// the same records for the same seed.
     Synth(SynthArgs),
-    /// Check a file of SFT records before training: bad records and labels, duplicates,
-    /// train/eval overlap, token lengths, null rates; findings as JSONL; --fix, --strict.
-    Check(Box<check::CheckArgs>),
-    /// Turn a CSV, TSV or JSON table into SFT JSONL: --text COLUMN --field NAME=COLUMN ….
-    Import(import::ImportArgs),
-    /// Split SFT records into training and evaluation files by a seed, duplicates on one side.
-    Split(split::SplitArgs),
 }
 
 #[derive(Args)]
@@ -47,12 +34,8 @@ pub struct SynthArgs {
 }
 
 pub fn run(cmd: &DataCommand) -> Result<()> {
-    match cmd {
-        DataCommand::Synth(args) => synth(args),
-        DataCommand::Check(args) => check::run(args),
-        DataCommand::Import(args) => import::run(args),
-        DataCommand::Split(args) => split::run(args),
-    }
+    let DataCommand::Synth(args) = cmd;
+    synth(args)
 }
 
 /// `runs/x.jsonl` → `runs/x.heldout.jsonl`.

@@ -91,7 +91,7 @@ enum Command {
     /// Inspect training runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
-    /// Training data: synthesise records, or import, check and split your own.
+    /// Make training data: synthetic complaint records.
     #[command(subcommand)]
     Data(data::DataCommand),
     /// Benchmarks on random weights (figures, not tests).
