@@ -37,7 +37,7 @@ fn model<B: Backend>(name: &str, adapter: Option<&str>, dtype: FloatDType) -> (Q
     let cfg = Checkpoint::open_dir(&dir).unwrap().config().clone();
     let mut model = Qwen3ForCausalLM::load(&cfg, &mut Checkpoint::open_dir(&dir).unwrap().weights().unwrap(), &Default::default()).unwrap();
     if let Some(adapter) = adapter {
-        let (lora, mut weights) = { let a = tiqu_core::Adapter::open(&tiqu_core::files::Folder::new(&fixtures().join(adapter))).unwrap(); (a.config, a.weights) };
+        let (lora, mut weights) = { let a = tiqu_core::Adapter::open(&tiqu_core::files::Folder::new(fixtures().join(adapter))).unwrap(); (a.config, a.weights) };
         model.load_adapter(&lora, &mut weights, adapter).unwrap();
     }
     let tok = Checkpoint::open_dir(&dir).unwrap().tokenizer(None).unwrap();

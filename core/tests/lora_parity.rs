@@ -40,7 +40,7 @@ fn base<B: Backend>(name: &str) -> (Qwen3ForCausalLM<B>, Tokenizer) {
 
 fn with_adapter<B: Backend>(name: &str, adapter: &str) -> (Qwen3ForCausalLM<B>, Tokenizer, LoraConfig) {
     let (mut model, tok) = base::<B>(name);
-    let (cfg, mut weights) = { let a = tiqu_core::Adapter::open(&tiqu_core::files::Folder::new(&fixtures().join(adapter))).unwrap(); (a.config, a.weights) };
+    let (cfg, mut weights) = { let a = tiqu_core::Adapter::open(&tiqu_core::files::Folder::new(fixtures().join(adapter))).unwrap(); (a.config, a.weights) };
     model.load_adapter(&cfg, &mut weights, adapter).unwrap();
     (model, tok, cfg)
 }
@@ -128,7 +128,7 @@ fn peft_adapters_give_peft_eval_losses() {
 fn adapter_shapes_that_do_not_fit_are_refused() {
     // The tied fixture's adapter has r=8 on a hidden-16 base; the untied base has hidden 8.
     let (mut model, _) = base::<Flex>("tiny-untied");
-    let (cfg, mut weights) = { let a = tiqu_core::Adapter::open(&tiqu_core::files::Folder::new(&fixtures().join("peft-adapter-tied"))).unwrap(); (a.config, a.weights) };
+    let (cfg, mut weights) = { let a = tiqu_core::Adapter::open(&tiqu_core::files::Folder::new(fixtures().join("peft-adapter-tied"))).unwrap(); (a.config, a.weights) };
     let err = model.load_adapter(&cfg, &mut weights, "peft-adapter-tied").unwrap_err().to_string();
     assert!(err.contains("lora_A.weight") && err.contains("shape"), "{err}");
 }

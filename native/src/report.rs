@@ -23,10 +23,6 @@ pub use compare::{compare_html, differs, setting_rows};
 use series::series;
 pub use settings::{figure, shown};
 
-fn read_metrics(path: &Path) -> Result<Vec<Value>> {
-    let text = fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
-}
 
 /// A run folder as read back.
 pub struct Run {

@@ -156,7 +156,9 @@ impl Observer for Progress {
             }
             Event::Step(r) => {
                 let msg = format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", r.loss, r.lr, r.tokens_per_s);
-                self.bar.suspend(|| eprintln!("step {}/{}  {msg}", r.step, self.bar.length().unwrap_or(0)));
+                // Read before `suspend`, which holds the bar's lock while it runs the closure.
+                let total = self.bar.length().unwrap_or(0);
+                self.bar.suspend(|| eprintln!("step {}/{total}  {msg}", r.step));
                 self.bar.set_message(msg);
                 self.bar.set_position(r.step as u64);
             }

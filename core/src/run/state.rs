@@ -84,7 +84,7 @@ pub fn checkpoints(run: &Path) -> Vec<(usize, PathBuf)> {
                 .collect()
         })
         .unwrap_or_default();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
     found
 }
 
