@@ -7,6 +7,7 @@ mod clock;
 pub mod checkpoint;
 pub mod config;
 pub mod constrain;
+pub mod dataset;
 pub mod dtype;
 pub mod error;
 pub mod eval;

@@ -1,5 +1,11 @@
-//! `tiqu data synth`: synthetic complaint records as SFT JSONL (see `tiqu_core::synth` for what
-//! they hold and how they are labelled).
+//! `tiqu data`: synthetic complaint records as SFT JSONL (`synth`; see `tiqu_core::synth` for
+//! what they hold and how they are labelled), and tools for real labelled data: `check`,
+//! `import`, `split` (see `tiqu_core::dataset`).
+
+mod check;
+mod files;
+mod import;
+mod split;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -14,6 +20,13 @@ pub enum DataCommand {
     /// Write N synthetic complaint records ({system, instruction, input, output}) as JSONL,
     /// the same records for the same seed.
     Synth(SynthArgs),
+    /// Check a file of SFT records before training: bad records and labels, duplicates,
+    /// train/eval overlap, token lengths, null rates; findings as JSONL; --fix, --strict.
+    Check(Box<check::CheckArgs>),
+    /// Turn a CSV, TSV or JSON table into SFT JSONL: --text COLUMN --field NAME=COLUMN ….
+    Import(import::ImportArgs),
+    /// Split SFT records into training and evaluation files by a seed, duplicates on one side.
+    Split(split::SplitArgs),
 }
 
 #[derive(Args)]
@@ -34,8 +47,12 @@ pub struct SynthArgs {
 }
 
 pub fn run(cmd: &DataCommand) -> Result<()> {
-    let DataCommand::Synth(args) = cmd;
-    synth(args)
+    match cmd {
+        DataCommand::Synth(args) => synth(args),
+        DataCommand::Check(args) => check::run(args),
+        DataCommand::Import(args) => import::run(args),
+        DataCommand::Split(args) => split::run(args),
+    }
 }
 
 /// `runs/x.jsonl` → `runs/x.heldout.jsonl`.

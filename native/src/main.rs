@@ -91,7 +91,7 @@ enum Command {
     /// Inspect training runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
-    /// Make training data: synthetic complaint records.
+    /// Training data: synthesise records, or import, check and split your own.
     #[command(subcommand)]
     Data(data::DataCommand),
     /// Benchmarks on random weights (figures, not tests).

@@ -1,0 +1,273 @@
+//! A table of labelled texts — CSV, TSV, or JSON records (an array or JSONL) — turned into the
+//! SFT records training reads, through a mapping of columns: which column holds the text and
+//! which holds each label. The records are those `tiqu data synth` writes: the schema's system
+//! prompt, the text as the user message and the labels as a JSON object (empty cells as null),
+//! which is exactly the prompt the extractor sends at inference.
+//!
+//! CSV follows RFC 4180 through the `csv` crate (quoted delimiters, doubled quotes and line
+//! breaks inside quotes). The crate reads an unterminated quote to the end of the file without
+//! complaint, swallowing every later row into one field, so the quotes are scanned first and an
+//! unterminated one is an error naming the line it opens on.
+
+use serde_json::Value;
+
+use super::decode::decode_utf8;
+use super::output::python_json_fields;
+use super::records::read_records;
+use super::span::nearest;
+use crate::schema::{Field, Schema};
+use crate::sft::SftRecord;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Tsv,
+    /// A JSON array of objects, or JSONL: one object per line.
+    Json,
+}
+
+impl Format {
+    /// `csv`, `tsv`, `json` (also the file extensions `tab` and `jsonl`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "csv" => Some(Self::Csv),
+            "tsv" | "tab" => Some(Self::Tsv),
+            "json" | "jsonl" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Which column holds the text, and which holds each label (in output order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub text: String,
+    /// (label name, column).
+    pub fields: Vec<(String, String)>,
+}
+
+impl Mapping {
+    /// One `--field`: `name=column`, or `name` for a column of that name.
+    pub fn parse_field(spec: &str) -> Result<(String, String)> {
+        let (name, column) = spec.split_once('=').unwrap_or((spec, spec));
+        let (name, column) = (name.trim(), column.trim());
+        if name.is_empty() || column.is_empty() {
+            return Err(Error::Format(format!("--field `{spec}`: expected NAME=COLUMN (or NAME for a column of that name)")));
+        }
+        Ok((name.to_string(), column.to_string()))
+    }
+
+    fn columns(&self) -> Vec<&str> {
+        std::iter::once(self.text.as_str()).chain(self.fields.iter().map(|(_, c)| c.as_str())).collect()
+    }
+}
+
+/// The records, and the rows left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Imported {
+    pub records: Vec<SftRecord>,
+    /// Lines of rows whose text is empty (left out).
+    pub empty_text: Vec<usize>,
+    /// Labels that are not substrings of their text (kept; `tiqu data check` lists them).
+    pub not_verbatim: usize,
+}
+
+/// A row: its line and the mapped cells in [`Mapping::columns`] order (`None`: null).
+type Row = (usize, Vec<Option<String>>);
+
+pub fn import(bytes: &[u8], format: Format, mapping: &Mapping, source: &str) -> Result<Imported> {
+    if mapping.fields.is_empty() {
+        return Err(Error::Format("give at least one --field NAME=COLUMN".into()));
+    }
+    let fields = mapping.fields.iter().map(|(n, _)| Field { name: n.clone(), description: None, nullable: true }).collect();
+    let schema = Schema::new(fields, "--field")?;
+    let columns = mapping.columns();
+    let rows = match format {
+        Format::Csv => read_table(decode_utf8(bytes, source)?, b',', &columns, source)?,
+        Format::Tsv => read_table(decode_utf8(bytes, source)?, b'\t', &columns, source)?,
+        Format::Json => read_objects(bytes, &columns, source)?,
+    };
+    let system = schema.system_prompt();
+    let names = schema.names();
+    let mut out = Imported { records: Vec::with_capacity(rows.len()), empty_text: Vec::new(), not_verbatim: 0 };
+    for (line, cells) in rows {
+        let Some(text) = cells[0].clone().filter(|t| !t.trim().is_empty()) else {
+            out.empty_text.push(line);
+            continue;
+        };
+        let labels: Vec<Option<&str>> = cells[1..].iter().map(|c| c.as_deref().map(str::trim).filter(|v| !v.is_empty())).collect();
+        out.not_verbatim += labels.iter().flatten().filter(|v| nearest(v, &text).is_some()).count();
+        let pairs: Vec<(&str, Option<&str>)> = names.iter().copied().zip(labels).collect();
+        out.records.push(SftRecord {
+            system: Some(system.clone()),
+            instruction: String::new(),
+            output: Some(python_json_fields(&pairs)),
+            input: Some(text),
+        });
+    }
+    if out.records.is_empty() {
+        return Err(Error::Format(format!("{source}: no rows with a text in column `{}`", mapping.text)));
+    }
+    Ok(out)
+}
+
+fn read_table(text: &str, delimiter: u8, columns: &[&str], source: &str) -> Result<Vec<Row>> {
+    if let Some(line) = unterminated_quote(text, delimiter) {
+        return Err(Error::Format(format!(
+            "{source}:{line}: a quoted field opens here and is never closed (unterminated `\"`)"
+        )));
+    }
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).from_reader(text.as_bytes());
+    let header = reader.headers().map_err(|e| csv_error(&e, source))?.clone();
+    let names: Vec<&str> = header.iter().map(str::trim).collect();
+    let index = columns
+        .iter()
+        .map(|&col| match names.iter().filter(|&&h| h == col).count() {
+            0 => Err(no_column(col, &names, source)),
+            1 => Ok(names.iter().position(|&h| h == col).unwrap_or_default()),
+            n => Err(Error::Format(format!("{source}:1: column `{col}` appears {n} times in the header"))),
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| csv_error(&e, source))?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        rows.push((line, index.iter().map(|&i| record.get(i).map(str::to_string)).collect()));
+    }
+    Ok(rows)
+}
+
+fn no_column(col: &str, names: &[&str], source: &str) -> Error {
+    let shown: Vec<String> = names.iter().take(20).map(|n| format!("`{n}`")).collect();
+    let more = if names.len() > 20 { ", …" } else { "" };
+    Error::Format(format!("{source}: no column `{col}` (columns: {}{more})", shown.join(", ")))
+}
+
+fn csv_error(e: &csv::Error, source: &str) -> Error {
+    let line = e.position().map_or(String::new(), |p| format!(":{}", p.line()));
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => Error::Format(format!(
+            "{source}{line}: the row has {len} field(s), the header {expected_len} (an unquoted delimiter in a value?)"
+        )),
+        _ => Error::Format(format!("{source}{line}: {e}")),
+    }
+}
+
+/// The line on which a quoted field opens that never closes, reading quotes as the `csv` crate
+/// does: a quote opens a field only at its start, a doubled quote inside is a literal one.
+fn unterminated_quote(text: &str, delimiter: u8) -> Option<usize> {
+    let b = text.as_bytes();
+    let (mut i, mut line, mut field_start) = (0, 1, true);
+    while i < b.len() {
+        let c = b[i];
+        i += 1;
+        if c == b'"' && field_start {
+            let opened = line;
+            loop {
+                match (b.get(i), b.get(i + 1)) {
+                    (None, _) => return Some(opened),
+                    (Some(b'"'), Some(b'"')) => i += 2,
+                    (Some(b'"'), _) => {
+                        i += 1;
+                        break;
+                    }
+                    (Some(b'\n'), _) => {
+                        line += 1;
+                        i += 1;
+                    }
+                    _ => i += 1,
+                }
+            }
+            field_start = false;
+        } else if c == b'\n' {
+            line += 1;
+            field_start = true;
+        } else {
+            field_start = c == delimiter || (c == b'\r' && field_start);
+        }
+    }
+    None
+}
+
+/// JSON records: each key a column.
+fn read_objects(bytes: &[u8], columns: &[&str], source: &str) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let mut keys: Vec<String> = Vec::new();
+    for raw in read_records(bytes, source)? {
+        let line = raw.line;
+        let value = raw.value.map_err(|p| Error::Format(format!("{source}:{line}: {}", p.message)))?;
+        let Value::Object(obj) = value else {
+            return Err(Error::Format(format!("{source}:{line}: the record is not a JSON object")));
+        };
+        for k in obj.keys() {
+            if !keys.contains(k) {
+                keys.push(k.clone());
+            }
+        }
+        let cells = columns
+            .iter()
+            .map(|&col| match obj.get(col) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v.to_string())),
+                Some(_) => Err(Error::Format(format!("{source}:{line}: `{col}` holds an array or object, not text"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        rows.push((line, cells));
+    }
+    if let Some(col) = columns.iter().find(|c| !keys.iter().any(|k| k == *c)) {
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        return Err(no_column(col, &names, source));
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(text: &str, fields: &[&str]) -> Mapping {
+        Mapping { text: text.into(), fields: fields.iter().map(|f| Mapping::parse_field(f).unwrap()).collect() }
+    }
+
+    #[test]
+    fn csv_with_quotes_becomes_the_synth_shape() {
+        let csv = "id,内容,姓名,mail\n1,\"龙琳，邮箱 a@b.cn, 说\"\"你好\"\"\n第二行\",龙琳,a@b.cn\n2,张伟投诉,张伟,\n";
+        let m = mapping("内容", &["name=姓名", "email=mail"]);
+        let got = import(csv.as_bytes(), Format::Csv, &m, "t.csv").unwrap();
+        assert_eq!(got.records.len(), 2);
+        let r = &got.records[0];
+        assert_eq!(r.input.as_deref(), Some("龙琳，邮箱 a@b.cn, 说\"你好\"\n第二行"));
+        assert_eq!(r.output.as_deref(), Some(r#"{"name": "龙琳", "email": "a@b.cn"}"#));
+        assert_eq!(r.system.as_deref(), Some(Schema::from_names(&["name", "email"]).unwrap().system_prompt().as_str()));
+        assert_eq!(got.records[1].output.as_deref(), Some(r#"{"name": "张伟", "email": null}"#));
+        assert_eq!(got.not_verbatim, 0);
+    }
+
+    #[test]
+    fn unterminated_quotes_are_found_where_they_open() {
+        assert_eq!(unterminated_quote("a,b\n\"x\"\"y\",z\n", b','), None);
+        assert_eq!(unterminated_quote("a,b\n1,\"ok\nstill\"\n2,\"never\n3,x\n", b','), Some(4));
+        // A quote inside an unquoted field is a literal character, as the csv crate reads it.
+        assert_eq!(unterminated_quote("a,b\n1,他说\"好\n", b','), None);
+        assert_eq!(unterminated_quote("a\tb\n1\t\"x\n", b'\t'), Some(2));
+    }
+
+    #[test]
+    fn bad_tables_are_one_line_naming_the_line() {
+        let m = mapping("text", &["name"]);
+        let e = import(b"text,name\n\"a,b\n", Format::Csv, &m, "t.csv").unwrap_err().to_string();
+        assert!(e.starts_with("t.csv:2: a quoted field opens here"), "{e}");
+        let e = import(b"text,name\nx,y,z\n", Format::Csv, &m, "t.csv").unwrap_err().to_string();
+        assert!(e.starts_with("t.csv:2: the row has 3 field(s), the header 2"), "{e}");
+        let e = import(b"txt,name\nx,y\n", Format::Csv, &m, "t.csv").unwrap_err().to_string();
+        assert_eq!(e, "t.csv: no column `text` (columns: `txt`, `name`)");
+        let e = import(b"[{\"text\": \"x\", \"nom\": 1}]", Format::Json, &m, "t.json").unwrap_err().to_string();
+        assert_eq!(e, "t.json: no column `name` (columns: `text`, `nom`)");
+        let e = import(b"{\"text\": \"x\"}\n[1]\n", Format::Json, &m, "t.jsonl").unwrap_err().to_string();
+        assert_eq!(e, "t.jsonl:2: the record is not a JSON object");
+        let e = import(b"text,name\nx,y\n", Format::Csv, &mapping("text", &[]), "t.csv").unwrap_err().to_string();
+        assert!(e.contains("--field"), "{e}");
+    }
+}

@@ -1,0 +1,22 @@
+//! Tools for real labelled data, before any training: read a file of SFT records or a table
+//! (CSV, TSV, JSON) and say what is wrong with it ([`check`]), turn a table into SFT records
+//! ([`import`]), and split records into training and evaluation sets without a text on both sides
+//! ([`split`]).
+//!
+//! Everything here takes bytes or `&str` (no files), so it builds for wasm32 like the rest of
+//! core; errors are one line, `source:line: what`.
+
+pub mod check;
+pub mod decode;
+#[cfg(feature = "import")]
+pub mod import;
+pub mod output;
+pub mod records;
+pub mod span;
+pub mod split;
+
+pub use check::{check, CheckOptions, Finding, Kind, Report};
+#[cfg(feature = "import")]
+pub use import::{import, Format, Imported, Mapping};
+pub use records::{read_records, RawRecord};
+pub use split::{split, Split};

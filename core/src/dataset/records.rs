@@ -1,0 +1,141 @@
+//! A file of JSON records — a JSON array of objects, or JSONL — read leniently: each record
+//! comes with the line it starts on, and a JSONL line that is not UTF-8 or not JSON is kept as a
+//! problem of that line instead of ending the read, so that a check can list every bad line.
+//! A broken JSON array cannot be resumed after its error, so that is an error of the file.
+
+use serde_json::Value;
+
+use super::decode::{decode_line, decode_utf8};
+use crate::{Error, Result};
+
+/// One record of the file, or why its line is not one.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// 1-based line on which the record starts.
+    pub line: usize,
+    pub value: std::result::Result<Value, Problem>,
+}
+
+/// A line that is not a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `encoding` or `invalid_json`.
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// The file's records in order. Errors: an empty file, a JSON array that is broken or not
+/// UTF-8 (naming the line).
+pub fn read_records(bytes: &[u8], source: &str) -> Result<Vec<RawRecord>> {
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let first = body.iter().find(|b| !b" \t\r\n".contains(b));
+    let records = if first == Some(&b'[') {
+        read_array(decode_utf8(bytes, source)?, source)?
+    } else {
+        read_jsonl(bytes)
+    };
+    if records.is_empty() {
+        return Err(Error::Format(format!("{source}: no records")));
+    }
+    Ok(records)
+}
+
+fn read_jsonl(bytes: &[u8]) -> Vec<RawRecord> {
+    let mut out = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let value = match decode_line(line, i == 0) {
+            Err(why) => Err(Problem { kind: "encoding", message: why }),
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => serde_json::from_str::<Value>(text)
+                .map_err(|e| Problem { kind: "invalid_json", message: format!("not valid JSON: {e}") }),
+        };
+        out.push(RawRecord { line: i + 1, value });
+    }
+    out
+}
+
+/// Walks the array element by element so that each record knows its line.
+fn read_array(text: &str, source: &str) -> Result<Vec<RawRecord>> {
+    let line_at = |pos: usize| text[..pos].bytes().filter(|&b| b == b'\n').count() + 1;
+    let skip_ws = |mut pos: usize| {
+        while pos < text.len() && text.as_bytes()[pos].is_ascii_whitespace() {
+            pos += 1;
+        }
+        pos
+    };
+    let broken = |pos: usize, why: String| Error::Format(format!("{source}:{}: invalid JSON array: {why}", line_at(pos)));
+    let mut pos = skip_ws(0) + 1; // past '['
+    let mut out = Vec::new();
+    loop {
+        pos = skip_ws(pos);
+        match text.as_bytes().get(pos) {
+            None => return Err(broken(pos, "the array is never closed (no `]`)".into())),
+            Some(b']') if out.is_empty() => break,
+            _ => {}
+        }
+        let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<Value>();
+        match stream.next() {
+            Some(Ok(value)) => out.push(RawRecord { line: line_at(pos), value: Ok(value) }),
+            Some(Err(e)) => {
+                let line = line_at(pos) + e.line().saturating_sub(1);
+                return Err(Error::Format(format!("{source}:{line}: invalid JSON array: {e}")));
+            }
+            None => return Err(broken(pos, "the array is never closed (no `]`)".into())),
+        }
+        pos = skip_ws(pos + stream.byte_offset());
+        match text.as_bytes().get(pos) {
+            Some(b',') => pos += 1,
+            Some(b']') => break,
+            Some(_) => return Err(broken(pos, "expected `,` or `]` after a record".into())),
+            None => return Err(broken(pos, "the array is never closed (no `]`)".into())),
+        }
+    }
+    if skip_ws(pos + 1) < text.len() {
+        return Err(broken(skip_ws(pos + 1), "text after the closing `]`".into()));
+    }
+    Ok(out)
+}
+
+/// The text a record's values are copied from: `input` when it holds text, else `instruction`
+/// (the user message is instruction + input, and in the seed's records `input` is the text).
+pub fn record_text(record: &Value) -> Option<&str> {
+    let get = |key: &str| record.get(key).and_then(Value::as_str).filter(|s| !s.trim().is_empty());
+    get("input").or_else(|| get("instruction"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_records_know_their_lines() {
+        let text = "[\n  {\"a\": 1},\n  {\"a\":\n 2}, {\"a\": 3}\n]\n";
+        let recs = read_records(text.as_bytes(), "f").unwrap();
+        assert_eq!(recs.iter().map(|r| r.line).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(recs[1].value.as_ref().unwrap()["a"], 2);
+        assert_eq!(read_records(b" [ ] ", "f").unwrap_err().to_string(), "f: no records");
+        // A spreadsheet's byte-order mark before the array.
+        assert_eq!(read_records(b"\xEF\xBB\xBF[{\"a\": 1}]", "f").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn broken_arrays_name_the_line() {
+        let e = read_records(b"[\n{\"a\": 1},\n{\"a\": }\n]", "f").unwrap_err().to_string();
+        assert!(e.starts_with("f:3: invalid JSON array"), "{e}");
+        let e = read_records(b"[\n{\"a\": 1},\n{\"a\": 2}\n", "f").unwrap_err().to_string();
+        assert!(e.starts_with("f:4: invalid JSON array: the array is never closed"), "{e}");
+        let e = read_records(b"[{\"a\": 1} {\"a\": 2}]", "f").unwrap_err().to_string();
+        assert!(e.contains("expected `,` or `]`"), "{e}");
+        let e = read_records(b"[{\"a\": 1}]\n[]", "f").unwrap_err().to_string();
+        assert!(e.starts_with("f:2:") && e.contains("after the closing"), "{e}");
+    }
+
+    #[test]
+    fn bad_jsonl_lines_are_problems_not_errors() {
+        let recs = read_records(b"{\"a\": 1}\n\n{oops\n\xC4\xE3\n{\"a\": 2}\r\n", "f").unwrap();
+        let lines: Vec<(usize, Option<&str>)> =
+            recs.iter().map(|r| (r.line, r.value.as_ref().err().map(|p| p.kind))).collect();
+        assert_eq!(lines, [(1, None), (3, Some("invalid_json")), (4, Some("encoding")), (5, None)]);
+    }
+}
