@@ -5,6 +5,16 @@ use serde_json::Value;
 
 use crate::{Error, Result};
 
+// Upper bounds on config.json's sizes, checked before anything is allocated: far above every
+// published dense Qwen3 (the 32B has 64 layers, hidden 5,120, intermediate 25,600, 64 heads, a
+// 151,936-token vocabulary, 40,960 positions), and low enough that no product of them wraps a
+// 64-bit count (2^20 · 2^20 · 2^10 layers < 2^64).
+pub const MAX_LAYERS: usize = 1 << 10;
+pub const MAX_WIDTH: usize = 1 << 20;
+pub const MAX_HEADS: usize = 1 << 10;
+pub const MAX_HEAD_DIM: usize = 1 << 10;
+pub const MAX_POSITIONS: usize = 1 << 24;
+
 /// The architecture hyper-parameters of a dense Qwen3 model (transformers' `Qwen3Config`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Qwen3Config {
@@ -125,6 +135,12 @@ impl Qwen3Config {
             .or(raw.rope_theta)
             .ok_or_else(|| bad("no rope_theta (top-level or in rope_parameters)".into()))?;
 
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(bad(format!("rope_theta {rope_theta} must be a positive number")));
+        }
+        if !(raw.rms_norm_eps.is_finite() && raw.rms_norm_eps > 0.0) {
+            return Err(bad(format!("rms_norm_eps {} must be a positive number", raw.rms_norm_eps)));
+        }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
@@ -136,15 +152,20 @@ impl Qwen3Config {
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(bad(format!("head_dim {head_dim} must be even and positive")));
         }
-        for (name, v) in [
-            ("vocab_size", raw.vocab_size),
-            ("hidden_size", raw.hidden_size),
-            ("intermediate_size", raw.intermediate_size),
-            ("num_hidden_layers", raw.num_hidden_layers),
-            ("max_position_embeddings", raw.max_position_embeddings),
+        for (name, v, max) in [
+            ("vocab_size", raw.vocab_size, MAX_WIDTH),
+            ("hidden_size", raw.hidden_size, MAX_WIDTH),
+            ("intermediate_size", raw.intermediate_size, MAX_WIDTH),
+            ("num_hidden_layers", raw.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", heads, MAX_HEADS),
+            ("head_dim", head_dim, MAX_HEAD_DIM),
+            ("max_position_embeddings", raw.max_position_embeddings, MAX_POSITIONS),
         ] {
             if v == 0 {
                 return Err(bad(format!("{name} must be positive")));
+            }
+            if v > max {
+                return Err(Error::Limit(format!("{source}: {name} {v} is over tiqu's limit of {max}")));
             }
         }
         let dtype = raw.dtype.or(raw.torch_dtype).unwrap_or_else(|| "float32".into());
@@ -193,16 +214,17 @@ impl Qwen3Config {
     }
 
     /// Number of parameters, counting a tied `lm_head` once (as PEFT's line does).
-    pub fn num_parameters(&self) -> usize {
-        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
-        let q = self.num_attention_heads * d;
-        let kv = self.num_key_value_heads * d;
+    /// In u64: the config's limits keep it from wrapping there, and wasm's usize is 32 bits.
+    pub fn num_parameters(&self) -> u64 {
+        let [h, i, d] = [self.hidden_size, self.intermediate_size, self.head_dim].map(|n| n as u64);
+        let q = self.num_attention_heads as u64 * d;
+        let kv = self.num_key_value_heads as u64 * d;
         let attn = h * q + 2 * h * kv + q * h + 2 * d;
         let mlp = 3 * h * i;
         let layer = attn + mlp + 2 * h;
-        let embed = self.vocab_size * h;
+        let embed = self.vocab_size as u64 * h;
         let head = if self.tie_word_embeddings { 0 } else { embed };
-        embed + self.num_hidden_layers * layer + h + head
+        embed + self.num_hidden_layers as u64 * layer + h + head
     }
 }
 
@@ -223,7 +245,7 @@ mod tests {
         assert_eq!((cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads), (1024, 16, 128, 8));
         // PEFT's line for the seed recipe: all params 601,096,192 = 596,049,920 base + 5,046,272 LoRA.
         assert_eq!(cfg.num_parameters(), 596_049_920);
-        let counted: usize = cfg.tensor_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let counted: u64 = cfg.tensor_shapes().iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum();
         assert_eq!(counted, cfg.num_parameters());
     }
 

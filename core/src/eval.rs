@@ -141,6 +141,10 @@ pub fn evaluate_sft<B: Backend>(
     }
     let (nll, tokens) = crate::loss::total_nll(&loaded.model, &examples, opts.extract.batch)?;
     let loss = if tokens > 0 { nll / tokens as f64 } else { f64::NAN };
+    // A NaN loss is a broken model (or config), not a measurement: it must not pass as one.
+    if tokens > 0 && !loss.is_finite() {
+        return Err(crate::Error::Other(format!("{source}: the model's loss is {loss} (broken weights or config.json?)")));
+    }
     if opts.loss_only {
         return Ok((json!({"loss": loss, "tokens": tokens, "records": records.len()}), Vec::new()));
     }

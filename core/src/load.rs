@@ -109,6 +109,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
     /// [`Self::load`] under a per-tensor byte limit (see [`LoadOptions`]): refused before any
     /// tensor is read when a tensor that cannot be split exceeds it.
     pub fn load_with(cfg: &Qwen3Config, src: &mut dyn WeightSource, device: &B::Device, opts: &LoadOptions) -> Result<Self> {
+        src.check(&cfg.tensor_shapes())?;
         let max_bytes = opts.max_tensor_bytes;
         if let Some(limit) = max_bytes {
             for (name, shape) in cfg.tensor_shapes() {

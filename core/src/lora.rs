@@ -91,13 +91,13 @@ impl LoraConfig {
     }
 
     /// LoRA parameters this config adds to a model of shape `model` (no weights needed).
-    pub fn trainable_params(&self, model: &crate::Qwen3Config) -> usize {
-        let per_layer: usize = PROJECTIONS
+    pub fn trainable_params(&self, model: &crate::Qwen3Config) -> u64 {
+        let per_layer: u64 = PROJECTIONS
             .iter()
             .filter(|p| self.target_modules.iter().any(|t| t == p.name()))
-            .map(|p| p.shape(model).iter().sum::<usize>())
+            .map(|p| p.shape(model).iter().sum::<usize>() as u64)
             .sum();
-        self.r * per_layer * model.num_hidden_layers
+        (self.r as u64).saturating_mul(per_layer).saturating_mul(model.num_hidden_layers as u64)
     }
 
     /// PEFT's `adapter_config.json` for this config.
@@ -294,19 +294,19 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
     }
 
     /// Trainable LoRA parameter count and all parameters (PEFT's `print_trainable_parameters`).
-    pub fn lora_parameter_counts(&self, base: usize) -> (usize, usize) {
-        let lora: usize = self
+    pub fn lora_parameter_counts(&self, base: u64) -> (u64, u64) {
+        let lora: u64 = self
             .projections()
             .iter()
-            .filter_map(|(_, _, l)| l.lora.as_ref().map(|x| x.lora_A.val().dims().iter().product::<usize>() + x.lora_B.val().dims().iter().product::<usize>()))
+            .filter_map(|(_, _, l)| l.lora.as_ref().map(|x| (x.lora_A.val().dims().iter().product::<usize>() + x.lora_B.val().dims().iter().product::<usize>()) as u64))
             .sum();
         (lora, base + lora)
     }
 }
 
 /// PEFT's line: `trainable params: 5,046,272 || all params: 601,096,192 || trainable%: 0.8395`.
-pub fn trainable_line(trainable: usize, all: usize) -> String {
-    fn commas(n: usize) -> String {
+pub fn trainable_line(trainable: u64, all: u64) -> String {
+    fn commas(n: u64) -> String {
         let s = n.to_string();
         let mut out = String::new();
         for (i, c) in s.chars().enumerate() {

@@ -17,6 +17,21 @@ pub trait WeightSource {
     fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
     /// Whether the source holds `name` (used for optional tensors such as an untied lm_head).
     fn contains(&self, name: &str) -> bool;
+    /// Checks, before anything is allocated, that every tensor the config implies can be given:
+    /// a config that claims more layers or a wider vocabulary than its weights is refused here
+    /// instead of by a failed allocation halfway through loading.
+    fn check(&self, shapes: &[(String, Vec<usize>)]) -> Result<()>;
+}
+
+/// A zeroed buffer of `n` values, or an error naming `what` when memory cannot hold it (a plain
+/// `vec!` aborts the process instead).
+fn zeroed<T: Clone + Default>(n: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::Limit(format!("{what}: {n} values of {} bytes do not fit in memory", std::mem::size_of::<T>()))
+    })?;
+    v.resize(n, T::default());
+    Ok(v)
 }
 
 pub trait ReadSeek: Read + Seek {}
@@ -128,7 +143,7 @@ impl SafetensorsFile {
         let values = match info.dtype {
             Dtype::F32 => {
                 // Read straight into the f32 buffer: no second copy of the largest tensor.
-                let mut values = vec![0f32; numel];
+                let mut values = zeroed::<f32>(numel, name)?;
                 shard.reader.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(io)?;
                 if cfg!(target_endian = "big") {
                     values.iter_mut().for_each(|v| *v = f32::from_bits(v.to_bits().swap_bytes()));
@@ -136,9 +151,9 @@ impl SafetensorsFile {
                 values
             }
             Dtype::F16 | Dtype::BF16 => {
-                let mut raw = vec![0u16; numel];
+                let mut raw = zeroed::<u16>(numel, name)?;
                 shard.reader.read_exact(bytemuck::cast_slice_mut(&mut raw)).map_err(io)?;
-                let mut values = vec![0f32; numel];
+                let mut values = zeroed::<f32>(numel, name)?;
                 if info.dtype == Dtype::F16 {
                     bytemuck::cast_slice::<u16, half::f16>(&raw).convert_to_f32_slice(&mut values);
                 } else {
@@ -168,6 +183,27 @@ impl WeightSource for SafetensorsFile {
     fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
+
+    fn check(&self, shapes: &[(String, Vec<usize>)]) -> Result<()> {
+        for (name, shape) in shapes {
+            match self.tensors.get(name) {
+                None => {
+                    return Err(Error::Tensor(format!(
+                        "tensor `{name}`, which config.json implies, is missing from {}",
+                        self.describe()
+                    )))
+                }
+                Some(info) if &info.shape != shape => {
+                    return Err(Error::Tensor(format!(
+                        "{}: tensor `{name}` has shape {:?}, but config.json implies {shape:?}",
+                        self.shards[info.shard].name, info.shape
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 fn read_header(name: &str, reader: &mut Box<dyn ReadSeek>, shard: usize) -> Result<Vec<(String, TensorInfo)>> {
@@ -184,44 +220,89 @@ fn read_header(name: &str, reader: &mut Box<dyn ReadSeek>, shard: usize) -> Resu
     }
     let mut header = vec![0u8; header_len as usize];
     reader.read_exact(&mut header).map_err(|e| corrupt(e.to_string()))?;
-    let header: HashMap<String, Value> =
-        serde_json::from_slice(&header).map_err(|e| corrupt(format!("header is not JSON: {e}")))?;
+    let header = serde_json::from_slice::<Entries>(&header)
+        .map_err(|e| corrupt(format!("header is not a JSON object of tensors: {e}")))?
+        .0;
     let data_start = 8 + header_len;
+    let data_len = file_len - data_start;
+    let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for (key, value) in header {
         if key == "__metadata__" {
             continue;
         }
+        if !seen.insert(key.clone()) {
+            return Err(corrupt(format!("tensor `{key}` is listed twice in the header")));
+        }
         let dtype_s = value.get("dtype").and_then(Value::as_str).unwrap_or("?");
         let dtype = Dtype::parse(dtype_s).ok_or_else(|| {
             Error::Unsupported(format!("{name}: tensor `{key}` has dtype {dtype_s}; tiqu reads F32, F16 and BF16"))
         })?;
-        let shape: Vec<usize> = value
-            .get("shape")
-            .and_then(Value::as_array)
-            .map(|s| s.iter().filter_map(Value::as_u64).map(|d| d as usize).collect())
-            .ok_or_else(|| corrupt(format!("tensor `{key}` has no shape")))?;
-        let offsets: Vec<u64> = value
-            .get("data_offsets")
-            .and_then(Value::as_array)
-            .map(|s| s.iter().filter_map(Value::as_u64).collect())
-            .unwrap_or_default();
+        let shape = integers(&value, "shape").ok_or_else(|| {
+            corrupt(format!("tensor `{key}`: `shape` is not a list of non-negative integers"))
+        })?;
+        let offsets = integers(&value, "data_offsets").ok_or_else(|| {
+            corrupt(format!("tensor `{key}`: `data_offsets` is not a list of two non-negative integers"))
+        })?;
         let [start, end] = offsets[..] else {
-            return Err(corrupt(format!("tensor `{key}` has no data_offsets")));
+            return Err(corrupt(format!("tensor `{key}`: `data_offsets` must hold two integers, not {}", offsets.len())));
         };
-        let numel: usize = shape.iter().product();
-        if end < start || (end - start) as usize != numel * dtype.size() {
+        // Checked products and sums: wrapped arithmetic could pass these checks with a crafted
+        // shape and let a tensor read the header's own bytes.
+        let bytes = shape
+            .iter()
+            .try_fold(dtype.size() as u64, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| corrupt(format!("tensor `{key}`: shape {shape:?} overflows")))?;
+        if end < start || end - start != bytes {
             return Err(corrupt(format!("tensor `{key}`: offsets {start}..{end} do not match shape {shape:?}")));
         }
-        if data_start + end > file_len {
+        if end > data_len {
             return Err(corrupt(format!(
                 "tensor `{key}` ends at byte {} but the file has {file_len} bytes (truncated?)",
-                data_start + end
+                data_start.saturating_add(end)
             )));
         }
+        let shape = shape.into_iter().map(|d| d as usize).collect();
         out.push((key, TensorInfo { dtype, shape, shard, start: data_start + start, end: data_start + end }));
     }
+    // Two tensors sharing bytes would let a write to one change the other; the format forbids it.
+    let mut ranges: Vec<(u64, u64, &str)> = out.iter().map(|(k, i)| (i.start, i.end, k.as_str())).collect();
+    ranges.sort_unstable();
+    for pair in ranges.windows(2) {
+        let ((_, end_a, a), (start_b, _, b)) = (pair[0], pair[1]);
+        if start_b < end_a {
+            return Err(corrupt(format!("tensors `{a}` and `{b}` overlap in the data")));
+        }
+    }
     Ok(out)
+}
+
+/// A list of non-negative integers at `value[field]`; `None` if any entry is something else.
+fn integers(value: &Value, field: &str) -> Option<Vec<u64>> {
+    value.get(field)?.as_array()?.iter().map(Value::as_u64).collect()
+}
+
+/// The header's entries in file order, duplicates kept (a map would silently keep the last).
+struct Entries(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// Seeded random parameters, like transformers' `_init_weights` for Qwen3: normal(0, std) for
@@ -249,12 +330,36 @@ impl WeightSource for RandomInit {
             return Ok(vec![1.0; n]);
         }
         let normal = Normal::new(0.0f32, self.std).map_err(|e| Error::Other(e.to_string()))?;
-        Ok((0..n).map(|_| normal.sample(&mut self.rng)).collect())
+        let mut values = zeroed::<f32>(n, name)?;
+        values.iter_mut().for_each(|v| *v = normal.sample(&mut self.rng));
+        Ok(values)
     }
 
     fn contains(&self, _name: &str) -> bool {
         true
     }
+
+    fn check(&self, shapes: &[(String, Vec<usize>)]) -> Result<()> {
+        let bytes: u64 = shapes.iter().map(|(_, s)| s.iter().map(|&d| d as u64).product::<u64>() * 4).sum();
+        if let Some(available) = available_memory() {
+            if bytes > available {
+                return Err(Error::Limit(format!(
+                    "random weights of this config take {:.1} GiB as f32; this machine has {:.1} GiB available",
+                    bytes as f64 / (1u64 << 30) as f64,
+                    available as f64 / (1u64 << 30) as f64
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes, where there is one (Linux).
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// One tensor to write: name, stored dtype, shape.

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
@@ -113,6 +113,9 @@ pub fn run(backend: BackendName, args: &ExtractArgs) -> Result<()> {
 }
 
 fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, schema: Schema) -> Result<()> {
+    if args.input != "-" && args.out != "-" && same_file(Path::new(&args.input), Path::new(&args.out)) {
+        bail!("{}: --out is the input file; choose another --out", args.out);
+    }
     let records = parse_records(&read_input(&args.input)?);
     let mut done = 0usize;
     let mut out: Box<dyn Write> = if args.out == "-" {
@@ -122,7 +125,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
         Box::new(std::io::stdout().lock())
     } else {
         if args.resume {
-            done = answered_lines(&args.out)?;
+            done = answered_lines(&args.out, &mut records.iter().map(|r| &r.id))?;
         } else if fs::metadata(&args.out).is_ok_and(|m| m.len() > 0) {
             bail!("{}: exists; pass --resume to continue it, or choose another --out", args.out);
         }
@@ -130,9 +133,6 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
             .map_err(|e| anyhow!("{}: {e}", args.out))?;
         Box::new(std::io::BufWriter::new(file))
     };
-    if done > records.len() {
-        bail!("{}: has {done} lines but the input only {}", args.out, records.len());
-    }
     let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
     let options = ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch };
     let extractor = loaded.into_extractor(schema, options)?;
@@ -172,15 +172,70 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     Ok(())
 }
 
-/// Complete lines already in a partial output; a torn last line (a crash mid-write) is dropped.
-fn answered_lines(path: &str) -> Result<usize> {
-    let Ok(file) = File::open(path) else { return Ok(0) };
-    let mut bytes = Vec::new();
-    BufReader::new(file).read_to_end(&mut bytes).map_err(|e| anyhow!("{path}: {e}"))?;
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if complete < bytes.len() {
-        let f = OpenOptions::new().write(true).open(path).map_err(|e| anyhow!("{path}: {e}"))?;
-        f.set_len(complete as u64).map_err(|e| anyhow!("{path}: {e}"))?;
+/// Whether two paths name one file (hard links and symlinks included), so `--out` can never
+/// overwrite or append to the input it reads.
+fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (fs::metadata(a), fs::metadata(b)) else { return false };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        (ma.dev(), ma.ino()) == (mb.dev(), mb.ino())
     }
-    Ok(bytes[..complete].lines().count())
+    #[cfg(not(unix))]
+    {
+        let _ = (ma, mb);
+        fs::canonicalize(a).ok().is_some_and(|ca| fs::canonicalize(b).ok() == Some(ca))
+    }
+}
+
+/// Whether `line` is one `tiqu extract` wrote for the record with id `expected`: an object of
+/// `id` and exactly one of `fields` (an object) or `error` (a string).
+fn is_answer(line: &[u8], expected: &Value) -> bool {
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(line) else { return false };
+    let answer = match (obj.get("fields"), obj.get("error")) {
+        (Some(Value::Object(_)), None) | (None, Some(Value::String(_))) => true,
+        _ => false,
+    };
+    obj.len() == 2 && answer && obj.get("id") == Some(expected)
+}
+
+/// Complete lines already in a partial output, each checked to be this command's answer to the
+/// input record at its place (ids in `input_ids`' order): a file that is not (an unrelated
+/// file, another input's output) is refused and left as it is. Only then is a torn last line
+/// (a crash mid-write) cut off.
+fn answered_lines(path: &str, input_ids: &mut dyn Iterator<Item = &Value>) -> Result<usize> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => bail!("{path}: {e}"),
+    };
+    let mut reader = BufReader::new(file);
+    let (mut done, mut complete, mut line) = (0usize, 0u64, Vec::new());
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(|e| anyhow!("{path}: {e}"))?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        let Some(id) = input_ids.next() else {
+            bail!("{path}: has more lines than the input; not this input's output (choose another --out)");
+        };
+        if !is_answer(&line[..n - 1], id) {
+            bail!(
+                "{path}:{}: not tiqu extract's answer to input record {id}; refusing to resume into it (choose another --out)",
+                done + 1
+            );
+        }
+        done += 1;
+        complete += n as u64;
+    }
+    if !line.is_empty() {
+        // Only the start of one of our lines may be cut: anything else is someone's file.
+        if !["{\"id\"", "{\"fields\"", "{\"error\""].iter().any(|p| line.starts_with(p.as_bytes())) {
+            bail!("{path}:{}: not tiqu extract's output; refusing to resume into it (choose another --out)", done + 1);
+        }
+        let f = OpenOptions::new().write(true).open(path).map_err(|e| anyhow!("{path}: {e}"))?;
+        f.set_len(complete).map_err(|e| anyhow!("{path}: {e}"))?;
+    }
+    Ok(done)
 }

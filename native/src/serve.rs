@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Result};
 use clap::Args;
 use serde_json::json;
+use tiqu_core::checkpoint::{Adapter, Checkpoint, ADAPTER_CONFIG, ADAPTER_WEIGHTS, COMPANION_FILES, WEIGHTS_INDEX};
+use tiqu_core::files::Folder;
 
 
 #[derive(Args)]
@@ -33,17 +35,18 @@ pub struct ServeArgs {
 
 pub fn run(args: &ServeArgs) -> Result<()> {
     let model = tiqu_core::checkpoint::resolve_dir(&args.model)?;
+    // Every file of the folder becomes readable over HTTP: only a model folder (a Qwen3
+    // config.json that parses) may be served, never `/etc` or a home folder by mistake.
+    Checkpoint::open_dir(&model)?;
+    if let Some(a) = &args.adapter {
+        Adapter::open(&Folder::new(a))?;
+    }
     let www = args.www.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../wasm/www"));
     if !www.join("index.html").is_file() {
         return Err(anyhow!("{}: no index.html (pass --www DIR)", www.display()));
     }
     if !www.join("pkg/tiqu_wasm_bg.wasm").is_file() {
         eprintln!("warning: {}: not built yet; run scripts/build-wasm", www.join("pkg").display());
-    }
-    if let Some(a) = &args.adapter {
-        if !a.join("adapter_config.json").is_file() {
-            return Err(anyhow!("{}: no adapter_config.json", a.display()));
-        }
     }
     let listener = TcpListener::bind((args.host.as_str(), args.port)).map_err(|e| anyhow!("{}:{}: {e}", args.host, args.port))?;
     let addr = listener.local_addr()?;
@@ -90,6 +93,12 @@ fn plain(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\']) && name != ".."
 }
 
+/// What the page may fetch from a model folder: its companion files and its weights, nothing
+/// else that happens to sit there.
+fn model_file(name: &str) -> bool {
+    COMPANION_FILES.contains(&name) || name == WEIGHTS_INDEX || name.ends_with(".safetensors")
+}
+
 impl Site {
     /// The file a request path names, if it is one this server shows.
     fn file(&self, path: &str) -> Option<PathBuf> {
@@ -98,8 +107,8 @@ impl Site {
         let rel = if rel.is_empty() { "index.html" } else { rel };
         let parts: Vec<&str> = rel.split('/').collect();
         let file = match parts.as_slice() {
-            ["model", name] if plain(name) => self.model.join(name),
-            ["adapter", name] if plain(name) => self.adapter.as_ref()?.join(name),
+            ["model", name] if plain(name) && model_file(name) => self.model.join(name),
+            ["adapter", name] if [ADAPTER_CONFIG, ADAPTER_WEIGHTS].contains(name) => self.adapter.as_ref()?.join(name),
             parts if parts.iter().all(|p| plain(p)) => self.www.join(rel),
             _ => return None,
         };

@@ -278,7 +278,7 @@ fn dry_run(args: &TrainArgs) -> Result<()> {
         Method::Full => trainable_line(base, base),
         Method::Lora => {
             let trainable = cfg.lora.trainable_params(&model_cfg);
-            trainable_line(trainable, base + trainable)
+            trainable_line(trainable, base.saturating_add(trainable))
         }
     };
     println!("{line}");

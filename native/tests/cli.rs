@@ -241,3 +241,49 @@ fn doctor_lists_backends() {
     assert!(stdout.contains("cpu") && stdout.contains("ok"), "{stdout}");
     assert!(stdout.contains("default backend: "), "{stdout}");
 }
+
+/// Overwrites every value of `tensor` in a safetensors file with NaN.
+fn poison(file: &Path, tensor: &str) {
+    let mut bytes = fs::read(file).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let info = &header[tensor];
+    let [start, end] = [0, 1].map(|i| 8 + len + info["data_offsets"][i].as_u64().unwrap() as usize);
+    let nan: &[u8] = match info["dtype"].as_str().unwrap() {
+        "F32" => &[0x00, 0x00, 0xc0, 0x7f],
+        "BF16" => &[0xc0, 0x7f],
+        "F16" => &[0x00, 0x7e],
+        other => panic!("dtype {other}"),
+    };
+    for chunk in bytes[start..end].chunks_mut(nan.len()) {
+        chunk.copy_from_slice(nan);
+    }
+    fs::write(file, bytes).unwrap();
+}
+
+/// Issue 14 case 7: a loss that is NaN is not a measurement: `eval` exits non-zero with one line.
+#[test]
+fn nan_loss_in_eval_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in fs::read_dir(fixture("tiny-untied")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    poison(&dir.path().join("model.safetensors"), "model.norm.weight");
+    let data = fixture("sft_small.jsonl");
+    let out = tiqu(&["eval", "--model", dir.path().to_str().unwrap(), "--data", data.to_str().unwrap(), "--loss-only"]);
+    assert_clean_error(&out, &["sft_small.jsonl", "loss is NaN"]);
+}
+
+/// Issue 14 case 8: serve-demo shows a folder's files to the network, so it serves only a model
+/// folder (a Qwen3 config.json that parses) and an adapter folder, refused before it listens.
+#[test]
+fn serve_demo_refuses_folders_that_are_not_models() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("secrets.txt"), "token").unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert_clean_error(&tiqu(&["serve-demo", "--model", d, "--port", "0"]), &["config.json", "not a model folder"]);
+    let model = fixture("tiny-untied");
+    let out = tiqu(&["serve-demo", "--model", model.to_str().unwrap(), "--adapter", d, "--port", "0"]);
+    assert_clean_error(&out, &["adapter_config.json", "not an adapter folder"]);
+}

@@ -350,7 +350,8 @@ fn check_bad_inputs_are_one_line() {
     fails_cleanly(d, &["data", "check", s(&d.join("nope.jsonl"))], &["cannot read", "nope.jsonl"]);
     fs::write(d.join("broken.json"), "[\n{\"instruction\": \"a\", \"output\": \"{}\"},\n{\"instruction\": \"a\",, }\n]").unwrap();
     fails_cleanly(d, &["data", "check", s(&d.join("broken.json"))], &["broken.json:3:", "invalid JSON array"]);
-    fs::write(d.join("gbk.json"), b"[\n{\"instruction\": \"\xCD\xB6\"}]").unwrap();
+    // 投诉 in GBK: CD B6 alone happens to be valid UTF-8 (U+0376); CB DF is not.
+    fs::write(d.join("gbk.json"), b"[\n{\"instruction\": \"\xCD\xB6\xCB\xDF\"}]").unwrap();
     fails_cleanly(d, &["data", "check", s(&d.join("gbk.json"))], &["gbk.json:2:", "not valid UTF-8"]);
     fails_cleanly(d, &["data", "check", t, "--fix"], &["--fix needs --out"]);
     fails_cleanly(d, &["data", "check", t, "--fix", "--out", t, "--force"], &["is the input"]);

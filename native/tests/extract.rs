@@ -105,3 +105,59 @@ fn jsonl_ids_resume_and_schema() {
     assert!(!out.status.success() && stderr.starts_with("error: ") && stderr.contains("`name` appears twice"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// Issue 14 case 1: `--resume` appends only to its own output for this input, and `--out` can
+/// never be the input: each refusal is one error line and leaves every file byte for byte.
+#[test]
+fn resume_refuses_files_it_did_not_write_and_out_is_never_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    fs::write(&input, format!("{}\n{}\n{}", TEXTS[0], TEXTS[1], TEXTS[2])).unwrap();
+    let m = model();
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["extract", "--model", &m, "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        tiqu(&args, None)
+    };
+    let refused = |out: Output, what: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: must fail");
+        assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1 && !stderr.contains("panicked"), "{what}: {stderr}");
+        stderr.to_string()
+    };
+    let before = fs::read(&input).unwrap();
+    for extra in [&[][..], &["--resume"][..]] {
+        let err = refused(run(&input, extra), "--out = --input");
+        assert!(err.contains("is the input file"), "{err}");
+    }
+    #[cfg(unix)]
+    {
+        let link = dir.path().join("link.txt");
+        std::os::unix::fs::symlink(&input, &link).unwrap();
+        refused(run(&link, &["--resume"]), "--out a link to the input");
+    }
+    assert_eq!(fs::read(&input).unwrap(), before, "the input is untouched");
+
+    // An unrelated text file whose last line has no newline: nothing cut, nothing appended.
+    let notes = dir.path().join("notes.txt");
+    fs::write(&notes, "meeting at 10\nbring the draft").unwrap();
+    let err = refused(run(&notes, &["--resume"]), "an unrelated file");
+    assert!(err.contains("notes.txt:1") && err.contains("not tiqu extract's"), "{err}");
+    assert_eq!(fs::read_to_string(&notes).unwrap(), "meeting at 10\nbring the draft");
+
+    // Output of another input (other ids at the same places), torn mid-line: left as it is.
+    let other = dir.path().join("other.jsonl");
+    let body = "{\"id\":\"a7\",\"fields\":{\"name\":null}}\n{\"id\":\"a8\",\"fie";
+    fs::write(&other, body).unwrap();
+    let err = refused(run(&other, &["--resume"]), "another input's output");
+    assert!(err.contains("other.jsonl:1") && err.contains("input record 1"), "{err}");
+    assert_eq!(fs::read_to_string(&other).unwrap(), body);
+
+    // More answers than input lines.
+    let long = dir.path().join("long.jsonl");
+    let body: String = (1..=4).map(|i| format!("{{\"id\":{i},\"error\":\"empty text\"}}\n")).collect();
+    fs::write(&long, &body).unwrap();
+    let err = refused(run(&long, &["--resume"]), "more lines than the input");
+    assert!(err.contains("more lines than the input"), "{err}");
+    assert_eq!(fs::read_to_string(&long).unwrap(), body);
+}

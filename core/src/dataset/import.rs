@@ -119,7 +119,7 @@ fn read_table(text: &str, delimiter: u8, columns: &[&str], source: &str) -> Resu
         )));
     }
     let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).from_reader(text.as_bytes());
-    let header = reader.headers().map_err(|e| csv_error(&e, source))?.clone();
+    let header = reader.headers().map_err(|e| csv_error(&e, text, source))?.clone();
     let names: Vec<&str> = header.iter().map(str::trim).collect();
     let index = columns
         .iter()
@@ -130,9 +130,13 @@ fn read_table(text: &str, delimiter: u8, columns: &[&str], source: &str) -> Resu
         })
         .collect::<Result<Vec<usize>>>()?;
     let mut rows = Vec::new();
+    let (mut counted, mut line) = (0usize, 1usize);
     for record in reader.records() {
-        let record = record.map_err(|e| csv_error(&e, source))?;
-        let line = record.position().map_or(0, |p| p.line() as usize);
+        let record = record.map_err(|e| csv_error(&e, text, source))?;
+        // The line an editor shows: the csv crate counts records, not line breaks inside quotes.
+        let start = record.position().map_or(counted, |p| byte_in(text, p)).min(text.len());
+        line += bytecount(&text.as_bytes()[counted.min(start)..start]);
+        counted = counted.max(start);
         rows.push((line, index.iter().map(|&i| record.get(i).map(str::to_string)).collect()));
     }
     Ok(rows)
@@ -144,8 +148,25 @@ fn no_column(col: &str, names: &[&str], source: &str) -> Error {
     Error::Format(format!("{source}: no column `{col}` (columns: {}{more})", shown.join(", ")))
 }
 
-fn csv_error(e: &csv::Error, source: &str) -> Error {
-    let line = e.position().map_or(String::new(), |p| format!(":{}", p.line()));
+/// Where the record at a csv position starts in `text`: the csv crate ends a record at the `\r`
+/// of a CRLF and counts its `\n` into the next record's position.
+fn byte_in(text: &str, p: &csv::Position) -> usize {
+    let bytes = text.as_bytes();
+    let mut at = (p.byte() as usize).min(bytes.len());
+    while at < bytes.len() && matches!(bytes[at], b'\r' | b'\n') {
+        at += 1;
+    }
+    at
+}
+
+fn bytecount(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
+}
+
+fn csv_error(e: &csv::Error, text: &str, source: &str) -> Error {
+    let line = e
+        .position()
+        .map_or(String::new(), |p| format!(":{}", 1 + bytecount(&text.as_bytes()[..byte_in(text, p).min(text.len())])));
     match e.kind() {
         csv::ErrorKind::UnequalLengths { expected_len, len, .. } => Error::Format(format!(
             "{source}{line}: the row has {len} field(s), the header {expected_len} (an unquoted delimiter in a value?)"
