@@ -31,6 +31,7 @@ mod read;
 pub mod run;
 pub mod schema;
 pub mod score;
+pub mod shard;
 pub mod sft;
 pub mod synth;
 pub mod tokenizer;

@@ -192,10 +192,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// `id` and exactly one of `fields` (an object) or `error` (a string).
 fn is_answer(line: &[u8], expected: &Value) -> bool {
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(line) else { return false };
-    let answer = match (obj.get("fields"), obj.get("error")) {
-        (Some(Value::Object(_)), None) | (None, Some(Value::String(_))) => true,
-        _ => false,
-    };
+    let answer = matches!((obj.get("fields"), obj.get("error")), (Some(Value::Object(_)), None) | (None, Some(Value::String(_))));
     obj.len() == 2 && answer && obj.get("id") == Some(expected)
 }
 

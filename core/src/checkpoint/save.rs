@@ -65,6 +65,49 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(&parent_of(path))
 }
 
+/// A file too large to hold in memory, written under a temporary name this process created:
+/// [`PartialFile::commit`] syncs it and renames it into place; dropped uncommitted, it is removed,
+/// so a failed or interrupted write never leaves a complete-looking file.
+pub struct PartialFile {
+    path: PathBuf,
+    file: std::io::BufWriter<fs::File>,
+    committed: bool,
+}
+
+impl PartialFile {
+    pub fn beside(dest: &Path) -> Result<Self> {
+        let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+        let path = parent_of(dest).join(format!(".{name}.tiqu-tmp-{}", unique_suffix()));
+        let file = fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| Error::io(path.display(), e))?;
+        Ok(Self { path, file: std::io::BufWriter::new(file), committed: false })
+    }
+
+    pub fn writer(&mut self) -> &mut dyn Write {
+        &mut self.file
+    }
+
+    /// Renames the file to `dest`, which must not exist unless `replace`.
+    pub fn commit(mut self, dest: &Path, replace: bool) -> Result<()> {
+        let io = |e: std::io::Error| Error::io(self.path.display(), e);
+        self.file.flush().map_err(io)?;
+        self.file.get_ref().sync_all().map_err(io)?;
+        if dest.exists() && !replace {
+            return Err(Error::Format(format!("{}: exists; not overwritten", dest.display())));
+        }
+        fs::rename(&self.path, dest).map_err(|e| Error::io(dest.display(), e))?;
+        self.committed = true;
+        sync_dir(&parent_of(dest))
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// A folder being written under a temporary name that this process created (and so owns):
 /// [`PartialDir::commit`] renames it into place; dropped uncommitted, it is removed.
 pub struct PartialDir {

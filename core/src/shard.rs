@@ -1,0 +1,372 @@
+//! Sharded extraction for job arrays (Kubernetes Indexed Jobs, Slurm arrays): the input is split
+//! into N parts by byte range aligned to line starts, as Hadoop's input splits are, so a task
+//! reads only its part (two seeks and one line past each boundary), never the whole input. A
+//! shard's answers go to its own part file; a `.done` marker written last records its byte range
+//! and line count, and [`merge`] checks the markers against each other and the input's size
+//! before it writes one output in input order, so every input line is answered exactly once.
+//!
+//! A task cannot know how many lines precede its range without reading them, so a part numbers
+//! its lines from 1 (`"line"`); [`merge`] turns them into the global line numbers a
+//! single-process run gives as ids. Records that carry their own id keep it (`"id"`).
+
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{Error, Result};
+
+/// The most shards one job may have: part names have five digits.
+pub const MAX_SHARDS: usize = 99_999;
+
+/// Shard `index` (from 0) of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSpec {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl ShardSpec {
+    pub fn new(index: usize, count: usize) -> Result<Self> {
+        if count == 0 || count > MAX_SHARDS {
+            return Err(Error::Limit(format!("shard count {count} must be between 1 and {MAX_SHARDS}")));
+        }
+        if index >= count {
+            return Err(Error::Limit(format!("shard {index} does not exist in {count} shards (indices start at 0)")));
+        }
+        Ok(Self { index, count })
+    }
+
+    /// `I/N`, or `auto`: the job engine's own variables (see [`ShardSpec::from_env`]).
+    pub fn parse(spec: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        if spec == "auto" {
+            return Self::from_env(env);
+        }
+        let bad = || Error::Format(format!("--shard {spec}: expected I/N (shard I of N, I from 0) or auto"));
+        let (i, n) = spec.split_once('/').ok_or_else(bad)?;
+        Self::new(i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?)
+    }
+
+    /// A Kubernetes Indexed Job's `JOB_COMPLETION_INDEX` with its completion count (which
+    /// Kubernetes does not export: the manifest sets `JOB_COMPLETIONS`), or a Slurm array's
+    /// `SLURM_ARRAY_TASK_ID` less `SLURM_ARRAY_TASK_MIN` of `SLURM_ARRAY_TASK_COUNT`.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let number = |name: &str| -> Result<Option<usize>> {
+            match env(name) {
+                None => Ok(None),
+                Some(v) => v.trim().parse().map(Some).map_err(|_| Error::Format(format!("${name} = `{v}` is not a number"))),
+            }
+        };
+        if let Some(index) = number("JOB_COMPLETION_INDEX")? {
+            let count = number("JOB_COMPLETIONS")?.ok_or_else(|| {
+                Error::Format("--shard auto: JOB_COMPLETION_INDEX is set but JOB_COMPLETIONS is not (set it to the Job's completions)".into())
+            })?;
+            return Self::new(index, count);
+        }
+        if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
+            let count = number("SLURM_ARRAY_TASK_COUNT")?
+                .ok_or_else(|| Error::Format("--shard auto: SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not".into()))?;
+            let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            let index = id.checked_sub(min).ok_or_else(|| Error::Format(format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")))?;
+            return Self::new(index, count);
+        }
+        Err(Error::Format(
+            "--shard auto: neither JOB_COMPLETION_INDEX (Kubernetes Indexed Job) nor SLURM_ARRAY_TASK_ID (Slurm array) is set".into(),
+        ))
+    }
+
+    /// `part-00003-of-00016.jsonl`.
+    pub fn part_name(&self) -> String {
+        format!("part-{:05}-of-{:05}.jsonl", self.index, self.count)
+    }
+
+    /// The marker written when the part is complete.
+    pub fn done_name(&self) -> String {
+        format!("{}.done", self.part_name())
+    }
+
+    /// The shard's nominal byte range of an input of `size` bytes (before alignment to lines).
+    pub fn nominal(&self, size: u64) -> (u64, u64) {
+        let at = |i: usize| (size as u128 * i as u128 / self.count as u128) as u64;
+        (at(self.index), at(self.index + 1))
+    }
+}
+
+/// The first line start at or after `at`: 0, or the byte after a `\n`. Reads from `at - 1` to
+/// the next newline only.
+pub fn line_start_from<R: Read + Seek>(reader: &mut R, at: u64, size: u64) -> std::io::Result<u64> {
+    if at == 0 || at >= size {
+        return Ok(at.min(size));
+    }
+    reader.seek(SeekFrom::Start(at - 1))?;
+    let mut skipped = Vec::new();
+    let n = std::io::BufReader::new(reader.take(size - (at - 1))).read_until(b'\n', &mut skipped)?;
+    Ok(at - 1 + n as u64)
+}
+
+/// The byte range `[start, end)` of the lines shard `spec` answers: the lines that start inside
+/// its nominal range. Consecutive shards' ranges abut and cover the input.
+pub fn line_range<R: Read + Seek>(reader: &mut R, size: u64, spec: ShardSpec) -> std::io::Result<(u64, u64)> {
+    let (a, b) = spec.nominal(size);
+    let start = line_start_from(reader, a, size)?;
+    let end = if spec.index + 1 == spec.count { size } else { line_start_from(reader, b, size)? };
+    Ok((start, end.max(start)))
+}
+
+/// What a finished part records about itself (`part-….jsonl.done`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartMarker {
+    pub shard: ShardSpec,
+    /// The input's size in bytes when the part was made.
+    pub input_size: u64,
+    pub start: u64,
+    pub end: u64,
+    /// Lines answered: one output line per input line in `[start, end)`.
+    pub lines: u64,
+}
+
+impl PartMarker {
+    pub fn parse(bytes: &[u8], source: &str) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| Error::json(source, e))
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).expect("a marker serialises");
+        out.push(b'\n');
+        out
+    }
+}
+
+/// One part line: `{"line": n, "id"?: …, "fields" | "error": …}`.
+pub fn part_line(line: u64, id: Option<&Value>, answer: (&str, Value)) -> String {
+    let mut obj = Map::new();
+    obj.insert("line".into(), Value::from(line));
+    if let Some(id) = id {
+        obj.insert("id".into(), id.clone());
+    }
+    obj.insert(answer.0.into(), answer.1);
+    Value::Object(obj).to_string()
+}
+
+/// Checks that `line` is a part line with number `expected` (what a resumed task and [`merge`]
+/// both need: a part holds its own answers, in order, nothing else).
+pub fn check_part_line(line: &[u8], expected: u64) -> std::result::Result<Map<String, Value>, String> {
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(line) else {
+        return Err("not a JSON object".into());
+    };
+    if obj.get("line").and_then(Value::as_u64) != Some(expected) {
+        return Err(format!("expected the answer to line {expected} of the shard"));
+    }
+    let answer = matches!(
+        (obj.get("fields"), obj.get("error")),
+        (Some(Value::Object(_)), None) | (None, Some(Value::String(_)))
+    );
+    let known = obj.keys().all(|k| ["line", "id", "fields", "error"].contains(&k.as_str()));
+    if !answer || !known {
+        return Err("not an answer (one of \"fields\" or \"error\")".into());
+    }
+    Ok(obj)
+}
+
+/// Counts of what a merge saw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MergeReport {
+    pub shards: usize,
+    pub lines: u64,
+    pub errors: u64,
+    /// Per field: (non-null values, nulls), in first-seen order.
+    pub fields: Vec<(String, u64, u64)>,
+}
+
+/// Where merge reads one shard's part: its marker's bytes and its lines.
+pub trait PartSource {
+    /// The marker's bytes, `None` when the part has none (not finished).
+    fn marker(&mut self, spec: ShardSpec) -> Result<Option<Vec<u8>>>;
+    /// The part's lines, as a reader.
+    fn part(&mut self, spec: ShardSpec) -> Result<Box<dyn BufRead + '_>>;
+    /// How a part or marker is named in messages.
+    fn label(&self, name: &str) -> String;
+}
+
+/// Checks every part of a `count`-shard run over an input of `input_size` bytes and writes, when
+/// `out` is given, the single-process output (`{"id", "fields" | "error"}` per input line, in
+/// order, ids the records' own or their global line numbers). A missing, unfinished, torn or
+/// foreign part is named, and nothing is written for it being absent: the caller writes `out`
+/// to a temporary name and commits it only on success.
+pub fn merge(src: &mut dyn PartSource, count: usize, input_size: u64, mut out: Option<&mut dyn Write>) -> Result<MergeReport> {
+    let mut report = MergeReport { shards: count, ..Default::default() };
+    let mut next_start = 0u64;
+    for index in 0..count {
+        let spec = ShardSpec::new(index, count)?;
+        let marker_name = src.label(&spec.done_name());
+        let marker = src
+            .marker(spec)?
+            .ok_or_else(|| Error::Format(format!("{marker_name}: missing: shard {index} of {count} has not finished")))?;
+        let marker = PartMarker::parse(&marker, &marker_name)?;
+        let foreign = |why: String| Error::Format(format!("{marker_name}: {why}"));
+        if marker.shard != spec {
+            return Err(foreign(format!("made by shard {}/{}, not {index}/{count}", marker.shard.index, marker.shard.count)));
+        }
+        if marker.input_size != input_size {
+            return Err(foreign(format!("made from an input of {} bytes; this input has {input_size}", marker.input_size)));
+        }
+        if marker.start != next_start || marker.end < marker.start {
+            return Err(foreign(format!("covers bytes {}..{}, but the previous part ends at {next_start}", marker.start, marker.end)));
+        }
+        next_start = marker.end;
+        let part_name = src.label(&spec.part_name());
+        let mut reader = src.part(spec)?;
+        let (mut n, mut buf) = (0u64, Vec::new());
+        loop {
+            buf.clear();
+            let read = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(&part_name, e))?;
+            if read == 0 {
+                break;
+            }
+            if buf.last() != Some(&b'\n') {
+                return Err(Error::Format(format!("{part_name}:{}: torn last line (no newline)", n + 1)));
+            }
+            let obj = check_part_line(&buf[..read - 1], n + 1)
+                .map_err(|why| Error::Record { path: part_name.clone(), line: n as usize + 1, message: why })?;
+            n += 1;
+            let global = report.lines + n;
+            let id = obj.get("id").cloned().unwrap_or(Value::from(global));
+            let mut line = Map::new();
+            line.insert("id".into(), id);
+            if let Some(Value::Object(fields)) = obj.get("fields") {
+                for (name, v) in fields {
+                    let at = match report.fields.iter().position(|(f, _, _)| f == name) {
+                        Some(at) => at,
+                        None => {
+                            report.fields.push((name.clone(), 0, 0));
+                            report.fields.len() - 1
+                        }
+                    };
+                    if v.is_null() {
+                        report.fields[at].2 += 1;
+                    } else {
+                        report.fields[at].1 += 1;
+                    }
+                }
+                line.insert("fields".into(), Value::Object(fields.clone()));
+            } else if let Some(e) = obj.get("error") {
+                report.errors += 1;
+                line.insert("error".into(), e.clone());
+            }
+            if let Some(w) = out.as_mut() {
+                writeln!(w, "{}", Value::Object(line)).map_err(|e| Error::io("merged output", e))?;
+            }
+        }
+        if n != marker.lines {
+            return Err(Error::Format(format!("{part_name}: has {n} lines; its marker says {}", marker.lines)));
+        }
+        report.lines += n;
+    }
+    if next_start != input_size {
+        return Err(Error::Format(format!("the parts cover bytes 0..{next_start} of an input of {input_size} bytes")));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn specs_from_flags_and_job_engines() {
+        assert_eq!(ShardSpec::parse("3/16", env(&[])).unwrap(), ShardSpec { index: 3, count: 16 });
+        assert_eq!(ShardSpec::parse("auto", env(&[("JOB_COMPLETION_INDEX", "2"), ("JOB_COMPLETIONS", "8")])).unwrap(), ShardSpec { index: 2, count: 8 });
+        let slurm = [("SLURM_ARRAY_TASK_ID", "5"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_COUNT", "8")];
+        assert_eq!(ShardSpec::parse("auto", env(&slurm)).unwrap(), ShardSpec { index: 4, count: 8 });
+        for (spec, needle) in [("16/16", "does not exist"), ("0/0", "between 1"), ("a/3", "expected I/N"), ("3", "expected I/N")] {
+            let err = ShardSpec::parse(spec, env(&[])).unwrap_err().to_string();
+            assert!(err.contains(needle), "{spec}: {err}");
+        }
+        assert!(ShardSpec::parse("auto", env(&[])).unwrap_err().to_string().contains("neither JOB_COMPLETION_INDEX"));
+        assert!(ShardSpec::parse("auto", env(&[("JOB_COMPLETION_INDEX", "1")])).unwrap_err().to_string().contains("JOB_COMPLETIONS"));
+        assert_eq!(ShardSpec::new(3, 16).unwrap().part_name(), "part-00003-of-00016.jsonl");
+    }
+
+    /// Every line of the input belongs to exactly one shard, whatever N and line lengths, and a
+    /// shard's range starts and ends at line starts.
+    #[test]
+    fn ranges_abut_cover_the_input_and_start_at_lines() {
+        let texts = ["", "a\n", "a\nbb\nccc\n", "one very long line without a newline", "x\n\n\ny\nzz", "\n\n\n\n"];
+        for text in texts {
+            let bytes = text.as_bytes();
+            let size = bytes.len() as u64;
+            for count in 1..=7 {
+                let mut cursor = Cursor::new(bytes);
+                let mut prev = 0;
+                for index in 0..count {
+                    let (s, e) = line_range(&mut cursor, size, ShardSpec::new(index, count).unwrap()).unwrap();
+                    assert_eq!(s, prev, "{text:?} {index}/{count}");
+                    assert!(s == 0 || s == size || bytes[s as usize - 1] == b'\n', "{text:?} {index}/{count}: {s}");
+                    prev = e;
+                }
+                assert_eq!(prev, size, "{text:?} /{count}");
+            }
+        }
+    }
+
+    struct Parts(Vec<(Option<Vec<u8>>, Vec<u8>)>);
+
+    impl PartSource for Parts {
+        fn marker(&mut self, spec: ShardSpec) -> Result<Option<Vec<u8>>> {
+            Ok(self.0[spec.index].0.clone())
+        }
+        fn part(&mut self, spec: ShardSpec) -> Result<Box<dyn BufRead + '_>> {
+            Ok(Box::new(Cursor::new(&self.0[spec.index].1)))
+        }
+        fn label(&self, name: &str) -> String {
+            name.to_string()
+        }
+    }
+
+    fn part(spec: (usize, usize), range: (u64, u64), lines: &[&str]) -> (Option<Vec<u8>>, Vec<u8>) {
+        let marker = PartMarker { shard: ShardSpec::new(spec.0, spec.1).unwrap(), input_size: 10, start: range.0, end: range.1, lines: lines.len() as u64 };
+        (Some(marker.to_bytes()), lines.iter().map(|l| format!("{l}\n")).collect::<String>().into_bytes())
+    }
+
+    #[test]
+    fn merge_gives_global_ids_and_names_every_broken_part() {
+        let good = || {
+            Parts(vec![
+                part((0, 2), (0, 4), &[r#"{"line":1,"fields":{"name":"a","email":null}}"#, r#"{"line":2,"error":"empty text"}"#]),
+                part((1, 2), (4, 10), &[r#"{"line":1,"id":"r9","fields":{"name":null,"email":"e"}}"#, r#"{"line":2,"fields":{"name":"b","email":null}}"#]),
+            ])
+        };
+        let mut out = Vec::new();
+        let report = merge(&mut good(), 2, 10, Some(&mut out)).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"id\":1,\"fields\":{\"name\":\"a\",\"email\":null}}\n{\"id\":2,\"error\":\"empty text\"}\n\
+             {\"id\":\"r9\",\"fields\":{\"name\":null,\"email\":\"e\"}}\n{\"id\":4,\"fields\":{\"name\":\"b\",\"email\":null}}\n"
+        );
+        assert_eq!((report.lines, report.errors), (4, 1));
+        assert_eq!(report.fields, vec![("name".to_string(), 2, 1), ("email".to_string(), 1, 2)]);
+
+        let broken = |edit: &dyn Fn(&mut Parts)| {
+            let mut parts = good();
+            edit(&mut parts);
+            merge(&mut parts, 2, 10, None).unwrap_err().to_string()
+        };
+        assert!(broken(&|p| p.0[1].0 = None).contains("part-00001-of-00002.jsonl.done: missing"));
+        let tear = |p: &mut Parts| {
+            let n = p.0[1].1.len();
+            p.0[1].1.truncate(n - 3);
+        };
+        assert!(broken(&tear).contains("part-00001-of-00002.jsonl:2: torn"));
+        assert!(broken(&|p| p.0[0].1.extend_from_slice(b"{\"line\":3,\"error\":\"x\"}\n")).contains("has 3 lines; its marker says 2"));
+        assert!(broken(&|p| p.0[1] = part((1, 2), (5, 10), &[])).contains("covers bytes 5..10, but the previous part ends at 4"));
+        assert!(broken(&|p| p.0[1] = part((1, 3), (4, 10), &[])).contains("made by shard 1/3"));
+        assert!(broken(&|p| p.0[1] = part((1, 2), (4, 9), &[])).contains("cover bytes 0..9 of an input of 10"));
+        assert!(broken(&|p| p.0[0].1 = b"{\"line\":2,\"error\":\"x\"}\n{\"line\":2,\"error\":\"x\"}\n".to_vec()).contains("part-00000-of-00002.jsonl:1: expected the answer to line 1"));
+        assert!(merge(&mut good(), 2, 11, None).unwrap_err().to_string().contains("made from an input of 10 bytes; this input has 11"));
+    }
+}
