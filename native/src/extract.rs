@@ -15,7 +15,10 @@ use crate::backend::BackendName;
 use crate::{checkpoint, with_backend, ModelArgs};
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ExtractArgs {
+    #[command(subcommand)]
+    command: Option<ExtractCommand>,
     #[command(flatten)]
     model: ModelArgs,
     /// Fields to extract: a list of names or {"fields": [{"name", "description"?, "nullable"?}]}
@@ -38,6 +41,12 @@ pub struct ExtractArgs {
     /// Continue a partial --out file: skip the input lines it already answers.
     #[arg(long)]
     resume: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum ExtractCommand {
+    /// Check the parts of a sharded extraction (--shard I/N) and write one output in input order.
+    Merge(crate::parts::MergeArgs),
 }
 
 /// One input line: its id and its text, or why it has none.
@@ -102,6 +111,9 @@ fn parse_records(bytes: &[u8]) -> Vec<Record> {
 }
 
 pub fn run(backend: BackendName, args: &ExtractArgs) -> Result<()> {
+    if let Some(ExtractCommand::Merge(merge)) = &args.command {
+        return crate::parts::run_merge(merge);
+    }
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }

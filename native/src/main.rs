@@ -12,6 +12,8 @@ mod quickstart;
 mod report;
 mod runs;
 mod serve;
+mod storage;
+mod parts;
 mod train;
 
 use std::path::PathBuf;

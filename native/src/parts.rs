@@ -1,0 +1,201 @@
+//! `tiqu extract --shard I/N` writes one part of a job array's output; `tiqu extract merge`
+//! checks the parts and writes the single output (core's [`tiqu_core::shard`] does the work).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use serde_json::Value;
+use tiqu_core::checkpoint::save::{write_atomically, PartialFile};
+use tiqu_core::shard::{self, check_part_line, MergeReport, PartMarker, PartSource, ShardSpec};
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// The input file the shards read (only its size is read here).
+    #[arg(long)]
+    input: PathBuf,
+    /// The folder of the parts: the shards' --out.
+    #[arg(long)]
+    parts: PathBuf,
+    /// How many shards the job had (N of --shard I/N).
+    #[arg(long)]
+    shards: usize,
+    /// The merged output (one line per input line, in order); without it, only verify.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace an existing --out.
+    #[arg(long)]
+    force: bool,
+    /// Print the counts as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+struct LocalParts<'a>(&'a Path);
+
+impl PartSource for LocalParts<'_> {
+    fn marker(&mut self, spec: ShardSpec) -> tiqu_core::Result<Option<Vec<u8>>> {
+        let path = self.0.join(spec.done_name());
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(tiqu_core::Error::io(path.display(), e)),
+        }
+    }
+
+    fn part(&mut self, spec: ShardSpec) -> tiqu_core::Result<Box<dyn BufRead + '_>> {
+        let path = self.0.join(spec.part_name());
+        let file = File::open(&path).map_err(|e| tiqu_core::Error::io(path.display(), e))?;
+        Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
+    }
+
+    fn label(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+pub fn run_merge(args: &MergeArgs) -> Result<()> {
+    let size = fs::metadata(&args.input).map_err(|e| anyhow!("{}: {e}", args.input.display()))?.len();
+    ShardSpec::new(0, args.shards)?; // a count of 0 or over the limit, named before any part is read
+    let mut source = LocalParts(&args.parts);
+    let report = match &args.out {
+        None => shard::merge(&mut source, args.shards, size, None)?,
+        Some(out) => {
+            if out.exists() && !args.force {
+                bail!("{}: exists; pass --force to replace it", out.display());
+            }
+            let mut partial = PartialFile::beside(out)?;
+            let report = shard::merge(&mut source, args.shards, size, Some(partial.writer()))?;
+            partial.commit(out, args.force)?;
+            report
+        }
+    };
+    print_report(&report, args.out.as_deref(), args.json);
+    Ok(())
+}
+
+fn print_report(r: &MergeReport, out: Option<&Path>, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    let answered = r.lines - r.errors;
+    println!("{} parts complete: {} lines, {answered} answered, {} errors", r.shards, r.lines, r.errors);
+    for (name, set, null) in &r.fields {
+        let pct = if answered > 0 { 100.0 * *set as f64 / answered as f64 } else { 0.0 };
+        println!("  {name:<16} {set:>10} set ({pct:.1}%)  {null:>10} null");
+    }
+    match out {
+        Some(out) => println!("wrote {}", out.display()),
+        None => println!("verified (no --out: nothing written)"),
+    }
+}
+
+/// One shard's part in `dir` (the shard's --out): where it resumes and how it is finished.
+pub struct PartWriter {
+    spec: ShardSpec,
+    path: PathBuf,
+    done_path: PathBuf,
+    out: std::io::BufWriter<File>,
+    /// Lines already answered (by an earlier attempt) plus those written now.
+    pub lines: u64,
+}
+
+/// What a shard task should do with its part.
+pub enum PartState {
+    /// Finished by an earlier attempt: nothing to do (a retried task exits at once).
+    Done(PartMarker),
+    /// To be written, resuming after `lines` answered lines.
+    Open(PartWriter),
+}
+
+impl PartWriter {
+    /// Opens shard `spec`'s part in `dir` for a run over `[start, end)` of an input of
+    /// `input_size` bytes. A part left by a killed attempt is resumed (each kept line checked to be
+    /// this shard's answer, a torn last line cut); a part of another input or split is refused.
+    pub fn open(dir: &Path, spec: ShardSpec, input_size: u64, range: (u64, u64)) -> Result<PartState> {
+        fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+        let path = dir.join(spec.part_name());
+        let done_path = dir.join(spec.done_name());
+        if let Ok(bytes) = fs::read(&done_path) {
+            let marker = PartMarker::parse(&bytes, &done_path.display().to_string())?;
+            if marker.shard != spec || marker.input_size != input_size || (marker.start, marker.end) != range {
+                bail!(
+                    "{}: made for another input or split (shard {}/{}, bytes {}..{} of {}); choose another --out",
+                    done_path.display(), marker.shard.index, marker.shard.count, marker.start, marker.end, marker.input_size
+                );
+            }
+            return Ok(PartState::Done(marker));
+        }
+        let lines = resume_point(&path)?;
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        Ok(PartState::Open(PartWriter { spec, path, done_path, out: std::io::BufWriter::new(file), lines }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the answer to the next line of the shard.
+    pub fn write(&mut self, id: Option<&Value>, answer: (&str, Value)) -> Result<()> {
+        self.lines += 1;
+        writeln!(self.out, "{}", shard::part_line(self.lines, id, answer)).map_err(|e| anyhow!("{}: {e}", self.path.display()))
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush().map_err(|e| anyhow!("{}: {e}", self.path.display()))
+    }
+
+    /// Syncs the part, then writes its marker: a part without a marker is never taken as done.
+    pub fn finish(mut self, input_size: u64, range: (u64, u64)) -> Result<PartMarker> {
+        self.flush()?;
+        self.out.get_ref().sync_all().map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
+        let marker = PartMarker { shard: self.spec, input_size, start: range.0, end: range.1, lines: self.lines };
+        write_atomically(&self.done_path, &marker.to_bytes())?;
+        Ok(marker)
+    }
+}
+
+/// Lines of a part already answered, each checked; a torn last line (a kill mid-write) is cut.
+fn resume_point(path: &Path) -> Result<u64> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => bail!("{}: {e}", path.display()),
+    };
+    let mut reader = BufReader::new(file);
+    let (mut done, mut complete, mut line) = (0u64, 0u64, Vec::new());
+    loop {
+        line.clear();
+        let n = reader.by_ref().read_until(b'\n', &mut line).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        if let Err(why) = check_part_line(&line[..n - 1], done + 1) {
+            bail!("{}:{}: {why}; not this shard's part (choose another --out)", path.display(), done + 1);
+        }
+        done += 1;
+        complete += n as u64;
+    }
+    if !line.is_empty() {
+        if !line.starts_with(b"{\"line\":") {
+            bail!("{}:{}: not this shard's part (choose another --out)", path.display(), done + 1);
+        }
+        let f = OpenOptions::new().write(true).open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        f.set_len(complete).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    }
+    Ok(done)
+}
+
+/// A shard's lines of the input: the byte range `[start, end)`, aligned to line starts, read
+/// without touching the rest of the file.
+pub fn shard_input(path: &Path, spec: ShardSpec) -> Result<(u64, (u64, u64), impl BufRead)> {
+    let mut file = File::open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let size = file.metadata().map_err(|e| anyhow!("{}: {e}", path.display()))?.len();
+    let range = shard::line_range(&mut file, size, spec).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(range.0)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok((size, range, BufReader::with_capacity(1 << 20, file.take(range.1 - range.0))))
+}
