@@ -186,3 +186,26 @@ impl<B: Backend> Rope<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_pass_sees_each_rows_own_keys_causally() {
+        // Row 0 feeds its first three tokens; row 1 has two cached and feeds one (two padding
+        // columns); row 2 is free.
+        let p = RowPass { first: 0, seq: 3, starts: vec![0, 2, 0], lens: vec![3, 1, 0] };
+        assert_eq!(p.keys(), 3);
+        assert_eq!(p.positions(), [0, 1, 2, 2, 2, 2, 0, 0, 0]);
+        let seen: Vec<bool> = p.mask().iter().map(|&m| m == 0.0).collect();
+        let (t, f) = (true, false);
+        #[rustfmt::skip]
+        let expected = [
+            t, f, f,  t, t, f,  t, t, t,  // row 0: causal over its own new tokens
+            t, t, t,  t, t, t,  t, t, t,  // row 1: its two cached keys and its new one
+            f, f, f,  f, f, f,  f, f, f,  // row 2: nothing
+        ];
+        assert_eq!(seen, expected);
+    }
+}

@@ -130,3 +130,18 @@ fn an_over_long_record_gets_its_own_warning_or_error_and_the_rest_continue() {
         assert!(err.contains("max_input_tokens (8)") && !err.contains('\n'), "{err}");
     }
 }
+
+#[test]
+fn the_generic_per_row_writes_give_what_the_in_place_ones_give() {
+    // flex under autodiff is not flex to `flex::assign_rows_at`: its rows are written with one
+    // `slice_assign` each, the path GPU backends take.
+    use burn::backend::Autodiff;
+    let texts = [TEXTS[0], TEXTS[3], TEXTS[4]];
+    let options = ExtractOptions { max_new_tokens: 24, batch: 2, ..Default::default() };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-untied");
+    let generic = Extractor::<Autodiff<Flex>>::load(&dir, None, &Default::default()).unwrap().with_options(options);
+    let in_place = extractor("tiny-untied", options);
+    for (a, b) in generic.extract_batch(&texts).into_iter().zip(in_place.extract_batch(&texts)) {
+        assert_eq!(a.unwrap().fields, b.unwrap().fields);
+    }
+}
