@@ -7,9 +7,9 @@
 //! Every row keeps its own length in the cache ([`RowPass`]): a row's keys start at column 0 with
 //! its own prompt, so nobody's padding is attended, a finished row's columns are simply
 //! overwritten by the next request, and a single row decodes exactly as it would alone.
-//! Constrained decoding is per row (each request has its own schema, mode and text automaton),
-//! with the rules of [`crate::extract`]: forced tokens are fed without sampling, and with few
-//! rows decoding, in the same pass as the pick.
+//! Constrained decoding is per row (each request has its own schema, mode and text automaton):
+//! forced tokens are fed without sampling and, with few rows decoding, in the same pass as the
+//! pick.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -40,6 +40,55 @@ pub struct Request {
     pub text: String,
     pub schema: Arc<Schema>,
     pub constrain: Constrain,
+}
+
+/// Extraction runs on the engine; these methods live here so that `extract` (the extractor's
+/// parts) does not depend on the loop that uses them.
+impl<B: Backend> Extractor<B> {
+    /// A request for `text` under this extractor's schema and constraint.
+    pub fn request(&self, text: &str) -> Request {
+        Request { text: text.to_string(), schema: self.shared_schema(), constrain: self.options().constrain }
+    }
+
+    /// A continuous-batching engine over this model with `max_seqs` rows; requests may carry
+    /// other schemas and constraints than this extractor's.
+    pub fn engine(&self, max_seqs: usize) -> Engine<'_, B> {
+        Engine::new(self, max_seqs)
+    }
+
+    pub fn extract(&self, text: &str) -> Result<Fields> {
+        self.extract_batch(&[text]).remove(0).map(|e| e.fields)
+    }
+
+    /// One result per text, in order; a text that fails does not fail the others.
+    pub fn extract_batch(&self, texts: &[&str]) -> Vec<Result<Extraction>> {
+        ready(self.extract_batch_with(texts, ReadMode::Blocking))
+    }
+
+    /// [`Self::extract`] for backends that cannot block (WebGPU in a browser).
+    pub async fn extract_async(&self, text: &str) -> Result<Extraction> {
+        self.extract_batch_async(&[text]).await.remove(0)
+    }
+
+    /// [`Self::extract_batch`] for backends that cannot block: the same decoding loop, awaiting
+    /// each step's logits.
+    pub async fn extract_batch_async(&self, texts: &[&str]) -> Vec<Result<Extraction>> {
+        self.extract_batch_with(texts, ReadMode::Async).await
+    }
+
+    async fn extract_batch_with(&self, texts: &[&str], mode: ReadMode) -> Vec<Result<Extraction>> {
+        let mut engine = self.engine(self.options().batch.min(texts.len()));
+        for text in texts {
+            engine.submit(self.request(text));
+        }
+        let mut out: Vec<Option<Result<Extraction>>> = texts.iter().map(|_| None).collect();
+        while !engine.is_idle() {
+            for (id, result) in engine.step_with(mode).await {
+                out[id] = Some(result);
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Other("the engine lost a request".into())))).collect()
+    }
 }
 
 /// A request in a row.

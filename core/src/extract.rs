@@ -1,7 +1,7 @@
 //! The extraction API other apps embed: text in, the schema's fields out, with constrained
-//! decoding on by default (see [`crate::constrain`]). A batch is requests submitted together to
-//! the continuous-batching [`Engine`] and collected in order; tokens the grammar forces (keys,
-//! punctuation) are fed without sampling.
+//! decoding on by default (see [`crate::constrain`]). The extracting methods
+//! (`Extractor::extract_batch` and the rest) are in [`crate::engine`], whose continuous-batching
+//! loop they run: a batch is requests submitted together and collected in order.
 
 use std::sync::Arc;
 
@@ -9,9 +9,7 @@ use burn::prelude::*;
 
 use crate::chat::chat_prompt;
 use crate::constrain::{Constrain, TokenTable};
-use crate::engine::{Engine, Request};
 use crate::model::Qwen3ForCausalLM;
-use crate::read::{ready, ReadMode};
 use crate::schema::Schema;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -120,6 +118,11 @@ impl<B: Backend> Extractor<B> {
         &self.eos_token_ids
     }
 
+    /// The schema, shared with the requests made from it.
+    pub(crate) fn shared_schema(&self) -> Arc<Schema> {
+        self.schema.clone()
+    }
+
     pub(crate) fn table(&self) -> &TokenTable {
         &self.table
     }
@@ -130,54 +133,9 @@ impl<B: Backend> Extractor<B> {
         self
     }
 
-    /// A request for `text` under this extractor's schema and constraint.
-    pub fn request(&self, text: &str) -> Request {
-        Request { text: text.to_string(), schema: self.schema.clone(), constrain: self.options.constrain }
-    }
-
-    /// A continuous-batching engine over this model with `max_seqs` rows; requests may carry
-    /// other schemas and constraints than this extractor's.
-    pub fn engine(&self, max_seqs: usize) -> Engine<'_, B> {
-        Engine::new(self, max_seqs)
-    }
-
     pub fn with_options(mut self, options: ExtractOptions) -> Self {
         self.options = options;
         self
-    }
-
-    pub fn extract(&self, text: &str) -> Result<Fields> {
-        self.extract_batch(&[text]).remove(0).map(|e| e.fields)
-    }
-
-    /// One result per text, in order; a text that fails does not fail the others.
-    pub fn extract_batch(&self, texts: &[&str]) -> Vec<Result<Extraction>> {
-        ready(self.extract_batch_with(texts, ReadMode::Blocking))
-    }
-
-    /// [`Self::extract`] for backends that cannot block (WebGPU in a browser).
-    pub async fn extract_async(&self, text: &str) -> Result<Extraction> {
-        self.extract_batch_async(&[text]).await.remove(0)
-    }
-
-    /// [`Self::extract_batch`] for backends that cannot block: the same decoding loop, awaiting
-    /// each step's logits.
-    pub async fn extract_batch_async(&self, texts: &[&str]) -> Vec<Result<Extraction>> {
-        self.extract_batch_with(texts, ReadMode::Async).await
-    }
-
-    async fn extract_batch_with(&self, texts: &[&str], mode: ReadMode) -> Vec<Result<Extraction>> {
-        let mut engine = self.engine(self.options.batch.min(texts.len()));
-        for text in texts {
-            engine.submit(self.request(text));
-        }
-        let mut out: Vec<Option<Result<Extraction>>> = texts.iter().map(|_| None).collect();
-        while !engine.is_idle() {
-            for (id, result) in engine.step_with(mode).await {
-                out[id] = Some(result);
-            }
-        }
-        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Other("the engine lost a request".into())))).collect()
     }
 
     /// The tokens a prompt may take: `max_input_tokens`, and at most the context minus the
