@@ -2,7 +2,8 @@
 //! line, in order, errors as lines (empty, invalid UTF-8), values copied from the text, JSONL ids,
 //! `--resume` after a torn write, clear errors for a bad schema, and streaming: with fewer rows
 //! than records (results finishing out of order) the output is in input order and equals a run
-//! one record at a time; a record over `--max-input-tokens` is cut with a warning of its own.
+//! one record at a time; a record over `--max-input-tokens` is cut with a warning of its own, and
+//! a line over 64 MiB gets an error line without stopping the run.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -145,4 +146,24 @@ fn streaming_keeps_input_order_with_fewer_rows_than_records() {
     assert_eq!(warnings.len(), 2, "{stderr}");
     assert!(warnings[0].contains("max_input_tokens (200)") && warnings.iter().any(|w| w.starts_with("warning: record 1:")), "{stderr}");
     assert!(warnings.iter().any(|w| w.starts_with("warning: record 7:")), "{stderr}");
+}
+
+#[test]
+fn a_line_of_more_than_64_mib_gets_its_own_error_line_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    let mut body = Vec::with_capacity(70 << 20);
+    body.extend_from_slice(format!("{}\n", TEXTS[2]).as_bytes());
+    body.resize(body.len() + (65 << 20), b'a');
+    body.push(b'\n');
+    body.extend_from_slice(format!("{}\n", TEXTS[0]).as_bytes());
+    fs::write(&input, body).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let m = model();
+    let run = tiqu(&["extract", "--model", &m, "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-new-tokens", "16"], None);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let got = lines(&fs::read(&out).unwrap());
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[1]["error"], "line 2 is longer than 64 MiB");
+    assert!(got[0]["fields"].is_object() && got[2]["fields"].is_object(), "{got:?}");
 }
