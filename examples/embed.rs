@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     let loaded = Checkpoint::open_dir(&model)?.load::<Flex>(&opts, &Default::default())?;
     // The schema and options are fixed when the extractor is built: prompt, grammar and
     // vocabulary table always agree.
-    let options = ExtractOptions { constrain: Constrain::Copy, max_new_tokens: 128, batch: 16 };
+    let options = ExtractOptions { constrain: Constrain::Copy, max_new_tokens: 128, batch: 16, ..Default::default() };
     let extractor = loaded.into_extractor(Schema::default(), options)?; // name, address, email, question
 
     let complaints = [

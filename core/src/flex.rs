@@ -47,6 +47,23 @@ pub fn assign_rows<B: Backend>(cache: Tensor<B, 4>, start: usize, value: Tensor<
     imp::assign_rows(cache, start, value)
 }
 
+/// `cache[first + r, :, starts[r]..starts[r] + lens[r], :] = value[r, :, ..lens[r], :]` for each row
+/// `r` of `value` `[rows, heads, t, head_dim]`: the continuous-batching write, where every row
+/// has its own length. In place on flex as [`assign_rows`]; elsewhere one `slice_assign` per row
+/// that feeds tokens (a kernel each on a GPU, the price of rows of different lengths).
+pub fn assign_rows_at<B: Backend>(cache: Tensor<B, 4>, first: usize, starts: &[usize], lens: &[usize], value: Tensor<B, 4>) -> Tensor<B, 4> {
+    imp::assign_rows_at(cache, first, starts, lens, value)
+}
+
+fn slice_assign_rows_at<B: Backend>(mut cache: Tensor<B, 4>, first: usize, starts: &[usize], lens: &[usize], value: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [_, h, _, d] = value.dims();
+    for (r, (&s, &l)) in starts.iter().zip(lens).enumerate().filter(|(_, (_, &l))| l > 0) {
+        let part = value.clone().slice([r..r + 1, 0..h, 0..l, 0..d]);
+        cache = cache.slice_assign([first + r..first + r + 1, 0..h, s..s + l, 0..d], part);
+    }
+    cache
+}
+
 fn slice_assign_rows<B: Backend>(cache: Tensor<B, 4>, start: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, t, d] = value.dims();
     cache.slice_assign([0..b, 0..h, start..start + t, 0..d], value)
@@ -70,6 +87,10 @@ mod imp {
 
     pub fn assign_rows<B: Backend>(cache: Tensor<B, 4>, start: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
         super::slice_assign_rows(cache, start, value)
+    }
+
+    pub fn assign_rows_at<B: Backend>(cache: Tensor<B, 4>, first: usize, starts: &[usize], lens: &[usize], value: Tensor<B, 4>) -> Tensor<B, 4> {
+        super::slice_assign_rows_at(cache, first, starts, lens, value)
     }
 }
 
@@ -306,6 +327,49 @@ mod imp {
         };
         let back = |t: FlexTensor| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(cast(t)));
         if written { back(c) } else { super::slice_assign_rows(back(c), start, back(v)) }
+    }
+
+    pub fn assign_rows_at<B: Backend>(cache: Tensor<B, 4>, first: usize, starts: &[usize], lens: &[usize], value: Tensor<B, 4>) -> Tensor<B, 4> {
+        if !same::<B, Flex>() || cache.dtype() != value.dtype() {
+            return super::slice_assign_rows_at(cache, first, starts, lens, value);
+        }
+        let mut c: FlexTensor = cast(cache.into_primitive().tensor());
+        let v = cast::<_, FlexTensor>(value.into_primitive().tensor()).to_contiguous();
+        let written = match c.dtype() {
+            DType::F32 => write_rows_at::<f32>(&mut c, &v, first, starts, lens),
+            DType::F16 => write_rows_at::<half::f16>(&mut c, &v, first, starts, lens),
+            DType::BF16 => write_rows_at::<half::bf16>(&mut c, &v, first, starts, lens),
+            _ => false,
+        };
+        let back = |t: FlexTensor| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(cast(t)));
+        if written { back(c) } else { super::slice_assign_rows_at(back(c), first, starts, lens, back(v)) }
+    }
+
+    /// [`write_rows`] with a start and a count per row; false (nothing written) unless every
+    /// row's columns fit.
+    fn write_rows_at<E: burn::tensor::Element + bytemuck::Pod>(cache: &mut FlexTensor, value: &FlexTensor, first: usize, starts: &[usize], lens: &[usize]) -> bool {
+        let (cs, vs) = (cache.layout().shape(), value.layout().shape());
+        let [b, h, cap, d] = [cs[0], cs[1], cs[2], cs[3]];
+        let [rows, t] = [vs[0], vs[2]];
+        let fits = [vs[1], vs[3]] == [h, d]
+            && first + rows <= b
+            && starts.len() == rows
+            && lens.len() == rows
+            && starts.iter().zip(lens).all(|(&s, &l)| l <= t && s + l <= cap);
+        if !fits || !cache.is_contiguous() || cache.layout().start_offset() != 0 {
+            return false;
+        }
+        let src: &[E] = value.storage();
+        let Some(dst) = cache.try_storage_mut::<E>() else { return false };
+        for r in 0..rows {
+            let (s, l) = (starts[r], lens[r]);
+            for head in 0..h {
+                let from = ((r * h + head) * t) * d;
+                let at = (((first + r) * h + head) * cap + s) * d;
+                dst[at..at + l * d].copy_from_slice(&src[from..from + l * d]);
+            }
+        }
+        true
     }
 
     /// Copies contiguous `value` rows into `cache` if its buffer is its own; false otherwise.

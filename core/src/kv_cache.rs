@@ -2,6 +2,8 @@
 
 use burn::prelude::*;
 
+use crate::positions::RowPass;
+
 /// Per-layer key/value cache, preallocated to its capacity.
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: Backend> {
@@ -24,6 +26,21 @@ impl<B: Backend> LayerCache<B> {
         self.len = end;
         (self.k.clone().slice([0..b, 0..kvh, 0..end, 0..d]), self.v.clone().slice([0..b, 0..kvh, 0..end, 0..d]))
     }
+
+    /// Writes a [`RowPass`]'s keys and values at each row's own columns and returns the pass's
+    /// rows over the columns it attends to. The shared length stays 0: a cache is used either
+    /// through [`Self::append`] or through this.
+    pub(crate) fn write_rows(&mut self, pass: &RowPass, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, kvh, _, d] = k.dims();
+        let (first, keys) = (pass.first, pass.keys());
+        let dummy = || Tensor::<B, 4>::empty([0, 0, 0, 0], &k.device());
+        let cache_k = std::mem::replace(&mut self.k, dummy());
+        let cache_v = std::mem::replace(&mut self.v, dummy());
+        self.k = crate::flex::assign_rows_at(cache_k, first, &pass.starts, &pass.lens, k);
+        self.v = crate::flex::assign_rows_at(cache_v, first, &pass.starts, &pass.lens, v);
+        let rows = first..first + b;
+        (self.k.clone().slice([rows.clone(), 0..kvh, 0..keys, 0..d]), self.v.clone().slice([rows, 0..kvh, 0..keys, 0..d]))
+    }
 }
 
 
@@ -45,12 +62,23 @@ impl<B: Backend> KvCache<B> {
         self.capacity
     }
 
+    /// Rows (sequences) the cache holds.
+    pub fn rows(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.k.dims()[0])
+    }
+
     /// Grows the cache (by at least half) so that `needed` tokens fit, keeping what it holds.
     pub fn reserve(&mut self, needed: usize) {
+        self.reserve_within(needed, usize::MAX);
+    }
+
+    /// [`Self::reserve`], growing to at most `limit` columns (the model's context) unless
+    /// `needed` itself is more.
+    pub fn reserve_within(&mut self, needed: usize, limit: usize) {
         if needed <= self.capacity {
             return;
         }
-        let capacity = needed.max(self.capacity + self.capacity / 2);
+        let capacity = needed.max((self.capacity + self.capacity / 2).min(limit));
         for layer in &mut self.layers {
             let [b, h, _, d] = layer.k.dims();
             let (device, dtype) = (layer.k.device(), layer.k.dtype());

@@ -15,7 +15,7 @@ pub use crate::kv_cache::KvCache;
 use crate::kv_cache::LayerCache;
 use crate::layout::{Projection, PROJECTIONS};
 pub use crate::linear::Linear;
-pub use crate::positions::Positions;
+pub use crate::positions::{Positions, RowPass};
 use crate::positions::{Context, Rope};
 use crate::{Error, Result};
 
@@ -137,9 +137,10 @@ impl<B: Backend> Qwen3Attention<B> {
         let v = self.v_proj.forward(x, seed).reshape([b, t, kvh, d]).swap_dims(1, 2);
         let q = apply_rope(q, &ctx.rope);
         let k = apply_rope(k, &ctx.rope);
-        let (k, v) = match cache {
-            Some(cache) => cache.append(k, v),
-            None => (k, v),
+        let (k, v) = match (cache, &ctx.rows) {
+            (Some(cache), Some(pass)) => cache.write_rows(pass, k, v),
+            (Some(cache), None) => cache.append(k, v),
+            (None, _) => (k, v),
         };
         let s = k.dims()[2];
         let groups = h / kvh;
@@ -332,7 +333,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         &self,
         ids: &[u32],
         pos: &Positions,
-        mut cache: Option<&mut KvCache<B>>,
+        cache: Option<&mut KvCache<B>>,
         dropout_seed: Option<u64>,
     ) -> Result<Tensor<B, 3>> {
         let device = self.device();
@@ -356,19 +357,60 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
                 self.max_position_embeddings
             )));
         }
-        let vocab = self.vocab_size();
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::Limit(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        self.check_ids(ids)?;
+        let ctx = Context::new(pos, self.head_dim(), self.rope_theta, dropout_seed, self.dtype(), &device);
+        Ok(self.run_layers(ids, pos.batch, pos.seq, &ctx, cache))
+    }
+
+    /// Final hidden states `[rows, seq, hidden]` of a [`RowPass`]: each row of `cache` keeps its
+    /// own length, so rows can join and leave a batch between passes (continuous batching).
+    pub fn hidden_rows(&self, ids: &[u32], pass: &RowPass, cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
+        let rows = pass.batch();
+        if pass.starts.len() != rows || ids.len() != rows * pass.seq || pass.lens.iter().any(|&l| l > pass.seq) {
+            return Err(Error::Other(format!("a pass of {rows} rows × {} columns was given {} ids", pass.seq, ids.len())));
         }
-        let head_dim = self.model.layers.first().map_or(2, |l| l.self_attn.head_dim);
-        let ctx = Context::new(pos, head_dim, self.rope_theta, dropout_seed, self.dtype(), &device);
+        if pass.first + rows > cache.rows() || pass.keys() > cache.capacity {
+            return Err(Error::Limit(format!(
+                "KV cache of {} rows × {} tokens cannot take rows {}..{} up to {} tokens",
+                cache.rows(),
+                cache.capacity,
+                pass.first,
+                pass.first + rows,
+                pass.keys()
+            )));
+        }
+        if pass.keys() > self.max_position_embeddings {
+            return Err(Error::Limit(format!(
+                "position {} exceeds the model's max_position_embeddings ({})",
+                pass.keys() - 1,
+                self.max_position_embeddings
+            )));
+        }
+        self.check_ids(ids)?;
+        let ctx = Context::for_rows(pass, self.head_dim(), self.rope_theta, self.dtype(), &self.device());
+        Ok(self.run_layers(ids, rows, pass.seq, &ctx, Some(cache)))
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let vocab = self.vocab_size();
+        match ids.iter().find(|&&id| id as usize >= vocab) {
+            Some(bad) => Err(Error::Limit(format!("token id {bad} is outside the vocabulary ({vocab})"))),
+            None => Ok(()),
+        }
+    }
+
+    fn head_dim(&self) -> usize {
+        self.model.layers.first().map_or(2, |l| l.self_attn.head_dim)
+    }
+
+    fn run_layers(&self, ids: &[u32], batch: usize, seq: usize, ctx: &Context<B>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-        let mut x = self.model.embed_tokens.forward(&ids, pos.batch, pos.seq);
+        let mut x = self.model.embed_tokens.forward(&ids, batch, seq);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &ctx, layer_cache);
+            x = layer.forward(x, ctx, layer_cache);
         }
-        Ok(self.model.norm.forward(x))
+        self.model.norm.forward(x)
     }
 
     /// Logits `[rows, vocab]` for hidden-state rows `[rows, hidden]`, in f32 whatever the

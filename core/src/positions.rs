@@ -63,11 +63,64 @@ impl Positions {
     }
 }
 
+/// A forward pass over KV-cache rows `first..first + lens.len()` in which every row keeps its own
+/// length (continuous batching): row `r` feeds `lens[r]` tokens, left-aligned in `seq` columns,
+/// written at cache columns `starts[r]..` which are also their rotary positions. A row's cache
+/// starts at column 0 with its first prompt token, so no row carries another's padding, and a
+/// row that feeds nothing (free, or waiting) writes nothing.
+#[derive(Debug, Clone)]
+pub struct RowPass {
+    pub first: usize,
+    pub seq: usize,
+    pub starts: Vec<usize>,
+    pub lens: Vec<usize>,
+}
+
+impl RowPass {
+    pub fn batch(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Cache columns the pass attends over: up to the longest row after this pass.
+    pub fn keys(&self) -> usize {
+        self.starts.iter().zip(&self.lens).map(|(s, l)| s + l).max().unwrap_or(0).max(1)
+    }
+
+    /// Rotary position of each column; padding columns repeat the row's last real one, as
+    /// [`Positions::next`] does.
+    pub fn positions(&self) -> Vec<usize> {
+        let mut out = Vec::with_capacity(self.batch() * self.seq);
+        for (s, l) in self.starts.iter().zip(&self.lens) {
+            out.extend((0..self.seq).map(|j| s + j.min(l.saturating_sub(1))));
+        }
+        out
+    }
+
+    /// `[batch, seq, keys]`: query `i` of row `r` sees the row's cached keys and its own new ones
+    /// up to itself. Padding queries see the row's real keys (their output is never read, it only
+    /// has to stay finite).
+    fn mask(&self) -> Vec<f32> {
+        let keys = self.keys();
+        let mut mask = vec![MASKED; self.batch() * self.seq * keys];
+        for (r, (&s, &l)) in self.starts.iter().zip(&self.lens).enumerate() {
+            for i in 0..self.seq {
+                let visible = (s + i.min(l.saturating_sub(1)) + 1).min(s + l);
+                let row = (r * self.seq + i) * keys;
+                mask[row..row + visible].fill(0.0);
+            }
+        }
+        mask
+    }
+}
+
 /// Device tensors derived from [`Positions`], shared by every layer of one forward pass.
 pub(crate) struct Context<B: Backend> {
     pub(crate) rope: Rope<B>,
     pub(crate) mask: Tensor<B, 4>,
     pub(crate) dropout_seed: Option<u64>,
+    /// Where each row's new keys and values go in the cache, for a [`RowPass`]; `None` appends
+    /// them after the cache's shared length.
+    pub(crate) rows: Option<RowPass>,
 }
 
 pub(crate) struct Rope<B: Backend> {
@@ -79,21 +132,6 @@ impl<B: Backend> Context<B> {
     /// Rotary tables in the activations' `dtype` (computed in f32, as transformers does); the
     /// mask stays f32.
     pub(crate) fn new(p: &Positions, head_dim: usize, theta: f64, dropout_seed: Option<u64>, dtype: FloatDType, device: &B::Device) -> Self {
-        let half = head_dim / 2;
-        // f32 products as in transformers, so high positions round the same way.
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect();
-        let n = p.positions.len();
-        let mut cos = Vec::with_capacity(n * head_dim);
-        let mut sin = Vec::with_capacity(n * head_dim);
-        for &pos in &p.positions {
-            let angles: Vec<f32> = inv_freq.iter().map(|f| pos as f32 * f).collect();
-            for _ in 0..2 {
-                cos.extend(angles.iter().map(|a| a.cos()));
-                sin.extend(angles.iter().map(|a| a.sin()));
-            }
-        }
-        let shape = [p.batch, 1, p.seq, head_dim];
         let total = p.past + p.seq;
         let mut mask = vec![0f32; p.batch * p.seq * total];
         for b in 0..p.batch {
@@ -106,12 +144,68 @@ impl<B: Backend> Context<B> {
             }
         }
         Self {
-            rope: Rope {
-                cos: to_dtype(Tensor::from_data(TensorData::new(cos, shape), device), dtype),
-                sin: to_dtype(Tensor::from_data(TensorData::new(sin, shape), device), dtype),
-            },
+            rope: Rope::new(&p.positions, [p.batch, 1, p.seq, head_dim], theta, dtype, device),
             mask: Tensor::from_data(TensorData::new(mask, [p.batch, 1, p.seq, total]), device),
             dropout_seed,
+            rows: None,
         }
+    }
+
+    /// The context of a [`RowPass`] (inference only: no dropout).
+    pub(crate) fn for_rows(p: &RowPass, head_dim: usize, theta: f64, dtype: FloatDType, device: &B::Device) -> Self {
+        let shape = [p.batch(), 1, p.seq, p.keys()];
+        Self {
+            rope: Rope::new(&p.positions(), [p.batch(), 1, p.seq, head_dim], theta, dtype, device),
+            mask: Tensor::from_data(TensorData::new(p.mask(), shape), device),
+            dropout_seed: None,
+            rows: Some(p.clone()),
+        }
+    }
+}
+
+impl<B: Backend> Rope<B> {
+    fn new(positions: &[usize], shape: [usize; 4], theta: f64, dtype: FloatDType, device: &B::Device) -> Self {
+        let head_dim = shape[3];
+        let half = head_dim / 2;
+        // f32 products as in transformers, so high positions round the same way.
+        let inv_freq: Vec<f32> =
+            (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect();
+        let n = positions.len();
+        let mut cos = Vec::with_capacity(n * head_dim);
+        let mut sin = Vec::with_capacity(n * head_dim);
+        for &pos in positions {
+            let angles: Vec<f32> = inv_freq.iter().map(|f| pos as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+        Self {
+            cos: to_dtype(Tensor::from_data(TensorData::new(cos, shape), device), dtype),
+            sin: to_dtype(Tensor::from_data(TensorData::new(sin, shape), device), dtype),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_pass_sees_each_rows_own_keys_causally() {
+        // Row 0 feeds its first three tokens; row 1 has two cached and feeds one (two padding
+        // columns); row 2 is free.
+        let p = RowPass { first: 0, seq: 3, starts: vec![0, 2, 0], lens: vec![3, 1, 0] };
+        assert_eq!(p.keys(), 3);
+        assert_eq!(p.positions(), [0, 1, 2, 2, 2, 2, 0, 0, 0]);
+        let seen: Vec<bool> = p.mask().iter().map(|&m| m == 0.0).collect();
+        let (t, f) = (true, false);
+        #[rustfmt::skip]
+        let expected = [
+            t, f, f,  t, t, f,  t, t, t,  // row 0: causal over its own new tokens
+            t, t, t,  t, t, t,  t, t, t,  // row 1: its two cached keys and its new one
+            f, f, f,  f, f, f,  f, f, f,  // row 2: nothing
+        ];
+        assert_eq!(seen, expected);
     }
 }

@@ -13,7 +13,7 @@ const SEED_EXAMPLE: &str = "龙琳，宁夏回族自治区璐市城东林街g座
 fn extractor(constrain: Constrain) -> Extractor<Flex> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-untied");
     let e = Extractor::<Flex>::load(&dir, None, &Default::default()).unwrap();
-    e.with_options(ExtractOptions { constrain, max_new_tokens: 48, batch: 4 })
+    e.with_options(ExtractOptions { constrain, max_new_tokens: 48, batch: 4, ..Default::default() })
 }
 
 #[test]

@@ -248,7 +248,7 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
     let tokenizer = tiqu_core::Checkpoint::tokenizer_in(&tiqu_core::Folder::new(&args.tokenizer))?;
     let model: Qwen3ForCausalLM<B> = args.quant.random_model(&cfg, device)?;
     let dtype = model.dtype();
-    let options = ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch };
+    let options = ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch, ..Default::default() };
     let eos = if cfg.eos_token_ids.is_empty() { vec![151645] } else { cfg.eos_token_ids.clone() };
     let extractor = Extractor::new(model, tokenizer, eos, Schema::default(), options);
     let seed = "龙琳，宁夏回族自治区璐市城东林街g座 955491，邮箱 nafan@example.com。小区垃圾堆积成山，物业不管，臭气熏天！！";

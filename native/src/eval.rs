@@ -89,7 +89,7 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
     let (records, bad_lines) = if args.loss_only { (parse_records(&text, &source)?, Vec::new()) } else { parse_records_lenient(&text, &source)? };
     let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
     let opts = SftEvalOptions {
-        extract: ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch },
+        extract: ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch, ..Default::default() },
         workers: args.threads.unwrap_or(1),
         loss_only: args.loss_only,
     };

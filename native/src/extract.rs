@@ -1,10 +1,15 @@
 //! `tiqu extract`: records in (text lines or JSONL `{"id", "text"}`), one JSONL line out per input
 //! line, in order — `{"id", "fields"}` or `{"id", "error"}` — so no record is ever lost.
+//!
+//! The input is streamed: lines are read as rows of the continuous-batching engine free up, and
+//! results, which finish in any order, wait in a reorder buffer of a few batches until every
+//! line before them is written. Memory stays flat whatever the number of lines.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
@@ -31,8 +36,12 @@ pub struct ExtractArgs {
     /// Output JSONL file, or - for stdout.
     #[arg(long, default_value = "-")]
     out: String,
+    /// Records decoding at once (rows of the KV cache); a record joins as soon as one is free.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Prompt tokens per record; a longer text is cut to fit, with a warning.
+    #[arg(long, default_value_t = 2048)]
+    max_input_tokens: usize,
     /// none: free generation; json: always a valid object; copy: values copied from the text.
     #[arg(long, default_value = "copy")]
     constrain: Constrain,
@@ -55,59 +64,98 @@ struct Record {
     text: Result<String, String>,
 }
 
-fn read_input(spec: &str) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    if spec == "-" {
-        std::io::stdin().read_to_end(&mut bytes).map_err(|e| anyhow!("stdin: {e}"))?;
-    } else {
-        bytes = fs::read(spec).map_err(|e| anyhow!("{spec}: {e}"))?;
-    }
-    Ok(bytes)
+/// Longest input line kept; a longer one gets an error line (and is skipped without being held
+/// in memory). Texts far shorter than this are already cut to `--max-input-tokens`.
+const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// Input lines, read one at a time; knows whether the input is JSONL once it has seen its first
+/// line that is not blank (blank lines before it read the same either way).
+struct Input {
+    reader: Box<dyn BufRead>,
+    name: String,
+    line_no: usize,
+    jsonl: Option<bool>,
+    buf: Vec<u8>,
 }
 
-/// Splits the input into records; JSONL when its first non-empty line is an object with "text".
-fn parse_records(bytes: &[u8]) -> Vec<Record> {
-    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    // A final newline ends the last line; it does not start another.
-    let lines = match lines.split_last() {
-        Some((&[], rest)) => rest,
-        _ => &lines[..],
+impl Input {
+    fn open(spec: &str) -> Result<Self> {
+        let reader: Box<dyn BufRead> = if spec == "-" {
+            Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()))
+        } else {
+            Box::new(BufReader::with_capacity(1 << 20, File::open(spec).map_err(|e| anyhow!("{spec}: {e}"))?))
+        };
+        let name = if spec == "-" { "stdin".to_string() } else { spec.to_string() };
+        Ok(Self { reader, name, line_no: 0, jsonl: None, buf: Vec::new() })
+    }
+
+    /// The next line as a record, `None` at the end of the input.
+    fn next_record(&mut self) -> Result<Option<Record>> {
+        self.buf.clear();
+        let n = (&mut self.reader).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut self.buf).map_err(|e| anyhow!("{}: {e}", self.name))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line_no += 1;
+        let line_no = self.line_no;
+        if self.buf.last() != Some(&b'\n') && self.buf.len() > MAX_LINE_BYTES {
+            self.skip_rest_of_line()?;
+            let why = format!("line {line_no} is longer than {} MiB", MAX_LINE_BYTES >> 20);
+            return Ok(Some(Record { id: json!(line_no), text: Err(why) }));
+        }
+        let raw = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if self.jsonl.is_none() && !raw.iter().all(u8::is_ascii_whitespace) {
+            self.jsonl = Some(serde_json::from_slice::<Value>(raw).ok().is_some_and(|v| v.get("text").is_some()));
+        }
+        Ok(Some(parse_record(raw, line_no, self.jsonl.unwrap_or(false))))
+    }
+
+    fn skip_rest_of_line(&mut self) -> Result<()> {
+        loop {
+            let chunk = self.reader.fill_buf().map_err(|e| anyhow!("{}: {e}", self.name))?;
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    self.reader.consume(i + 1);
+                    return Ok(());
+                }
+                None => {
+                    let n = chunk.len();
+                    self.reader.consume(n);
+                }
+            }
+        }
+    }
+}
+
+/// One line (without its line end) as a record; ids are line numbers unless JSONL gives one.
+fn parse_record(raw: &[u8], line: usize, jsonl: bool) -> Record {
+    let line_no = json!(line);
+    let text = match std::str::from_utf8(raw) {
+        Err(e) => Err(format!("line {line} is not valid UTF-8 (byte {})", e.valid_up_to())),
+        Ok(s) if s.trim().is_empty() => Err("empty text".to_string()),
+        Ok(s) => Ok(s.to_string()),
     };
-    let jsonl = lines
-        .iter()
-        .find(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .and_then(|l| serde_json::from_slice::<Value>(l).ok())
-        .is_some_and(|v| v.get("text").is_some());
-    lines
-        .iter()
-        .enumerate()
-        .map(|(i, raw)| {
-            let line_no = json!(i + 1);
-            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-            let text = match std::str::from_utf8(raw) {
-                Err(e) => Err(format!("line {} is not valid UTF-8 (byte {})", i + 1, e.valid_up_to())),
-                Ok(s) if s.trim().is_empty() => Err("empty text".to_string()),
-                Ok(s) => Ok(s.to_string()),
-            };
-            if !jsonl {
-                return Record { id: line_no, text };
+    if !jsonl {
+        return Record { id: line_no, text };
+    }
+    match text {
+        Err(e) => Record { id: line_no, text: Err(e) },
+        Ok(s) => match serde_json::from_str::<Value>(&s) {
+            Ok(v) => {
+                let id = v.get("id").cloned().unwrap_or(line_no);
+                match v.get("text").and_then(Value::as_str) {
+                    Some(t) if !t.trim().is_empty() => Record { id, text: Ok(t.to_string()) },
+                    Some(_) => Record { id, text: Err("empty text".into()) },
+                    None => Record { id, text: Err("no \"text\" string in this record".into()) },
+                }
             }
-            match text {
-                Err(e) => Record { id: line_no, text: Err(e) },
-                Ok(s) => match serde_json::from_str::<Value>(&s) {
-                    Ok(v) => {
-                        let id = v.get("id").cloned().unwrap_or(line_no);
-                        match v.get("text").and_then(Value::as_str) {
-                            Some(t) if !t.trim().is_empty() => Record { id, text: Ok(t.to_string()) },
-                            Some(_) => Record { id, text: Err("empty text".into()) },
-                            None => Record { id, text: Err("no \"text\" string in this record".into()) },
-                        }
-                    }
-                    Err(e) => Record { id: line_no, text: Err(format!("invalid JSON: {e}")) },
-                },
-            }
-        })
-        .collect()
+            Err(e) => Record { id: line_no, text: Err(format!("invalid JSON: {e}")) },
+        },
+    }
 }
 
 pub fn run(backend: BackendName, args: &ExtractArgs) -> Result<()> {
@@ -116,6 +164,9 @@ pub fn run(backend: BackendName, args: &ExtractArgs) -> Result<()> {
     }
     if args.batch == 0 {
         bail!("--batch must be at least 1");
+    }
+    if args.max_input_tokens == 0 {
+        bail!("--max-input-tokens must be at least 1");
     }
     let schema = match &args.schema {
         Some(p) => Schema::from_json(&fs::read(p).map_err(|e| anyhow!("{}: {e}", p.display()))?, &p.display().to_string())?,
@@ -128,7 +179,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     if args.input != "-" && args.out != "-" && same_file(Path::new(&args.input), Path::new(&args.out)) {
         bail!("{}: --out is the input file; choose another --out", args.out);
     }
-    let records = parse_records(&read_input(&args.input)?);
+    let mut input = Input::open(&args.input)?;
     let mut done = 0usize;
     let mut out: Box<dyn Write> = if args.out == "-" {
         if args.resume {
@@ -137,7 +188,9 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
         Box::new(std::io::stdout().lock())
     } else {
         if args.resume {
-            done = answered_lines(&args.out, &mut records.iter().map(|r| &r.id))?;
+            // Each answered line is checked against the input record at its place, which is read
+            // (and so skipped) as it is checked.
+            done = answered_lines(&args.out, &mut || Ok(input.next_record()?.map(|r| r.id)))?;
         } else if fs::metadata(&args.out).is_ok_and(|m| m.len() > 0) {
             bail!("{}: exists; pass --resume to continue it, or choose another --out", args.out);
         }
@@ -146,39 +199,79 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
         Box::new(std::io::BufWriter::new(file))
     };
     let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
-    let options = ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch };
+    let options = ExtractOptions {
+        constrain: args.constrain,
+        max_new_tokens: args.max_new_tokens,
+        batch: args.batch,
+        max_input_tokens: args.max_input_tokens,
+    };
     let extractor = loaded.into_extractor(schema, options)?;
+    let mut engine = extractor.engine(args.batch);
 
-    let bar = indicatif::ProgressBar::new(records.len() as u64);
+    let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} records  {per_sec}  ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{spinner} {pos} records  {per_sec}  {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     bar.set_position(done as u64);
     let start = Instant::now();
-    for chunk in records[done..].chunks(args.batch) {
-        let texts: Vec<&str> = chunk.iter().filter_map(|r| r.text.as_deref().ok()).collect();
-        let mut results = extractor.extract_batch(&texts).into_iter();
-        for rec in chunk {
-            let line = match &rec.text {
-                Err(why) => json!({"id": rec.id, "error": why}),
-                Ok(_) => match results.next().expect("one result per text") {
-                    Ok(ex) => {
-                        if let Some(w) = &ex.warning {
-                            bar.suspend(|| eprintln!("warning: record {}: {w}", rec.id));
-                        }
-                        json!({"id": rec.id, "fields": ex.fields.to_json()})
-                    }
-                    Err(e) => json!({"id": rec.id, "error": e.to_string()}),
-                },
+    // Results by input line (0-based), until every line before them is written. Lines in the
+    // engine are at most `batch`; error lines read meanwhile are bounded here too.
+    let reorder_limit = 4 * args.batch + 1024;
+    let mut ready: BTreeMap<usize, Value> = BTreeMap::new();
+    let mut lines_of: HashMap<usize, (usize, Value)> = HashMap::new();
+    let (mut read, mut written) = (done, done);
+    let mut at_end = false;
+    let mut flushed = Instant::now();
+    loop {
+        while !at_end && engine.in_flight() < args.batch && ready.len() < reorder_limit {
+            let Some(rec) = input.next_record()? else {
+                at_end = true;
+                break;
             };
-            writeln!(out, "{line}").map_err(|e| anyhow!("{}: {e}", args.out))?;
+            match rec.text {
+                Err(why) => {
+                    ready.insert(read, json!({"id": rec.id, "error": why}));
+                }
+                Ok(text) => {
+                    let id = engine.submit(extractor.request(&text));
+                    lines_of.insert(id, (read, rec.id));
+                }
+            }
+            read += 1;
         }
-        out.flush().map_err(|e| anyhow!("{}: {e}", args.out))?;
-        bar.inc(chunk.len() as u64);
+        while let Some(line) = ready.remove(&written) {
+            writeln!(out, "{line}").map_err(|e| anyhow!("{}: {e}", args.out))?;
+            written += 1;
+            bar.inc(1);
+        }
+        if flushed.elapsed() >= Duration::from_secs(1) {
+            out.flush().map_err(|e| anyhow!("{}: {e}", args.out))?;
+            flushed = Instant::now();
+        }
+        if engine.is_idle() {
+            if at_end {
+                break;
+            }
+            continue;
+        }
+        for (id, result) in engine.step() {
+            let Some((line, rec_id)) = lines_of.remove(&id) else { continue };
+            let value = match result {
+                Ok(ex) => {
+                    if let Some(w) = &ex.warning {
+                        bar.suspend(|| eprintln!("warning: record {rec_id}: {w}"));
+                    }
+                    json!({"id": rec_id, "fields": ex.fields.to_json()})
+                }
+                Err(e) => json!({"id": rec_id, "error": e.to_string()}),
+            };
+            ready.insert(line, value);
+        }
     }
+    out.flush().map_err(|e| anyhow!("{}: {e}", args.out))?;
     bar.finish_and_clear();
-    let n = records.len() - done;
+    let n = written - done;
     let secs = start.elapsed().as_secs_f64();
     eprintln!("{n} records in {secs:.1}s ({:.2} records/s)", n as f64 / secs.max(1e-9));
     Ok(())
@@ -209,10 +302,10 @@ fn is_answer(line: &[u8], expected: &Value) -> bool {
 }
 
 /// Complete lines already in a partial output, each checked to be this command's answer to the
-/// input record at its place (ids in `input_ids`' order): a file that is not (an unrelated
+/// input record at its place (ids as `next_id` reads them): a file that is not (an unrelated
 /// file, another input's output) is refused and left as it is. Only then is a torn last line
 /// (a crash mid-write) cut off.
-fn answered_lines(path: &str, input_ids: &mut dyn Iterator<Item = &Value>) -> Result<usize> {
+fn answered_lines(path: &str, next_id: &mut dyn FnMut() -> Result<Option<Value>>) -> Result<usize> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -226,10 +319,10 @@ fn answered_lines(path: &str, input_ids: &mut dyn Iterator<Item = &Value>) -> Re
         if n == 0 || line.last() != Some(&b'\n') {
             break;
         }
-        let Some(id) = input_ids.next() else {
+        let Some(id) = next_id()? else {
             bail!("{path}: has more lines than the input; not this input's output (choose another --out)");
         };
-        if !is_answer(&line[..n - 1], id) {
+        if !is_answer(&line[..n - 1], &id) {
             bail!(
                 "{path}:{}: not tiqu extract's answer to input record {id}; refusing to resume into it (choose another --out)",
                 done + 1

@@ -1,6 +1,9 @@
 //! `tiqu extract` end to end on the committed tiny checkpoint: exactly one output line per input
 //! line, in order, errors as lines (empty, invalid UTF-8), values copied from the text, JSONL ids,
-//! `--resume` after a torn write, and clear errors for a bad schema.
+//! `--resume` after a torn write, clear errors for a bad schema, and streaming: with fewer rows
+//! than records (results finishing out of order) the output is in input order and equals a run
+//! one record at a time; a record over `--max-input-tokens` is cut with a warning of its own, and
+//! a line over 64 MiB gets an error line without stopping the run.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -160,4 +163,63 @@ fn resume_refuses_files_it_did_not_write_and_out_is_never_the_input() {
     let err = refused(run(&long, &["--resume"]), "more lines than the input");
     assert!(err.contains("more lines than the input"), "{err}");
     assert_eq!(fs::read_to_string(&long).unwrap(), body);
+}
+
+#[test]
+fn streaming_keeps_input_order_with_fewer_rows_than_records() {
+    // Short and long texts mixed, so rows finish out of submission order, and error lines
+    // between them that never reach the engine.
+    let long: String = TEXTS[0].chars().cycle().take(1500).collect();
+    let records: Vec<String> = vec![
+        long.clone(),
+        "x".into(),
+        TEXTS[2].into(),
+        String::new(),
+        TEXTS[1].into(),
+        "y 北京".into(),
+        long.chars().rev().collect(),
+        TEXTS[0].into(),
+    ];
+    let input: String = records.iter().map(|r| format!("{r}\n")).collect();
+    let m = model();
+    let run = |batch: &str| {
+        let out = tiqu(&["extract", "--model", &m, "--max-new-tokens", "24", "--batch", batch, "--max-input-tokens", "200"], Some(input.as_bytes()));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let (one, three) = (run("1"), run("3"));
+    let got = lines(&three.stdout);
+    assert_eq!(got.len(), records.len(), "one line per input line");
+    for (i, line) in got.iter().enumerate() {
+        assert_eq!(line["id"], i + 1, "in input order");
+    }
+    assert_eq!(got[3]["error"], "empty text");
+    assert_eq!(three.stdout, one.stdout, "three rows at once give what one row at a time gives");
+    // The two long records are cut to --max-input-tokens, each with its own warning; the others
+    // are untouched.
+    let stderr = String::from_utf8_lossy(&three.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert!(warnings[0].contains("max_input_tokens (200)") && warnings.iter().any(|w| w.starts_with("warning: record 1:")), "{stderr}");
+    assert!(warnings.iter().any(|w| w.starts_with("warning: record 7:")), "{stderr}");
+}
+
+#[test]
+fn a_line_of_more_than_64_mib_gets_its_own_error_line_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    let mut body = Vec::with_capacity(70 << 20);
+    body.extend_from_slice(format!("{}\n", TEXTS[2]).as_bytes());
+    body.resize(body.len() + (65 << 20), b'a');
+    body.push(b'\n');
+    body.extend_from_slice(format!("{}\n", TEXTS[0]).as_bytes());
+    fs::write(&input, body).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let m = model();
+    let run = tiqu(&["extract", "--model", &m, "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-new-tokens", "16"], None);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let got = lines(&fs::read(&out).unwrap());
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[1]["error"], "line 2 is longer than 64 MiB");
+    assert!(got[0]["fields"].is_object() && got[2]["fields"].is_object(), "{got:?}");
 }

@@ -1,0 +1,438 @@
+//! Continuous batching for extraction: one decode loop over a KV cache of `max_seqs` rows. A
+//! request takes a row as soon as one is free, its prompt is fed in chunks of positions, then it
+//! decodes with whatever rows are decoding; it leaves when its object closes or its budget ends,
+//! its row is free for the next request at once, and its result is handed back at once. A batch
+//! is only requests submitted together ([`crate::Extractor::extract_batch`]).
+//!
+//! Every row keeps its own length in the cache ([`RowPass`]): a row's keys start at column 0 with
+//! its own prompt, so nobody's padding is attended, a finished row's columns are simply
+//! overwritten by the next request, and a single row decodes exactly as it would alone.
+//! Constrained decoding is per row (each request has its own schema, mode and text automaton):
+//! forced tokens are fed without sampling and, with few rows decoding, in the same pass as the
+//! pick.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use burn::prelude::*;
+
+use crate::constrain::{Constrain, Grammar, State};
+use crate::extract::{Extraction, Extractor, Fields};
+use crate::model::RowPass;
+use crate::read::{read, ready, ReadMode};
+use crate::schema::Schema;
+use crate::{Error, KvCache, Result};
+
+/// Prompt positions one row feeds per pass: attention over a long prompt is computed a chunk
+/// of queries at a time, so its scores take `chunk × context` per head, not `context²`.
+pub const PREFILL_CHUNK: usize = 256;
+/// Prompt tokens per prefill pass over all the rows it takes, which bounds the pass's
+/// activations whatever `max_seqs` is.
+pub const PREFILL_TOKENS: usize = 1024;
+/// At most this many decoding rows feed a pick and its forced tokens in one pass (the pass costs
+/// about the same for 1 or 5 tokens); with more, a longer chunk for one row would cost every row
+/// a padded column, so each row feeds one token per pass.
+const FEED_ALL_ROWS: usize = 4;
+
+/// One text to extract from, with the schema and constraint its row decodes under.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub text: String,
+    pub schema: Arc<Schema>,
+    pub constrain: Constrain,
+}
+
+/// Extraction runs on the engine; these methods live here so that `extract` (the extractor's
+/// parts) does not depend on the loop that uses them.
+impl<B: Backend> Extractor<B> {
+    /// A request for `text` under this extractor's schema and constraint.
+    pub fn request(&self, text: &str) -> Request {
+        Request { text: text.to_string(), schema: self.shared_schema(), constrain: self.options().constrain }
+    }
+
+    /// A continuous-batching engine over this model with `max_seqs` rows; requests may carry
+    /// other schemas and constraints than this extractor's.
+    pub fn engine(&self, max_seqs: usize) -> Engine<'_, B> {
+        Engine::new(self, max_seqs)
+    }
+
+    pub fn extract(&self, text: &str) -> Result<Fields> {
+        self.extract_batch(&[text]).remove(0).map(|e| e.fields)
+    }
+
+    /// One result per text, in order; a text that fails does not fail the others.
+    pub fn extract_batch(&self, texts: &[&str]) -> Vec<Result<Extraction>> {
+        ready(self.extract_batch_with(texts, ReadMode::Blocking))
+    }
+
+    /// [`Self::extract`] for backends that cannot block (WebGPU in a browser).
+    pub async fn extract_async(&self, text: &str) -> Result<Extraction> {
+        self.extract_batch_async(&[text]).await.remove(0)
+    }
+
+    /// [`Self::extract_batch`] for backends that cannot block: the same decoding loop, awaiting
+    /// each step's logits.
+    pub async fn extract_batch_async(&self, texts: &[&str]) -> Vec<Result<Extraction>> {
+        self.extract_batch_with(texts, ReadMode::Async).await
+    }
+
+    async fn extract_batch_with(&self, texts: &[&str], mode: ReadMode) -> Vec<Result<Extraction>> {
+        let mut engine = self.engine(self.options().batch.min(texts.len()));
+        for text in texts {
+            engine.submit(self.request(text));
+        }
+        let mut out: Vec<Option<Result<Extraction>>> = texts.iter().map(|_| None).collect();
+        while !engine.is_idle() {
+            for (id, result) in engine.step_with(mode).await {
+                out[id] = Some(result);
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Other("the engine lost a request".into())))).collect()
+    }
+}
+
+/// A request in a row.
+struct Slot {
+    id: usize,
+    schema: Arc<Schema>,
+    /// Tokens of this row already in the cache (the next one's column and rotary position).
+    len: usize,
+    /// Its prompt has not all been fed yet.
+    prefilling: bool,
+    /// Tokens decided but not yet fed: the prompt, then each pick and what the grammar forces.
+    pending: VecDeque<u32>,
+    grammar: Option<Grammar>,
+    state: Option<State>,
+    /// Free-text output in `none` mode.
+    text: Vec<u32>,
+    picked: usize,
+    generated: usize,
+    truncated: bool,
+    warning: Option<String>,
+    constrain_s: f64,
+}
+
+/// The decode loop. Submit requests (they queue until a row is free), then call
+/// [`Engine::step`] until [`Engine::is_idle`]: each step is one forward pass and returns the
+/// requests that finished in it, as `(id, result)` with the id [`Engine::submit`] gave.
+pub struct Engine<'a, B: Backend> {
+    ex: &'a Extractor<B>,
+    max_seqs: usize,
+    cache: Option<KvCache<B>>,
+    slots: Vec<Option<Slot>>,
+    queue: VecDeque<(usize, Request)>,
+    finished: Vec<(usize, Result<Extraction>)>,
+    next_id: usize,
+}
+
+impl<'a, B: Backend> Engine<'a, B> {
+    /// An engine over `ex`'s model with `max_seqs` rows (at least 1). The cache is allocated on
+    /// the first pass and grows with the longest row up to the model's context.
+    pub fn new(ex: &'a Extractor<B>, max_seqs: usize) -> Self {
+        let max_seqs = max_seqs.max(1);
+        Self {
+            ex,
+            max_seqs,
+            cache: None,
+            slots: (0..max_seqs).map(|_| None).collect(),
+            queue: VecDeque::new(),
+            finished: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    pub fn max_seqs(&self) -> usize {
+        self.max_seqs
+    }
+
+    /// Queues `request` and returns its id (0, 1, 2… in submission order).
+    pub fn submit(&mut self, request: Request) -> usize {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queue.push_back((id, request));
+        id
+    }
+
+    /// Requests submitted and not yet returned by [`Self::step`].
+    pub fn in_flight(&self) -> usize {
+        self.queue.len() + self.finished.len() + self.slots.iter().flatten().count()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.in_flight() == 0
+    }
+
+    /// Rows in use.
+    pub fn rows_in_use(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
+
+    /// Admits queued requests into free rows, runs one forward pass and returns what finished.
+    pub fn step(&mut self) -> Vec<(usize, Result<Extraction>)> {
+        ready(self.step_with(ReadMode::Blocking))
+    }
+
+    /// [`Self::step`] for backends that cannot block (WebGPU in a browser).
+    pub async fn step_async(&mut self) -> Vec<(usize, Result<Extraction>)> {
+        self.step_with(ReadMode::Async).await
+    }
+
+    pub(crate) async fn step_with(&mut self, mode: ReadMode) -> Vec<(usize, Result<Extraction>)> {
+        self.admit();
+        if let Some((first, lens)) = self.plan() {
+            if let Err(e) = self.pass(first, &lens, mode).await {
+                // A failed pass fails only its own rows; the others go on.
+                for (r, &n) in lens.iter().enumerate() {
+                    if n > 0 {
+                        if let Some(slot) = self.slots[first + r].take() {
+                            self.finished.push((slot.id, Err(e.clone())));
+                        }
+                    }
+                }
+            }
+        }
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Moves queued requests into free rows, lowest first (so busy rows stay together and
+    /// decode passes span few idle ones); a request that cannot start fails here.
+    fn admit(&mut self) {
+        for r in 0..self.max_seqs {
+            if self.slots[r].is_some() {
+                continue;
+            }
+            let Some((id, request)) = self.queue.pop_front() else { return };
+            match self.prepare(id, request) {
+                Ok(slot) => self.slots[r] = Some(slot),
+                Err(e) => self.finished.push((id, Err(e))),
+            }
+        }
+    }
+
+    fn prepare(&self, id: usize, request: Request) -> Result<Slot> {
+        if request.text.trim().is_empty() {
+            return Err(Error::Other("empty text".into()));
+        }
+        let (mut ids, text, warning) = self.ex.prompt(&request.schema, &request.text)?;
+        let mut slot = Slot {
+            id,
+            schema: request.schema,
+            len: 0,
+            prefilling: true,
+            pending: VecDeque::new(),
+            grammar: None,
+            state: None,
+            text: Vec::new(),
+            picked: 0,
+            generated: 0,
+            truncated: false,
+            warning,
+            constrain_s: 0.0,
+        };
+        if request.constrain != Constrain::None {
+            let grammar = Grammar::new(&slot.schema, request.constrain, &text);
+            let mut state = grammar.start();
+            let forced = grammar.forced(&state);
+            if !forced.is_empty() {
+                ids.extend(self.ex.tokenizer().encode(std::str::from_utf8(&forced).map_err(|e| Error::Other(e.to_string()))?)?);
+                state = grammar.step_bytes(&state, &forced).ok_or_else(|| Error::Other("grammar rejected its own literal".into()))?;
+            }
+            slot.grammar = Some(grammar);
+            slot.state = Some(state);
+        }
+        slot.pending = ids.into();
+        Ok(slot)
+    }
+
+    /// The next pass: its first row and how many tokens each row from there feeds. Prompts go
+    /// first, alone (a decoding row in a prefill pass would pay the chunk's width in padding);
+    /// then every decoding row at once.
+    fn plan(&mut self) -> Option<(usize, Vec<usize>)> {
+        if let Some(first) = self.slots.iter().position(|s| s.as_ref().is_some_and(|s| s.prefilling)) {
+            let mut lens = Vec::new();
+            let mut total = 0;
+            for slot in &self.slots[first..] {
+                let Some(slot) = slot.as_ref().filter(|s| s.prefilling) else { break };
+                let n = slot.pending.len().min(PREFILL_CHUNK);
+                if !lens.is_empty() && total + n > PREFILL_TOKENS {
+                    break;
+                }
+                total += n;
+                lens.push(n);
+            }
+            return Some((first, lens));
+        }
+        let busy = self.rows_in_use();
+        let cap = if busy <= FEED_ALL_ROWS { usize::MAX } else { 1 };
+        let limit = self.ex.model().max_position_embeddings;
+        // A row whose next tokens would reach the context ends as the lock-step loop ended it:
+        // truncated, with the grammar state its last pick left (what is pending changes nothing).
+        for r in 0..self.max_seqs {
+            if self.slots[r].as_ref().is_some_and(|s| s.len + s.pending.len().min(cap) >= limit) {
+                let mut slot = self.slots[r].take().expect("checked");
+                slot.truncated = true;
+                let out = self.finish(&slot);
+                self.finished.push((slot.id, out));
+            }
+        }
+        let first = self.slots.iter().position(Option::is_some)?;
+        let last = self.slots.iter().rposition(Option::is_some)?;
+        let lens = (first..=last).map(|r| self.slots[r].as_ref().map_or(0, |s| s.pending.len().min(cap))).collect();
+        Some((first, lens))
+    }
+
+    /// Feeds `lens[r]` pending tokens of row `first + r`, then lets every row whose pending
+    /// tokens are all in pick its next token.
+    async fn pass(&mut self, first: usize, lens: &[usize], mode: ReadMode) -> Result<()> {
+        let ex = self.ex;
+        let model = ex.model();
+        let seq = lens.iter().copied().max().unwrap_or(0);
+        if seq == 0 {
+            return Ok(());
+        }
+        let pad = ex.eos_token_ids().first().copied().unwrap_or(0);
+        let rows = first..first + lens.len();
+        let starts: Vec<usize> = rows.clone().map(|r| self.slots[r].as_ref().map_or(0, |s| s.len)).collect();
+        let mut ids = Vec::with_capacity(lens.len() * seq);
+        for (r, &n) in rows.clone().zip(lens) {
+            let fed = self.slots[r].as_ref().map(|s| s.pending.iter().take(n).copied());
+            ids.extend(fed.into_iter().flatten().chain(std::iter::repeat(pad)).take(seq));
+        }
+        let pass = RowPass { first, seq, starts, lens: lens.to_vec() };
+        let needed = pass.keys();
+        let limit = model.max_position_embeddings;
+        let cache = match &mut self.cache {
+            Some(cache) => {
+                cache.reserve_within(needed, limit);
+                cache
+            }
+            empty => {
+                // Room for the prompts at hand and their answers; more is added when needed.
+                let fields = self.slots.iter().flatten().map(|s| s.schema.fields.len()).max().unwrap_or(1);
+                let answer = 2 * ex.options().max_new_tokens + 16 * fields;
+                let longest = self.slots.iter().flatten().map(|s| s.pending.len()).max().unwrap_or(0);
+                empty.insert(model.new_cache(self.max_seqs, (longest + answer).max(needed).min(limit))?)
+            }
+        };
+        let hidden = model.hidden_rows(&ids, &pass, cache)?;
+        let [_, t, d] = hidden.dims();
+        let mut picking = Vec::new();
+        for (i, (r, &n)) in rows.zip(lens).enumerate() {
+            let Some(slot) = self.slots[r].as_mut() else { continue };
+            slot.pending.drain(..n);
+            slot.len += n;
+            if n > 0 && slot.pending.is_empty() {
+                slot.prefilling = false;
+                picking.push((r, i * t + n - 1));
+            }
+        }
+        if picking.is_empty() {
+            return Ok(());
+        }
+        let at: Vec<i64> = picking.iter().map(|&(_, at)| at as i64).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(at, [picking.len()]), &hidden.device());
+        let logits = model.logits(hidden.reshape([lens.len() * t, d]).select(0, idx));
+        let logits: Vec<f32> =
+            read(logits, mode).await?.convert::<f32>().to_vec().map_err(|e| Error::Other(format!("reading logits: {e:?}")))?;
+        let vocab = model.vocab_size();
+        for (k, &(r, _)) in picking.iter().enumerate() {
+            let mut slot = self.slots[r].take().expect("picked rows are busy");
+            match self.advance(&mut slot, &logits[k * vocab..(k + 1) * vocab]) {
+                Ok(chunk) if !chunk.is_empty() => {
+                    slot.pending.extend(chunk);
+                    self.slots[r] = Some(slot);
+                }
+                Ok(_) => {
+                    let out = self.finish(&slot);
+                    self.finished.push((slot.id, out));
+                }
+                Err(e) => self.finished.push((slot.id, Err(e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Picks one row's next token from its logits and returns what to feed next: the pick and
+    /// any tokens the grammar then forces. An empty result finishes the row.
+    fn advance(&self, slot: &mut Slot, logits: &[f32]) -> Result<Vec<u32>> {
+        if slot.picked >= self.ex.options().max_new_tokens {
+            slot.truncated = true;
+            return Ok(Vec::new());
+        }
+        slot.picked += 1;
+        let (Some(grammar), Some(state)) = (&slot.grammar, &mut slot.state) else {
+            let best = argmax(logits, 0..logits.len() as u32);
+            if self.ex.eos_token_ids().contains(&best) {
+                return Ok(Vec::new());
+            }
+            slot.text.push(best);
+            slot.generated += 1;
+            return Ok(vec![best]);
+        };
+        let started = crate::clock::now();
+        let table = self.ex.table();
+        let allowed = grammar.allowed(table, state);
+        if allowed.is_empty() {
+            slot.truncated = true;
+            return Ok(Vec::new());
+        }
+        let best = argmax(logits, allowed.into_iter());
+        let bytes = table.bytes(best).ok_or_else(|| Error::Other(format!("token {best} has no bytes")))?;
+        *state = grammar.step_bytes(state, bytes).ok_or_else(|| Error::Other(format!("token {best} breaks the grammar")))?;
+        slot.generated += 1;
+        if grammar.is_done(state) {
+            slot.constrain_s += crate::clock::elapsed_s(started);
+            return Ok(Vec::new());
+        }
+        let mut chunk = vec![best];
+        let forced = grammar.forced(state);
+        if !forced.is_empty() {
+            let text = std::str::from_utf8(&forced).map_err(|e| Error::Other(e.to_string()))?;
+            let tokens = self.ex.tokenizer().encode(text)?;
+            *state = grammar.step_bytes(state, &forced).ok_or_else(|| Error::Other("grammar rejected its own literal".into()))?;
+            slot.generated += tokens.len();
+            chunk.extend(tokens);
+        }
+        slot.constrain_s += crate::clock::elapsed_s(started);
+        Ok(chunk)
+    }
+
+    fn finish(&self, slot: &Slot) -> Result<Extraction> {
+        let names: Vec<String> = slot.schema.names().iter().map(|s| s.to_string()).collect();
+        let values = match (&slot.grammar, &slot.state) {
+            (Some(g), Some(s)) => g.values(s),
+            _ => {
+                let text = self.ex.tokenizer().decode(&slot.text, true)?;
+                let value: serde_json::Value = serde_json::from_str(text.trim())
+                    .map_err(|e| Error::Other(format!("output is not valid JSON ({e}): {}", text.chars().take(200).collect::<String>())))?;
+                let obj = value.as_object().ok_or_else(|| Error::Other("output is not a JSON object".into()))?;
+                names
+                    .iter()
+                    .map(|n| match obj.get(n) {
+                        Some(serde_json::Value::String(s)) => Some(s.clone()),
+                        Some(serde_json::Value::Null) | None => None,
+                        Some(other) => Some(other.to_string()),
+                    })
+                    .collect()
+            }
+        };
+        Ok(Extraction {
+            fields: Fields { names, values },
+            warning: slot.warning.clone(),
+            tokens: slot.generated,
+            truncated: slot.truncated,
+            constrain_s: slot.constrain_s,
+        })
+    }
+}
+
+fn argmax(logits: &[f32], candidates: impl Iterator<Item = u32>) -> u32 {
+    let mut best = (f32::NEG_INFINITY, 0u32);
+    for id in candidates {
+        let v = logits[id as usize];
+        if v > best.0 || (v == best.0 && id < best.1) {
+            best = (v, id);
+        }
+    }
+    best.1
+}
