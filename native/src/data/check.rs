@@ -116,7 +116,7 @@ fn holds_findings(path: &Path) -> bool {
 fn load_tokenizer(args: &CheckArgs) -> Result<Option<Tokenizer>> {
     let place = match (&args.tokenizer, &args.model) {
         (Some(t), _) => t.clone(),
-        (None, Some(model)) => crate::checkpoint::resolve(model)?,
+        (None, Some(model)) => return Ok(Some(crate::checkpoint::resolve(model)?.tokenizer(None)?)),
         (None, None) => return Ok(None),
     };
     let path = if place.is_dir() { place.join("tokenizer.json") } else { place };
