@@ -1,161 +1,124 @@
-//! `tiqu serve-demo`: the browser page (wasm/www, built by scripts/build-wasm) and one model
-//! folder's files on localhost, for trying the model in a browser tab. A small std-only HTTP/1.1
-//! server: GET and HEAD of plain files, nothing else.
+//! `tiqu serve --demo`: the browser page (wasm/www, built by scripts/build-wasm) and the files
+//! the page fetches to run the served model in the tab. Only what the page needs is served: the
+//! page's folder without hidden files, the model folder's checkpoint files (never anything else
+//! that happens to lie beside them), the adapter's two files, and `/demo.json`.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
-use clap::Args;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tiqu_core::checkpoint::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, COMPANION_FILES, WEIGHTS_INDEX};
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
 
+use super::limits::ApiError;
 
-#[derive(Args)]
-pub struct ServeArgs {
-    /// The model folder (or Hub id) whose files the page loads: config.json, tokenizer.json,
-    /// safetensors, generation_config.json.
-    #[arg(long)]
-    model: String,
-    /// An adapter folder (adapter_config.json + adapter_model.safetensors) to load on top.
-    #[arg(long)]
-    adapter: Option<PathBuf>,
-    /// 0 picks a free port; the address is printed on stdout.
-    #[arg(long, default_value_t = 8080)]
-    port: u16,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// The page's folder (default: wasm/www of this source tree).
-    #[arg(long)]
-    www: Option<PathBuf>,
-}
-
-pub fn run(args: &ServeArgs) -> Result<()> {
-    let model = tiqu_core::checkpoint::resolve_dir(&args.model)?;
-    let www = args.www.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../wasm/www"));
-    if !www.join("index.html").is_file() {
-        return Err(anyhow!("{}: no index.html (pass --www DIR)", www.display()));
-    }
-    if !www.join("pkg/tiqu_wasm_bg.wasm").is_file() {
-        eprintln!("warning: {}: not built yet; run scripts/build-wasm", www.join("pkg").display());
-    }
-    if let Some(a) = &args.adapter {
-        if !a.join("adapter_config.json").is_file() {
-            return Err(anyhow!("{}: no adapter_config.json", a.display()));
-        }
-    }
-    let listener = TcpListener::bind((args.host.as_str(), args.port)).map_err(|e| anyhow!("{}:{}: {e}", args.host, args.port))?;
-    let addr = listener.local_addr()?;
-    let demo = json!({
-        "model": "model/",
-        "model_name": model.file_name().map(|n| n.to_string_lossy().to_string()),
-        "adapter": args.adapter.as_ref().map(|_| "adapter/"),
-    })
-    .to_string();
-    println!("serving http://{addr}/ (model {})", model.display());
-    std::io::stdout().flush()?;
-    let site = std::sync::Arc::new(Site { www, model, adapter: args.adapter.clone(), demo });
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let site = site.clone();
-        std::thread::spawn(move || {
-            let _ = site.answer(stream);
-        });
-    }
-    Ok(())
-}
-
-struct Site {
+pub struct Site {
     www: PathBuf,
     model: PathBuf,
     adapter: Option<PathBuf>,
     /// `/demo.json`: where the page finds the served model.
-    demo: String,
-}
-
-fn content_type(path: &str) -> &'static str {
-    match path.rsplit('.').next().unwrap_or("") {
-        "html" => "text/html; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "wasm" => "application/wasm",
-        "json" => "application/json",
-        "css" => "text/css; charset=utf-8",
-        _ => "application/octet-stream",
-    }
-}
-
-/// One path segment that names a file: no separators, no `..`, no hidden files.
-fn plain(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\']) && name != ".."
+    demo: serde_json::Value,
 }
 
 impl Site {
+    pub fn new(model: &Path, adapter: Option<&Path>, www: Option<&Path>) -> Result<Self> {
+        let www = www.map(Path::to_path_buf).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../wasm/www"));
+        if !www.join("index.html").is_file() {
+            return Err(anyhow!("{}: no index.html (pass --www DIR)", www.display()));
+        }
+        if !www.join("pkg/tiqu_wasm_bg.wasm").is_file() {
+            eprintln!("warning: {}: not built yet; run scripts/build-wasm", www.join("pkg").display());
+        }
+        // A folder whose config.json is not a model's is not served, whatever else it holds.
+        tiqu_core::Checkpoint::open_dir(model)?;
+        if let Some(a) = adapter {
+            if !a.join(ADAPTER_CONFIG).is_file() {
+                return Err(anyhow!("{}: no {ADAPTER_CONFIG}", a.display()));
+            }
+        }
+        let demo = json!({
+            "model": "model/",
+            "model_name": model.file_name().map(|n| n.to_string_lossy().to_string()),
+            "adapter": adapter.map(|_| "adapter/"),
+        });
+        Ok(Self { www, model: model.to_path_buf(), adapter: adapter.map(Path::to_path_buf), demo })
+    }
+
     /// The file a request path names, if it is one this server shows.
     fn file(&self, path: &str) -> Option<PathBuf> {
-        let path = path.split(['?', '#']).next().unwrap_or("");
         let rel = path.trim_start_matches('/');
         let rel = if rel.is_empty() { "index.html" } else { rel };
         let parts: Vec<&str> = rel.split('/').collect();
         let file = match parts.as_slice() {
-            ["model", name] if plain(name) => self.model.join(name),
-            ["adapter", name] if plain(name) => self.adapter.as_ref()?.join(name),
+            ["model", name] if plain(name) && checkpoint_file(name) => self.model.join(name),
+            ["adapter", name] if *name == ADAPTER_CONFIG || *name == ADAPTER_WEIGHTS => self.adapter.as_ref()?.join(name),
+            ["model" | "adapter", ..] => return None,
             parts if parts.iter().all(|p| plain(p)) => self.www.join(rel),
             _ => return None,
         };
         file.is_file().then_some(file)
     }
 
-    fn answer(&self, stream: TcpStream) -> std::io::Result<()> {
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut out = stream;
-        loop {
-            let mut request = String::new();
-            if reader.read_line(&mut request)? == 0 {
-                return Ok(());
+    /// GET or HEAD of a page file, a model file or `/demo.json`.
+    pub async fn answer(&self, request: Request) -> Response {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{}: GET or HEAD only", request.uri().path())).into_response();
+        }
+        let path = request.uri().path().to_string();
+        if path == "/demo.json" {
+            return axum::Json(self.demo.clone()).into_response();
+        }
+        let Some(file) = self.file(&path) else {
+            return ApiError::new(StatusCode::NOT_FOUND, format!("{path}: not found")).into_response();
+        };
+        match ServeFile::new(&file).oneshot(request).await {
+            Ok(response) => {
+                let mut response = response.into_response();
+                response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                response
             }
-            let mut keep_alive = true;
-            loop {
-                let mut header = String::new();
-                if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
-                    break;
-                }
-                if header.to_ascii_lowercase().starts_with("connection:") && header.to_ascii_lowercase().contains("close") {
-                    keep_alive = false;
-                }
-            }
-            let mut words = request.split_whitespace();
-            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or("/"));
-            if method != "GET" && method != "HEAD" {
-                respond(&mut out, "405 Method Not Allowed", "text/plain", b"GET or HEAD only\n", method == "HEAD")?;
-            } else if path.split('?').next() == Some("/demo.json") {
-                respond(&mut out, "200 OK", "application/json", self.demo.as_bytes(), method == "HEAD")?;
-            } else if let Some(file) = self.file(path) {
-                let f = File::open(&file)?;
-                let len = f.metadata()?.len();
-                write!(
-                    out,
-                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {len}\r\nCache-Control: no-cache\r\n\r\n",
-                    content_type(&file.to_string_lossy())
-                )?;
-                if method == "GET" {
-                    std::io::copy(&mut BufReader::with_capacity(1 << 20, f), &mut out)?;
-                }
-            } else {
-                respond(&mut out, "404 Not Found", "text/plain", format!("{path}: not found\n").as_bytes(), method == "HEAD")?;
-            }
-            out.flush()?;
-            if !keep_alive {
-                return Ok(());
-            }
+            Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}")).into_response(),
         }
     }
 }
 
-fn respond(out: &mut TcpStream, status: &str, kind: &str, body: &[u8], head: bool) -> std::io::Result<()> {
-    write!(out, "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\n\r\n", body.len())?;
-    if !head {
-        out.write_all(body)?;
+/// One path segment that names a file: no separators, no `..`, no hidden files.
+fn plain(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\'])
+}
+
+/// What a checkpoint folder holds that the page may load.
+fn checkpoint_file(name: &str) -> bool {
+    COMPANION_FILES.contains(&name) || name == WEIGHTS_INDEX || name.ends_with(".safetensors")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_pages_and_the_checkpoints_files_are_served() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let fixture = root.join("tests/fixtures/tiny-untied");
+        let site = Site::new(&fixture, None, None).unwrap();
+        assert!(site.file("/").is_some_and(|f| f.ends_with("index.html")));
+        assert!(site.file("/app.js").is_some());
+        assert!(site.file("/model/config.json").is_some());
+        assert!(site.file("/model/model.safetensors").is_some());
+        assert!(site.file("/model/tokenizer.json").is_some());
+        // In the fixture folder, but not a checkpoint file.
+        assert!(site.file("/model/reference.json").is_none());
+        assert!(site.file("/model/../config.json").is_none());
+        assert!(site.file("/../Cargo.toml").is_none());
+        assert!(site.file("/model/sub/config.json").is_none());
+        assert!(site.file("/adapter/adapter_config.json").is_none());
+        assert!(site.file("/.git/config").is_none());
+        // A folder without a model's config.json is refused before anything is served.
+        let err = Site::new(&root.join("wasm/www"), None, None).err().unwrap().to_string();
+        assert!(err.contains("config.json"), "{err}");
     }
-    Ok(())
 }
