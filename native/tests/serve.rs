@@ -482,6 +482,31 @@ fn clients_that_leave_free_their_place() {
     server.still_serves();
 }
 
+/// Proves: connections that send nothing, or their headers a byte at a time, are closed after
+/// --idle-timeout-s; beyond --max-connections a new connection waits (it is not refused) until a
+/// slot frees, and is then served.
+#[test]
+fn slow_and_idle_connections_are_closed() {
+    let server = Server::start(&["--idle-timeout-s", "1", "--max-connections", "4"]);
+    // Let the health checks' connections close, so that the four below hold every slot.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(server.addr()).unwrap()).collect();
+    let mut slow = TcpStream::connect(server.addr()).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHo").unwrap();
+    held.push(slow);
+    let started = Instant::now();
+    assert_eq!(server.get("/health").0, 200);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(5), "a fifth connection waited {waited:?}");
+    for mut s in held {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("closed by the server, not left open");
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    }
+    server.still_serves();
+}
+
 /// Proves: the port is bound before the model loads, and a model that fails to load (its
 /// config.json is fine, its weights are not) stops the server with one error line, exit 1.
 #[test]

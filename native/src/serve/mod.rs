@@ -7,6 +7,7 @@
 mod chat;
 mod demo;
 mod limits;
+mod listen;
 mod metrics;
 mod openai;
 mod routes;
@@ -49,6 +50,13 @@ pub struct ServeArgs {
     /// 408 when the client has not finished sending.
     #[arg(long, default_value_t = 60.0)]
     timeout_s: f64,
+    /// Seconds a connection may take to send a request's headers, waiting idle between
+    /// keep-alive requests included; then it is closed.
+    #[arg(long, default_value_t = 30.0)]
+    idle_timeout_s: f64,
+    /// Connections open at once; more wait in the kernel's backlog until one closes.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
     /// Largest request body accepted (413 beyond).
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
@@ -97,6 +105,12 @@ impl ServeArgs {
         }
         if !(self.timeout_s.is_finite() && self.timeout_s > 0.0 && self.timeout_s <= 86_400.0) {
             bail!("--timeout-s must be a number of seconds in (0, 86400], got {}", self.timeout_s);
+        }
+        if !(self.idle_timeout_s.is_finite() && self.idle_timeout_s > 0.0 && self.idle_timeout_s <= 86_400.0) {
+            bail!("--idle-timeout-s must be a number of seconds in (0, 86400], got {}", self.idle_timeout_s);
+        }
+        if self.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
         }
         if self.max_body_bytes == 0 {
             bail!("--max-body-bytes must be at least 1");
@@ -163,10 +177,8 @@ async fn serve(backend: BackendName, args: &ServeArgs, settings: Settings, site:
         .map_err(|e| anyhow!("starting the model thread: {e}"))?;
 
     let app = routes::router(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(state::shutdown_signal(state.clone()))
-        .await
-        .map_err(|e| anyhow!("serving on {addr}: {e}"))?;
+    let idle = Duration::from_secs_f64(args.idle_timeout_s);
+    listen::serve(listener, app, idle, args.max_connections, state::shutdown_signal(state.clone())).await;
     if let Some(why) = state.load_failure() {
         bail!("{why}");
     }

@@ -114,7 +114,7 @@ pub fn run(backend: BackendName, model: &ModelArgs, state: Arc<AppState>, mut jo
         Ok(Err(e)) => format!("{e:#}").replace('\n', " "),
         Err(_) => format!("internal failure while loading: {}", last_panic()),
     };
-    eprintln!("error: {failure}");
+    // The command reports it as it exits.
     state.set_phase(Phase::Failed(failure));
 }
 
