@@ -411,8 +411,9 @@ fn sigterm_finishes_in_flight_requests_and_exits_0() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// Keeps the model thread busy for seconds (with --max-batch 1, 300 texts one after the other)
-/// and returns once the job is running; the thread ends with the request's answer.
+/// Keeps the model thread busy for seconds (300 texts: with --max-batch 300 one batch it cannot
+/// interrupt, with --max-batch 1 one after the other) and returns once the job is running; the
+/// thread ends with the request's answer.
 fn busy(server: &Server) -> std::thread::JoinHandle<(u16, Value)> {
     let url = server.url("/v1/extract");
     let before = metric(&server.metrics(), r#"tiqu_extract_texts_total{outcome="ok"}"#);
@@ -437,14 +438,14 @@ fn wait_cancelled(server: &Server, before: f64, within: Duration) {
 /// request that timed out while queued is skipped, so the server serves normally afterwards.
 #[test]
 fn deadlines_give_408_and_504() {
-    let server = Server::start(&["--timeout-s", "1", "--max-batch", "1"]);
+    let server = Server::start(&["--timeout-s", "0.5", "--max-batch", "300"]);
     let mut s = TcpStream::connect(server.addr()).unwrap();
     write!(s, "POST /v1/extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"text\":").unwrap();
     let mut answer = String::new();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = s.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("\"message\":\"the request was not complete within 1 s"), "{answer}");
+    assert!(answer.contains("\"message\":\"the request was not complete within 0.5 s"), "{answer}");
     server.still_serves();
 
     let before = metric(&server.metrics(), "tiqu_jobs_cancelled_total");
@@ -452,10 +453,24 @@ fn deadlines_give_408_and_504() {
     let started = Instant::now();
     let queued = server.post("/v1/extract", &json!({"text": TEXT}));
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
-    assert_error(queued, 504, &["did not answer within 1 s"]);
-    assert_error(job.join().unwrap(), 504, &["did not answer within 1 s"]);
-    wait_cancelled(&server, before, Duration::from_secs(60));
+    assert_error(queued, 504, &["did not answer within 0.5 s"]);
+    assert_error(job.join().unwrap(), 504, &["did not answer within 0.5 s"]);
+    // Both clients are gone: the batch running when they left is the last one run for them.
+    wait_cancelled(&server, before + 1.0, Duration::from_secs(60));
     server.still_serves();
+}
+
+/// Proves: a large request whose client times out stops holding the model between batches: a
+/// request after it is answered long before the large one's texts could all have been extracted.
+#[test]
+fn a_timed_out_request_stops_between_batches() {
+    let server = Server::start(&["--timeout-s", "1", "--max-batch", "1"]);
+    let started = Instant::now();
+    // About 20 ms per text here: 3000 texts one by one would hold the model for a minute.
+    let (status, _) = server.post("/v1/extract", &json!({"texts": vec![TEXT; 3000]}));
+    assert_eq!(status, 504);
+    server.still_serves();
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
 
 /// Proves: a client that disconnects frees its place: a queued request is skipped when the model

@@ -164,6 +164,9 @@ async fn serve(backend: BackendName, args: &ServeArgs, settings: Settings, site:
         .await
         .map_err(|e| anyhow!("{}:{}: {e}", args.host, args.port))?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && settings.api_key.is_none() {
+        eprintln!("warning: listening on {addr} without --api-key: whoever reaches this port can use the model");
+    }
     let (queue, jobs) = worker::queue(settings.max_queue);
     let state = Arc::new(state::AppState::new(settings, queue, site));
     println!("serving http://{addr}/ (model {}, loading)", model_dir.display());

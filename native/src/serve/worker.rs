@@ -1,8 +1,8 @@
 //! The model thread and the bounded queue into it. burn models are not meant to be shared
 //! across threads, so one thread loads the model and owns the [`Extractor`]; handlers submit
 //! [`Job`]s and await their replies. The thread takes what is waiting (up to `--max-batch`
-//! texts) and runs extraction jobs together through `Extractor::extract_batch`, chats one by one
-//! (`chat.rs`). A continuous-batching engine replaces this file only: the handlers see jobs and
+//! texts) and runs extraction jobs together through `Extractor::extract_batch`, `--max-batch`
+//! texts at a time, and chats one by one (`chat.rs`). A continuous-batching engine replaces this file only: the handlers see jobs and
 //! replies, never the model.
 
 use std::panic::AssertUnwindSafe;
@@ -152,7 +152,7 @@ fn serve_on<B: Backend>(device: &B::Device, model: &ModelArgs, state: &AppState,
         let mut chats = Vec::new();
         for job in live {
             match job.work {
-                Work::Extract(e) => extracts.push(e),
+                Work::Extract(e) => extracts.push((e, job.cancelled)),
                 Work::Chat(c) => chats.push((c, job.cancelled)),
             }
         }
@@ -164,11 +164,13 @@ fn serve_on<B: Backend>(device: &B::Device, model: &ModelArgs, state: &AppState,
     Ok(())
 }
 
-/// Runs extraction jobs, those sharing a schema and constraint in one `extract_batch`.
-fn run_extracts<B: Backend>(mut extractor: Extractor<B>, mut jobs: Vec<ExtractJob>, state: &AppState) -> Extractor<B> {
+/// Runs extraction jobs, those sharing a schema and constraint together, `--max-batch` texts per
+/// `extract_batch`. Between batches the texts of jobs whose client has gone are dropped, so a
+/// large request that timed out stops holding the model within one batch.
+fn run_extracts<B: Backend>(mut extractor: Extractor<B>, mut jobs: Vec<(ExtractJob, Arc<AtomicBool>)>, state: &AppState) -> Extractor<B> {
     while !jobs.is_empty() {
-        let (schema, constrain) = (jobs[0].schema.clone(), jobs[0].constrain);
-        let (group, rest): (Vec<ExtractJob>, Vec<ExtractJob>) = jobs.into_iter().partition(|j| j.schema == schema && j.constrain == constrain);
+        let (schema, constrain) = (jobs[0].0.schema.clone(), jobs[0].0.constrain);
+        let (group, rest): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(j, _)| j.schema == schema && j.constrain == constrain);
         jobs = rest;
         if *extractor.schema() != schema {
             extractor = extractor.with_schema(schema);
@@ -177,27 +179,43 @@ fn run_extracts<B: Backend>(mut extractor: Extractor<B>, mut jobs: Vec<ExtractJo
             let options = ExtractOptions { constrain, ..*extractor.options() };
             extractor = extractor.with_options(options);
         }
-        let texts: Vec<&str> = group.iter().flat_map(|j| j.texts.iter().map(String::as_str)).collect();
-        state.metrics.rows_in_use.set(texts.len() as i64);
-        let results: Vec<std::result::Result<Extraction, String>> =
-            match std::panic::catch_unwind(AssertUnwindSafe(|| extractor.extract_batch(&texts))) {
-                Ok(results) => results.into_iter().map(|r| r.map_err(|e| e.to_string().replace('\n', " "))).collect(),
-                Err(_) => vec![Err(format!("internal failure: {}", last_panic())); texts.len()],
-            };
-        state.metrics.rows_in_use.set(0);
-        let mut results = results.into_iter();
-        for job in group {
-            let mine: Vec<_> = results.by_ref().take(job.texts.len()).collect();
-            for r in &mine {
-                match r {
+        let mut results: Vec<Vec<Option<std::result::Result<Extraction, String>>>> =
+            group.iter().map(|(j, _)| vec![None; j.texts.len()]).collect();
+        // (job, text) pairs still to extract.
+        let mut todo: std::collections::VecDeque<(usize, usize)> =
+            group.iter().enumerate().flat_map(|(g, (j, _))| (0..j.texts.len()).map(move |t| (g, t))).collect();
+        loop {
+            todo.retain(|&(g, _)| !group[g].1.load(Ordering::Relaxed));
+            let chunk: Vec<(usize, usize)> = todo.drain(..todo.len().min(state.settings.max_batch)).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let texts: Vec<&str> = chunk.iter().map(|&(g, t)| group[g].0.texts[t].as_str()).collect();
+            state.metrics.rows_in_use.set(texts.len() as i64);
+            let out: Vec<std::result::Result<Extraction, String>> =
+                match std::panic::catch_unwind(AssertUnwindSafe(|| extractor.extract_batch(&texts))) {
+                    Ok(out) => out.into_iter().map(|r| r.map_err(|e| e.to_string().replace('\n', " "))).collect(),
+                    Err(_) => vec![Err(format!("internal failure: {}", last_panic())); texts.len()],
+                };
+            state.metrics.rows_in_use.set(0);
+            for (&(g, t), r) in chunk.iter().zip(out) {
+                match &r {
                     Ok(e) => {
                         state.metrics.tokens.inc_by(e.tokens as u64);
                         state.metrics.texts.with_label_values(&["ok"]).inc();
                     }
                     Err(_) => state.metrics.texts.with_label_values(&["error"]).inc(),
                 }
+                results[g][t] = Some(r);
             }
-            // The client may have gone meanwhile; nothing else to do then.
+        }
+        for ((job, cancelled), mine) in group.into_iter().zip(results) {
+            if cancelled.load(Ordering::Relaxed) {
+                state.metrics.cancelled.inc();
+                continue;
+            }
+            let mine: Vec<_> = mine.into_iter().map(|r| r.unwrap_or_else(|| Err("not extracted".into()))).collect();
+            // The client may have gone since the check; nothing else to do then.
             let _ = job.reply.send(mine);
         }
     }
