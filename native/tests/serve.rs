@@ -565,3 +565,39 @@ fn demo_serves_the_page_and_the_checkpoint_files_only() {
     assert_error(read(client().delete(server.url("/app.js")).send().unwrap()), 405, &["GET or HEAD"]);
     server.still_serves();
 }
+
+/// Proves: `tiqu bench serve` drives a server with C concurrent clients and reports, per level,
+/// every request answered with its records/s and latency percentiles; against a queue of one it
+/// reports the 503s by status instead of hanging or failing.
+#[test]
+fn bench_serve_reports_each_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("texts.jsonl");
+    std::fs::write(&input, format!("{}\n{}\n", json!({"text": TEXT}), json!({"id": 2, "text": "王小明，邮箱 xm@example.org"}))).unwrap();
+    let bench = |server: &Server, clients: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tiqu"))
+            .args(["bench", "serve", "--url", &server.base, "--input"])
+            .arg(&input)
+            .args(["--clients", clients, "--requests", "24", "--json"])
+            .env_remove("TIQU_API_KEY")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect::<Vec<_>>()
+    };
+    let server = Server::start(&[]);
+    let levels = bench(&server, "1,4");
+    assert_eq!(levels.len(), 2);
+    for (level, clients) in levels.iter().zip([1, 4]) {
+        assert_eq!((level["clients"].as_u64(), level["requests"].as_u64(), level["ok"].as_u64()), (Some(clients), Some(24), Some(24)), "{level}");
+        assert!(level["records_per_s"].as_f64().unwrap() > 0.0 && level["p99_ms"].as_f64() >= level["p50_ms"].as_f64(), "{level}");
+        assert_eq!(level["errors"], json!({}));
+    }
+    drop(server);
+
+    let small = Server::start(&["--max-queue", "1", "--max-batch", "1"]);
+    let level = bench(&small, "16").remove(0);
+    let full = level["errors"]["503"].as_u64().unwrap_or(0);
+    assert!(full > 0 && level["ok"].as_u64().unwrap() + full == 24, "{level}");
+    small.still_serves();
+}
