@@ -146,9 +146,8 @@ impl ServeArgs {
 pub fn run(backend: BackendName, args: &ServeArgs) -> Result<()> {
     // Resolving the folder and reading config.json here makes a wrong --model an immediate error
     // instead of a server that never becomes healthy.
-    let checkpoint = crate::checkpoint::resolve(&args.model.model)?;
+    crate::checkpoint::resolve(&args.model.model)?;
     let model_dir = tiqu_core::checkpoint::resolve_dir(&args.model.model)?;
-    drop(checkpoint);
     let settings = args.settings(&model_dir)?;
     let site = if args.demo { Some(demo::Site::new(&model_dir, args.model.adapter.as_deref(), args.www.as_deref())?) } else { None };
     let runtime = tokio::runtime::Builder::new_multi_thread()
