@@ -1,4 +1,4 @@
-// Drives the demo page (served by `tiqu serve-demo`) in headless Chromium through playwright-core.
+// Drives the demo page (served by `tiqu serve --demo`) in headless Chromium through playwright-core.
 // Called by scripts/test-browser with one JSON argument:
 //   {url, text, fixture, pickedExpected, runs: [{name, query, expected, blocks, generated}], badInputs,
 //    webgpu, bench}

@@ -12,6 +12,8 @@ use tiqu_core::{Qwen3Config, Qwen3ForCausalLM, RandomInit};
 use crate::backend::BackendName;
 use crate::with_backend;
 
+mod serve;
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Prefill and decode throughput of batched greedy generation.
@@ -20,6 +22,8 @@ pub enum BenchCommand {
     Train(BenchTrainArgs),
     /// Extraction throughput (constrained decoding included).
     Extract(BenchExtractArgs),
+    /// Load on a running `tiqu serve`: C concurrent clients, records/s, p50/p99 latency, errors.
+    Serve(serve::BenchServeArgs),
 }
 
 #[derive(Args)]
@@ -112,6 +116,7 @@ pub fn run(backend: BackendName, cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Generate(args) => with_backend!(backend, |B, device| bench_generate::<B>(&device, backend, args)),
         BenchCommand::Extract(args) => with_backend!(backend, |B, device| bench_extract::<B>(&device, backend, args)),
+        BenchCommand::Serve(args) => serve::run(args),
         BenchCommand::Train(args) => with_backend!(backend, |B, device| {
             if args.gradient_checkpointing {
                 type C = burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;

@@ -101,8 +101,9 @@ enum Command {
     Bench(bench::BenchCommand),
     /// List the compiled backends and whether each initialises here.
     Doctor,
-    /// Serve the browser demo (wasm/www) and a model folder's files on localhost.
-    ServeDemo(serve::ServeArgs),
+    /// The extraction service: /v1/extract, OpenAI-compatible /v1/chat/completions, /health,
+    /// /metrics; with --demo also the browser page and the model's files.
+    Serve(Box<serve::ServeArgs>),
 }
 
 fn doctor() -> anyhow::Result<()> {
@@ -145,7 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     backend::set_dtype(cli.dtype);
     match cli.command {
         Command::Doctor => doctor(),
-        Command::ServeDemo(args) => serve::run(&args),
+        Command::Serve(args) => serve::run(backend::choose(cli.backend)?, &args),
         Command::Generate(args) => generate::run(backend::choose(cli.backend)?, &args),
         Command::Quickstart(args) => quickstart::run(backend::choose(cli.backend)?, &args),
         Command::Eval(args) => eval::run(backend::choose(cli.backend)?, &args),

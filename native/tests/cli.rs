@@ -275,15 +275,15 @@ fn nan_loss_in_eval_is_an_error() {
     assert_clean_error(&out, &["sft_small.jsonl", "loss is NaN"]);
 }
 
-/// Issue 14 case 8: serve-demo shows a folder's files to the network, so it serves only a model
-/// folder (a Qwen3 config.json that parses) and an adapter folder, refused before it listens.
+/// Issue 14 case 8: `serve --demo` shows a folder's files to the network, so it serves only a
+/// model folder (a Qwen3 config.json that parses) and an adapter folder, refused before it listens.
 #[test]
 fn serve_demo_refuses_folders_that_are_not_models() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("secrets.txt"), "token").unwrap();
     let d = dir.path().to_str().unwrap();
-    assert_clean_error(&tiqu(&["serve-demo", "--model", d, "--port", "0"]), &["config.json", "not a model folder"]);
+    assert_clean_error(&tiqu(&["serve", "--demo", "--model", d, "--port", "0"]), &["config.json", "not a model folder"]);
     let model = fixture("tiny-untied");
-    let out = tiqu(&["serve-demo", "--model", model.to_str().unwrap(), "--adapter", d, "--port", "0"]);
+    let out = tiqu(&["serve", "--demo", "--model", model.to_str().unwrap(), "--adapter", d, "--port", "0"]);
     assert_clean_error(&out, &["adapter_config.json", "not an adapter folder"]);
 }

@@ -1,0 +1,215 @@
+//! One chat completion on the model thread, token by token so that a stream gets each piece as
+//! it is decided. With a response format, the same grammar as extraction (`tiqu_core::constrain`)
+//! decides which tokens are allowed and forces keys and punctuation: the content is always the
+//! schema's object (and in copy mode its values are substrings of the user's message).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tiqu_core::constrain::{Grammar, TokenTable};
+use tiqu_core::generate::sample_row;
+use tiqu_core::model::Positions;
+use tiqu_core::{Constrain, Extractor, Schema};
+use tokio::sync::mpsc;
+
+use super::metrics::Metrics;
+
+/// What the model thread reports back, in order: deltas, then `Done` or `Error`.
+#[derive(Debug)]
+pub enum ChatEvent {
+    Delta(String),
+    Done { finish_reason: &'static str, prompt_tokens: usize, completion_tokens: usize },
+    Error { status: u16, message: String },
+}
+
+pub struct ChatJob {
+    /// The chat template applied to the messages.
+    pub prompt: String,
+    /// The object to produce: a schema, how its values are constrained, and the text copy mode
+    /// copies from (the user's message).
+    pub format: Option<(Schema, Constrain, String)>,
+    /// None: up to the end of the context.
+    pub max_tokens: Option<usize>,
+    /// 0 is greedy.
+    pub temperature: f32,
+    pub top_p: Option<f32>,
+    pub seed: u64,
+    pub arrived: Instant,
+    pub events: mpsc::UnboundedSender<ChatEvent>,
+}
+
+fn failed(status: u16, message: impl std::fmt::Display) -> ChatEvent {
+    ChatEvent::Error { status, message: message.to_string().replace('\n', " ") }
+}
+
+/// Sends content as it becomes valid UTF-8 (a token may end inside a character).
+struct Content<'a> {
+    job: &'a ChatJob,
+    metrics: &'a Metrics,
+    sent: String,
+    started: bool,
+    /// The client has gone: stop decoding.
+    closed: bool,
+}
+
+impl Content<'_> {
+    /// `text` is the whole content so far; what extends what was sent goes out.
+    fn update(&mut self, text: &str) {
+        let Some(delta) = text.strip_prefix(self.sent.as_str()) else { return };
+        if delta.is_empty() {
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            self.metrics.first_token.observe(self.job.arrived.elapsed().as_secs_f64());
+        }
+        self.closed |= self.job.events.send(ChatEvent::Delta(delta.to_string())).is_err();
+        self.sent.push_str(delta);
+    }
+}
+
+/// The longest prefix of `bytes` that is whole UTF-8.
+fn whole_utf8(bytes: &[u8]) -> &str {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+    }
+}
+
+pub fn run<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: &ChatJob, cancelled: &AtomicBool, metrics: &Metrics) -> Result<(), ChatEvent> {
+    let model = extractor.model();
+    let tokenizer = extractor.tokenizer();
+    let limit = model.max_position_embeddings;
+    let mut feed = tokenizer.encode(&job.prompt).map_err(|e| failed(400, e))?;
+    let prompt_tokens = feed.len();
+    if prompt_tokens >= limit {
+        return Err(failed(400, format!("the prompt has {prompt_tokens} tokens; the model's context is {limit} (messages too long)")));
+    }
+    let budget = job.max_tokens.unwrap_or(usize::MAX).min(limit - prompt_tokens);
+    let grammar = job.format.as_ref().map(|(schema, mode, text)| Grammar::new(schema, *mode, text));
+    let mut state = grammar.as_ref().map(Grammar::start);
+    // Constrained content is the bytes the grammar consumed; free content is the decoded tokens.
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut free: Vec<u32> = Vec::new();
+    let mut generated = 0usize;
+    if let (Some(g), Some(s)) = (&grammar, &mut state) {
+        let forced = g.forced(s);
+        if !forced.is_empty() {
+            let tokens = tokenizer.encode(whole_utf8(&forced)).map_err(|e| failed(500, e))?;
+            *s = g.step_bytes(s, &forced).ok_or_else(|| failed(500, "the grammar rejected its own literal"))?;
+            generated += tokens.len();
+            feed.extend(tokens);
+            bytes.extend_from_slice(&forced);
+        }
+    }
+    // The forced opening goes out with the first picked token, so that the time to the first
+    // content includes the prompt's forward pass.
+    let mut content = Content { job, metrics, sent: String::new(), started: false, closed: false };
+    let capacity = (feed.len() + budget.min(4096) + 16).min(limit);
+    let mut cache = model.new_cache(1, capacity).map_err(|e| failed(500, e))?;
+    let mut pos = Positions::left_padded(&[feed.len()], feed.len());
+    let mut next_pos = feed.len();
+    let mut rng = StdRng::seed_from_u64(job.seed);
+    let eos = extractor.eos_token_ids();
+    let finish_reason = loop {
+        if cancelled.load(Ordering::Relaxed) || content.closed {
+            metrics.tokens.inc_by(generated as u64);
+            metrics.cancelled.inc();
+            return Ok(());
+        }
+        if generated >= budget {
+            break "length";
+        }
+        cache.reserve(pos.past + pos.seq);
+        let hidden = model.hidden(&feed, &pos, Some(&mut cache)).map_err(|e| failed(500, e))?;
+        let [_, t, d] = hidden.dims();
+        let logits: Vec<f32> = model
+            .logits(hidden.narrow(1, t - 1, 1).reshape([1, d]))
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| failed(500, format!("reading logits: {e:?}")))?;
+        let mut chunk = Vec::new();
+        let mut done = false;
+        match (&grammar, &mut state) {
+            (Some(g), Some(s)) => {
+                let allowed = g.allowed(table, s);
+                if allowed.is_empty() {
+                    break "length";
+                }
+                let best = choose(&logits, Some(&allowed), job, &mut rng);
+                let piece = table.bytes(best).ok_or_else(|| failed(500, "an allowed token has no bytes"))?;
+                *s = g.step_bytes(s, piece).ok_or_else(|| failed(500, "the grammar rejected an allowed token"))?;
+                bytes.extend_from_slice(piece);
+                generated += 1;
+                chunk.push(best);
+                if g.is_done(s) {
+                    done = true;
+                } else {
+                    let forced = g.forced(s);
+                    if !forced.is_empty() {
+                        let tokens = tokenizer.encode(whole_utf8(&forced)).map_err(|e| failed(500, e))?;
+                        *s = g.step_bytes(s, &forced).ok_or_else(|| failed(500, "the grammar rejected its own literal"))?;
+                        bytes.extend_from_slice(&forced);
+                        generated += tokens.len();
+                        chunk.extend(tokens);
+                    }
+                }
+                content.update(whole_utf8(&bytes));
+            }
+            _ => {
+                let best = choose(&logits, None, job, &mut rng);
+                if eos.contains(&best) {
+                    break "stop";
+                }
+                free.push(best);
+                generated += 1;
+                chunk.push(best);
+                // A token that ends inside a character decodes to U+FFFD until the rest comes.
+                let text = tokenizer.decode(&free, true).map_err(|e| failed(500, e))?;
+                content.update(text.trim_end_matches('\u{FFFD}'));
+            }
+        }
+        if done {
+            break "stop";
+        }
+        if next_pos + chunk.len() > limit {
+            break "length";
+        }
+        pos = pos.next(&[chunk.len()], &[next_pos], chunk.len());
+        next_pos += chunk.len();
+        feed = chunk;
+    };
+    // What was held back for being incomplete goes out as it is.
+    if grammar.is_some() {
+        content.update(&String::from_utf8_lossy(&bytes));
+    } else {
+        content.update(&tokenizer.decode(&free, true).map_err(|e| failed(500, e))?);
+    }
+    metrics.tokens.inc_by(generated as u64);
+    let _ = job.events.send(ChatEvent::Done { finish_reason, prompt_tokens, completion_tokens: generated });
+    Ok(())
+}
+
+/// The next token: the most likely (temperature 0) or a draw, among `allowed` when given.
+fn choose(logits: &[f32], allowed: Option<&[u32]>, job: &ChatJob, rng: &mut StdRng) -> u32 {
+    let candidates: Vec<u32> = match allowed {
+        Some(a) => a.to_vec(),
+        None => (0..logits.len() as u32).collect(),
+    };
+    if job.temperature <= 0.0 {
+        let mut best = (f32::NEG_INFINITY, candidates[0]);
+        for &id in &candidates {
+            let v = logits[id as usize];
+            if v > best.0 || (v == best.0 && id < best.1) {
+                best = (v, id);
+            }
+        }
+        return best.1;
+    }
+    let sub: Vec<f32> = candidates.iter().map(|&id| logits[id as usize]).collect();
+    candidates[sample_row(&sub, job.temperature, None, job.top_p, rng) as usize]
+}

@@ -1,0 +1,128 @@
+//! What a request may do and how it is refused: the API key, the deadline, and every error as
+//! one JSON line `{"error": {"message", "type"}}` (OpenAI's shape, which its clients parse).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::state::AppState;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// Seconds for `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl std::fmt::Display) -> Self {
+        Self { status, message: message.to_string().replace(['\n', '\r'], " "), retry_after: None }
+    }
+
+    pub fn bad_request(message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn unavailable(message: &str, retry_after: u64) -> Self {
+        Self { retry_after: Some(retry_after), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message) }
+    }
+
+    pub fn timeout(timeout: Duration) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, format!("the model did not answer within {} s (--timeout-s)", timeout.as_secs_f64()))
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => "overloaded_error",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"message": self.message, "type": self.kind()}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// When the request must be answered by; handlers waiting for the model stop there (504).
+#[derive(Clone, Copy)]
+pub struct Deadline(pub Instant);
+
+/// Past the deadline, a request still unanswered (a client still sending its body) gets 408; a
+/// moment later than the handlers' own 504 so that a slow model is reported as such.
+pub async fn deadline(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let timeout = state.settings.timeout;
+    let at = Instant::now() + timeout;
+    request.extensions_mut().insert(Deadline(at));
+    match tokio::time::timeout_at(at + Duration::from_millis(250), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request was not complete within {} s (--timeout-s)", timeout.as_secs_f64()))
+            .into_response(),
+    }
+}
+
+/// Compares in time independent of where the first difference is, so the key cannot be guessed
+/// byte by byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `Authorization: Bearer KEY` on the routes it wraps, when a key is set.
+pub async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Some(key) = &state.settings.api_key else { return next.run(request).await };
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if same(g.trim().as_bytes(), key.as_bytes()) => next.run(request).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong API key").into_response(),
+        None => ApiError::new(StatusCode::UNAUTHORIZED, "this server needs an API key: send `Authorization: Bearer KEY`").into_response(),
+    }
+}
+
+/// Errors made by layers that answer in plain text or with no body (the body limit's 413,
+/// axum's 405) get the same JSON shape as the handlers' own.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
+    let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let message = if text.is_empty() { reason } else { format!("{reason}: {text}") };
+    let mut out = ApiError::new(status, message).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
