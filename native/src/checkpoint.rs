@@ -94,6 +94,8 @@ pub fn load<B: Backend>(opts: &LoadOptions, device: &B::Device) -> Result<Loaded
 
 /// `--model` as a checkpoint: core's lookup, with the flag named in its advice.
 pub fn resolve(model: &str) -> Result<Checkpoint> {
+    // A folder on object storage is copied into the local cache first (kept for the next run).
+    let model = &crate::storage::model_folder(model)?;
     Checkpoint::resolve(model).map_err(|e| {
         let text = e.to_string();
         if text.contains("Hugging Face cache") {

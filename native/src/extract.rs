@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,25 +17,32 @@ use serde_json::{json, Value};
 use tiqu_core::{Constrain, ExtractOptions, Schema};
 
 use crate::backend::BackendName;
+use crate::parts::{PartState, PartWriter};
+use crate::storage::Location;
+use tiqu_core::shard::ShardSpec;
 use crate::{checkpoint, with_backend, ModelArgs};
 
 #[derive(Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ExtractArgs {
-    #[command(subcommand)]
-    command: Option<ExtractCommand>,
     #[command(flatten)]
     model: ModelArgs,
     /// Fields to extract: a list of names or {"fields": [{"name", "description"?, "nullable"?}]}
     /// (default: the seed's name, address, email, question).
     #[arg(long)]
     schema: Option<PathBuf>,
-    /// Input file, or - for stdin: one text per line, or JSONL {"id", "text"}.
+    /// Input file, or - for stdin: one text per line, or JSONL {"id", "text"}. With --shard,
+    /// a file or an object (s3://, gs://, az://, https://) read only in the shard's byte range.
     #[arg(long, default_value = "-")]
     input: String,
-    /// Output JSONL file, or - for stdout.
+    /// Output JSONL file, or - for stdout. With --shard, the folder of the parts (local or
+    /// object storage), where this shard writes part-I-of-N.jsonl and, when complete, its marker.
     #[arg(long, default_value = "-")]
     out: String,
+    /// Answer only shard I of N of the input (I from 0): the lines that start in its N-th of the
+    /// bytes. `auto` reads a Kubernetes Indexed Job's or Slurm array's variables. A part left by
+    /// a killed task is resumed; a finished one is left alone. `tiqu parts merge` joins them.
+    #[arg(long)]
+    shard: Option<String>,
     /// Records decoding at once (rows of the KV cache); a record joins as soon as one is free.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -52,15 +59,11 @@ pub struct ExtractArgs {
     resume: bool,
 }
 
-#[derive(clap::Subcommand)]
-enum ExtractCommand {
-    /// Check the parts of a sharded extraction (--shard I/N) and write one output in input order.
-    Merge(crate::parts::MergeArgs),
-}
-
 /// One input line: its id and its text, or why it has none.
 struct Record {
     id: Value,
+    /// Whether `id` is the record's own (JSONL) rather than its line number.
+    own_id: bool,
     text: Result<String, String>,
 }
 
@@ -89,6 +92,11 @@ impl Input {
         Ok(Self { reader, name, line_no: 0, jsonl: None, buf: Vec::new() })
     }
 
+    /// Lines of one shard, read as the whole input reads (`jsonl` decided from its first line).
+    fn shard(reader: Box<dyn BufRead>, name: String, jsonl: bool) -> Self {
+        Self { reader, name, line_no: 0, jsonl: Some(jsonl), buf: Vec::new() }
+    }
+
     /// The next line as a record, `None` at the end of the input.
     fn next_record(&mut self) -> Result<Option<Record>> {
         self.buf.clear();
@@ -100,13 +108,14 @@ impl Input {
         let line_no = self.line_no;
         if self.buf.last() != Some(&b'\n') && self.buf.len() > MAX_LINE_BYTES {
             self.skip_rest_of_line()?;
-            let why = format!("line {line_no} is longer than {} MiB", MAX_LINE_BYTES >> 20);
-            return Ok(Some(Record { id: json!(line_no), text: Err(why) }));
+            // No line number in the message: a shard knows only its own, and the id has it.
+            let why = format!("the line is longer than {} MiB", MAX_LINE_BYTES >> 20);
+            return Ok(Some(Record { id: json!(line_no), own_id: false, text: Err(why) }));
         }
         let raw = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         if self.jsonl.is_none() && !raw.iter().all(u8::is_ascii_whitespace) {
-            self.jsonl = Some(serde_json::from_slice::<Value>(raw).ok().is_some_and(|v| v.get("text").is_some()));
+            self.jsonl = Some(is_jsonl_line(raw));
         }
         Ok(Some(parse_record(raw, line_no, self.jsonl.unwrap_or(false))))
     }
@@ -131,37 +140,44 @@ impl Input {
     }
 }
 
+/// Whether the input's first non-blank line makes it JSONL: an object with "text".
+fn is_jsonl_line(raw: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(raw).ok().is_some_and(|v| v.get("text").is_some())
+}
+
 /// One line (without its line end) as a record; ids are line numbers unless JSONL gives one.
 fn parse_record(raw: &[u8], line: usize, jsonl: bool) -> Record {
     let line_no = json!(line);
     let text = match std::str::from_utf8(raw) {
-        Err(e) => Err(format!("line {line} is not valid UTF-8 (byte {})", e.valid_up_to())),
+        Err(e) => Err(format!("the line is not valid UTF-8 (byte {})", e.valid_up_to())),
         Ok(s) if s.trim().is_empty() => Err("empty text".to_string()),
         Ok(s) => Ok(s.to_string()),
     };
+    let numbered = |text| Record { id: line_no.clone(), own_id: false, text };
     if !jsonl {
-        return Record { id: line_no, text };
+        return numbered(text);
     }
     match text {
-        Err(e) => Record { id: line_no, text: Err(e) },
+        Err(e) => numbered(Err(e)),
         Ok(s) => match serde_json::from_str::<Value>(&s) {
             Ok(v) => {
-                let id = v.get("id").cloned().unwrap_or(line_no);
-                match v.get("text").and_then(Value::as_str) {
-                    Some(t) if !t.trim().is_empty() => Record { id, text: Ok(t.to_string()) },
-                    Some(_) => Record { id, text: Err("empty text".into()) },
-                    None => Record { id, text: Err("no \"text\" string in this record".into()) },
-                }
+                let (id, own_id) = match v.get("id") {
+                    Some(id) => (id.clone(), true),
+                    None => (line_no.clone(), false),
+                };
+                let text = match v.get("text").and_then(Value::as_str) {
+                    Some(t) if !t.trim().is_empty() => Ok(t.to_string()),
+                    Some(_) => Err("empty text".into()),
+                    None => Err("no \"text\" string in this record".into()),
+                };
+                Record { id, own_id, text }
             }
-            Err(e) => Record { id: line_no, text: Err(format!("invalid JSON: {e}")) },
+            Err(e) => numbered(Err(format!("invalid JSON: {e}"))),
         },
     }
 }
 
 pub fn run(backend: BackendName, args: &ExtractArgs) -> Result<()> {
-    if let Some(ExtractCommand::Merge(merge)) = &args.command {
-        return crate::parts::run_merge(merge);
-    }
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -179,24 +195,15 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     if args.input != "-" && args.out != "-" && same_file(Path::new(&args.input), Path::new(&args.out)) {
         bail!("{}: --out is the input file; choose another --out", args.out);
     }
-    let mut input = Input::open(&args.input)?;
-    let mut done = 0usize;
-    let mut out: Box<dyn Write> = if args.out == "-" {
-        if args.resume {
-            bail!("--resume needs --out FILE");
+    let (mut input, mut sink, done) = match &args.shard {
+        Some(spec) => {
+            let spec = ShardSpec::parse(spec, |k| std::env::var(k).ok())?;
+            match open_shard(args, spec)? {
+                Some(opened) => opened,
+                None => return Ok(()),
+            }
         }
-        Box::new(std::io::stdout().lock())
-    } else {
-        if args.resume {
-            // Each answered line is checked against the input record at its place, which is read
-            // (and so skipped) as it is checked.
-            done = answered_lines(&args.out, &mut || Ok(input.next_record()?.map(|r| r.id)))?;
-        } else if fs::metadata(&args.out).is_ok_and(|m| m.len() > 0) {
-            bail!("{}: exists; pass --resume to continue it, or choose another --out", args.out);
-        }
-        let file = OpenOptions::new().create(true).append(args.resume).write(true).truncate(!args.resume).open(&args.out)
-            .map_err(|e| anyhow!("{}: {e}", args.out))?;
-        Box::new(std::io::BufWriter::new(file))
+        None => open_whole(args)?,
     };
     let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
     let options = ExtractOptions {
@@ -218,8 +225,8 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     // Results by input line (0-based), until every line before them is written. Lines in the
     // engine are at most `batch`; error lines read meanwhile are bounded here too.
     let reorder_limit = 4 * args.batch + 1024;
-    let mut ready: BTreeMap<usize, Value> = BTreeMap::new();
-    let mut lines_of: HashMap<usize, (usize, Value)> = HashMap::new();
+    let mut ready: BTreeMap<usize, Answer> = BTreeMap::new();
+    let mut lines_of: HashMap<usize, (usize, Value, bool)> = HashMap::new();
     let (mut read, mut written) = (done, done);
     let mut at_end = false;
     let mut flushed = Instant::now();
@@ -231,22 +238,22 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
             };
             match rec.text {
                 Err(why) => {
-                    ready.insert(read, json!({"id": rec.id, "error": why}));
+                    ready.insert(read, Answer { id: rec.id, own_id: rec.own_id, kind: "error", value: json!(why) });
                 }
                 Ok(text) => {
                     let id = engine.submit(extractor.request(&text));
-                    lines_of.insert(id, (read, rec.id));
+                    lines_of.insert(id, (read, rec.id, rec.own_id));
                 }
             }
             read += 1;
         }
-        while let Some(line) = ready.remove(&written) {
-            writeln!(out, "{line}").map_err(|e| anyhow!("{}: {e}", args.out))?;
+        while let Some(answer) = ready.remove(&written) {
+            sink.write(answer)?;
             written += 1;
             bar.inc(1);
         }
         if flushed.elapsed() >= Duration::from_secs(1) {
-            out.flush().map_err(|e| anyhow!("{}: {e}", args.out))?;
+            sink.flush()?;
             flushed = Instant::now();
         }
         if engine.is_idle() {
@@ -256,25 +263,171 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
             continue;
         }
         for (id, result) in engine.step() {
-            let Some((line, rec_id)) = lines_of.remove(&id) else { continue };
-            let value = match result {
+            let Some((line, rec_id, own_id)) = lines_of.remove(&id) else { continue };
+            let (kind, value) = match result {
                 Ok(ex) => {
                     if let Some(w) = &ex.warning {
                         bar.suspend(|| eprintln!("warning: record {rec_id}: {w}"));
                     }
-                    json!({"id": rec_id, "fields": ex.fields.to_json()})
+                    ("fields", ex.fields.to_json())
                 }
-                Err(e) => json!({"id": rec_id, "error": e.to_string()}),
+                Err(e) => ("error", json!(e.to_string())),
             };
-            ready.insert(line, value);
+            ready.insert(line, Answer { id: rec_id, own_id, kind, value });
         }
     }
-    out.flush().map_err(|e| anyhow!("{}: {e}", args.out))?;
     bar.finish_and_clear();
+    sink.finish()?;
     let n = written - done;
     let secs = start.elapsed().as_secs_f64();
     eprintln!("{n} records in {secs:.1}s ({:.2} records/s)", n as f64 / secs.max(1e-9));
     Ok(())
+}
+
+/// One input line's answer, before it is written.
+struct Answer {
+    id: Value,
+    own_id: bool,
+    kind: &'static str,
+    value: Value,
+}
+
+/// Where answers go: a JSONL file or stdout, or one shard's part.
+enum Sink {
+    Lines { out: Box<dyn Write>, name: String },
+    Part { part: PartWriter, finish: PartFinish },
+}
+
+/// What completes a part: its byte range for the marker, and where it is uploaded.
+struct PartFinish {
+    input_size: u64,
+    range: (u64, u64),
+    remote: Option<Location>,
+}
+
+impl Sink {
+    fn write(&mut self, a: Answer) -> Result<()> {
+        match self {
+            Self::Lines { out, name } => {
+                let mut line = serde_json::Map::new();
+                line.insert("id".into(), a.id);
+                line.insert(a.kind.into(), a.value);
+                writeln!(out, "{}", Value::Object(line)).map_err(|e| anyhow!("{name}: {e}"))
+            }
+            Self::Part { part, .. } => part.write(a.own_id.then_some(&a.id), (a.kind, a.value)),
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match self {
+            Self::Lines { out, name } => out.flush().map_err(|e| anyhow!("{name}: {e}")),
+            Self::Part { part, .. } => part.flush(),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Self::Lines { mut out, name } => out.flush().map_err(|e| anyhow!("{name}: {e}")),
+            Self::Part { part, finish } => {
+                let spec = part.spec();
+                let local = part.path().to_path_buf();
+                let marker = part.finish(finish.input_size, finish.range)?;
+                if let Some(remote) = finish.remote {
+                    // The part first, its marker last: a marker always means a whole part.
+                    remote.join(&spec.part_name()).put_file(&local)?;
+                    remote.join(&spec.done_name()).put(&marker.to_bytes())?;
+                }
+                eprintln!("shard {}/{}: {} lines done", spec.index, spec.count, marker.lines);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The whole input and a plain output (a file, resumable, or stdout).
+fn open_whole(args: &ExtractArgs) -> Result<(Input, Sink, usize)> {
+    let mut input = Input::open(&args.input)?;
+    let mut done = 0usize;
+    let out: Box<dyn Write> = if args.out == "-" {
+        if args.resume {
+            bail!("--resume needs --out FILE");
+        }
+        Box::new(std::io::stdout().lock())
+    } else {
+        if args.resume {
+            // Each answered line is checked against the input record at its place, which is read
+            // (and so skipped) as it is checked.
+            done = answered_lines(&args.out, &mut || Ok(input.next_record()?.map(|r| r.id)))?;
+        } else if fs::metadata(&args.out).is_ok_and(|m| m.len() > 0) {
+            bail!("{}: exists; pass --resume to continue it, or choose another --out", args.out);
+        }
+        let file = OpenOptions::new().create(true).append(args.resume).write(true).truncate(!args.resume).open(&args.out)
+            .map_err(|e| anyhow!("{}: {e}", args.out))?;
+        Box::new(std::io::BufWriter::new(file))
+    };
+    Ok((input, Sink::Lines { out, name: args.out.clone() }, done))
+}
+
+/// Shard `spec`'s lines of the input and its part; `None` when an earlier attempt finished it.
+/// Parts on object storage are written in a local folder first (resumable there) and uploaded
+/// whole when complete.
+fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink, usize)>> {
+    if args.input == "-" || args.out == "-" {
+        bail!("--shard needs --input FILE and --out FOLDER (the shards' parts go there)");
+    }
+    let source = Location::parse(&args.input)?;
+    let (size, mut reader) = source.open()?;
+    let range = tiqu_core::shard::line_range(&mut reader, size, spec).map_err(|e| anyhow!("{}: {e}", args.input))?;
+    // JSONL or text is the whole input's property: decided from its first non-blank line, as a
+    // single process does, whatever this shard's first line looks like.
+    let jsonl = first_line_is_jsonl(&mut reader).map_err(|e| anyhow!("{}: {e}", args.input))?;
+    let out = Location::parse(&args.out)?;
+    let (dir, remote) = match &out {
+        Location::Local(dir) => (dir.clone(), None),
+        Location::Remote(_) => {
+            if out.join(&spec.done_name()).size()?.is_some() {
+                eprintln!("shard {}/{}: already complete in {}", spec.index, spec.count, out.display());
+                return Ok(None);
+            }
+            (crate::storage::spool_dir(&out), Some(out.clone()))
+        }
+    };
+    let mut part = match PartWriter::open(&dir, spec, size, range)? {
+        PartState::Done(marker) => {
+            eprintln!("shard {}/{}: already complete ({} lines)", spec.index, spec.count, marker.lines);
+            return Ok(None);
+        }
+        PartState::Open(part) => part,
+    };
+    reader.seek(SeekFrom::Start(range.0)).map_err(|e| anyhow!("{}: {e}", args.input))?;
+    let lines: Box<dyn BufRead> = Box::new(BufReader::with_capacity(1 << 20, reader.take(range.1 - range.0)));
+    let mut input = Input::shard(lines, args.input.clone(), jsonl);
+    let done = part.lines;
+    for seen in 0..done {
+        if input.next_record()?.is_none() {
+            bail!("{}: has {done} lines but the shard only {seen}", part.path().display());
+        }
+    }
+    part.flush()?;
+    Ok(Some((input, Sink::Part { part, finish: PartFinish { input_size: size, range, remote } }, done as usize)))
+}
+
+/// Whether the input is JSONL, from its first non-blank line (read from the start).
+fn first_line_is_jsonl(reader: &mut dyn crate::storage::ReadSeekSend) -> std::io::Result<bool> {
+    reader.seek(SeekFrom::Start(0))?;
+    let mut lines = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if (&mut lines).take(MAX_LINE_BYTES as u64).read_until(b'\n', &mut line)? == 0 {
+            return Ok(false);
+        }
+        let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if !raw.iter().all(u8::is_ascii_whitespace) {
+            return Ok(is_jsonl_line(raw));
+        }
+    }
 }
 
 /// Whether two paths name one file (hard links and symlinks included), so `--out` can never

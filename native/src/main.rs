@@ -86,6 +86,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Extract the schema's fields from texts: JSONL out, one line per input line.
     Extract(Box<extract::ExtractArgs>),
+    /// The parts of a sharded extraction (extract --shard I/N): check them, join them in order.
+    #[command(subcommand)]
+    Parts(parts::PartsCommand),
     /// LoRA fine-tuning with the seed notebook's recipe as defaults.
     Train(Box<train::TrainArgs>),
     /// Fold an adapter into the base: a standalone Hugging Face folder.
@@ -146,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     backend::set_dtype(cli.dtype);
     match cli.command {
         Command::Doctor => doctor(),
+        Command::Parts(parts::PartsCommand::Merge(args)) => parts::run_merge(&args),
         Command::Serve(args) => serve::run(backend::choose(cli.backend)?, &args),
         Command::Generate(args) => generate::run(backend::choose(cli.backend)?, &args),
         Command::Quickstart(args) => quickstart::run(backend::choose(cli.backend)?, &args),

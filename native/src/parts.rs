@@ -1,4 +1,4 @@
-//! `tiqu extract --shard I/N` writes one part of a job array's output; `tiqu extract merge`
+//! `tiqu extract --shard I/N` writes one part of a job array's output; `tiqu parts merge`
 //! checks the parts and writes the single output (core's [`tiqu_core::shard`] does the work).
 
 use std::fs::{self, File, OpenOptions};
@@ -11,20 +11,30 @@ use serde_json::Value;
 use tiqu_core::checkpoint::save::{write_atomically, PartialFile};
 use tiqu_core::shard::{self, check_part_line, MergeReport, PartMarker, PartSource, ShardSpec};
 
+use crate::storage::Location;
+
+#[derive(clap::Subcommand)]
+pub enum PartsCommand {
+    /// Check that every part is complete and answers each input line once; with --out, write
+    /// one output in input order (what one process would have written).
+    Merge(MergeArgs),
+}
+
 #[derive(Args)]
 pub struct MergeArgs {
-    /// The input file the shards read (only its size is read here).
+    /// The input the shards read, a file or an object (only its size is read here).
     #[arg(long)]
-    input: PathBuf,
-    /// The folder of the parts: the shards' --out.
+    input: String,
+    /// The folder of the parts: the shards' --out (local or object storage).
     #[arg(long)]
-    parts: PathBuf,
+    parts: String,
     /// How many shards the job had (N of --shard I/N).
     #[arg(long)]
     shards: usize,
-    /// The merged output (one line per input line, in order); without it, only verify.
+    /// The merged output (one line per input line, in order), a file or an object; without it,
+    /// only verify.
     #[arg(long)]
-    out: Option<PathBuf>,
+    out: Option<String>,
     /// Replace an existing --out.
     #[arg(long)]
     force: bool,
@@ -33,42 +43,56 @@ pub struct MergeArgs {
     json: bool,
 }
 
-struct LocalParts<'a>(&'a Path);
+/// The parts' folder, local or on object storage.
+struct Parts(Location);
 
-impl PartSource for LocalParts<'_> {
+fn core_error(e: anyhow::Error) -> tiqu_core::Error {
+    tiqu_core::Error::Other(format!("{e:#}"))
+}
+
+impl PartSource for Parts {
     fn marker(&mut self, spec: ShardSpec) -> tiqu_core::Result<Option<Vec<u8>>> {
-        let path = self.0.join(spec.done_name());
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(tiqu_core::Error::io(path.display(), e)),
-        }
+        self.0.join(&spec.done_name()).read().map_err(core_error)
     }
 
     fn part(&mut self, spec: ShardSpec) -> tiqu_core::Result<Box<dyn BufRead + '_>> {
-        let path = self.0.join(spec.part_name());
-        let file = File::open(&path).map_err(|e| tiqu_core::Error::io(path.display(), e))?;
-        Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
+        let (_, reader) = self.0.join(&spec.part_name()).open().map_err(core_error)?;
+        Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
     }
 
     fn label(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
+        self.0.join(name).display()
     }
 }
 
 pub fn run_merge(args: &MergeArgs) -> Result<()> {
-    let size = fs::metadata(&args.input).map_err(|e| anyhow!("{}: {e}", args.input.display()))?.len();
     ShardSpec::new(0, args.shards)?; // a count of 0 or over the limit, named before any part is read
-    let mut source = LocalParts(&args.parts);
+    let input = Location::parse(&args.input)?;
+    let size = input.size()?.ok_or_else(|| anyhow!("{}: no such file", args.input))?;
+    let mut source = Parts(Location::parse(&args.parts)?);
     let report = match &args.out {
         None => shard::merge(&mut source, args.shards, size, None)?,
         Some(out) => {
-            if out.exists() && !args.force {
-                bail!("{}: exists; pass --force to replace it", out.display());
+            let dest = Location::parse(out)?;
+            if dest.size()?.is_some() && !args.force {
+                bail!("{out}: exists; pass --force to replace it");
             }
-            let mut partial = PartialFile::beside(out)?;
+            // Written beside a local --out (renamed into place when whole), or in the cache and
+            // uploaded whole: either way no reader ever sees a partial output.
+            let local = match &dest {
+                Location::Local(p) => p.clone(),
+                Location::Remote(_) => crate::storage::spool_dir(&dest).join("merged.jsonl"),
+            };
+            if let Some(parent) = local.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).map_err(|e| anyhow!("{}: {e}", parent.display()))?;
+            }
+            let mut partial = PartialFile::beside(&local)?;
             let report = shard::merge(&mut source, args.shards, size, Some(partial.writer()))?;
-            partial.commit(out, args.force)?;
+            partial.commit(&local, true)?;
+            if let Location::Remote(_) = dest {
+                dest.put_file(&local)?;
+                let _ = fs::remove_file(&local);
+            }
             report
         }
     };
@@ -76,7 +100,7 @@ pub fn run_merge(args: &MergeArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_report(r: &MergeReport, out: Option<&Path>, json: bool) {
+fn print_report(r: &MergeReport, out: Option<&str>, json: bool) {
     if json {
         println!("{}", serde_json::to_string(r).unwrap_or_default());
         return;
@@ -88,7 +112,7 @@ fn print_report(r: &MergeReport, out: Option<&Path>, json: bool) {
         println!("  {name:<16} {set:>10} set ({pct:.1}%)  {null:>10} null");
     }
     match out {
-        Some(out) => println!("wrote {}", out.display()),
+        Some(out) => println!("wrote {out}"),
         None => println!("verified (no --out: nothing written)"),
     }
 }
@@ -136,6 +160,10 @@ impl PartWriter {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn spec(&self) -> ShardSpec {
+        self.spec
     }
 
     /// Writes the answer to the next line of the shard.
@@ -187,15 +215,4 @@ fn resume_point(path: &Path) -> Result<u64> {
         f.set_len(complete).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     }
     Ok(done)
-}
-
-/// A shard's lines of the input: the byte range `[start, end)`, aligned to line starts, read
-/// without touching the rest of the file.
-pub fn shard_input(path: &Path, spec: ShardSpec) -> Result<(u64, (u64, u64), impl BufRead)> {
-    let mut file = File::open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let size = file.metadata().map_err(|e| anyhow!("{}: {e}", path.display()))?.len();
-    let range = shard::line_range(&mut file, size, spec).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    use std::io::Seek;
-    file.seek(std::io::SeekFrom::Start(range.0)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    Ok((size, range, BufReader::with_capacity(1 << 20, file.take(range.1 - range.0))))
 }

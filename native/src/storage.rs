@@ -205,16 +205,26 @@ impl Location {
     }
 }
 
+/// tiqu's cache folder: `$TIQU_CACHE`, else `~/.cache/tiqu`.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("TIQU_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tiqu")))
+        .unwrap_or_else(|| std::env::temp_dir().join("tiqu-cache"))
+}
+
 /// A model folder given as `--model`: downloaded to the cache when it is a URL.
 pub fn model_folder(spec: &str) -> Result<String> {
     if !is_url(spec) {
         return Ok(spec.to_string());
     }
-    let cache = std::env::var_os("TIQU_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tiqu/models")))
-        .unwrap_or_else(|| std::env::temp_dir().join("tiqu-models"));
-    Ok(Location::parse(spec)?.local_folder(&cache)?.display().to_string())
+    Ok(Location::parse(spec)?.local_folder(&cache_dir().join("models"))?.display().to_string())
+}
+
+/// The local folder where a shard writes the part it uploads to `out` when complete: a task
+/// restarted on the same machine resumes from it.
+pub fn spool_dir(out: &Location) -> PathBuf {
+    cache_dir().join("parts").join(sanitize(&out.display()))
 }
 
 fn path_of(url: &url::Url) -> Result<ObjectPath> {

@@ -220,6 +220,6 @@ fn a_line_of_more_than_64_mib_gets_its_own_error_line_and_the_run_goes_on() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let got = lines(&fs::read(&out).unwrap());
     assert_eq!(got.len(), 3);
-    assert_eq!(got[1]["error"], "line 2 is longer than 64 MiB");
+    assert_eq!(got[1]["error"], "the line is longer than 64 MiB");
     assert!(got[0]["fields"].is_object() && got[2]["fields"].is_object(), "{got:?}");
 }

@@ -1,0 +1,256 @@
+//! Sharded extraction as a job engine runs it (issue 17): this test plays the controller of a
+//! 4-task job array over a synthetic input of 2,000 lines, kills two tasks with SIGKILL mid-way,
+//! starts them again, and checks that `tiqu parts merge` gives output byte-identical to one
+//! process over the whole input; then that a retried finished task does nothing, that `--shard
+//! auto` reads the job engines' variables, and that merge names a missing or torn part. With
+//! moto's S3 server installed (scripts/test installs it), the same runs read the input and the
+//! model from object storage and write parts and output there.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 4;
+
+fn model() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-untied").display().to_string()
+}
+
+fn tiqu() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tiqu"));
+    c.env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Lines of varied length and content, with blank and non-UTF-8 lines that get error lines.
+fn synthetic_input(lines: usize) -> Vec<u8> {
+    let names = ["龙琳", "王小明", "张伟", "Li Na", "陈静"];
+    let places = ["宁夏回族自治区璐市城东林街g座 955491", "上海市浦东新区", "北京市朝阳区建国路88号", "广州市天河区"];
+    let mut out = Vec::new();
+    for i in 0..lines {
+        match i % 97 {
+            13 => {}
+            51 => out.extend_from_slice(b"\xff\xfe bad bytes"),
+            _ => {
+                let line = format!(
+                    "{}，{}，邮箱 u{i}@example.com。{}",
+                    names[i % names.len()],
+                    places[i % places.len()],
+                    "小区垃圾堆积成山".repeat(1 + i % 3)
+                );
+                out.extend_from_slice(line.as_bytes());
+            }
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+fn extract_args<'a>(m: &'a str, input: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["--backend", "cpu", "extract", "--model", m, "--input", input, "--out", out, "--max-new-tokens", "12", "--batch", "8"]
+}
+
+fn spawn_shard(args: &[&str], shard: usize) -> Child {
+    tiqu()
+        .args(args)
+        .args(["--shard", &format!("{shard}/{SHARDS}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn lines_in(path: &Path) -> usize {
+    fs::read(path).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0)
+}
+
+#[test]
+fn killed_and_restarted_shards_merge_to_the_single_process_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("in.txt");
+    fs::write(&input, synthetic_input(2000)).unwrap();
+    let (m, inp) = (model(), input.to_str().unwrap().to_string());
+    let single = d.join("single.jsonl");
+    ok(tiqu().args(extract_args(&m, &inp, single.to_str().unwrap())).output().unwrap());
+    assert_eq!(lines_in(&single), 2000);
+
+    let parts = d.join("parts");
+    let parts_s = parts.to_str().unwrap().to_string();
+    let args = extract_args(&m, &inp, &parts_s);
+    let mut tasks: Vec<Child> = (0..SHARDS).map(|i| spawn_shard(&args, i)).collect();
+    // Kill tasks 1 and 2 once each has written part of its output (and before it finishes).
+    for victim in [1, 2] {
+        let part = parts.join(format!("part-{victim:05}-of-{SHARDS:05}.jsonl"));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while lines_in(&part) < 20 {
+            assert!(Instant::now() < deadline, "shard {victim} wrote nothing");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(tasks[victim].try_wait().unwrap().is_none(), "shard {victim} finished before it could be killed");
+        tasks[victim].kill().unwrap(); // SIGKILL
+        tasks[victim].wait().unwrap();
+        assert!(!parts.join(format!("part-{victim:05}-of-{SHARDS:05}.jsonl.done")).exists(), "a killed shard has no marker");
+    }
+    // Merge refuses while parts are unfinished, naming one.
+    let early = tiqu().args(["parts", "merge", "--input", &inp, "--parts", &parts_s, "--shards", "4"]).output().unwrap();
+    assert!(!early.status.success());
+    assert!(String::from_utf8_lossy(&early.stderr).contains("has not finished"), "{}", String::from_utf8_lossy(&early.stderr));
+    // The controller starts the killed tasks again with the same command.
+    for victim in [1, 2] {
+        tasks[victim] = spawn_shard(&args, victim);
+    }
+    for (i, t) in tasks.iter_mut().enumerate() {
+        let out = t.wait_with_output_ref();
+        assert!(out.0.success(), "shard {i}: {}", out.1);
+    }
+    let merged = d.join("merged.jsonl");
+    let report = ok(tiqu()
+        .args(["parts", "merge", "--input", &inp, "--parts", &parts_s, "--shards", "4", "--out", merged.to_str().unwrap()])
+        .output()
+        .unwrap());
+    assert!(report.contains("4 parts complete: 2000 lines"), "{report}");
+    assert_eq!(fs::read(&merged).unwrap(), fs::read(&single).unwrap(), "byte-identical to one process");
+
+    // A retried task whose part is complete exits at once, changing nothing.
+    let before = fs::read(parts.join("part-00000-of-00004.jsonl")).unwrap();
+    let again = tiqu().args(&args).args(["--shard", "auto"]).env("JOB_COMPLETION_INDEX", "0").env("JOB_COMPLETIONS", "4").output().unwrap();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already complete"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(fs::read(parts.join("part-00000-of-00004.jsonl")).unwrap(), before);
+
+    // A torn part (its marker says more lines) and a missing marker are named.
+    let part3 = parts.join("part-00003-of-00004.jsonl");
+    let body = fs::read(&part3).unwrap();
+    fs::write(&part3, &body[..body.len() - 5]).unwrap();
+    let torn = tiqu().args(["parts", "merge", "--input", &inp, "--parts", &parts_s, "--shards", "4"]).output().unwrap();
+    let err = String::from_utf8_lossy(&torn.stderr);
+    assert!(!torn.status.success() && err.contains("part-00003-of-00004.jsonl") && err.contains("torn"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    fs::remove_file(parts.join("part-00002-of-00004.jsonl.done")).unwrap();
+    let missing = tiqu().args(["parts", "merge", "--input", &inp, "--parts", &parts_s, "--shards", "4"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("part-00002-of-00004.jsonl.done: missing"));
+}
+
+trait WaitRef {
+    fn wait_with_output_ref(&mut self) -> (std::process::ExitStatus, String);
+}
+
+impl WaitRef for Child {
+    fn wait_with_output_ref(&mut self) -> (std::process::ExitStatus, String) {
+        let mut err = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+        }
+        (self.wait().unwrap(), err)
+    }
+}
+
+#[test]
+fn bad_shard_specs_are_one_line() {
+    let m = model();
+    for (spec, needle) in [("4/4", "does not exist"), ("x", "expected I/N"), ("auto", "neither JOB_COMPLETION_INDEX")] {
+        let out = tiqu()
+            .args(["extract", "--model", &m, "--input", "in.txt", "--out", "parts", "--shard", spec])
+            .env_remove("JOB_COMPLETION_INDEX")
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.starts_with("error: ") && err.contains(needle) && err.lines().count() == 1, "{spec}: {err}");
+    }
+    let out = tiqu().args(["extract", "--model", &m, "--shard", "0/2"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--shard needs --input FILE and --out FOLDER"));
+}
+
+/// moto's S3 server on a free port, if installed; stopped on drop.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto() -> Option<Moto> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let child = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let mut moto = Moto { child, url };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if moto.child.try_wait().ok().flatten().is_some() {
+            return None; // not installed: python3 -m moto.server exited
+        }
+        if reqwest::blocking::get(&moto.url).is_ok() {
+            return Some(moto);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    moto.child.kill().ok();
+    None
+}
+
+fn s3_env(cmd: &mut Command, moto: &Moto, cache: &Path) {
+    cmd.env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", &moto.url)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("TIQU_CACHE", cache);
+}
+
+#[test]
+fn shards_read_and_write_object_storage() {
+    let Some(moto) = moto() else {
+        eprintln!("skipped: moto's server is not installed (pip install 'moto[server]'; scripts/test does)");
+        return;
+    };
+    let http = reqwest::blocking::Client::new();
+    let put = |key: &str, body: Vec<u8>| {
+        let r = http.put(format!("{}/{key}", moto.url)).body(body).send().unwrap();
+        assert!(r.status().is_success(), "PUT {key}: {}", r.status());
+    };
+    put("jobs", Vec::new()); // the bucket
+    let input = synthetic_input(120);
+    put("jobs/in.txt", input.clone());
+    for entry in fs::read_dir(model()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        put(&format!("jobs/model/{name}"), fs::read(&path).unwrap());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let local_in = dir.path().join("in.txt");
+    fs::write(&local_in, &input).unwrap();
+    let single = dir.path().join("single.jsonl");
+    ok(tiqu().args(extract_args(&model(), local_in.to_str().unwrap(), single.to_str().unwrap())).output().unwrap());
+
+    for shard in 0..2 {
+        let mut cmd = tiqu();
+        cmd.args(extract_args("s3://jobs/model", "s3://jobs/in.txt", "s3://jobs/parts/")).args(["--shard", &format!("{shard}/2")]);
+        s3_env(&mut cmd, &moto, &dir.path().join(format!("cache{shard}")));
+        ok(cmd.output().unwrap());
+    }
+    let mut cmd = tiqu();
+    cmd.args(["parts", "merge", "--input", "s3://jobs/in.txt", "--parts", "s3://jobs/parts/", "--shards", "2", "--out", "s3://jobs/out.jsonl"]);
+    s3_env(&mut cmd, &moto, &dir.path().join("cache-merge"));
+    let report = ok(cmd.output().unwrap());
+    assert!(report.contains("2 parts complete: 120 lines"), "{report}");
+    let merged = http.get(format!("{}/jobs/out.jsonl", moto.url)).send().unwrap().bytes().unwrap();
+    assert_eq!(merged.to_vec(), fs::read(&single).unwrap(), "object storage gives what local files give");
+}
