@@ -33,7 +33,7 @@ fn check_command(args: &[String], origin: &str) {
             }
         } else {
             let text = help(&words);
-            let listed = text.lines().any(|l| l.trim_start().split_whitespace().next() == Some(a));
+            let listed = text.lines().any(|l| l.split_whitespace().next() == Some(a));
             assert!(listed, "{origin}: `tiqu {}` has no subcommand {a}", words.join(" "));
             words.push(a);
         }
