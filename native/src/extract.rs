@@ -385,8 +385,10 @@ fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink
     let (dir, remote) = match &out {
         Location::Local(dir) => (dir.clone(), None),
         Location::Remote(_) => {
-            if out.join(&spec.done_name()).size()?.is_some() {
-                eprintln!("shard {}/{}: already complete in {}", spec.index, spec.count, out.display());
+            let done = out.join(&spec.done_name());
+            if let Some(bytes) = done.read()? {
+                let marker = crate::parts::finished_marker(&bytes, &done.display(), spec, size, range)?;
+                eprintln!("shard {}/{}: already complete ({} lines) in {}", spec.index, spec.count, marker.lines, out.display());
                 return Ok(None);
             }
             (crate::storage::spool_dir(&out), Some(out.clone()))

@@ -144,14 +144,7 @@ impl PartWriter {
         let path = dir.join(spec.part_name());
         let done_path = dir.join(spec.done_name());
         if let Ok(bytes) = fs::read(&done_path) {
-            let marker = PartMarker::parse(&bytes, &done_path.display().to_string())?;
-            if marker.shard != spec || marker.input_size != input_size || (marker.start, marker.end) != range {
-                bail!(
-                    "{}: made for another input or split (shard {}/{}, bytes {}..{} of {}); choose another --out",
-                    done_path.display(), marker.shard.index, marker.shard.count, marker.start, marker.end, marker.input_size
-                );
-            }
-            return Ok(PartState::Done(marker));
+            return Ok(PartState::Done(finished_marker(&bytes, &done_path.display().to_string(), spec, input_size, range)?));
         }
         let lines = resume_point(&path)?;
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -184,6 +177,19 @@ impl PartWriter {
         write_atomically(&self.done_path, &marker.to_bytes())?;
         Ok(marker)
     }
+}
+
+/// A finished part's marker, checked to be this shard's of this input: a retried task may skip
+/// its work only then; anything else is another job's folder.
+pub fn finished_marker(bytes: &[u8], label: &str, spec: ShardSpec, input_size: u64, range: (u64, u64)) -> Result<PartMarker> {
+    let marker = PartMarker::parse(bytes, label)?;
+    if marker.shard != spec || marker.input_size != input_size || (marker.start, marker.end) != range {
+        bail!(
+            "{label}: made for another input or split (shard {}/{}, bytes {}..{} of {}); choose another --out",
+            marker.shard.index, marker.shard.count, marker.start, marker.end, marker.input_size
+        );
+    }
+    Ok(marker)
 }
 
 /// Lines of a part already answered, each checked; a torn last line (a kill mid-write) is cut.

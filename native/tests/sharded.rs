@@ -229,6 +229,7 @@ fn shards_read_and_write_object_storage() {
     put("jobs", Vec::new()); // the bucket
     let input = synthetic_input(120);
     put("jobs/in.txt", input.clone());
+    put("jobs/other.txt", synthetic_input(60));
     for entry in fs::read_dir(model()).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
@@ -253,4 +254,12 @@ fn shards_read_and_write_object_storage() {
     assert!(report.contains("2 parts complete: 120 lines"), "{report}");
     let merged = http.get(format!("{}/jobs/out.jsonl", moto.url)).send().unwrap().bytes().unwrap();
     assert_eq!(merged.to_vec(), fs::read(&single).unwrap(), "object storage gives what local files give");
+
+    // Another input with the same parts folder: the finished parts are refused, not taken as done.
+    let mut cmd = tiqu();
+    cmd.args(extract_args("s3://jobs/model", "s3://jobs/other.txt", "s3://jobs/parts/")).args(["--shard", "0/2"]);
+    s3_env(&mut cmd, &moto, &dir.path().join("cache0"));
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("part-00000-of-00002.jsonl.done: made for another input"), "{err}");
 }
