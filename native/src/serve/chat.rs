@@ -12,10 +12,11 @@ use rand::SeedableRng;
 use tiqu_core::constrain::{Grammar, TokenTable};
 use tiqu_core::generate::sample_row;
 use tiqu_core::model::Positions;
-use tiqu_core::{Constrain, Extractor, Schema};
+use tiqu_core::Extractor;
 use tokio::sync::mpsc;
 
 use super::metrics::Metrics;
+use super::openai::ChatPlan;
 
 /// What the model thread reports back, in order: deltas, then `Done` or `Error`.
 #[derive(Debug)]
@@ -26,17 +27,7 @@ pub enum ChatEvent {
 }
 
 pub struct ChatJob {
-    /// The chat template applied to the messages.
-    pub prompt: String,
-    /// The object to produce: a schema, how its values are constrained, and the text copy mode
-    /// copies from (the user's message).
-    pub format: Option<(Schema, Constrain, String)>,
-    /// None: up to the end of the context.
-    pub max_tokens: Option<usize>,
-    /// 0 is greedy.
-    pub temperature: f32,
-    pub top_p: Option<f32>,
-    pub seed: u64,
+    pub plan: ChatPlan,
     pub arrived: Instant,
     pub events: mpsc::UnboundedSender<ChatEvent>,
 }
@@ -83,13 +74,13 @@ pub fn run<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: &ChatJ
     let model = extractor.model();
     let tokenizer = extractor.tokenizer();
     let limit = model.max_position_embeddings;
-    let mut feed = tokenizer.encode(&job.prompt).map_err(|e| failed(400, e))?;
+    let mut feed = tokenizer.encode(&job.plan.prompt).map_err(|e| failed(400, e))?;
     let prompt_tokens = feed.len();
     if prompt_tokens >= limit {
         return Err(failed(400, format!("the prompt has {prompt_tokens} tokens; the model's context is {limit} (messages too long)")));
     }
-    let budget = job.max_tokens.unwrap_or(usize::MAX).min(limit - prompt_tokens);
-    let grammar = job.format.as_ref().map(|(schema, mode, text)| Grammar::new(schema, *mode, text));
+    let budget = job.plan.max_tokens.unwrap_or(usize::MAX).min(limit - prompt_tokens);
+    let grammar = job.plan.format.as_ref().map(|(schema, mode, text)| Grammar::new(schema, *mode, text));
     let mut state = grammar.as_ref().map(Grammar::start);
     // Constrained content is the bytes the grammar consumed; free content is the decoded tokens.
     let mut bytes: Vec<u8> = Vec::new();
@@ -112,7 +103,7 @@ pub fn run<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: &ChatJ
     let mut cache = model.new_cache(1, capacity).map_err(|e| failed(500, e))?;
     let mut pos = Positions::left_padded(&[feed.len()], feed.len());
     let mut next_pos = feed.len();
-    let mut rng = StdRng::seed_from_u64(job.seed);
+    let mut rng = StdRng::seed_from_u64(job.plan.seed);
     let eos = extractor.eos_token_ids();
     let finish_reason = loop {
         if cancelled.load(Ordering::Relaxed) || content.closed {
@@ -200,7 +191,7 @@ fn choose(logits: &[f32], allowed: Option<&[u32]>, job: &ChatJob, rng: &mut StdR
         Some(a) => a.to_vec(),
         None => (0..logits.len() as u32).collect(),
     };
-    if job.temperature <= 0.0 {
+    if job.plan.temperature <= 0.0 {
         let mut best = (f32::NEG_INFINITY, candidates[0]);
         for &id in &candidates {
             let v = logits[id as usize];
@@ -211,5 +202,5 @@ fn choose(logits: &[f32], allowed: Option<&[u32]>, job: &ChatJob, rng: &mut StdR
         return best.1;
     }
     let sub: Vec<f32> = candidates.iter().map(|&id| logits[id as usize]).collect();
-    candidates[sample_row(&sub, job.temperature, None, job.top_p, rng) as usize]
+    candidates[sample_row(&sub, job.plan.temperature, None, job.plan.top_p, rng) as usize]
 }

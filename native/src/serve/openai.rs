@@ -54,9 +54,14 @@ pub struct StreamOptions {
 
 /// A request checked and ready for the model thread.
 pub struct ChatPlan {
+    /// The chat template applied to the messages.
     pub prompt: String,
+    /// The object to produce: a schema, how its values are constrained, and the text copy mode
+    /// copies from (the user's message).
     pub format: Option<(Schema, Constrain, String)>,
+    /// None: up to the end of the context.
     pub max_tokens: Option<usize>,
+    /// 0 is greedy.
     pub temperature: f32,
     pub top_p: Option<f32>,
     pub seed: u64,

@@ -198,16 +198,8 @@ async fn chat(State(state): Shared, Extension(at): Extension<Deadline>, body: Re
         serde_json::from_value(parse_json(body)?).map_err(|e| ApiError::bad_request(format!("not a chat completion request: {e}")))?;
     let plan = request.plan(&state.settings.schema).map_err(ApiError::bad_request)?;
     let (events, mut rx) = mpsc::unbounded_channel();
-    let job = ChatJob {
-        prompt: plan.prompt,
-        format: plan.format,
-        max_tokens: plan.max_tokens,
-        temperature: plan.temperature,
-        top_p: plan.top_p,
-        seed: plan.seed,
-        arrived,
-        events,
-    };
+    let (stream, include_usage) = (plan.stream, plan.include_usage);
+    let job = ChatJob { plan, arrived, events };
     let ticket = worker::submit(&state, Work::Chat(job))?;
     let completion = Completion::new(&state.settings.model_name);
     // The first event comes after the prompt's forward pass: a prompt the model refuses (too
@@ -216,8 +208,8 @@ async fn chat(State(state): Shared, Extension(at): Extension<Deadline>, body: Re
     if let ChatEvent::Error { status, message } = event {
         return Err(event_error(status, message));
     }
-    if plan.stream {
-        let mut stream = ChatStream { rx, _ticket: ticket, at, completion, include_usage: plan.include_usage, pending: VecDeque::new(), finished: false };
+    if stream {
+        let mut stream = ChatStream { rx, _ticket: ticket, at, completion, include_usage, pending: VecDeque::new(), finished: false };
         stream.pending.push_back(stream.completion.chunk(json!({"role": "assistant", "content": ""}), None).to_string());
         stream.push(event);
         let events = futures_util::stream::unfold(stream, |mut s| async move { s.next().await.map(|e| (Ok::<Event, Infallible>(e), s)) });

@@ -1,18 +1,21 @@
 //! The model thread and the bounded queue into it. burn models are not meant to be shared
 //! across threads, so one thread loads the model and owns the [`Extractor`]; handlers submit
-//! [`Job`]s and await their replies. The thread takes what is waiting (up to `--max-batch`
-//! texts) and runs extraction jobs together through `Extractor::extract_batch`, `--max-batch`
-//! texts at a time, and chats one by one (`chat.rs`). A continuous-batching engine replaces this file only: the handlers see jobs and
+//! [`Job`]s and await their replies. Extraction texts run on core's continuous-batching engine
+//! (`--max-batch` rows): a text takes a row as soon as one is free, whatever request it came
+//! with, and each request is answered when its last text finishes; rows carry each request's own
+//! schema and constraint. Chats run one by one between engine passes (`chat.rs`). The handlers see jobs and
 //! replies, never the model.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
 use burn::prelude::Backend;
 use tiqu_core::constrain::TokenTable;
+use tiqu_core::engine::Request;
 use tiqu_core::{Constrain, ExtractOptions, Extraction, Extractor, Schema};
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,15 +43,6 @@ pub struct Job {
     /// Set when the client is gone (its handler was dropped) or timed out: the job is skipped,
     /// or a chat stops at its next token.
     cancelled: Arc<AtomicBool>,
-}
-
-impl Job {
-    fn rows(&self) -> usize {
-        match &self.work {
-            Work::Extract(e) => e.texts.len(),
-            Work::Chat(_) => 1,
-        }
-    }
 }
 
 /// The handlers' end of the queue.
@@ -132,99 +126,150 @@ fn serve_on<B: Backend>(device: &B::Device, model: &ModelArgs, state: &AppState,
         batch: settings.max_batch,
         ..ExtractOptions::default()
     };
-    let mut extractor = loaded.into_extractor(settings.schema.clone(), options)?;
+    let extractor = loaded.into_extractor(settings.schema.clone(), options)?;
     let table = TokenTable::new(extractor.tokenizer(), extractor.model().vocab_size());
     state.set_phase(Phase::Ready);
     eprintln!("model ready in {:.1} s", started.elapsed().as_secs_f64());
 
-    while let Some(first) = jobs.rx.blocking_recv() {
-        state.metrics.queue_depth.dec();
-        let mut rows = first.rows();
-        let mut batch = vec![first];
-        while rows < settings.max_batch {
+    let mut engine = extractor.engine(settings.max_batch);
+    let mut work = Extracts::default();
+    loop {
+        // Block for a job only when nothing is decoding or waiting for a row; otherwise take
+        // what has arrived, as long as rows would be free for it, and decode one more pass.
+        // Jobs left in the channel keep it full, which is what answers 503 under overload.
+        if engine.is_idle() && work.pending.is_empty() {
+            match jobs.rx.blocking_recv() {
+                Some(job) => work.accept(job, &extractor, &table, state),
+                None => break,
+            }
+        }
+        while engine.in_flight() + work.pending.len() < settings.max_batch {
             match jobs.rx.try_recv() {
-                Ok(job) => {
-                    state.metrics.queue_depth.dec();
-                    rows += job.rows();
-                    batch.push(job);
-                }
+                Ok(job) => work.accept(job, &extractor, &table, state),
                 Err(_) => break,
             }
         }
-        let (live, gone): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| !j.cancelled.load(Ordering::Relaxed));
-        state.metrics.cancelled.inc_by(gone.len() as u64);
-        let mut extracts = Vec::new();
-        let mut chats = Vec::new();
-        for job in live {
-            match job.work {
-                Work::Extract(e) => extracts.push((e, job.cancelled)),
-                Work::Chat(c) => chats.push((c, job.cancelled)),
+        work.feed(&mut engine, settings.max_batch, state);
+        state.metrics.rows_in_use.set(engine.rows_in_use() as i64);
+        if engine.is_idle() {
+            continue;
+        }
+        match std::panic::catch_unwind(AssertUnwindSafe(|| engine.step())) {
+            Ok(done) => {
+                for (id, result) in done {
+                    work.finish(id, result.map_err(|e| e.to_string().replace('\n', " ")), state);
+                }
+            }
+            Err(_) => {
+                // The engine's rows are in an unknown state: every text in it fails, and a new
+                // engine starts empty.
+                work.fail_in_engine(&format!("internal failure: {}", last_panic()), state);
+                engine = extractor.engine(settings.max_batch);
             }
         }
-        extractor = run_extracts(extractor, extracts, state);
-        for (job, cancelled) in chats {
-            run_chat(&extractor, &table, job, &cancelled, state);
-        }
     }
+    state.metrics.rows_in_use.set(0);
     Ok(())
 }
 
-/// Runs extraction jobs, those sharing a schema and constraint together, `--max-batch` texts per
-/// `extract_batch`. Between batches the texts of jobs whose client has gone are dropped, so a
-/// large request that timed out stops holding the model within one batch.
-fn run_extracts<B: Backend>(mut extractor: Extractor<B>, mut jobs: Vec<(ExtractJob, Arc<AtomicBool>)>, state: &AppState) -> Extractor<B> {
-    while !jobs.is_empty() {
-        let (schema, constrain) = (jobs[0].0.schema.clone(), jobs[0].0.constrain);
-        let (group, rest): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(j, _)| j.schema == schema && j.constrain == constrain);
-        jobs = rest;
-        if *extractor.schema() != schema {
-            extractor = extractor.with_schema(schema);
+/// One extraction job being answered: its results so far, and how many texts are still out.
+struct Open {
+    job: ExtractJob,
+    schema: Arc<Schema>,
+    cancelled: Arc<AtomicBool>,
+    results: Vec<Option<std::result::Result<Extraction, String>>>,
+    left: usize,
+}
+
+/// The extraction jobs in progress: texts wait in `pending` until a row is free; `in_engine`
+/// maps the engine's request ids back to (job, text).
+#[derive(Default)]
+struct Extracts {
+    open: HashMap<usize, Open>,
+    pending: VecDeque<(usize, usize)>,
+    in_engine: HashMap<usize, (usize, usize)>,
+    next_key: usize,
+}
+
+impl Extracts {
+    /// Takes a job off the queue: a chat runs now (on its own, as before the engine: its sampling
+    /// loop is not the engine's), an extraction's texts join `pending`.
+    fn accept<B: Backend>(&mut self, job: Job, extractor: &Extractor<B>, table: &TokenTable, state: &AppState) {
+        state.metrics.queue_depth.dec();
+        if job.cancelled.load(Ordering::Relaxed) {
+            state.metrics.cancelled.inc();
+            return;
         }
-        if extractor.options().constrain != constrain {
-            let options = ExtractOptions { constrain, ..*extractor.options() };
-            extractor = extractor.with_options(options);
-        }
-        let mut results: Vec<Vec<Option<std::result::Result<Extraction, String>>>> =
-            group.iter().map(|(j, _)| vec![None; j.texts.len()]).collect();
-        // (job, text) pairs still to extract.
-        let mut todo: std::collections::VecDeque<(usize, usize)> =
-            group.iter().enumerate().flat_map(|(g, (j, _))| (0..j.texts.len()).map(move |t| (g, t))).collect();
-        loop {
-            todo.retain(|&(g, _)| !group[g].1.load(Ordering::Relaxed));
-            let chunk: Vec<(usize, usize)> = todo.drain(..todo.len().min(state.settings.max_batch)).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let texts: Vec<&str> = chunk.iter().map(|&(g, t)| group[g].0.texts[t].as_str()).collect();
-            state.metrics.rows_in_use.set(texts.len() as i64);
-            let out: Vec<std::result::Result<Extraction, String>> =
-                match std::panic::catch_unwind(AssertUnwindSafe(|| extractor.extract_batch(&texts))) {
-                    Ok(out) => out.into_iter().map(|r| r.map_err(|e| e.to_string().replace('\n', " "))).collect(),
-                    Err(_) => vec![Err(format!("internal failure: {}", last_panic())); texts.len()],
-                };
-            state.metrics.rows_in_use.set(0);
-            for (&(g, t), r) in chunk.iter().zip(out) {
-                match &r {
-                    Ok(e) => {
-                        state.metrics.tokens.inc_by(e.tokens as u64);
-                        state.metrics.texts.with_label_values(&["ok"]).inc();
-                    }
-                    Err(_) => state.metrics.texts.with_label_values(&["error"]).inc(),
+        match job.work {
+            Work::Chat(chat) => run_chat(extractor, table, chat, &job.cancelled, state),
+            Work::Extract(e) => {
+                let key = self.next_key;
+                self.next_key += 1;
+                let n = e.texts.len();
+                self.pending.extend((0..n).map(|t| (key, t)));
+                let schema = Arc::new(e.schema.clone());
+                self.open.insert(key, Open { job: e, schema, cancelled: job.cancelled, results: vec![None; n], left: n });
+                if n == 0 {
+                    self.close(key, state);
                 }
-                results[g][t] = Some(r);
             }
-        }
-        for ((job, cancelled), mine) in group.into_iter().zip(results) {
-            if cancelled.load(Ordering::Relaxed) {
-                state.metrics.cancelled.inc();
-                continue;
-            }
-            let mine: Vec<_> = mine.into_iter().map(|r| r.unwrap_or_else(|| Err("not extracted".into()))).collect();
-            // The client may have gone since the check; nothing else to do then.
-            let _ = job.reply.send(mine);
         }
     }
-    extractor
+
+    /// Submits waiting texts while rows are free; texts of a job whose client has gone are
+    /// dropped instead, so a request that timed out stops taking rows.
+    fn feed<B: Backend>(&mut self, engine: &mut tiqu_core::engine::Engine<'_, B>, rows: usize, state: &AppState) {
+        while engine.in_flight() < rows {
+            let Some((key, t)) = self.pending.pop_front() else { break };
+            let Some(open) = self.open.get_mut(&key) else { continue };
+            if open.cancelled.load(Ordering::Relaxed) {
+                open.results[t] = Some(Err("the client has gone".into()));
+                open.left -= 1;
+                if open.left == 0 {
+                    self.close(key, state);
+                }
+                continue;
+            }
+            let request = Request { text: open.job.texts[t].clone(), schema: open.schema.clone(), constrain: open.job.constrain };
+            let id = engine.submit(request);
+            self.in_engine.insert(id, (key, t));
+        }
+    }
+
+    fn finish(&mut self, id: usize, result: std::result::Result<Extraction, String>, state: &AppState) {
+        let Some((key, t)) = self.in_engine.remove(&id) else { return };
+        match &result {
+            Ok(e) => {
+                state.metrics.tokens.inc_by(e.tokens as u64);
+                state.metrics.texts.with_label_values(&["ok"]).inc();
+            }
+            Err(_) => state.metrics.texts.with_label_values(&["error"]).inc(),
+        }
+        let Some(open) = self.open.get_mut(&key) else { return };
+        open.results[t] = Some(result);
+        open.left -= 1;
+        if open.left == 0 {
+            self.close(key, state);
+        }
+    }
+
+    fn fail_in_engine(&mut self, why: &str, state: &AppState) {
+        let ids: Vec<usize> = self.in_engine.keys().copied().collect();
+        for id in ids {
+            self.finish(id, Err(why.to_string()), state);
+        }
+    }
+
+    /// Sends a finished job's results (its client may have gone since: nothing to do then).
+    fn close(&mut self, key: usize, state: &AppState) {
+        let Some(open) = self.open.remove(&key) else { return };
+        if open.cancelled.load(Ordering::Relaxed) {
+            state.metrics.cancelled.inc();
+            return;
+        }
+        let results = open.results.into_iter().map(|r| r.unwrap_or_else(|| Err("not extracted".into()))).collect();
+        let _ = open.job.reply.send(results);
+    }
 }
 
 fn run_chat<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: ChatJob, cancelled: &AtomicBool, state: &AppState) {
