@@ -396,6 +396,12 @@ fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink
     };
     let mut part = match PartWriter::open(&dir, spec, size, range)? {
         PartState::Done(marker) => {
+            // Finished here but not uploaded (the upload failed, or the task was killed during
+            // it): upload now, the part before its marker.
+            if let Some(remote) = &remote {
+                remote.join(&spec.part_name()).put_file(&dir.join(spec.part_name()))?;
+                remote.join(&spec.done_name()).put(&marker.to_bytes())?;
+            }
             eprintln!("shard {}/{}: already complete ({} lines)", spec.index, spec.count, marker.lines);
             return Ok(None);
         }
