@@ -467,38 +467,15 @@ fn is_answer(line: &[u8], expected: &Value) -> bool {
 /// file, another input's output) is refused and left as it is. Only then is a torn last line
 /// (a crash mid-write) cut off.
 fn answered_lines(path: &str, next_id: &mut dyn FnMut() -> Result<Option<Value>>) -> Result<usize> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => bail!("{path}: {e}"),
-    };
-    let mut reader = BufReader::new(file);
-    let (mut done, mut complete, mut line) = (0usize, 0u64, Vec::new());
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(|e| anyhow!("{path}: {e}"))?;
-        if n == 0 || line.last() != Some(&b'\n') {
-            break;
-        }
+    let foreign = "not tiqu extract's output; refusing to resume into it (choose another --out)";
+    let done = crate::parts::kept_lines(Path::new(path), &["{\"id\"", "{\"fields\"", "{\"error\""], foreign, &mut |n, line| {
         let Some(id) = next_id()? else {
             bail!("{path}: has more lines than the input; not this input's output (choose another --out)");
         };
-        if !is_answer(&line[..n - 1], &id) {
-            bail!(
-                "{path}:{}: not tiqu extract's answer to input record {id}; refusing to resume into it (choose another --out)",
-                done + 1
-            );
+        if !is_answer(line, &id) {
+            bail!("{path}:{n}: not tiqu extract's answer to input record {id}; refusing to resume into it (choose another --out)");
         }
-        done += 1;
-        complete += n as u64;
-    }
-    if !line.is_empty() {
-        // Only the start of one of our lines may be cut: anything else is someone's file.
-        if !["{\"id\"", "{\"fields\"", "{\"error\""].iter().any(|p| line.starts_with(p.as_bytes())) {
-            bail!("{path}:{}: not tiqu extract's output; refusing to resume into it (choose another --out)", done + 1);
-        }
-        let f = OpenOptions::new().write(true).open(path).map_err(|e| anyhow!("{path}: {e}"))?;
-        f.set_len(complete).map_err(|e| anyhow!("{path}: {e}"))?;
-    }
-    Ok(done)
+        Ok(())
+    })?;
+    Ok(done as usize)
 }

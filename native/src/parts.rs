@@ -2,7 +2,7 @@
 //! checks the parts and writes the single output (core's [`tiqu_core::shard`] does the work).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
@@ -194,6 +194,16 @@ pub fn finished_marker(bytes: &[u8], label: &str, spec: ShardSpec, input_size: u
 
 /// Lines of a part already answered, each checked; a torn last line (a kill mid-write) is cut.
 fn resume_point(path: &Path) -> Result<u64> {
+    kept_lines(path, &["{\"line\":"], "not this shard's part (choose another --out)", &mut |n, line| {
+        check_part_line(line, n).map(|_| ()).map_err(|why| anyhow!("{}:{n}: {why}; not this shard's part (choose another --out)", path.display()))
+    })
+}
+
+/// The complete lines of a partial output, each passed to `check` with its number (from 1) so
+/// that a file which is not this command's is refused as it is; only then is a torn last line
+/// (a kill mid-write) cut off, and only if it starts like one of `torn_prefixes` (else `foreign`
+/// is the error). A file that does not exist has no lines.
+pub fn kept_lines(path: &Path, torn_prefixes: &[&str], foreign: &str, check: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<u64> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -203,19 +213,17 @@ fn resume_point(path: &Path) -> Result<u64> {
     let (mut done, mut complete, mut line) = (0u64, 0u64, Vec::new());
     loop {
         line.clear();
-        let n = reader.by_ref().read_until(b'\n', &mut line).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let n = reader.read_until(b'\n', &mut line).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         if n == 0 || line.last() != Some(&b'\n') {
             break;
         }
-        if let Err(why) = check_part_line(&line[..n - 1], done + 1) {
-            bail!("{}:{}: {why}; not this shard's part (choose another --out)", path.display(), done + 1);
-        }
+        check(done + 1, &line[..n - 1])?;
         done += 1;
         complete += n as u64;
     }
     if !line.is_empty() {
-        if !line.starts_with(b"{\"line\":") {
-            bail!("{}:{}: not this shard's part (choose another --out)", path.display(), done + 1);
+        if !torn_prefixes.iter().any(|p| line.starts_with(p.as_bytes())) {
+            bail!("{}:{}: {foreign}", path.display(), done + 1);
         }
         let f = OpenOptions::new().write(true).open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         f.set_len(complete).map_err(|e| anyhow!("{}: {e}", path.display()))?;
