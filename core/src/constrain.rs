@@ -115,6 +115,9 @@ impl TokenTable {
 /// substring of the input.
 pub struct SuffixAutomaton {
     next: Vec<Vec<(u8, u32)>>,
+    /// Where each state's substrings first end in the text (the index of their last byte): what
+    /// follows there is the draft of speculative decoding.
+    end: Vec<u32>,
 }
 
 impl SuffixAutomaton {
@@ -122,11 +125,13 @@ impl SuffixAutomaton {
         let mut next: Vec<Vec<(u8, u32)>> = vec![Vec::new()];
         let mut len = vec![0usize];
         let mut link: Vec<i64> = vec![-1];
+        let mut end: Vec<u32> = vec![0];
         let mut last = 0usize;
         let get = |next: &Vec<Vec<(u8, u32)>>, s: usize, c: u8| next[s].iter().find(|(b, _)| *b == c).map(|&(_, t)| t as usize);
-        for &c in text {
+        for (i, &c) in text.iter().enumerate() {
             let cur = next.len();
             next.push(Vec::new());
+            end.push(i as u32);
             len.push(len[last] + 1);
             link.push(0);
             let mut p = last as i64;
@@ -141,6 +146,7 @@ impl SuffixAutomaton {
                 } else {
                     let clone = next.len();
                     next.push(next[q].clone());
+                    end.push(end[q]);
                     len.push(len[p as usize] + 1);
                     link.push(link[q]);
                     while p >= 0 && get(&next, p as usize, c) == Some(q) {
@@ -154,7 +160,17 @@ impl SuffixAutomaton {
             }
             last = cur;
         }
-        Self { next }
+        Self { next, end }
+    }
+
+    /// The index just past the first occurrence of the substrings that lead to `state` (0 for
+    /// the root, the empty string).
+    pub fn end_of(&self, state: u32) -> usize {
+        if state == 0 {
+            0
+        } else {
+            self.end[state as usize] as usize + 1
+        }
     }
 
     pub fn step(&self, state: u32, byte: u8) -> Option<u32> {
@@ -202,6 +218,8 @@ pub struct Grammar {
     literals: Vec<Vec<u8>>,
     nullable: Vec<bool>,
     sam: Option<SuffixAutomaton>,
+    /// The input text (copy mode), where drafts are read.
+    text: String,
     /// The text's distinct characters (copy mode), for `\u` escapes.
     chars: Vec<char>,
 }
@@ -223,6 +241,7 @@ impl Grammar {
             literals,
             nullable: schema.fields.iter().map(|f| f.nullable).collect(),
             sam: (mode == Constrain::Copy).then(|| SuffixAutomaton::new(text.as_bytes())),
+            text: if mode == Constrain::Copy { text.to_string() } else { String::new() },
             chars: {
                 let mut c: Vec<char> = text.chars().collect();
                 c.sort_unstable();
@@ -398,6 +417,24 @@ impl Grammar {
         }
     }
 
+    /// In copy mode, inside a string value that has started and is at a character boundary: the
+    /// text after the value's first occurrence, which the value most likely goes on copying.
+    pub fn continuation(&self, s: &State) -> Option<&str> {
+        let automaton = self.sam.as_ref()?;
+        match s.phase {
+            Phase::Str { sam, utf8_left: 0, escape: Escape::No, .. } if sam != 0 => {
+                // A value of whole characters ends at a character boundary of the text.
+                self.text.get(automaton.end_of(sam)..)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `s` is inside a string value (so a drafted token keeps it there).
+    pub fn in_value(&self, s: &State) -> bool {
+        matches!(s.phase, Phase::Str { .. })
+    }
+
     /// Every token the grammar allows from `s`.
     pub fn allowed(&self, table: &TokenTable, s: &State) -> Vec<u32> {
         let mut out = Vec::new();
@@ -462,6 +499,23 @@ mod tests {
         for s in ["abb", "宁夏自治区", "example.org", "龙琳龙"] {
             assert!(!sam.contains(s.as_bytes()), "{s}");
         }
+    }
+
+    /// Drafts are read after a value's first occurrence: `end_of` is that place for every
+    /// substring (repeated ones such as "ab" and "a" included).
+    #[test]
+    fn suffix_automaton_knows_where_each_substring_first_ends() {
+        let text = "龙琳，宁夏 955491 nafan@example.com abab aa";
+        let sam = SuffixAutomaton::new(text.as_bytes());
+        let b = text.as_bytes();
+        for i in 0..b.len() {
+            for j in i + 1..=b.len() {
+                let state = b[i..j].iter().try_fold(0u32, |s, &c| sam.step(s, c)).unwrap();
+                let first = b.windows(j - i).position(|w| w == &b[i..j]).unwrap();
+                assert_eq!(sam.end_of(state), first + (j - i), "{:?}", String::from_utf8_lossy(&b[i..j]));
+            }
+        }
+        assert_eq!(sam.end_of(0), 0);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::chat::chat_prompt;
 use crate::constrain::{Constrain, TokenTable};
 use crate::model::Qwen3ForCausalLM;
 use crate::schema::Schema;
+use crate::speculate::Speculate;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -24,11 +25,14 @@ pub struct ExtractOptions {
     /// Prompt tokens a record may take (chat template and schema included); a longer text is
     /// cut, with a warning, so one record's work and memory stay bounded.
     pub max_input_tokens: usize,
+    /// Draft tokens copied from the text and verified in one pass ([`Speculate`]); greedy
+    /// output is the same either way.
+    pub speculate: Speculate,
 }
 
 impl Default for ExtractOptions {
     fn default() -> Self {
-        Self { constrain: Constrain::Copy, max_new_tokens: 256, batch: 32, max_input_tokens: 2048 }
+        Self { constrain: Constrain::Copy, max_new_tokens: 256, batch: 32, max_input_tokens: 2048, speculate: Speculate::Auto }
     }
 }
 
@@ -69,6 +73,10 @@ pub struct Extraction {
     pub truncated: bool,
     /// Seconds spent computing allowed tokens and stepping the grammar.
     pub constrain_s: f64,
+    /// Tokens of the text proposed by speculative decoding, and how many of them the model's
+    /// own picks kept.
+    pub drafted: usize,
+    pub accepted: usize,
 }
 
 /// A model with its tokenizer, ready to extract a schema's fields. Its fields are private so

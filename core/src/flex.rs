@@ -30,6 +30,13 @@ pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
     imp::linear(x, w)
 }
 
+/// `x · wᵀ` for a weight quantized per block, computed from its i8 blocks without dequantizing
+/// it ([`crate::qmatmul`]), on flex, for a few f32 rows without autodiff (decoding); `None`
+/// where dequantizing first applies (other backends, training, many rows).
+pub fn quantized_linear<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    imp::quantized_linear(x, w)
+}
+
 /// HF's rotary embedding `x·cos + rotate_half(x)·sin` for `x` `[batch, heads, seq, head_dim]`
 /// and tables `[batch or 1, 1, seq, head_dim]`, in one pass over `x` (and one for its gradient);
 /// `None` where the caller's generic ops apply (not flex, not f32). Bit-identical to those ops:
@@ -81,6 +88,10 @@ mod imp {
         x.matmul(w.transpose())
     }
 
+    pub fn quantized_linear<B: Backend>(_: &Tensor<B, 2>, _: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        None
+    }
+
     pub fn rope<B: Backend>(_: &Tensor<B, 4>, _: &Tensor<B, 4>, _: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
         None
     }
@@ -109,9 +120,11 @@ mod imp {
     use burn::tensor::{DType, TensorData, TensorPrimitive};
     use burn_flex::FlexTensor;
 
-    /// Fewer rows than this keep burn's product: decoding a token per row is a matrix-vector
-    /// product, memory-bound either way, and gemm has its own path for it.
-    const MIN_ROWS: usize = 16;
+    /// One row keeps burn's product (a matrix-vector product, for which gemm has its own path).
+    /// From two rows on this one: burn's product for 2 to 15 rows took 3.5× the time of one row
+    /// on the 0.6B shape (`tiqu bench verify`: 703 ms for 2 positions against 203 for 1), this
+    /// one 1.2-1.5× — which is what a speculative pass or a pick with its forced tokens feeds.
+    const MIN_ROWS: usize = 2;
     /// Products smaller than this (m·n·k) stay on the calling thread, as flex decides.
     const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
 
@@ -147,6 +160,27 @@ mod imp {
             return tracked::<B, BalancedCheckpointing>(x, w);
         }
         x.matmul(w.transpose())
+    }
+
+    /// Rows up to which the product is read from the i8 blocks: beyond, dequantizing once and
+    /// gemm's blocked product win.
+    const MAX_QUANTIZED_ROWS: usize = 8;
+
+    pub fn quantized_linear<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        use burn::tensor::quantization::{QTensorPrimitive, QuantLevel};
+        let ([m, k], [n, wk]) = (x.dims(), w.dims());
+        if !same::<B, Flex>() || x.dtype() != DType::F32 || m > MAX_QUANTIZED_ROWS || k != wk {
+            return None;
+        }
+        let TensorPrimitive::QFloat(q) = w.clone().into_primitive() else { return None };
+        let q: burn_flex::FlexQTensor = cast(q);
+        let QuantLevel::Block(size) = q.scheme().level else { return None };
+        let values: &[i8] = q.tensor().as_slice()?;
+        let x: FlexTensor = cast(x.clone().into_primitive().tensor());
+        let x = x.to_contiguous();
+        let xs: &[f32] = x.as_slice()?;
+        let out = crate::qmatmul::matmul_t(xs, m, k, values, n, q.scales(), size.num_elements())?;
+        Some(Tensor::from_primitive(TensorPrimitive::Float(cast(FlexTensor::from_data(TensorData::new(out, [m, n]))))))
     }
 
     fn tracked<B: Backend, C: CheckpointStrategy>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {

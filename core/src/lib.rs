@@ -27,12 +27,15 @@ pub mod model;
 pub mod params;
 pub mod positions;
 pub mod quantize;
+#[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
+pub mod qmatmul;
 mod read;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod run;
 pub mod schema;
 pub mod score;
 pub mod shard;
+pub mod speculate;
 pub mod sft;
 pub mod synth;
 pub mod tokenizer;
@@ -57,3 +60,4 @@ pub use constrain::Constrain;
 pub use engine::{Engine, Request};
 pub use extract::{ExtractOptions, Extraction, Extractor, Fields};
 pub use schema::{Field, Schema};
+pub use speculate::Speculate;

@@ -1,6 +1,7 @@
 //! `nn.Linear(bias=False)` and its two other forms: with a LoRA pair (PEFT's LoRA layer, the
 //! low-rank update added in activation space, never materialising `W + BA`) and with its weight
-//! stored quantized (burn's per-block symmetric int8/int4, dequantized just before each matmul).
+//! stored quantized (burn's per-block symmetric int8/int4, dequantized just before each matmul,
+//! or on flex for a few rows read straight from its blocks).
 //! A leaf module: the model, LoRA adapters and quantization build on it.
 
 #![allow(non_snake_case)] // PEFT names the LoRA matrices lora_A and lora_B; the fields keep its names.
@@ -31,11 +32,12 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, x: Tensor<B, 3>, dropout_seed: Option<u64>) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let x = x.reshape([b * t, d]);
-        let weight = match self.weight.val() {
-            w if matches!(w.dtype(), DType::QFloat(_)) => to_dtype(w.dequantize(), float_dtype(&x)),
-            w => w,
+        let weight = self.weight.val();
+        let mut out = match crate::flex::quantized_linear(&x, &weight) {
+            Some(out) => out,
+            None if matches!(weight.dtype(), DType::QFloat(_)) => crate::flex::linear(x.clone(), to_dtype(weight.dequantize(), float_dtype(&x))),
+            None => crate::flex::linear(x.clone(), weight),
         };
-        let mut out = crate::flex::linear(x.clone(), weight);
         if let Some(lora) = &self.lora {
             // As PEFT with a half-precision base: the adapter (kept in f32) sees x cast to f32,
             // the sum is taken in f32 and cast back.

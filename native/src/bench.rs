@@ -22,6 +22,10 @@ pub enum BenchCommand {
     Train(BenchTrainArgs),
     /// Extraction throughput (constrained decoding included).
     Extract(BenchExtractArgs),
+    /// What speculative decoding's verifying pass costs: one pass over 1, 2, 4… new positions
+    /// per row after a cache of --cache tokens, logits read back, and the speed-up this implies
+    /// for an acceptance rate.
+    Verify(BenchVerifyArgs),
     /// Load on a running `tiqu serve`: C concurrent clients, records/s, p50/p99 latency, errors.
     Serve(serve::BenchServeArgs),
 }
@@ -49,6 +53,9 @@ pub struct BenchExtractArgs {
     max_new_tokens: usize,
     #[arg(long, default_value = "copy")]
     constrain: tiqu_core::Constrain,
+    /// Speculative decoding (off, auto, or a draft length 1-16).
+    #[arg(long, default_value = "auto")]
+    speculate: tiqu_core::Speculate,
     #[arg(long)]
     json: bool,
 }
@@ -70,9 +77,38 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     gradient_checkpointing: bool,
     /// Split the batch into this many micro-batches (gradient accumulation), computed at once on
-    /// their own threads; on the cpu backend kernels then run single-threaded.
+    /// their own threads; on the cpu backend kernels then run single-threaded. Default: as
+    /// `tiqu train` does, one per core on the cpu backend (the most cores that divide --batch),
+    /// else 1.
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchVerifyArgs {
+    #[command(flatten)]
+    quant: crate::checkpoint::QuantArgs,
+    /// A config.json, or a preset: qwen3-0.6b, qwen3-1.7b, qwen3-4b.
+    #[arg(long)]
+    config: String,
+    /// Rows decoding together.
     #[arg(long, default_value_t = 1)]
-    threads: usize,
+    batch: usize,
+    /// Tokens already in each row's cache.
+    #[arg(long, default_value_t = 200)]
+    cache: usize,
+    /// New positions per row and pass (the pick and its draft).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    positions: Vec<usize>,
+    /// Timed passes per size (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Share of drafted tokens the model keeps (measured by `tiqu extract`), for the implied
+    /// tokens per pass: each drafted token is kept with this probability until one is not.
+    #[arg(long, default_value_t = 0.8)]
+    acceptance: f64,
     #[arg(long)]
     json: bool,
 }
@@ -116,6 +152,7 @@ pub fn run(backend: BackendName, cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Generate(args) => with_backend!(backend, |B, device| bench_generate::<B>(&device, backend, args)),
         BenchCommand::Extract(args) => with_backend!(backend, |B, device| bench_extract::<B>(&device, backend, args)),
+        BenchCommand::Verify(args) => with_backend!(backend, |B, device| bench_verify::<B>(&device, backend, args)),
         BenchCommand::Serve(args) => serve::run(args),
         BenchCommand::Train(args) => with_backend!(backend, |B, device| {
             if args.gradient_checkpointing {
@@ -190,14 +227,97 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     print_result(&out, args.json)
 }
 
+fn bench_verify<B: Backend>(device: &B::Device, backend: BackendName, args: &BenchVerifyArgs) -> Result<()> {
+    use tiqu_core::model::RowPass;
+    let longest = args.positions.iter().copied().max().unwrap_or(0);
+    if args.batch == 0 || args.cache == 0 || args.repeats == 0 || args.positions.contains(&0) || longest == 0 {
+        bail!("--batch, --cache, --repeats and every --positions entry must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&args.acceptance) {
+        bail!("--acceptance must be a share from 0 to 1, got {}", args.acceptance);
+    }
+    let cfg = load_bench_config(&args.config)?;
+    if args.cache + longest > cfg.max_position_embeddings {
+        bail!("--cache {} + {longest} positions exceed the model's context ({})", args.cache, cfg.max_position_embeddings);
+    }
+    let model: Qwen3ForCausalLM<B> = args.quant.random_model(&cfg, device)?;
+    let dtype = model.dtype();
+    let (b, vocab) = (args.batch, cfg.vocab_size as u32);
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut cache = model.new_cache(b, args.cache + longest)?;
+    // The prompt, in the engine's chunks.
+    let mut at = 0;
+    while at < args.cache {
+        let n = (args.cache - at).min(tiqu_core::engine::PREFILL_CHUNK);
+        let ids: Vec<u32> = (0..b * n).map(|_| rng.random_range(0..vocab)).collect();
+        let pass = RowPass { first: 0, seq: n, starts: vec![at; b], lens: vec![n; b] };
+        model.hidden_rows(&ids, &pass, &mut cache)?;
+        at += n;
+    }
+    // One verifying pass as the engine runs it: every new position's logits, read back. Its
+    // columns are written after the cache again each time, as after a rejected draft.
+    let mut verify = |n: usize| -> Result<f64> {
+        let ids: Vec<u32> = (0..b * n).map(|_| rng.random_range(0..vocab)).collect();
+        let pass = RowPass { first: 0, seq: n, starts: vec![args.cache; b], lens: vec![n; b] };
+        let start = Instant::now();
+        let hidden = model.hidden_rows(&ids, &pass, &mut cache)?;
+        let d = hidden.dims()[2];
+        let logits = model.logits(hidden.reshape([b * n, d]));
+        logits.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    verify(1)?;
+    let mut sizes = Vec::new();
+    for &n in &args.positions {
+        let mut times: Vec<f64> = (0..args.repeats).map(|_| verify(n)).collect::<Result<_>>()?;
+        times.sort_by(f64::total_cmp);
+        sizes.push((n, times[times.len() / 2]));
+    }
+    let one = sizes.iter().find(|(n, _)| *n == 1).map(|&(_, s)| s);
+    let a = args.acceptance;
+    let rows: Vec<serde_json::Value> = sizes
+        .iter()
+        .map(|&(n, secs)| {
+            // A pick plus n - 1 drafted tokens, each kept with probability a until one is not:
+            // 1 + a + a² + … + a^(n-1) tokens per row and pass.
+            let tokens = (0..n).map(|i| a.powi(i as i32)).sum::<f64>();
+            serde_json::json!({
+                "positions": n,
+                "pass_s": secs,
+                "cost_vs_one_position": one.map(|o| secs / o),
+                "tokens_per_pass": tokens,
+                "tokens_per_s": (b as f64) * tokens / secs,
+                "speedup_vs_no_draft": one.map(|o| tokens * o / secs),
+            })
+        })
+        .collect();
+    let out = serde_json::json!({
+        "backend": backend.name(),
+        "dtype": crate::backend::dtype_name(dtype),
+        "quantize": args.quant.describe(),
+        "config": args.config,
+        "batch": b,
+        "cache": args.cache,
+        "acceptance": a,
+        "sizes": rows,
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    print_result(&out, args.json)
+}
+
 fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, backend: BackendName, args: &BenchTrainArgs) -> Result<()> {
     use tiqu_core::lora::LoraConfig;
     use tiqu_core::sft::Example;
     use tiqu_core::train::{AdamWConfig, Method, Trainer};
-    if args.batch == 0 || args.seq < 2 || args.steps == 0 || args.threads == 0 || !args.batch.is_multiple_of(args.threads) {
+    let threads = match args.threads {
+        Some(t) => t,
+        None if backend == BackendName::Cpu => (1..=crate::backend::cores().min(args.batch).max(1)).rev().find(|t| args.batch.is_multiple_of(*t)).unwrap_or(1),
+        None => 1,
+    };
+    if args.batch == 0 || args.seq < 2 || args.steps == 0 || threads == 0 || !args.batch.is_multiple_of(threads) {
         bail!("--batch, --steps and --threads must be at least 1, --seq at least 2, and --threads must divide --batch");
     }
-    if args.threads > 1 && backend == BackendName::Cpu {
+    if threads > 1 && backend == BackendName::Cpu {
         crate::backend::single_threaded_kernels();
     }
     let cfg = load_bench_config(&args.config)?;
@@ -206,7 +326,7 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
     let mut model = Qwen3ForCausalLM::<B>::load_with(&cfg, &mut RandomInit::new(42, 0.02), device, &load)?;
     model.add_lora(&LoraConfig::default(), 42)?;
     let mut trainer = Trainer::new(model, Method::Lora, AdamWConfig::default(), 1.0, 42)?;
-    trainer.threads = args.threads;
+    trainer.threads = threads;
     let mut rng = StdRng::seed_from_u64(7);
     let half = args.seq / 2;
     let rows: Vec<Example> = (0..args.batch)
@@ -215,7 +335,7 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
             response: (0..args.seq - half).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect(),
         })
         .collect();
-    let micro: Vec<&[Example]> = rows.chunks(args.batch / args.threads).collect();
+    let micro: Vec<&[Example]> = rows.chunks(args.batch / threads).collect();
     trainer.step(&micro, 1e-4)?;
     let mut device_mb = crate::backend::device_reserved_mb(backend);
     let start = Instant::now();
@@ -235,7 +355,7 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
         "seq": args.seq,
         "steps": args.steps,
         "gradient_checkpointing": args.gradient_checkpointing,
-        "threads": args.threads,
+        "threads": threads,
         "step_s": step_s,
         "tokens_per_s": (args.batch * args.seq) as f64 / step_s,
         "peak_rss_mb": peak_rss_mb(),
@@ -253,7 +373,13 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
     let tokenizer = tiqu_core::Checkpoint::tokenizer_in(&tiqu_core::Folder::new(&args.tokenizer))?;
     let model: Qwen3ForCausalLM<B> = args.quant.random_model(&cfg, device)?;
     let dtype = model.dtype();
-    let options = ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch, ..Default::default() };
+    let options = ExtractOptions {
+        constrain: args.constrain,
+        max_new_tokens: args.max_new_tokens,
+        batch: args.batch,
+        speculate: args.speculate,
+        ..Default::default()
+    };
     let eos = if cfg.eos_token_ids.is_empty() { vec![151645] } else { cfg.eos_token_ids.clone() };
     let extractor = Extractor::new(model, tokenizer, eos, Schema::default(), options);
     let seed = "龙琳，宁夏回族自治区璐市城东林街g座 955491，邮箱 nafan@example.com。小区垃圾堆积成山，物业不管，臭气熏天！！";
@@ -271,12 +397,17 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
     let tokens: usize = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.tokens).sum();
     let failed = results.iter().filter(|r| r.is_err()).count();
     let constrain_s: f64 = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.constrain_s).sum();
+    let drafted: usize = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.drafted).sum();
+    let accepted: usize = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.accepted).sum();
     let out = serde_json::json!({
         "backend": backend.name(),
         "dtype": crate::backend::dtype_name(dtype),
         "quantize": args.quant.describe(),
         "config": args.config,
         "constrain": format!("{:?}", args.constrain).to_lowercase(),
+        "speculate": args.speculate.to_string(),
+        "drafted_tokens": drafted,
+        "accepted_tokens": accepted,
         "batch": args.batch,
         "records": n,
         "text_chars": args.text_chars,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use tiqu_core::{Constrain, ExtractOptions, Schema};
+use tiqu_core::{Constrain, ExtractOptions, Schema, Speculate};
 
 use crate::backend::BackendName;
 use crate::parts::{PartState, PartWriter};
@@ -54,6 +54,16 @@ pub struct ExtractArgs {
     constrain: Constrain,
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
+    /// Speculative decoding in copy mode: draft the text that follows a value being copied and
+    /// verify the draft in the same pass (off, auto, or a fixed draft length 1-16). The fields
+    /// are the same either way.
+    #[arg(long, default_value = "auto")]
+    speculate: Speculate,
+    /// For benchmarks: admit records a batch at a time, when the previous batch has finished
+    /// (the schedule of the lock-step loop that preceded the engine), to compare with
+    /// continuous batching on the same texts.
+    #[arg(long, hide = true)]
+    lock_step: bool,
     /// Continue a partial --out file: skip the input lines it already answers.
     #[arg(long)]
     resume: bool,
@@ -211,6 +221,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
         max_new_tokens: args.max_new_tokens,
         batch: args.batch,
         max_input_tokens: args.max_input_tokens,
+        speculate: args.speculate,
     };
     let extractor = loaded.into_extractor(schema, options)?;
     let mut engine = extractor.engine(args.batch);
@@ -228,10 +239,12 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     let mut ready: BTreeMap<usize, Answer> = BTreeMap::new();
     let mut lines_of: HashMap<usize, (usize, Value, bool)> = HashMap::new();
     let (mut read, mut written) = (done, done);
+    let (mut drafted, mut accepted) = (0, 0);
     let mut at_end = false;
     let mut flushed = Instant::now();
     loop {
-        while !at_end && engine.in_flight() < args.batch && ready.len() < reorder_limit {
+        let admit = !args.lock_step || engine.is_idle();
+        while admit && !at_end && engine.in_flight() < args.batch && ready.len() < reorder_limit {
             let Some(rec) = input.next_record()? else {
                 at_end = true;
                 break;
@@ -266,6 +279,8 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
             let Some((line, rec_id, own_id)) = lines_of.remove(&id) else { continue };
             let (kind, value) = match result {
                 Ok(ex) => {
+                    drafted += ex.drafted;
+                    accepted += ex.accepted;
                     if let Some(w) = &ex.warning {
                         bar.suspend(|| eprintln!("warning: record {rec_id}: {w}"));
                     }
@@ -281,6 +296,14 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     let n = written - done;
     let secs = start.elapsed().as_secs_f64();
     eprintln!("{n} records in {secs:.1}s ({:.2} records/s)", n as f64 / secs.max(1e-9));
+    if drafted > 0 {
+        eprintln!(
+            "speculation {}: {accepted} of {drafted} drafted tokens kept ({:.0}%); {} forward passes",
+            args.speculate,
+            100.0 * accepted as f64 / drafted as f64,
+            engine.passes()
+        );
+    }
     Ok(())
 }
 

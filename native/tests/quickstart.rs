@@ -1,6 +1,6 @@
 //! A reduced `tiqu quickstart` (500 steps and 40 held-out records instead of 2000 and 200): the
 //! whole pipeline runs offline, and the trained model extracts far better than the same model
-//! untrained.
+//! untrained; speculative decoding gives that model's fields unchanged and keeps most drafts.
 
 use std::path::Path;
 use std::process::Command;
@@ -50,6 +50,44 @@ fn a_reduced_quickstart_learns_to_extract() {
     assert_eq!(trained["hallucinated"], 0.0);
     assert!(t >= u + MARGIN, "mean field exact: trained {t} vs untrained {u}");
     assert!(trained["all_fields_exact"].as_f64() >= untrained["all_fields_exact"].as_f64());
+
+    // Speculative decoding on a model that copies: the same output file as one token at a time,
+    // alone and in a batch, with most drafted tokens kept.
+    let heldout = std::fs::read_to_string(out.join("data/heldout.jsonl")).unwrap();
+    let texts: String = heldout
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            format!("{}\n", serde_json::json!({"id": i, "text": r["input"]}))
+        })
+        .collect();
+    std::fs::write(dir.path().join("texts.jsonl"), texts).unwrap();
+    let extract = |speculate: &str, batch: &str| {
+        let out_file = dir.path().join(format!("fields-{speculate}-{batch}.jsonl"));
+        let run = Command::new(env!("CARGO_BIN_EXE_tiqu"))
+            .args(["--backend", "cpu", "extract", "--speculate", speculate, "--batch", batch, "--model"])
+            .arg(out.join("run/model"))
+            .arg("--input")
+            .arg(dir.path().join("texts.jsonl"))
+            .arg("--out")
+            .arg(&out_file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{stderr}");
+        (std::fs::read_to_string(out_file).unwrap(), stderr)
+    };
+    let (plain, _) = extract("off", "1");
+    for batch in ["1", "8"] {
+        let (fast, stderr) = extract("auto", batch);
+        assert_eq!(fast, plain, "speculation at batch {batch} changed the fields");
+        let line = stderr.lines().find(|l| l.starts_with("speculation auto: ")).unwrap_or_else(|| panic!("{stderr}"));
+        let words: Vec<usize> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        let (kept, drafted) = (words[0], words[1]);
+        eprintln!("batch {batch}: {line}");
+        assert!(2 * kept > drafted, "a trained model keeps most drafted tokens: {line}");
+    }
 }
 
 /// 500 steps learn the long fields first (measured here: address and question mostly exact, names

@@ -138,8 +138,9 @@ impl Level {
         Some(self.ok[i] * 1000.0)
     }
 
-    fn json(&self) -> Value {
+    fn json(&self, rss_mb: Option<f64>) -> Value {
         json!({
+            "server_rss_mb": rss_mb,
             "clients": self.clients,
             "requests": self.requests,
             "ok": self.ok.len(),
@@ -200,6 +201,18 @@ fn level(addr: &str, auth: &str, texts: &[String], clients: usize, requests: usi
     result
 }
 
+/// The server's resident memory after a level, from its /metrics (`None` if it cannot say).
+fn server_rss_mb(addr: &str) -> Option<f64> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let line = text.lines().find(|l| l.starts_with("tiqu_resident_memory_bytes "))?;
+    let bytes: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    (bytes > 0.0).then_some(bytes / (1024.0 * 1024.0))
+}
+
 pub fn run(args: &BenchServeArgs) -> Result<()> {
     let addr = authority(&args.url)?;
     if args.clients.contains(&0) {
@@ -213,24 +226,26 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
     TcpStream::connect(&addr).map_err(|e| anyhow!("--url {}: {e} (is `tiqu serve` running?)", args.url))?;
     let auth = args.api_key.as_ref().map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
     if !args.json {
-        println!("{:>8} {:>9} {:>7} {:>10} {:>9} {:>9}  errors", "clients", "requests", "ok", "records/s", "p50 ms", "p99 ms");
+        println!("{:>8} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9}  errors", "clients", "requests", "ok", "records/s", "p50 ms", "p99 ms", "rss MB");
     }
     for &clients in &args.clients {
         let requests = args.requests.unwrap_or(texts.len()).max(clients);
         let l = level(&addr, &auth, &texts, clients, requests);
+        let rss = server_rss_mb(&addr);
         if args.json {
-            println!("{}", l.json());
+            println!("{}", l.json(rss));
         } else {
             let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
             let errors: Vec<String> = l.errors.iter().map(|(s, n)| format!("{s}: {n}")).collect();
             println!(
-                "{:>8} {:>9} {:>7} {:>10.1} {:>9} {:>9}  {}",
+                "{:>8} {:>9} {:>7} {:>10.1} {:>9} {:>9} {:>9}  {}",
                 clients,
                 requests,
                 l.ok.len(),
                 l.ok.len() as f64 / l.seconds,
                 ms(l.percentile_ms(0.5)),
                 ms(l.percentile_ms(0.99)),
+                ms(rss),
                 if errors.is_empty() { "none".to_string() } else { errors.join(", ") }
             );
         }

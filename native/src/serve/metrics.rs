@@ -14,6 +14,8 @@ pub struct Metrics {
     pub texts: IntCounterVec,
     pub cancelled: IntCounter,
     pub ready: IntGauge,
+    /// Read from /proc at each scrape: whether memory stays flat under load.
+    resident: IntGauge,
 }
 
 /// Seconds, from a fast CPU step to a long queue wait.
@@ -40,6 +42,7 @@ impl Metrics {
         let texts = IntCounterVec::new(Opts::new("tiqu_extract_texts_total", "Texts extracted, by outcome"), &["outcome"]).expect("valid metric");
         let cancelled = IntCounter::new("tiqu_jobs_cancelled_total", "Queued jobs skipped and chats stopped because their client left or timed out").expect("valid metric");
         let ready = IntGauge::new("tiqu_model_ready", "1 once the model is loaded").expect("valid metric");
+        let resident = IntGauge::new("tiqu_resident_memory_bytes", "Resident memory of the server process (Linux; 0 elsewhere)").expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -50,13 +53,15 @@ impl Metrics {
             Box::new(texts.clone()),
             Box::new(cancelled.clone()),
             Box::new(ready.clone()),
+            Box::new(resident.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Self { registry, requests, latency, queue_depth, rows_in_use, tokens, first_token, texts, cancelled, ready }
+        Self { registry, requests, latency, queue_depth, rows_in_use, tokens, first_token, texts, cancelled, ready, resident }
     }
 
     pub fn render(&self) -> String {
+        self.resident.set(resident_bytes().unwrap_or(0) as i64);
         let mut out = Vec::new();
         // Encoding into a Vec only fails on a metric that breaks the format, which these cannot.
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
@@ -64,4 +69,11 @@ impl Metrics {
         }
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// The process's resident set (`/proc/self/statm`'s second field, in pages of 4 KiB).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }

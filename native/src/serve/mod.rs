@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Tokens the model may pick per text in /v1/extract.
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
+    /// Speculative decoding for /v1/extract in copy mode (off, auto, or a draft length 1-16):
+    /// the same fields in fewer forward passes.
+    #[arg(long, default_value = "auto")]
+    speculate: tiqu_core::Speculate,
     /// Also serve the browser demo (wasm/www) and the model folder's files, as the page loads them.
     #[arg(long)]
     demo: bool,
@@ -88,6 +92,7 @@ pub struct Settings {
     pub schema: Schema,
     pub constrain: Constrain,
     pub max_new_tokens: usize,
+    pub speculate: tiqu_core::Speculate,
     /// The name /v1/models lists and completions report.
     pub model_name: String,
 }
@@ -138,6 +143,7 @@ impl ServeArgs {
             schema,
             constrain: self.constrain,
             max_new_tokens: self.max_new_tokens,
+            speculate: self.speculate,
             model_name,
         })
     }

@@ -124,6 +124,7 @@ fn serve_on<B: Backend>(device: &B::Device, model: &ModelArgs, state: &AppState,
         constrain: settings.constrain,
         max_new_tokens: settings.max_new_tokens,
         batch: settings.max_batch,
+        speculate: settings.speculate,
         ..ExtractOptions::default()
     };
     let extractor = loaded.into_extractor(settings.schema.clone(), options)?;
