@@ -359,7 +359,8 @@ impl<'a, B: Backend> Engine<'a, B> {
         }
         // Logits after the last pending token and after each drafted one.
         let at: Vec<i64> = picking.iter().flat_map(|&(_, at, drafted)| (at..=at + drafted).map(|a| a as i64)).collect();
-        let idx = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(at.clone(), [at.len()]), &hidden.device());
+        let positions = at.len();
+        let idx = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(at, [positions]), &hidden.device());
         let logits = model.logits(hidden.reshape([lens.len() * t, d]).select(0, idx));
         let logits: Vec<f32> =
             read(logits, mode).await?.convert::<f32>().to_vec().map_err(|e| Error::Other(format!("reading logits: {e:?}")))?;

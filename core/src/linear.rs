@@ -33,10 +33,13 @@ impl<B: Backend> Linear<B> {
         let [b, t, d] = x.dims();
         let x = x.reshape([b * t, d]);
         let weight = self.weight.val();
-        let mut out = match crate::flex::quantized_linear(&x, &weight) {
-            Some(out) => out,
-            None if matches!(weight.dtype(), DType::QFloat(_)) => crate::flex::linear(x.clone(), to_dtype(weight.dequantize(), float_dtype(&x))),
-            None => crate::flex::linear(x.clone(), weight),
+        let mut out = if matches!(weight.dtype(), DType::QFloat(_)) {
+            match crate::flex::quantized_linear(&x, &weight) {
+                Some(out) => out,
+                None => crate::flex::linear(x.clone(), to_dtype(weight.dequantize(), float_dtype(&x))),
+            }
+        } else {
+            crate::flex::linear(x.clone(), weight)
         };
         if let Some(lora) = &self.lora {
             // As PEFT with a half-precision base: the adapter (kept in f32) sees x cast to f32,

@@ -15,7 +15,7 @@ use burn::backend::wgpu::{graphics::WebGpu as WebGpuApi, init_setup_async, Runti
 use burn::backend::{Flex, Wgpu};
 use burn::prelude::Backend;
 use js_sys::{Object, Promise, Reflect, Uint8Array};
-use serde_json::{json, Value};
+use serde_json::json;
 use tiqu_core::generate::{generate_async, GenerateOptions, Sampling};
 use tiqu_core::quantize::{Bits, Quantization};
 use tiqu_core::weights::ReadSeek;
