@@ -481,10 +481,7 @@ mod tests {
     use super::*;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
-    fn tokenizer() -> Tokenizer {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/qwen3-tokenizer/tokenizer.json");
-        Tokenizer::from_bytes(&std::fs::read(path).unwrap(), "tokenizer.json").unwrap()
-    }
+    use crate::tokenizer::tests::qwen3 as tokenizer;
 
     #[test]
     fn suffix_automaton_accepts_exactly_the_substrings() {

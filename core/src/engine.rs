@@ -382,13 +382,13 @@ impl<'a, B: Backend> Engine<'a, B> {
     /// after a fully kept draft, is pending for the next pass, and the rejected drafted columns
     /// are given back.
     fn settle(&mut self, r: usize, mut slot: Slot, logits: &[&[f32]]) {
-        let draft = std::mem::take(&mut slot.draft);
+        let proposed = std::mem::take(&mut slot.draft);
         let mut kept = 0;
         let mut outcome = Ok(Vec::new());
         for (i, row) in logits.iter().enumerate() {
             outcome = self.advance(&mut slot, row);
             match &outcome {
-                Ok(chunk) if i < draft.len() && chunk.first() == Some(&draft[i]) => {
+                Ok(chunk) if i < proposed.len() && chunk.first() == Some(&proposed[i]) => {
                     kept += 1;
                     if chunk.len() == 1 {
                         continue;
@@ -400,10 +400,10 @@ impl<'a, B: Backend> Engine<'a, B> {
                 _ => break,
             }
         }
-        slot.len -= draft.len() - kept;
-        slot.drafted += draft.len();
+        slot.len -= proposed.len() - kept;
+        slot.drafted += proposed.len();
         slot.accepted += kept;
-        slot.draft_len.update(draft.len(), kept);
+        slot.draft_len.update(proposed.len(), kept);
         match outcome {
             Ok(chunk) if !chunk.is_empty() => {
                 // A pass is rectangular: one row's draft makes every row pay its columns. With
@@ -412,7 +412,7 @@ impl<'a, B: Backend> Engine<'a, B> {
                 let crowded = self.rows_in_use() >= FEED_ALL_ROWS && slot.draft_len.is_auto();
                 if chunk.len() == 1 && !crowded {
                     if let (Some(grammar), Some(state)) = (&slot.grammar, &slot.state) {
-                        slot.draft = draft_tokens(self.ex, grammar, state, slot.draft_len.get());
+                        slot.draft = draft(grammar, state, self.ex.tokenizer(), self.ex.table(), slot.draft_len.get());
                     }
                 }
                 slot.pending.extend(chunk);
@@ -500,13 +500,6 @@ impl<'a, B: Backend> Engine<'a, B> {
             accepted: slot.accepted,
         })
     }
-}
-
-fn draft_tokens<B: Backend>(ex: &Extractor<B>, grammar: &Grammar, state: &State, k: usize) -> Vec<u32> {
-    if k == 0 {
-        return Vec::new();
-    }
-    draft(grammar, state, ex.tokenizer(), ex.table(), k)
 }
 
 fn argmax(logits: &[f32], candidates: impl Iterator<Item = u32>) -> u32 {

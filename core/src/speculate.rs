@@ -131,11 +131,7 @@ mod tests {
     use super::*;
     use crate::constrain::Constrain;
     use crate::schema::Schema;
-
-    fn tokenizer() -> Tokenizer {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/qwen3-tokenizer/tokenizer.json");
-        Tokenizer::from_bytes(&std::fs::read(path).unwrap(), "tokenizer.json").unwrap()
-    }
+    use crate::tokenizer::tests::qwen3 as tokenizer;
 
     #[test]
     fn speculate_parses_off_auto_and_lengths() {

@@ -866,9 +866,7 @@ mod tests {
 
     #[test]
     fn synth_records_fit_the_qwen3_token_budget() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/qwen3-tokenizer/tokenizer.json");
-        let bytes = std::fs::read(path).expect("the committed Qwen3 tokenizer");
-        let tok = crate::Tokenizer::from_bytes(&bytes, path).unwrap();
+        let tok = crate::tokenizer::tests::qwen3();
         let lens: Vec<usize> = Synth::new(5)
             .take(500)
             .map(|r| crate::sft::Example::new(&r.to_sft(), &tok).unwrap().len())

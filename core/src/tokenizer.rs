@@ -37,3 +37,14 @@ impl Tokenizer {
         &self.inner
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::Tokenizer;
+
+    /// The real Qwen3 tokenizer of `assets/`, for unit tests.
+    pub(crate) fn qwen3() -> Tokenizer {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/qwen3-tokenizer/tokenizer.json");
+        Tokenizer::from_bytes(&std::fs::read(path).unwrap(), "tokenizer.json").unwrap()
+    }
+}

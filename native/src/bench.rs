@@ -10,6 +10,7 @@ use tiqu_core::model::Positions;
 use tiqu_core::{Qwen3Config, Qwen3ForCausalLM, RandomInit};
 
 use crate::backend::BackendName;
+use crate::memory::peak_rss_mb;
 use crate::with_backend;
 
 mod serve;
@@ -137,15 +138,6 @@ pub fn load_bench_config(spec: &str) -> Result<Qwen3Config> {
     }
     let bytes = std::fs::read(spec).map_err(|e| anyhow!("--config {spec}: not a preset (qwen3-0.6b, qwen3-1.7b, qwen3-4b) nor a readable file: {e}"))?;
     Ok(Qwen3Config::from_json(&bytes, spec)?)
-}
-
-/// Peak resident set size of this process in MiB (Linux; 0 where unknown).
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 pub fn run(backend: BackendName, cmd: &BenchCommand) -> Result<()> {

@@ -7,6 +7,7 @@ mod data;
 mod eval;
 mod extract;
 mod generate;
+mod memory;
 mod merge;
 mod quickstart;
 mod report;

@@ -61,7 +61,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        self.resident.set(resident_bytes().unwrap_or(0) as i64);
+        self.resident.set(crate::memory::resident_bytes().unwrap_or(0) as i64);
         let mut out = Vec::new();
         // Encoding into a Vec only fails on a metric that breaks the format, which these cannot.
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
@@ -69,11 +69,4 @@ impl Metrics {
         }
         String::from_utf8_lossy(&out).into_owned()
     }
-}
-
-/// The process's resident set (`/proc/self/statm`'s second field, in pages of 4 KiB).
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
 }
