@@ -357,20 +357,49 @@ impl<'a, B: Backend> Engine<'a, B> {
         if picking.is_empty() {
             return Ok(());
         }
-        // Logits after the last pending token and after each drafted one.
-        let at: Vec<i64> = picking.iter().flat_map(|&(_, at, drafted)| (at..=at + drafted).map(|a| a as i64)).collect();
+        // What each pick may choose from is known before its logits (the grammar's state after
+        // the drafted tokens before it): when every pick is constrained and all of them together
+        // allow few tokens, only those tokens' logits are computed.
+        let mut allowed = Vec::with_capacity(picking.len());
+        for &(r, _, _) in &picking {
+            let slot = self.slots[r].as_mut().expect("picked rows are busy");
+            let started = crate::clock::now();
+            allowed.push(candidates(slot, self.ex.table()));
+            slot.constrain_s += crate::clock::elapsed_s(started);
+        }
+        let vocab = model.vocab_size();
+        let mut union: Vec<u32> = Vec::new();
+        let gather = allowed.iter().flatten().all(Option::is_some) && {
+            union = allowed.iter().flatten().flatten().flatten().copied().collect();
+            union.sort_unstable();
+            union.dedup();
+            union.len() <= vocab / GATHER_FRACTION
+        };
+        // Logits after the last pending token and after each drafted one a pick will read.
+        let at: Vec<i64> = picking
+            .iter()
+            .zip(&allowed)
+            .flat_map(|(&(_, at, _), picks)| (at..at + picks.len()).map(|a| a as i64))
+            .collect();
         let positions = at.len();
         let idx = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(at, [positions]), &hidden.device());
-        let logits = model.logits(hidden.reshape([lens.len() * t, d]).select(0, idx));
+        let hidden = hidden.reshape([lens.len() * t, d]).select(0, idx);
+        let (logits, ids, width) = match gather && !union.is_empty() {
+            true => (model.logits_of(hidden, &union), Some(union.as_slice()), union.len()),
+            false => (model.logits(hidden), None, vocab),
+        };
         let logits: Vec<f32> =
             read(logits, mode).await?.convert::<f32>().to_vec().map_err(|e| Error::Other(format!("reading logits: {e:?}")))?;
-        let vocab = model.vocab_size();
         let mut row = 0;
-        for &(r, _, drafted) in &picking {
+        for (&(r, _, _), picks) in picking.iter().zip(allowed) {
             let slot = self.slots[r].take().expect("picked rows are busy");
-            let rows: Vec<&[f32]> = (row..=row + drafted).map(|k| &logits[k * vocab..(k + 1) * vocab]).collect();
-            row += drafted + 1;
-            self.settle(r, slot, &rows);
+            let scores: Vec<Scores> = picks
+                .into_iter()
+                .enumerate()
+                .map(|(k, allowed)| Scores { values: &logits[(row + k) * width..(row + k + 1) * width], ids, allowed })
+                .collect();
+            row += scores.len();
+            self.settle(r, slot, scores);
         }
         Ok(())
     }
@@ -381,11 +410,11 @@ impl<'a, B: Backend> Engine<'a, B> {
     /// kept and the next logits decide the next pick. The first pick that differs, or the pick
     /// after a fully kept draft, is pending for the next pass, and the rejected drafted columns
     /// are given back.
-    fn settle(&mut self, r: usize, mut slot: Slot, logits: &[&[f32]]) {
+    fn settle(&mut self, r: usize, mut slot: Slot, scores: Vec<Scores>) {
         let proposed = std::mem::take(&mut slot.draft);
         let mut kept = 0;
         let mut outcome = Ok(Vec::new());
-        for (i, row) in logits.iter().enumerate() {
+        for (i, row) in scores.into_iter().enumerate() {
             outcome = self.advance(&mut slot, row);
             match &outcome {
                 Ok(chunk) if i < proposed.len() && chunk.first() == Some(&proposed[i]) => {
@@ -428,14 +457,14 @@ impl<'a, B: Backend> Engine<'a, B> {
 
     /// Picks one row's next token from its logits and returns what to feed next: the pick and
     /// any tokens the grammar then forces. An empty result finishes the row.
-    fn advance(&self, slot: &mut Slot, logits: &[f32]) -> Result<Vec<u32>> {
+    fn advance(&self, slot: &mut Slot, scores: Scores) -> Result<Vec<u32>> {
         if slot.picked >= self.ex.options().max_new_tokens {
             slot.truncated = true;
             return Ok(Vec::new());
         }
         slot.picked += 1;
         let (Some(grammar), Some(state)) = (&slot.grammar, &mut slot.state) else {
-            let best = argmax(logits, 0..logits.len() as u32);
+            let best = scores.argmax(0..scores.values.len() as u32);
             if self.ex.eos_token_ids().contains(&best) {
                 return Ok(Vec::new());
             }
@@ -445,12 +474,12 @@ impl<'a, B: Backend> Engine<'a, B> {
         };
         let started = crate::clock::now();
         let table = self.ex.table();
-        let allowed = grammar.allowed(table, state);
+        let allowed = scores.allowed.clone().unwrap_or_else(|| grammar.allowed(table, state));
         if allowed.is_empty() {
             slot.truncated = true;
             return Ok(Vec::new());
         }
-        let best = argmax(logits, allowed.into_iter());
+        let best = scores.argmax(allowed.into_iter());
         let bytes = table.bytes(best).ok_or_else(|| Error::Other(format!("token {best} has no bytes")))?;
         *state = grammar.step_bytes(state, bytes).ok_or_else(|| Error::Other(format!("token {best} breaks the grammar")))?;
         slot.generated += 1;
@@ -502,15 +531,62 @@ impl<'a, B: Backend> Engine<'a, B> {
     }
 }
 
-fn argmax(logits: &[f32], candidates: impl Iterator<Item = u32>) -> u32 {
-    let mut best = (f32::NEG_INFINITY, 0u32);
-    for id in candidates {
-        let v = logits[id as usize];
-        if v > best.0 || (v == best.0 && id < best.1) {
-            best = (v, id);
+/// Candidates gathered for a pass's picks are at most this fraction of the vocabulary; with
+/// more, the whole output layer is cheaper than gathering its rows.
+const GATHER_FRACTION: usize = 8;
+
+/// The logits one pick reads.
+struct Scores<'a> {
+    /// One per vocabulary token, or (with `ids`) one per id of `ids`.
+    values: &'a [f32],
+    /// The sorted tokens `values` belong to, when only those were computed.
+    ids: Option<&'a [u32]>,
+    /// The grammar's allowed tokens at this pick, when computed before the pass.
+    allowed: Option<Vec<u32>>,
+}
+
+impl Scores<'_> {
+    fn get(&self, id: u32) -> f32 {
+        match self.ids {
+            None => self.values[id as usize],
+            Some(ids) => ids.binary_search(&id).map_or(f32::NEG_INFINITY, |i| self.values[i]),
         }
     }
-    best.1
+
+    /// The candidate with the highest logit, the lowest id among equals.
+    fn argmax(&self, candidates: impl Iterator<Item = u32>) -> u32 {
+        let mut best = (f32::NEG_INFINITY, u32::MAX);
+        for id in candidates {
+            let v = self.get(id);
+            if v > best.0 || (v == best.0 && id < best.1) {
+                best = (v, id);
+            }
+        }
+        best.1
+    }
+}
+
+/// The allowed tokens of each pick a row makes in this pass, as far as the picks can go: the
+/// first from its state, each next one assuming the drafted token before it is kept. Where the
+/// draft cannot be kept (not allowed, or the grammar then ends or forces a literal, which ends
+/// the row's picks in [`Engine::settle`]), the list stops; `[None]` for an unconstrained row.
+fn candidates(slot: &Slot, table: &crate::constrain::TokenTable) -> Vec<Option<Vec<u32>>> {
+    let (Some(grammar), Some(state)) = (&slot.grammar, &slot.state) else {
+        return vec![None];
+    };
+    let mut state = state.clone();
+    let mut out = Vec::with_capacity(slot.draft.len() + 1);
+    for i in 0..=slot.draft.len() {
+        let allowed = grammar.allowed(table, &state);
+        let next = slot.draft.get(i).filter(|d| allowed.contains(d));
+        out.push(Some(allowed));
+        let Some(&token) = next else { break };
+        match table.bytes(token).and_then(|b| grammar.step_bytes(&state, b)) {
+            Some(s) if !grammar.is_done(&s) && grammar.forced(&s).is_empty() => state = s,
+            _ => break,
+        }
+    }
+    out
 }
 
 #[cfg(all(test, feature = "flex"))]
@@ -548,9 +624,58 @@ mod tests {
                 row
             })
             .collect();
-        let rows: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
-        engine.settle(0, slot, &rows);
+        let scores = rows.iter().map(|r| Scores { values: r, ids: None, allowed: None }).collect();
+        engine.settle(0, slot, scores);
         (engine.slots[0].take().expect("the row goes on"), drafted)
+    }
+
+    /// Gathered logits are the whole head's at those ids, for a tied head (the embedding's
+    /// rows) and an untied one (`lm_head`'s), so a pick over them chooses as over all.
+    #[test]
+    fn logits_of_some_tokens_equal_the_whole_heads_at_those_tokens() {
+        for fixture in ["tiny-tied", "tiny-untied"] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(fixture);
+            let ex = Extractor::<Flex>::load(&dir, None, &Default::default()).unwrap();
+            let model = ex.model();
+            let d = model.model.embed_tokens.weight.dims()[1];
+            let hidden = Tensor::<Flex, 2>::random([3, d], burn::tensor::Distribution::Normal(0.0, 1.0), &model.device());
+            let ids = [0u32, 7, 8, 300, model.vocab_size() as u32 - 1];
+            let all = model.logits(hidden.clone()).into_data().to_vec::<f32>().unwrap();
+            let some = model.logits_of(hidden, &ids).into_data().to_vec::<f32>().unwrap();
+            let vocab = model.vocab_size();
+            for row in 0..3 {
+                for (k, &id) in ids.iter().enumerate() {
+                    let (a, b) = (all[row * vocab + id as usize], some[row * ids.len() + k]);
+                    assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{fixture} row {row} token {id}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// The picks a pass prepares candidates for: one per drafted token the row can keep and the
+    /// pick after them; a drafted token the grammar refuses ends the list after its position.
+    #[test]
+    fn candidates_follow_the_draft_while_it_can_be_kept() {
+        let ex = extractor();
+        let text = "王小明 上海市浦东新区世纪大道100号 xm@example.org";
+        let mut slot = ex.engine(1).prepare(0, ex.request(text)).unwrap();
+        let (grammar, state) = (slot.grammar.as_ref().unwrap(), slot.state.as_ref().unwrap());
+        let state = grammar.step_bytes(state, " \"王".as_bytes()).unwrap();
+        let drafted = draft(grammar, &state, ex.tokenizer(), ex.table(), 3);
+        slot.state = Some(state.clone());
+        slot.draft = drafted.clone();
+        let lists = candidates(&slot, ex.table());
+        assert_eq!(lists.len(), 4, "three drafted tokens and the pick after them");
+        for (i, list) in lists.iter().enumerate() {
+            let list = list.as_ref().expect("a constrained row");
+            let expected = grammar.allowed(ex.table(), &grammar.step_bytes(&state, &drafted[..i].iter().flat_map(|&t| ex.table().bytes(t).unwrap().to_vec()).collect::<Vec<u8>>()).unwrap());
+            assert_eq!(list, &expected, "pick {i}");
+        }
+        let outside = ex.tokenizer().encode("z").unwrap()[0];
+        slot.draft = vec![drafted[0], outside, drafted[2]];
+        assert_eq!(candidates(&slot, ex.table()).len(), 2, "`z` is not in the text: no pick after it");
+        slot.grammar = None;
+        assert_eq!(candidates(&slot, ex.table()), vec![None]);
     }
 
     /// The bookkeeping of a verified draft: tokens are kept up to the first pick that differs,

@@ -422,4 +422,24 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         };
         to_dtype(logits, FloatDType::F32)
     }
+
+    /// The logits of the tokens `ids` only, `[rows, ids.len()]`: the output layer's rows for
+    /// them gathered, then one product. When a grammar leaves a few hundred candidates, this
+    /// reads a few hundred rows of the head instead of all 151,936 (on the quickstart model the
+    /// whole head was 92 % of a decode step at batch 1).
+    pub fn logits_of(&self, hidden: Tensor<B, 2>, ids: &[u32]) -> Tensor<B, 2> {
+        let n = ids.len();
+        let rows = match &self.lm_head {
+            Some(head) => {
+                let device = head.weight.device();
+                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [n]), &device);
+                head.weight.val().select(0, idx)
+            }
+            None => {
+                let d = self.model.embed_tokens.weight.dims()[1];
+                self.model.embed_tokens.forward(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), 1, n).reshape([n, d])
+            }
+        };
+        to_dtype(crate::flex::linear(hidden, rows), FloatDType::F32)
+    }
 }
