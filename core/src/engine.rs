@@ -457,7 +457,7 @@ impl<'a, B: Backend> Engine<'a, B> {
 
     /// Picks one row's next token from its logits and returns what to feed next: the pick and
     /// any tokens the grammar then forces. An empty result finishes the row.
-    fn advance(&self, slot: &mut Slot, scores: Scores) -> Result<Vec<u32>> {
+    fn advance(&self, slot: &mut Slot, mut scores: Scores) -> Result<Vec<u32>> {
         if slot.picked >= self.ex.options().max_new_tokens {
             slot.truncated = true;
             return Ok(Vec::new());
@@ -474,7 +474,7 @@ impl<'a, B: Backend> Engine<'a, B> {
         };
         let started = crate::clock::now();
         let table = self.ex.table();
-        let allowed = scores.allowed.clone().unwrap_or_else(|| grammar.allowed(table, state));
+        let allowed = scores.allowed.take().unwrap_or_else(|| grammar.allowed(table, state));
         if allowed.is_empty() {
             slot.truncated = true;
             return Ok(Vec::new());
