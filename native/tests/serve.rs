@@ -411,13 +411,13 @@ fn sigterm_finishes_in_flight_requests_and_exits_0() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// Keeps the model thread busy for seconds (300 texts: with --max-batch 300 one batch it cannot
-/// interrupt, with --max-batch 1 one after the other) and returns once the job is running; the
-/// thread ends with the request's answer.
-fn busy(server: &Server) -> std::thread::JoinHandle<(u16, Value)> {
+/// Keeps the model thread busy for seconds (`texts` of them: with --max-batch 300, batches of 300
+/// it cannot interrupt; with --max-batch 1, one after the other) and returns once the job is
+/// running; the thread ends with the request's answer.
+fn busy(server: &Server, texts: usize) -> std::thread::JoinHandle<(u16, Value)> {
     let url = server.url("/v1/extract");
     let before = metric(&server.metrics(), r#"tiqu_extract_texts_total{outcome="ok"}"#);
-    let job = std::thread::spawn(move || read(client().post(url).json(&json!({"texts": vec![TEXT; 300]})).send().unwrap()));
+    let job = std::thread::spawn(move || read(client().post(url).json(&json!({"texts": vec![TEXT; texts]})).send().unwrap()));
     while metric(&server.metrics(), r#"tiqu_extract_texts_total{outcome="ok"}"#) == before && metric(&server.metrics(), "tiqu_rows_in_use") == 0.0 {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -449,7 +449,8 @@ fn deadlines_give_408_and_504() {
     server.still_serves();
 
     let before = metric(&server.metrics(), "tiqu_jobs_cancelled_total");
-    let job = busy(&server);
+    // Ten batches of 300: one batch alone now ends within the 0.5 s deadline.
+    let job = busy(&server, 3000);
     let started = Instant::now();
     let queued = server.post("/v1/extract", &json!({"text": TEXT}));
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
@@ -480,7 +481,7 @@ fn a_timed_out_request_stops_between_batches() {
 fn clients_that_leave_free_their_place() {
     let server = Server::start(&["--timeout-s", "600", "--max-batch", "1"]);
     let before = metric(&server.metrics(), "tiqu_jobs_cancelled_total");
-    let job = busy(&server);
+    let job = busy(&server, 300);
     let impatient = Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
     assert!(impatient.post(server.url("/v1/extract")).json(&json!({"text": TEXT})).send().unwrap_err().is_timeout());
     assert_eq!(job.join().unwrap().0, 200);
