@@ -369,12 +369,12 @@ impl<'a, B: Backend> Engine<'a, B> {
         }
         let vocab = model.vocab_size();
         let mut union: Vec<u32> = Vec::new();
-        let gather = allowed.iter().flatten().all(Option::is_some) && {
+        if allowed.iter().flatten().all(Option::is_some) {
             union = allowed.iter().flatten().flatten().flatten().copied().collect();
             union.sort_unstable();
             union.dedup();
-            union.len() <= vocab / GATHER_FRACTION
-        };
+        }
+        let gather = !union.is_empty() && union.len() <= vocab / GATHER_FRACTION;
         // Logits after the last pending token and after each drafted one a pick will read.
         let at: Vec<i64> = picking
             .iter()
@@ -384,7 +384,7 @@ impl<'a, B: Backend> Engine<'a, B> {
         let positions = at.len();
         let idx = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(at, [positions]), &hidden.device());
         let hidden = hidden.reshape([lens.len() * t, d]).select(0, idx);
-        let (logits, ids, width) = match gather && !union.is_empty() {
+        let (logits, ids, width) = match gather {
             true => (model.logits_of(hidden, &union), Some(union.as_slice()), union.len()),
             false => (model.logits(hidden), None, vocab),
         };

@@ -429,15 +429,12 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
     /// whole head was 92 % of a decode step at batch 1).
     pub fn logits_of(&self, hidden: Tensor<B, 2>, ids: &[u32]) -> Tensor<B, 2> {
         let n = ids.len();
+        let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let rows = match &self.lm_head {
-            Some(head) => {
-                let device = head.weight.device();
-                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [n]), &device);
-                head.weight.val().select(0, idx)
-            }
+            Some(head) => head.weight.val().select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &head.weight.device())),
             None => {
                 let d = self.model.embed_tokens.weight.dims()[1];
-                self.model.embed_tokens.forward(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), 1, n).reshape([n, d])
+                self.model.embed_tokens.forward(&ids, 1, n).reshape([n, d])
             }
         };
         to_dtype(crate::flex::linear(hidden, rows), FloatDType::F32)

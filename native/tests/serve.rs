@@ -449,7 +449,7 @@ fn deadlines_give_408_and_504() {
     server.still_serves();
 
     let before = metric(&server.metrics(), "tiqu_jobs_cancelled_total");
-    // Ten batches of 300: one batch alone now ends within the 0.5 s deadline.
+    // Ten batches of 300: a single batch of 300 can end within the 0.5 s deadline.
     let job = busy(&server, 3000);
     let started = Instant::now();
     let queued = server.post("/v1/extract", &json!({"text": TEXT}));
