@@ -16,6 +16,7 @@ pub mod extract;
 pub mod files;
 pub mod flex;
 pub mod generate;
+pub mod head_loss;
 pub mod kv_cache;
 pub mod layout;
 pub mod linear;

@@ -5,6 +5,9 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::head_loss::{head_loss, HeadLoss};
 
 use crate::model::Qwen3ForCausalLM;
 use crate::positions::Positions;
@@ -61,6 +64,15 @@ impl LabelledBatch {
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(self.rows.clone(), [self.rows.len()]), &device);
         let picked = hidden.reshape([b * t, d]).select(0, idx);
         nll(model, picked, &self.targets, (LOGIT_CHUNK_ELEMENTS / model.vocab_size()).max(1))
+    }
+
+    /// The summed NLL of the target rows from hidden states `[batch, seq, hidden]`, with its
+    /// gradient through the fused output layer ([`crate::head_loss`]): what training uses.
+    pub fn head_loss<B: AutodiffBackend>(&self, model: &Qwen3ForCausalLM<B>, hidden: Tensor<B, 3>) -> Result<HeadLoss<B>> {
+        let [b, t, d] = hidden.dims();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(self.rows.clone(), [self.rows.len()]), &model.device());
+        let picked = hidden.reshape([b * t, d]).select(0, idx);
+        head_loss(model, picked, &self.targets, (LOGIT_CHUNK_ELEMENTS / model.vocab_size()).max(1))
     }
 }
 

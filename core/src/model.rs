@@ -413,6 +413,15 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         self.model.norm.forward(x)
     }
 
+    /// The output layer's weight as row blocks `[rows, hidden]` in vocabulary order: `lm_head`,
+    /// or the tied embedding's blocks.
+    pub fn output_blocks(&self) -> Vec<Tensor<B, 2>> {
+        match &self.lm_head {
+            Some(head) => vec![head.weight.val()],
+            None => self.model.embed_tokens.blocks().map(Param::val).collect(),
+        }
+    }
+
     /// Logits `[rows, vocab]` for hidden-state rows `[rows, hidden]`, in f32 whatever the
     /// model's dtype (transformers upcasts them for the loss too).
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {

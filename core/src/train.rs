@@ -182,9 +182,8 @@ impl<B: AutodiffBackend> ModuleMapper<B> for ViaHost<B::Device> {
 fn micro_gradients<B: AutodiffBackend>(model: &Qwen3ForCausalLM<B>, method: Method, lb: &LabelledBatch, dropout_seed: u64, norm: f64) -> Result<MicroGradients<B>> {
     let mut model = model.clone().map(&mut FreshLeaves);
     let hidden = model.hidden_train(&lb.ids, &lb.pos, dropout_seed)?;
-    let loss = lb.nll(&model, hidden).sum().div_scalar(norm);
-    let nll = scalar(loss.clone().inner())? * norm;
-    let grads = loss.backward();
+    let loss = lb.head_loss(&model, hidden)?;
+    let (nll, grads) = (loss.nll, loss.surrogate.div_scalar(norm).backward());
     let out = trainable_params(&mut model, method).iter().map(|p| p.grad(&grads)).collect();
     Ok((nll, out))
 }

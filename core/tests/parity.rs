@@ -191,6 +191,57 @@ pub fn losses_match<B: Backend>(device: &B::Device) {
     }
 }
 
+/// The fused output layer and loss of training ([`head_loss`]) against the same loss through
+/// the autodiff graph (logits, log-softmax, gather): equal NLL and equal gradients for the
+/// hidden rows and, when it is trained, for the output weight (tied: the embedding; untied:
+/// lm_head), with chunks of 3 rows so that chunking is exercised.
+pub fn fused_head_gradients_match_the_graph<B: Backend>(device: &B::Device) {
+    use burn::backend::Autodiff;
+    use burn::tensor::Distribution;
+    use tiqu_core::head_loss::head_loss;
+    use tiqu_core::loss::nll;
+    type A<B> = Autodiff<B>;
+    for name in FIXTURES {
+        for train_weight in [false, true] {
+            let mut model = load::<A<B>>(name, device).model;
+            fn weight<B: Backend>(m: &mut Qwen3ForCausalLM<B>) -> &mut burn::module::Param<Tensor<B, 2>> {
+                match &mut m.lm_head {
+                    Some(head) => &mut head.weight,
+                    None => &mut m.model.embed_tokens.weight,
+                }
+            }
+            let w = weight(&mut model);
+            *w = w.clone().set_require_grad(train_weight);
+            let (rows, d, vocab) = (7, model.model.norm.weight.dims()[0], model.vocab_size());
+            let h = Tensor::<B, 2>::random([rows, d], Distribution::Normal(0.0, 1.0), device);
+            let targets: Vec<u32> = (0..rows).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
+
+            let graph_h = Tensor::<A<B>, 2>::from_inner(h.clone()).require_grad();
+            let graph = nll(&model, graph_h.clone(), &targets, 3).sum();
+            let graph_nll = graph.clone().into_data().convert::<f64>().to_vec::<f64>().unwrap()[0];
+            let graph_grads = graph.backward();
+            let fused_h = Tensor::<A<B>, 2>::from_inner(h).require_grad();
+            let fused = head_loss(&model, fused_h.clone(), &targets, 3).unwrap();
+            let fused_grads = fused.surrogate.backward();
+
+            let what = format!("{name}, output weight {}", if train_weight { "trained" } else { "frozen" });
+            assert!((fused.nll - graph_nll).abs() <= 1e-5 * graph_nll.abs(), "{what}: nll {} vs {graph_nll}", fused.nll);
+            let close = |a: Tensor<B, 2>, b: Tensor<B, 2>, of: &str| {
+                let (a, b): (Vec<f32>, Vec<f32>) = (a.into_data().convert::<f32>().to_vec().unwrap(), b.into_data().convert::<f32>().to_vec().unwrap());
+                let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let worst = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(scale > 0.0 && worst <= 1e-5 * scale, "{what}: gradient of {of} differs by {worst} (scale {scale})");
+            };
+            close(fused_h.grad(&fused_grads).unwrap(), graph_h.grad(&graph_grads).unwrap(), "the hidden rows");
+            let w = weight(&mut model);
+            match train_weight {
+                true => close(w.grad(&fused_grads).unwrap(), w.grad(&graph_grads).unwrap(), "the output weight"),
+                false => assert!(w.grad(&fused_grads).is_none(), "{what}: a frozen output weight got a gradient"),
+            }
+        }
+    }
+}
+
 macro_rules! backend_tests {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -205,6 +256,10 @@ macro_rules! backend_tests {
             #[test]
             fn losses_match_transformers() {
                 super::losses_match::<$backend>(&Default::default());
+            }
+            #[test]
+            fn fused_head_gradients_match_the_graph() {
+                super::fused_head_gradients_match_the_graph::<$backend>(&Default::default());
             }
         }
     };
