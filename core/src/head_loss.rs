@@ -37,6 +37,9 @@ pub fn head_loss<B: AutodiffBackend>(model: &Qwen3ForCausalLM<B>, hidden: Tensor
     let weights: Vec<Tensor<B::InnerBackend, 2>> = blocks.iter().map(|w| w.clone().inner()).collect();
     let trained: Vec<bool> = blocks.iter().map(Tensor::is_require_grad).collect();
     let h_all = hidden.clone().inner();
+    // The one-hot part of ∂nll/∂logits, `W[target]` for the hidden rows (and the rows of the
+    // output weight's gradient it subtracts from), taken out of the `[rows, vocab]` passes.
+    let target_rows = model.output_rows(targets).inner();
     let mut weight_grads: Vec<Option<Tensor<B::InnerBackend, 2>>> = vec![None; blocks.len()];
     let (mut hidden_grads, mut losses) = (Vec::new(), Vec::new());
     let mut start = 0;
@@ -47,26 +50,34 @@ pub fn head_loss<B: AutodiffBackend>(model: &Qwen3ForCausalLM<B>, hidden: Tensor
         let idx: Vec<i64> = targets[start..start + n].iter().map(|&t| t as i64).collect();
         let idx = Tensor::<B::InnerBackend, 2, Int>::from_data(TensorData::new(idx, [n, 1]), &device);
         let max = logits.clone().max_dim(1);
-        let target = logits.clone().gather(1, idx.clone());
+        let target = logits.clone().gather(1, idx);
         let exp = logits.sub(max.clone()).exp();
         let sum = exp.clone().sum_dim(1);
         losses.push(sum.clone().log().add(max).sub(target).sum());
-        // ∂nll/∂logits: the softmax less one at the target.
-        let dlogits = exp.div(sum).scatter(1, idx, Tensor::full([n, 1], -1.0, &device), IndexingUpdateOp::Add);
-        let mut g: Option<Tensor<B::InnerBackend, 2>> = None;
+        // The softmax is `exp / sum`: the division is applied to the `[n, hidden]` products
+        // instead of the `[n, vocab]` exponentials.
+        let inv = sum.recip();
+        let mut g = target_rows.clone().narrow(0, start, n).neg();
         let mut offset = 0;
         for ((w, grad), &train) in weights.iter().zip(&mut weight_grads).zip(&trained) {
             let v = w.dims()[0];
-            let part = if weights.len() == 1 { dlogits.clone() } else { dlogits.clone().narrow(1, offset, v) };
-            let part = to_dtype(part, float_dtype(w));
-            // `dlogits · W` is in gemm's own layout (W is `[vocab, hidden]`).
-            let gh = part.clone().matmul(w.clone());
-            g = Some(match g.take() {
-                Some(prev) => prev.add(gh),
-                None => gh,
-            });
+            let part = if weights.len() == 1 { exp.clone() } else { exp.clone().narrow(1, offset, v) };
+            let (part, wdtype) = (to_dtype(part, float_dtype(w)), float_dtype(w));
+            // `exp · W` is in gemm's own layout (W is `[vocab, hidden]`).
+            g = g.add(to_dtype(part.clone().matmul(w.clone()), FloatDType::F32).mul(inv.clone()));
             if train {
-                let gw = part.transpose().matmul(h.clone());
+                let scaled = to_dtype(to_dtype(h.clone(), FloatDType::F32).mul(inv.clone()), wdtype);
+                let mut gw = part.transpose().matmul(scaled);
+                let (at, local): (Vec<i64>, Vec<i64>) = targets[start..start + n]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &t)| (offset..offset + v).contains(&(t as usize)))
+                    .map(|(i, &t)| (i as i64, (t as usize - offset) as i64))
+                    .unzip();
+                if !at.is_empty() {
+                    let int = |v: Vec<i64>| Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(v.clone(), [v.len()]), &device);
+                    gw = gw.select_assign(0, int(local), h.clone().select(0, int(at)).neg(), IndexingUpdateOp::Add);
+                }
                 *grad = Some(match grad.take() {
                     Some(prev) => prev.add(gw),
                     None => gw,
@@ -74,7 +85,7 @@ pub fn head_loss<B: AutodiffBackend>(model: &Qwen3ForCausalLM<B>, hidden: Tensor
             }
             offset += v;
         }
-        hidden_grads.extend(g);
+        hidden_grads.push(g);
         start += n;
     }
     let nll: f64 = match losses.is_empty() {

@@ -437,15 +437,19 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
     /// reads a few hundred rows of the head instead of all 151,936 (on the quickstart model the
     /// whole head was 92 % of a decode step at batch 1).
     pub fn logits_of(&self, hidden: Tensor<B, 2>, ids: &[u32]) -> Tensor<B, 2> {
+        to_dtype(crate::flex::linear(hidden, self.output_rows(ids)), FloatDType::F32)
+    }
+
+    /// The output layer's rows for the tokens `ids`, `[ids.len(), hidden]`.
+    pub fn output_rows(&self, ids: &[u32]) -> Tensor<B, 2> {
         let n = ids.len();
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-        let rows = match &self.lm_head {
+        match &self.lm_head {
             Some(head) => head.weight.val().select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &head.weight.device())),
             None => {
                 let d = self.model.embed_tokens.weight.dims()[1];
                 self.model.embed_tokens.forward(&ids, 1, n).reshape([n, d])
             }
-        };
-        to_dtype(crate::flex::linear(hidden, rows), FloatDType::F32)
+        }
     }
 }
