@@ -37,6 +37,20 @@ pub fn quantized_linear<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Optio
     imp::quantized_linear(x, w)
 }
 
+/// One chunk of the fused output layer and loss ([`crate::head_loss`]) on flex, for hidden rows
+/// `h` `[n, hidden]`, the output weight's row blocks and the rows' targets: the summed NLL,
+/// `softmax · W` `[n, hidden]` (the hidden rows' gradient less the target rows) and, for each
+/// block marked trained, its whole gradient. The logits are computed as `W · hᵀ` (`[vocab, n]`,
+/// no transpose), reduced along the vocabulary with every row's columns side by side, and
+/// exponentiated in place with a vectorised `exp` (burn's is a scalar libm call per element):
+/// one buffer of `vocab × n` floats, two passes over it between the products. `None` where
+/// burn's ops apply (other backends, half precision, layouts gemm is not given).
+pub type HeadChunk<B> = (f64, Tensor<B, 2>, Vec<Option<Tensor<B, 2>>>);
+
+pub fn head_chunk<B: Backend>(h: &Tensor<B, 2>, blocks: &[Tensor<B, 2>], trained: &[bool], targets: &[u32]) -> Option<HeadChunk<B>> {
+    imp::head_chunk(h, blocks, trained, targets)
+}
+
 /// HF's rotary embedding `x·cos + rotate_half(x)·sin` for `x` `[batch, heads, seq, head_dim]`
 /// and tables `[batch or 1, 1, seq, head_dim]`, in one pass over `x` (and one for its gradient);
 /// `None` where the caller's generic ops apply (not flex, not f32). Bit-identical to those ops:
@@ -93,6 +107,10 @@ mod imp {
     }
 
     pub fn rope<B: Backend>(_: &Tensor<B, 4>, _: &Tensor<B, 4>, _: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+        None
+    }
+
+    pub fn head_chunk<B: Backend>(_: &Tensor<B, 2>, _: &[Tensor<B, 2>], _: &[bool], _: &[u32]) -> Option<super::HeadChunk<B>> {
         None
     }
 
@@ -223,6 +241,125 @@ mod imp {
                 }
             })
         }
+    }
+
+    pub fn head_chunk<B: Backend>(h: &Tensor<B, 2>, blocks: &[Tensor<B, 2>], trained: &[bool], targets: &[u32]) -> Option<super::HeadChunk<B>> {
+        if !same::<B, Flex>() || h.dtype() != DType::F32 || blocks.iter().any(|w| w.dtype() != DType::F32) || blocks.len() != trained.len() {
+            return None;
+        }
+        let h: FlexTensor = cast(h.clone().into_primitive().tensor());
+        let ws: Vec<FlexTensor> = blocks.iter().map(|w| cast(w.clone().into_primitive().tensor())).collect();
+        let (n, d) = dims(&h);
+        let vocab: usize = ws.iter().map(|w| dims(w).0).sum();
+        if n != targets.len() || n == 0 || ws.iter().any(|w| dims(w).1 != d) || targets.iter().any(|&t| t as usize >= vocab) {
+            return None;
+        }
+        let (hv, (h_rs, h_cs)) = view(&h)?;
+        let wvs: Vec<_> = ws.iter().map(view).collect::<Option<_>>()?;
+        // The logits, transposed: `[vocab, n]`.
+        let mut e = vec![0f32; vocab * n];
+        let mut offset = 0;
+        for (w, &wv) in ws.iter().zip(&wvs) {
+            let v = dims(w).0;
+            // SAFETY: `view` checked both operands; rows `offset..offset + v` of `e` are `[v, n]`.
+            unsafe { product(v, n, d, e[offset * n..].as_mut_ptr(), n as isize, 1, wv, (hv, (h_cs, h_rs))) };
+            offset += v;
+        }
+        let target: Vec<f32> = targets.iter().enumerate().map(|(j, &t)| e[t as usize * n + j]).collect();
+        let (max, sum) = softmax_columns(&mut e, n);
+        let nll: f64 = (0..n).map(|j| sum[j].ln() + max[j] as f64 - target[j] as f64).sum();
+        let inv: Vec<f32> = sum.iter().map(|s| (1.0 / s) as f32).collect();
+        // `softmax · W` = `(eᵀ · W) / sum`, `[n, d]`, summed over the blocks.
+        let mut g = vec![0f32; n * d];
+        let mut offset = 0;
+        for (w, &wv) in ws.iter().zip(&wvs) {
+            let v = dims(w).0;
+            // SAFETY: as above; `eᵀ` is `e`'s rows `offset..offset + v` with their strides swapped.
+            unsafe { product_acc(n, d, v, g.as_mut_ptr(), d as isize, offset > 0, (e[offset * n..].as_ptr(), (1, n as isize)), wv) };
+            offset += v;
+        }
+        for (row, s) in g.chunks_exact_mut(d).zip(&inv) {
+            row.iter_mut().for_each(|x| *x *= s);
+        }
+        // A trained block's gradient: `softmax_blockᵀ · h` less `h` at the targets' rows.
+        let hc = h.to_contiguous();
+        let hs: &[f32] = hc.storage();
+        let scaled: Vec<f32> = hs.chunks_exact(d).zip(&inv).flat_map(|(row, s)| row.iter().map(move |x| x * s)).collect();
+        let mut grads = Vec::with_capacity(ws.len());
+        let mut offset = 0;
+        for (w, &train) in ws.iter().zip(trained) {
+            let v = dims(w).0;
+            grads.push(train.then(|| {
+                let mut gw = vec![0f32; v * d];
+                // SAFETY: `e`'s rows `offset..offset + v` are `[v, n]`; `scaled` is `[n, d]`.
+                unsafe { product(v, d, n, gw.as_mut_ptr(), d as isize, 1, (e[offset * n..].as_ptr(), (n as isize, 1)), (scaled.as_ptr(), (d as isize, 1))) };
+                for (j, &t) in targets.iter().enumerate() {
+                    let t = t as usize;
+                    if (offset..offset + v).contains(&t) {
+                        let row = &mut gw[(t - offset) * d..][..d];
+                        row.iter_mut().zip(&hs[j * d..][..d]).for_each(|(x, y)| *x -= y);
+                    }
+                }
+                Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(cast(tensor(gw, [v, d]))))
+            }));
+            offset += v;
+        }
+        Some((nll, Tensor::from_primitive(TensorPrimitive::Float(cast(tensor(g, [n, d])))), grads))
+    }
+
+    /// For logits `e` `[vocab, n]` (one column per row of the batch): each column's maximum and
+    /// the sum of `exp(logit − max)` (in f64, over f32 partial sums of 256 logits), with `e`
+    /// replaced by those exponentials.
+    fn softmax_columns(e: &mut [f32], n: usize) -> (Vec<f32>, Vec<f64>) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { softmax_columns_avx512(e, n) };
+        }
+        softmax_columns_portable(e, n)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn softmax_columns_avx512(e: &mut [f32], n: usize) -> (Vec<f32>, Vec<f64>) {
+        softmax_columns_portable(e, n)
+    }
+
+    #[inline(always)]
+    fn softmax_columns_portable(e: &mut [f32], n: usize) -> (Vec<f32>, Vec<f64>) {
+        let mut max = vec![f32::NEG_INFINITY; n];
+        for row in e.chunks_exact(n) {
+            // `f32::max` would skip a NaN logit; this keeps it, so the loss is NaN too.
+            max.iter_mut().zip(row).for_each(|(m, &x)| *m = if x > *m || x.is_nan() { x } else { *m });
+        }
+        let (mut sum, mut part) = (vec![0f64; n], vec![0f32; n]);
+        for rows in e.chunks_mut(256 * n) {
+            part.iter_mut().for_each(|p| *p = 0.0);
+            for row in rows.chunks_exact_mut(n) {
+                for ((x, p), &m) in row.iter_mut().zip(&mut part).zip(&max) {
+                    *x = exp_nonpositive(*x - m);
+                    *p += *x;
+                }
+            }
+            sum.iter_mut().zip(&part).for_each(|(s, &p)| *s += p as f64);
+        }
+        (max, sum)
+    }
+
+    /// `e^x` for `x ≤ 0` (Cephes' `expf`: `2^k · e^r`, `r = x − k·ln 2`, a degree-5 polynomial
+    /// for `e^r`, `2^k` written into the exponent bits), within 2 ulp; 0 below −87, NaN stays NaN.
+    /// Branch-free, so the loops above are vectorised.
+    #[inline(always)]
+    fn exp_nonpositive(x: f32) -> f32 {
+        let x = if x < -87.0 { -87.0 } else { x };
+        // Rounded to the nearest integer by adding and removing 1.5 · 2²³.
+        let k = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+        let r = x - k * 0.693_359_375 - k * -2.121_944_4e-4;
+        let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
+        let y = p * r * r + r + 1.0;
+        // k + 127 (1 to 127) lands in the low mantissa bits of 1.5 · 2²³ + k + 127; shifted up by
+        // 23 it is the exponent field of 2^k.
+        y * f32::from_bits((k + 12_583_039.0).to_bits() << 23)
     }
 
     pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
@@ -493,6 +630,25 @@ mod imp {
         };
     }
 
+    /// [`product`] with `b` `[k, n]` row-major from a view, added to `dst` when `accumulate`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product_acc(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        dst_rs: isize,
+        accumulate: bool,
+        (a, (a_rs, a_cs)): (*const f32, (isize, isize)),
+        (b, (b_rs, b_cs)): (*const f32, (isize, isize)),
+    ) {
+        let parallelism =
+            if m * n * k >= PARALLEL_THRESHOLD { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+        unsafe {
+            gemm::gemm(m, n, k, dst, 1, dst_rs, accumulate, a, a_cs, a_rs, b, b_cs, b_rs, 1.0, 1.0, false, false, false, parallelism)
+        };
+    }
+
     /// `[rows, cols]` row-major → `[cols, rows]` row-major. 16 × 16 blocks through a fixed-size
     /// array (the compiler turns them into register shuffles), 64 × 64 tiles for the cache:
     /// 0.6 ns an element for `[3072, 256]`, against 5.6 for plain tiles, whose stores stride by
@@ -535,6 +691,22 @@ mod imp {
         use super::*;
         use burn::tensor::backend::AutodiffBackend;
         use burn::tensor::Distribution;
+
+        #[test]
+        fn exp_of_non_positive_values_is_within_two_ulp_and_keeps_nan() {
+            let mut worst = 0f64;
+            for i in 0..=1_930_000u32 {
+                let x = -(i as f32) * 4.5e-5;
+                let (got, want) = (exp_nonpositive(x) as f64, (x as f64).exp());
+                worst = worst.max((got - want).abs() / want);
+            }
+            assert!(worst <= 2.0 * f32::EPSILON as f64, "relative error {worst:e}");
+            assert_eq!(exp_nonpositive(-200.0), (-87f32).exp());
+            assert!(exp_nonpositive(f32::NAN).is_nan());
+            let mut e = vec![0.5, f32::NAN, -1.0, 2.0];
+            let (_, sum) = softmax_columns(&mut e, 2);
+            assert!(sum[1].is_nan() && (sum[0] - (-1.5f64).exp() - 1.0).abs() < 1e-6, "{sum:?}");
+        }
 
         #[test]
         fn views_the_fast_path_cannot_read_safely_take_burns_product() {

@@ -46,6 +46,21 @@ pub fn head_loss<B: AutodiffBackend>(model: &Qwen3ForCausalLM<B>, hidden: Tensor
     while start < rows {
         let n = chunk.max(1).min(rows - start);
         let h = h_all.clone().narrow(0, start, n);
+        let minus_targets = target_rows.clone().narrow(0, start, n).neg();
+        if let Some((nll, g, grads)) = crate::flex::head_chunk(&h, &weights, &trained, &targets[start..start + n]) {
+            losses.push(Tensor::from_data(TensorData::new(vec![nll as f32], [1]), &device));
+            hidden_grads.push(minus_targets.add(g));
+            for (acc, gw) in weight_grads.iter_mut().zip(grads) {
+                if let Some(gw) = gw {
+                    *acc = Some(match acc.take() {
+                        Some(prev) => prev.add(gw),
+                        None => gw,
+                    });
+                }
+            }
+            start += n;
+            continue;
+        }
         let logits = Tensor::cat(weights.iter().map(|w| to_dtype(crate::flex::linear(h.clone(), w.clone()), FloatDType::F32)).collect(), 1);
         let idx: Vec<i64> = targets[start..start + n].iter().map(|&t| t as i64).collect();
         let idx = Tensor::<B::InnerBackend, 2, Int>::from_data(TensorData::new(idx, [n, 1]), &device);
@@ -57,7 +72,7 @@ pub fn head_loss<B: AutodiffBackend>(model: &Qwen3ForCausalLM<B>, hidden: Tensor
         // The softmax is `exp / sum`: the division is applied to the `[n, hidden]` products
         // instead of the `[n, vocab]` exponentials.
         let inv = sum.recip();
-        let mut g = target_rows.clone().narrow(0, start, n).neg();
+        let mut g = minus_targets;
         let mut offset = 0;
         for ((w, grad), &train) in weights.iter().zip(&mut weight_grads).zip(&trained) {
             let v = w.dims()[0];

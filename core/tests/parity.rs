@@ -224,7 +224,7 @@ pub fn fused_head_gradients_match_the_graph<B: Backend>(device: &B::Device) {
             *w = w.clone().set_require_grad(train_weight);
             let (rows, d, vocab) = (7, model.model.norm.weight.dims()[0], model.vocab_size());
             // Deterministic rows of unit scale, like normalised hidden states.
-            let values: Vec<f32> = (0..rows * d).map(|i| ((i as f32 * 0.7548).sin() * 1.7)).collect();
+            let values: Vec<f32> = (0..rows * d).map(|i| (i as f32 * 0.7548).sin() * 1.7).collect();
             let h = Tensor::<B, 2>::from_data(TensorData::new(values, [rows, d]), device);
             let targets: Vec<u32> = (0..rows).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
 
