@@ -236,6 +236,11 @@ impl<B: Backend> Qwen3DecoderLayer<B> {
         }
     }
 
+    /// The layer in training, without a cache (see [`Qwen3ForCausalLM::train_context`]).
+    pub(crate) fn forward_train(&self, x: Tensor<B, 3>, ctx: &Context<B>) -> Tensor<B, 3> {
+        self.forward(x, ctx, None)
+    }
+
     fn forward(&self, x: Tensor<B, 3>, ctx: &Context<B>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
         let h = x.clone().add(self.self_attn.forward(self.input_layernorm.forward(x), ctx, cache));
         h.clone().add(self.mlp.forward(self.post_attention_layernorm.forward(h), ctx.dropout_seed))
@@ -360,6 +365,31 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         self.check_ids(ids)?;
         let ctx = Context::new(pos, self.head_dim(), self.rope_theta, dropout_seed, self.dtype(), &device);
         Ok(self.run_layers(ids, pos.batch, pos.seq, &ctx, cache))
+    }
+
+    /// The pieces of [`Self::hidden_train`] one at a time, for training that keeps each layer's
+    /// input only and recomputes the layer in backward ([`crate::train`]): the context of the
+    /// pass (checked as `hidden_train` checks it), then the embeddings; then
+    /// [`Qwen3DecoderLayer::forward_train`] per layer and `model.norm`.
+    pub(crate) fn train_context(&self, ids: &[u32], pos: &Positions, dropout_seed: u64) -> Result<Context<B>> {
+        if pos.past != 0 {
+            return Err(Error::Other("positions say tokens are cached, but no cache was given".into()));
+        }
+        let max_pos = pos.positions.iter().copied().max().unwrap_or(0);
+        if max_pos >= self.max_position_embeddings {
+            return Err(Error::Limit(format!(
+                "position {max_pos} exceeds the model's max_position_embeddings ({})",
+                self.max_position_embeddings
+            )));
+        }
+        self.check_ids(ids)?;
+        Ok(Context::new(pos, self.head_dim(), self.rope_theta, Some(dropout_seed), self.dtype(), &self.device()))
+    }
+
+    /// The input embeddings `[batch, seq, hidden]` of `ids` `[batch * seq]`.
+    pub fn embed(&self, ids: &[u32], batch: usize, seq: usize) -> Tensor<B, 3> {
+        let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        self.model.embed_tokens.forward(&ids, batch, seq)
     }
 
     /// Final hidden states `[rows, seq, hidden]` of a [`RowPass`]: each row of `cache` keeps its

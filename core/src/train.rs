@@ -2,7 +2,7 @@
 //! gradient accumulation with the loss normalised by the label tokens of the whole accumulated
 //! batch, global-norm clipping, torch's AdamW, and a linear decay to 0 after an optional warmup.
 
-use burn::module::{ModuleMapper, Param};
+use burn::module::{AutodiffModule, ModuleMapper, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
@@ -73,6 +73,69 @@ impl Method {
     }
 }
 
+/// What backward recomputes instead of keeping from forward (`gradient_checkpointing` in a run's
+/// settings; `true` and `false`, transformers' values, stand for `balanced` and `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checkpointing {
+    /// Every activation kept: the fastest, the most memory.
+    None,
+    /// burn's balanced strategy: memory-bound operations recomputed, products kept.
+    #[default]
+    Balanced,
+    /// Each decoder layer's input kept, the layer recomputed in backward (transformers'
+    /// `gradient_checkpointing_enable()`): the least memory, one more forward pass.
+    Layer,
+}
+
+impl Checkpointing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Balanced => "balanced",
+            Self::Layer => "layer",
+        }
+    }
+}
+
+impl std::str::FromStr for Checkpointing {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" | "false" => Ok(Self::None),
+            "balanced" | "true" => Ok(Self::Balanced),
+            "layer" => Ok(Self::Layer),
+            _ => Err(format!("unknown gradient checkpointing `{s}` (none, balanced, layer; true = balanced, false = none)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Checkpointing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for Checkpointing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Checkpointing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Flag(bool),
+            Name(String),
+        }
+        match Given::deserialize(d)? {
+            Given::Flag(on) => Ok(if on { Self::Balanced } else { Self::None }),
+            Given::Name(name) => name.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// AdamW moments of every trainable tensor, in [`trainable_params`] order.
 #[derive(Debug, Clone)]
 pub struct AdamWState<B: Backend> {
@@ -125,6 +188,9 @@ pub struct Trainer<B: AutodiffBackend> {
     /// Micro-batches computed at once, each on its own thread (CPU backends use the cores better
     /// this way than with one small batch at a time); results do not depend on it.
     pub threads: usize,
+    /// Keep each decoder layer's input only and recompute the layer in backward (per-layer
+    /// checkpointing; use it with a backend without burn's own checkpointing).
+    pub recompute_layers: bool,
     /// Data parallelism: copies of the model on further devices (see [`Trainer::set_devices`]).
     replicas: Vec<Qwen3ForCausalLM<B>>,
 }
@@ -179,13 +245,68 @@ impl<B: AutodiffBackend> ModuleMapper<B> for ViaHost<B::Device> {
     }
 }
 
-fn micro_gradients<B: AutodiffBackend>(model: &Qwen3ForCausalLM<B>, method: Method, lb: &LabelledBatch, dropout_seed: u64, norm: f64) -> Result<MicroGradients<B>> {
+fn micro_gradients<B: AutodiffBackend>(model: &Qwen3ForCausalLM<B>, method: Method, lb: &LabelledBatch, dropout_seed: u64, norm: f64, recompute_layers: bool) -> Result<MicroGradients<B>> {
     let mut model = model.clone().map(&mut FreshLeaves);
+    if recompute_layers {
+        return layer_by_layer(&mut model, method, lb, dropout_seed, norm);
+    }
     let hidden = model.hidden_train(&lb.ids, &lb.pos, dropout_seed)?;
     let loss = lb.head_loss(&model, hidden)?;
     let (nll, grads) = (loss.nll, loss.surrogate.div_scalar(norm).backward());
     let out = trainable_params(&mut model, method).iter().map(|p| p.grad(&grads)).collect();
     Ok((nll, out))
+}
+
+/// [`micro_gradients`] with per-layer checkpointing, as transformers'
+/// `gradient_checkpointing_enable()` does it: the layers run once outside the graph keeping only
+/// each layer's input; the final norm, output layer and loss run in the graph from the last
+/// layer's output; then, from the last layer down, each layer runs again in the graph from its
+/// kept input and is back-propagated alone from its output's gradient (`Σ y ⊙ ∂loss/∂y`).
+/// Activations of one layer at a time instead of all of them, for one more forward pass. The
+/// dropout masks are a function of (seed, module), so the recomputed layer draws the same ones.
+fn layer_by_layer<B: AutodiffBackend>(model: &mut Qwen3ForCausalLM<B>, method: Method, lb: &LabelledBatch, dropout_seed: u64, norm: f64) -> Result<MicroGradients<B>> {
+    let (batch, seq) = (lb.pos.batch, lb.pos.seq);
+    let mut inputs = Vec::with_capacity(model.model.layers.len());
+    let last = {
+        let inner = model.valid();
+        let ctx = inner.train_context(&lb.ids, &lb.pos, dropout_seed)?;
+        let mut x = inner.embed(&lb.ids, batch, seq);
+        for layer in &inner.model.layers {
+            inputs.push(x.clone());
+            x = layer.forward_train(x, &ctx);
+        }
+        Tensor::<B, 3>::from_inner(x).require_grad()
+    };
+    let mut acc: Vec<Option<Tensor<B::InnerBackend, 2>>> = vec![None; trainable_params(model, method).len()];
+    let mut collect = |model: &mut Qwen3ForCausalLM<B>, grads: &B::Gradients| {
+        for (slot, p) in acc.iter_mut().zip(trainable_params(model, method)) {
+            if let Some(g) = p.grad(grads) {
+                *slot = Some(match slot.take() {
+                    Some(prev) => prev.add(g),
+                    None => g,
+                });
+            }
+        }
+    };
+    let missing = || Error::Other("per-layer checkpointing: a layer's input received no gradient".into());
+    let loss = lb.head_loss(model, model.model.norm.forward(last.clone()))?;
+    let grads = loss.surrogate.div_scalar(norm).backward();
+    collect(model, &grads);
+    let mut dy = last.grad(&grads).ok_or_else(missing)?;
+    let ctx = model.train_context(&lb.ids, &lb.pos, dropout_seed)?;
+    for i in (0..model.model.layers.len()).rev() {
+        let x = Tensor::<B, 3>::from_inner(inputs.pop().ok_or_else(missing)?).require_grad();
+        let y = model.model.layers[i].forward_train(x.clone(), &ctx);
+        let grads = y.mul(Tensor::from_inner(dy)).sum().backward();
+        collect(model, &grads);
+        dy = x.grad(&grads).ok_or_else(missing)?;
+    }
+    // A trained embedding (full fine-tuning) takes the first layer's input gradient at the ids' rows.
+    if model.model.embed_tokens.weight.val().is_require_grad() {
+        let grads = model.embed(&lb.ids, batch, seq).mul(Tensor::from_inner(dy)).sum().backward();
+        collect(model, &grads);
+    }
+    Ok((loss.nll, acc))
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -207,6 +328,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             seed,
             method,
             threads: 1,
+            recompute_layers: false,
             replicas: Vec::new(),
         })
     }
@@ -247,14 +369,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         let step_seed = mix(self.seed, self.state.step as u64);
         self.sync_replicas();
         let models: Vec<&Qwen3ForCausalLM<B>> = std::iter::once(&self.model).chain(&self.replicas).collect();
-        let (method, main) = (self.method, self.model.device());
+        let (method, main, recompute) = (self.method, self.model.device(), self.recompute_layers);
         let work: Vec<(usize, &LabelledBatch)> = prepared.iter().enumerate().filter(|(_, lb)| !lb.rows.is_empty()).collect();
         // Micro-batches are independent until their gradients are summed, which happens in their
         // order whatever thread or device computed them: the numbers do not depend on `threads`.
         for wave in work.chunks(self.threads.max(models.len())) {
             let on = |j: usize| models[j % models.len()];
             let results: Vec<Result<MicroGradients<B>>> = if wave.len() == 1 {
-                vec![micro_gradients(on(0), method, wave[0].1, mix(step_seed, wave[0].0 as u64), norm)]
+                vec![micro_gradients(on(0), method, wave[0].1, mix(step_seed, wave[0].0 as u64), norm, recompute)]
             } else {
                 std::thread::scope(|scope| {
                     let handles: Vec<_> = wave
@@ -262,7 +384,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                         .enumerate()
                         .map(|(j, &(k, lb))| {
                             let model = on(j);
-                            scope.spawn(move || micro_gradients(model, method, lb, mix(step_seed, k as u64), norm))
+                            scope.spawn(move || micro_gradients(model, method, lb, mix(step_seed, k as u64), norm, recompute))
                         })
                         .collect();
                     handles.into_iter().map(|h| h.join().unwrap_or_else(|p| Err(Error::Other(format!("a training thread failed: {}", panic_text(&p)))))).collect()

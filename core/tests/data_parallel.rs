@@ -66,3 +66,60 @@ fn two_wgpu_devices_train_as_one() {
     let two = train::<B>(&WgpuDevice::DefaultDevice, &[WgpuDevice::Cpu]);
     compare(&one, &two, 1e-5);
 }
+
+/// Per-layer checkpointing (`Trainer::recompute_layers`: each layer's input kept, the layer run
+/// again and back-propagated alone) against the whole graph: the same loss and the same gradients
+/// of every trainable parameter, for LoRA with dropout on (the recomputed layer must draw the
+/// same masks) and for full fine-tuning (the norms, the output layer and the embedding trained
+/// too, tied and untied).
+fn recomputing_layers_changes_nothing<B: AutodiffBackend>(device: &B::Device, tol: f64) {
+    use tiqu_core::train::trainable_names;
+    for fixture in ["tiny-tied", "tiny-untied"] {
+        for method in [Method::Lora, Method::Full] {
+            let dir = fixtures().join(fixture);
+            let cfg = Checkpoint::open_dir(&dir).unwrap().config().clone();
+            let mut model = Qwen3ForCausalLM::<B>::load(&cfg, &mut Checkpoint::open_dir(&dir).unwrap().weights().unwrap(), device).unwrap();
+            if method == Method::Lora {
+                // B starts at zero in a fresh adapter; a non-zero B makes every LoRA gradient flow.
+                model.add_lora(&LoraConfig::default(), 5).unwrap();
+                let mut trainer = Trainer::new(model, method, AdamWConfig::default(), 1.0, 5).unwrap();
+                let tok = Checkpoint::open_dir(&dir).unwrap().tokenizer(None).unwrap();
+                let text = std::fs::read_to_string(fixtures().join("sft_small.jsonl")).unwrap();
+                let examples: Vec<Example> = parse_records(&text, "sft_small.jsonl").unwrap().iter().map(|r| Example::new(&r.value, &tok).unwrap()).collect();
+                trainer.step(&[&examples[..]], 1e-2).unwrap();
+                model = trainer.model;
+            }
+            let tok = Checkpoint::open_dir(&dir).unwrap().tokenizer(None).unwrap();
+            let text = std::fs::read_to_string(fixtures().join("sft_small.jsonl")).unwrap();
+            let examples: Vec<Example> = parse_records(&text, "sft_small.jsonl").unwrap().iter().map(|r| Example::new(&r.value, &tok).unwrap()).collect();
+            let names = trainable_names(&model, method);
+            let mut trainer = Trainer::new(model, method, AdamWConfig::default(), 1.0, 9).unwrap();
+            let micro: Vec<&[Example]> = vec![&examples[0..3], &examples[3..6]];
+            let (loss, _, whole) = trainer.gradients(&micro).unwrap();
+            trainer.recompute_layers = true;
+            let (loss_layers, _, layers) = trainer.gradients(&micro).unwrap();
+            let what = format!("{fixture}, {}", method.name());
+            assert!((loss - loss_layers).abs() <= 1e-6 * loss, "{what}: loss {loss} vs {loss_layers} recomputing layers");
+            assert_eq!(whole.len(), layers.len());
+            for ((name, a), b) in names.iter().zip(whole).zip(layers) {
+                let (a, b): (Vec<f32>, Vec<f32>) = (a.into_data().convert::<f32>().to_vec().unwrap(), b.into_data().convert::<f32>().to_vec().unwrap());
+                let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+                let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) as f64;
+                assert!(scale > 0.0, "{what}: {name} has no gradient");
+                // The order of f32 sums differs (up to 2e-5 of the scale on the CPU).
+                assert!(worst <= tol * scale, "{what}: gradient of {name} differs by {worst:e} (scale {scale:e}) recomputing layers");
+            }
+        }
+    }
+}
+
+#[test]
+fn recomputing_layers_on_the_cpu_changes_nothing() {
+    recomputing_layers_changes_nothing::<Autodiff<burn::backend::Flex>>(&Default::default(), 1e-4);
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn recomputing_layers_on_wgpu_changes_nothing() {
+    recomputing_layers_changes_nothing::<Autodiff<burn::backend::Wgpu>>(&Default::default(), 1e-4);
+}

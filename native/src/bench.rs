@@ -74,9 +74,10 @@ pub struct BenchTrainArgs {
     /// Timed optimizer steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     steps: usize,
-    /// Recompute activations in backward (burn's balanced checkpointing).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    gradient_checkpointing: bool,
+    /// What backward recomputes, as `tiqu train --gradient-checkpointing`: none, balanced (burn's
+    /// strategy; also `true`, the default as in training) or layer (each layer's input kept).
+    #[arg(long, default_value = "balanced")]
+    gradient_checkpointing: tiqu_core::train::Checkpointing,
     /// Split the batch into this many micro-batches (gradient accumulation), computed at once on
     /// their own threads; on the cpu backend kernels then run single-threaded. Default: as
     /// `tiqu train` does, one per core on the cpu backend (the most cores that divide --batch),
@@ -147,11 +148,13 @@ pub fn run(backend: BackendName, cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Verify(args) => with_backend!(backend, |B, device| bench_verify::<B>(&device, backend, args)),
         BenchCommand::Serve(args) => serve::run(args),
         BenchCommand::Train(args) => with_backend!(backend, |B, device| {
-            if args.gradient_checkpointing {
-                type C = burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-                bench_train::<burn::backend::Autodiff<B, C>>(&device, backend, args)
-            } else {
-                bench_train::<burn::backend::Autodiff<B>>(&device, backend, args)
+            use tiqu_core::train::Checkpointing;
+            match args.gradient_checkpointing {
+                Checkpointing::Balanced => {
+                    type C = burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+                    bench_train::<burn::backend::Autodiff<B, C>>(&device, backend, args)
+                }
+                Checkpointing::None | Checkpointing::Layer => bench_train::<burn::backend::Autodiff<B>>(&device, backend, args),
             }
         }),
     }
@@ -319,6 +322,7 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
     model.add_lora(&LoraConfig::default(), 42)?;
     let mut trainer = Trainer::new(model, Method::Lora, AdamWConfig::default(), 1.0, 42)?;
     trainer.threads = threads;
+    trainer.recompute_layers = args.gradient_checkpointing == tiqu_core::train::Checkpointing::Layer;
     let mut rng = StdRng::seed_from_u64(7);
     let half = args.seq / 2;
     let rows: Vec<Example> = (0..args.batch)
@@ -346,7 +350,7 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
         "batch": args.batch,
         "seq": args.seq,
         "steps": args.steps,
-        "gradient_checkpointing": args.gradient_checkpointing,
+        "gradient_checkpointing": args.gradient_checkpointing.name(),
         "threads": threads,
         "step_s": step_s,
         "tokens_per_s": (args.batch * args.seq) as f64 / step_s,

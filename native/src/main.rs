@@ -129,7 +129,7 @@ fn doctor() -> anyhow::Result<()> {
 fn memory_hint(command: &Command) -> &'static str {
     match command {
         Command::Train(_) => {
-            "lower --batch-size (a higher --grad-accum keeps the global batch) or --max-length, keep --gradient-checkpointing on, or use --dtype bf16"
+            "lower --batch-size (a higher --grad-accum keeps the global batch) or --max-length, use --gradient-checkpointing layer (the least memory), or --dtype bf16"
         }
         Command::Bench(_) => "lower --batch or --seq / --prompt-len",
         _ => "lower --batch or --max-new-tokens, or shrink the weights with --dtype bf16|f16 or --quantize int8",

@@ -169,7 +169,7 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
                 num_train_epochs: 1,
                 max_steps: steps,
                 save_steps: steps.div_ceil(4),
-                gradient_checkpointing: false,
+                gradient_checkpointing: tiqu_core::train::Checkpointing::None,
                 seed: args.seed,
                 ..RunConfig::default()
             };

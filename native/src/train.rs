@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use tiqu_core::lora::trainable_line;
 use tiqu_core::run::{Event, Finished, Observer, Run, RunConfig, RunOptions};
-use tiqu_core::train::Method;
+use tiqu_core::train::{Checkpointing, Method};
 
 use crate::backend::BackendName;
 use crate::report;
@@ -75,7 +75,9 @@ setting_flags! {
     max_steps: usize => "max_steps",
     save_steps: usize => "save_steps",
     max_length: usize => "max_length",
-    gradient_checkpointing: bool => "gradient_checkpointing",
+    /// none, balanced (burn's strategy; also `true`) or layer (each layer's input kept, the layer
+    /// recomputed in backward, as transformers' gradient checkpointing; the least memory).
+    gradient_checkpointing: Checkpointing => "gradient_checkpointing",
 }
 
 #[derive(Args)]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
 use crate::lora::LoraConfig;
-use crate::train::{AdamWConfig, Method};
+use crate::train::{AdamWConfig, Checkpointing, Method};
 use crate::{Error, Result};
 
 /// The optimizer and its schedule.
@@ -65,7 +65,7 @@ pub struct RunConfig {
     pub max_steps: usize,
     pub save_steps: usize,
     pub max_length: usize,
-    pub gradient_checkpointing: bool,
+    pub gradient_checkpointing: Checkpointing,
     pub seed: u64,
 }
 
@@ -89,7 +89,7 @@ impl Default for RunConfig {
             max_steps: 0,
             save_steps: 50,
             max_length: 1024,
-            gradient_checkpointing: true,
+            gradient_checkpointing: Checkpointing::Balanced,
             seed: 42,
         }
     }
@@ -207,6 +207,20 @@ mod tests {
         assert!(err.starts_with("run.toml: ") && err.contains("half") && !err.contains('\n'), "{err}");
         let err = RunConfig::from_layers(&[("run.toml", table("r = 0"))]).unwrap_err().to_string();
         assert!(err.contains("r must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn gradient_checkpointing_takes_a_strategy_or_transformers_booleans() {
+        let read = |v: &str| RunConfig::from_layers(&[("run.toml", table(&format!("gradient_checkpointing = {v}")))]).map(|c| c.gradient_checkpointing);
+        assert_eq!(read("true").unwrap(), Checkpointing::Balanced);
+        assert_eq!(read("false").unwrap(), Checkpointing::None);
+        assert_eq!(read("\"layer\"").unwrap(), Checkpointing::Layer);
+        assert_eq!(read("\"none\"").unwrap(), Checkpointing::None);
+        let err = read("\"sometimes\"").unwrap_err().to_string();
+        assert!(err.starts_with("run.toml: ") && err.contains("sometimes") && err.contains("layer") && !err.contains('\n'), "{err}");
+        // Saved as the strategy's name; a run saved with a boolean (before `layer`) still reads.
+        let c = RunConfig { gradient_checkpointing: Checkpointing::Layer, ..Default::default() };
+        assert!(toml::to_string(&c).unwrap().contains("gradient_checkpointing = \"layer\""));
     }
 
     #[test]

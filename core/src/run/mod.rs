@@ -45,7 +45,7 @@ use crate::model::Qwen3ForCausalLM;
 use crate::schema::Schema;
 use crate::sft::Example;
 use crate::tokenizer::Tokenizer;
-use crate::train::{epoch_order, linear_lr, step_micro_batches, steps_per_epoch, Method, Trainer};
+use crate::train::{epoch_order, linear_lr, step_micro_batches, steps_per_epoch, Checkpointing, Method, Trainer};
 use crate::vocab::VocabMap;
 use crate::{Error, Result};
 
@@ -166,7 +166,7 @@ impl Run {
     }
 
     /// Trains on `devices` of backend `B` (micro-batches spread over them; the first holds the
-    /// result), with burn's balanced gradient checkpointing when the settings ask for it.
+    /// result), with the gradient checkpointing the settings ask for.
     pub fn execute<B: Backend>(&self, devices: &[B::Device], opts: &RunOptions, observer: &mut dyn Observer) -> Result<Finished> {
         let (main, more) = devices.split_first().ok_or_else(|| Error::Other("no device to train on".into()))?;
         if devices.len() > self.config.gradient_accumulation_steps {
@@ -176,10 +176,10 @@ impl Run {
                 devices.len()
             )));
         }
-        if self.config.gradient_checkpointing {
-            self.train::<Autodiff<B, BalancedCheckpointing>>(main, more, opts, observer)
-        } else {
-            self.train::<Autodiff<B>>(main, more, opts, observer)
+        match self.config.gradient_checkpointing {
+            Checkpointing::Balanced => self.train::<Autodiff<B, BalancedCheckpointing>>(main, more, opts, observer),
+            // Per-layer recomputation is the trainer's own; burn then keeps what it is given.
+            Checkpointing::None | Checkpointing::Layer => self.train::<Autodiff<B>>(main, more, opts, observer),
         }
     }
 
@@ -316,6 +316,7 @@ impl Run {
             }
         };
         trainer.threads = opts.threads.max(1);
+        trainer.recompute_layers = cfg.gradient_checkpointing == Checkpointing::Layer;
         if !more.is_empty() {
             trainer.set_devices(more);
         }
