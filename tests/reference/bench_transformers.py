@@ -22,7 +22,7 @@ new tokens comes from the prefill). prefill_tokens_per_s = B*P / prefill_s, deco
 B*(T-1) / decode_s.
 
 train -- random-weight model + PEFT LoRA (r 8, alpha 32, dropout 0.1, q/k/v/o/gate/up/down), gradient
-checkpointing on, torch.optim.AdamW(lr 1e-4) over the LoRA params; every row is L random tokens, the
+checkpointing on (--gradient-checkpointing false: off), torch.optim.AdamW(lr 1e-4) over the LoRA params; every row is L random tokens, the
 first half is the prompt (labels -100) and the second half the response; loss = transformers' mean NLL
 over the response tokens. One warm-up step, then --steps timed steps (forward + backward + optimizer
 step + zero_grad). tokens_per_s = B*L / mean step_s.
@@ -252,8 +252,10 @@ def cmd_train(args):
     cfg = load_config(args.config)
     cfg.use_cache = False
     model, load_s = build_model(cfg, args.attn, 42, dtype, dev)
-    model.gradient_checkpointing_enable()
-    model.enable_input_require_grads()
+    checkpointing = args.gradient_checkpointing == "true"
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
     lcfg = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1, target_modules=LORA_TARGETS, bias="none",
                       task_type=TaskType.CAUSAL_LM)
     # autocast_adapter_dtype=True (PEFT's default, spelled out): bf16/f16 LoRA weights are made float32.
@@ -305,7 +307,7 @@ def cmd_train(args):
         "num_parameters_M": sum(x.numel() for x in model.parameters()) / 1e6,
         "trainable_parameters": sum(x.numel() for x in params),
         "lora": {"r": 8, "alpha": 32, "dropout": 0.1, "targets": LORA_TARGETS},
-        "gradient_checkpointing": True,
+        "gradient_checkpointing": checkpointing,
         "batch": b,
         "seq": L,
         "steps": args.steps,
@@ -421,6 +423,8 @@ def main(argv):
     common(t)
     t.add_argument("--seq", type=int, default=512)
     t.add_argument("--steps", type=int, default=5)
+    t.add_argument("--gradient-checkpointing", choices=["true", "false"], default="true",
+                   help="transformers' per-layer gradient checkpointing (default on, as the seed recipe)")
     e = sub.add_parser("extract", help="extraction-shaped greedy generate throughput (tiqu bench extract's peer)")
     common(e)
     e.set_defaults(batch=32)
