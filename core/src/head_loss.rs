@@ -41,14 +41,14 @@ pub fn head_loss<B: AutodiffBackend>(model: &Qwen3ForCausalLM<B>, hidden: Tensor
     // output weight's gradient it subtracts from), taken out of the `[rows, vocab]` passes.
     let target_rows = model.output_rows(targets).inner();
     let mut weight_grads: Vec<Option<Tensor<B::InnerBackend, 2>>> = vec![None; blocks.len()];
-    let (mut hidden_grads, mut losses) = (Vec::new(), Vec::new());
+    let (mut hidden_grads, mut losses, mut nll) = (Vec::new(), Vec::new(), 0f64);
     let mut start = 0;
     while start < rows {
         let n = chunk.max(1).min(rows - start);
         let h = h_all.clone().narrow(0, start, n);
-        let minus_targets = target_rows.clone().narrow(0, start, n).neg();
-        if let Some((nll, g, grads)) = crate::flex::head_chunk(&h, &weights, &trained, &targets[start..start + n]) {
-            losses.push(Tensor::from_data(TensorData::new(vec![nll as f32], [1]), &device));
+        let minus_targets = to_dtype(target_rows.clone().narrow(0, start, n), FloatDType::F32).neg();
+        if let Some((chunk_nll, g, grads)) = crate::flex::head_chunk(&h, &weights, &trained, &targets[start..start + n]) {
+            nll += chunk_nll;
             hidden_grads.push(minus_targets.add(g));
             for (acc, gw) in weight_grads.iter_mut().zip(grads) {
                 if let Some(gw) = gw {
@@ -103,16 +103,10 @@ pub fn head_loss<B: AutodiffBackend>(model: &Qwen3ForCausalLM<B>, hidden: Tensor
         hidden_grads.push(g);
         start += n;
     }
-    let nll: f64 = match losses.is_empty() {
-        true => 0.0,
-        false => Tensor::cat(losses, 0)
-            .into_data()
-            .convert::<f64>()
-            .to_vec::<f64>()
-            .map_err(|e| Error::Other(format!("reading losses: {e:?}")))?
-            .iter()
-            .sum(),
-    };
+    if !losses.is_empty() {
+        let read = Tensor::cat(losses, 0).into_data().convert::<f64>().to_vec::<f64>();
+        nll += read.map_err(|e| Error::Other(format!("reading losses: {e:?}")))?.iter().sum::<f64>();
+    }
     let dtype = float_dtype(&hidden);
     let mut surrogate = match hidden_grads.is_empty() {
         true => hidden.sum().mul_scalar(0.0),
