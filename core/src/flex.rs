@@ -347,15 +347,16 @@ mod imp {
     }
 
     /// `e^x` for `x ≤ 0` (Cephes' `expf`: `2^k · e^r`, `r = x − k·ln 2`, a degree-5 polynomial
-    /// for `e^r`, `2^k` written into the exponent bits), within 2 ulp; 0 below −87, NaN stays NaN.
+    /// for `e^r`, `2^k` written into the exponent bits), within 2 ulp; `e^−87` (1.6e−38, next to
+    /// nothing beside the maximum's 1) below −87; NaN stays NaN.
     /// Branch-free, so the loops above are vectorised.
     #[inline(always)]
     fn exp_nonpositive(x: f32) -> f32 {
         let x = if x < -87.0 { -87.0 } else { x };
         // Rounded to the nearest integer by adding and removing 1.5 · 2²³.
         let k = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
-        let r = x - k * 0.693_359_375 - k * -2.121_944_4e-4;
-        let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
+        let r = x - k * 0.693_359_4 - k * -2.121_944_4e-4;
+        let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
         let y = p * r * r + r + 1.0;
         // k + 127 (1 to 127) lands in the low mantissa bits of 1.5 · 2²³ + k + 127; shifted up by
         // 23 it is the exponent field of 2^k.
