@@ -138,8 +138,8 @@ mod imp {
     use burn::tensor::{DType, TensorData, TensorPrimitive};
     use burn_flex::FlexTensor;
 
-    /// One row keeps burn's product (a matrix-vector product, for which gemm has its own path).
-    /// From two rows on this one: burn's product for 2 to 15 rows took 3.5× the time of one row
+    /// One row takes [`row_times`] (burn's product ran it on one thread). From two rows on this one:
+    /// burn's product for 2 to 15 rows took 3.5× the time of one row
     /// on the 0.6B shape (`tiqu bench verify`: 703 ms for 2 positions against 203 for 1), this
     /// one 1.2-1.5× — which is what a speculative pass or a pick with its forced tokens feeds.
     const MIN_ROWS: usize = 2;
@@ -165,6 +165,13 @@ mod imp {
     pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
         // Shapes that do not fit go to burn's product, which reports them.
         let fits = x.dims()[0] >= MIN_ROWS && x.dims()[1] == w.dims()[1] && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+        let one_row = x.dims()[0] == 1 && x.dims()[1] == w.dims()[1] && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+        if one_row && same::<B, Flex>() {
+            let (xp, wp): (FlexTensor, FlexTensor) = (cast(x.clone().into_primitive().tensor()), cast(w.clone().into_primitive().tensor()));
+            if let Some(out) = row_times(&xp, &wp) {
+                return Tensor::from_primitive(TensorPrimitive::Float(cast(out)));
+            }
+        }
         if fits && same::<B, Flex>() {
             let (xp, wp): (FlexTensor, FlexTensor) = (cast(x.clone().into_primitive().tensor()), cast(w.clone().into_primitive().tensor()));
             if let Some(out) = forward(&xp, &wp) {
@@ -562,6 +569,20 @@ mod imp {
         true
     }
 
+    /// `x · wᵀ` for one row `x` by [`crate::matvec`] (the rows of `w` split over the pool); `None`
+    /// unless both are laid out row by row.
+    fn row_times(x: &FlexTensor, w: &FlexTensor) -> Option<FlexTensor> {
+        let ((n, k), (_, xk)) = (dims(w), dims(x));
+        let ((wp, (w_rs, w_cs)), (xp, (_, x_cs))) = (view(w)?, view(x)?);
+        if xk != k || w_cs != 1 || w_rs != k as isize || x_cs != 1 {
+            return None;
+        }
+        // SAFETY: `view` checked that every element the views address lies in its buffer: with
+        // these strides, `n · k` consecutive floats from `wp` and `k` from `xp`.
+        let (ws, xs) = unsafe { (std::slice::from_raw_parts(wp, n * k), std::slice::from_raw_parts(xp, k)) };
+        Some(tensor(crate::matvec::matvec_t(xs, ws, n)?, [1, n]))
+    }
+
     /// `x · wᵀ` computed as `(w · xᵀ)ᵀ`; `None` for shapes or layouts this path does not take.
     fn forward(x: &FlexTensor, w: &FlexTensor) -> Option<FlexTensor> {
         let (rows, inp) = dims(x);
@@ -692,6 +713,20 @@ mod imp {
         use super::*;
         use burn::tensor::backend::AutodiffBackend;
         use burn::tensor::Distribution;
+
+        /// One row (a decode step): the dot products of [`crate::matvec`] against burn's product,
+        /// for a weight of 3 000 rows (split over the pool) and for a row that is a view into a
+        /// larger tensor.
+        #[test]
+        fn one_row_matches_burns_matmul() {
+            let device = Default::default();
+            let normal = Distribution::Normal(0.0, 1.0);
+            let w = Tensor::<Flex, 2>::random([3000, 72], normal, &device);
+            let rows = Tensor::<Flex, 2>::random([3, 72], normal, &device);
+            for x in [rows.clone().narrow(0, 0, 1), rows.narrow(0, 2, 1)] {
+                close(linear(x.clone(), w.clone()), x.matmul(w.clone().transpose()));
+            }
+        }
 
         #[test]
         fn exp_of_non_positive_values_is_within_two_ulp_and_keeps_nan() {

@@ -20,6 +20,8 @@ pub mod head_loss;
 pub mod kv_cache;
 pub mod layout;
 pub mod linear;
+#[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
+pub mod matvec;
 pub mod load;
 pub mod lora;
 pub mod loss;
