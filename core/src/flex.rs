@@ -25,6 +25,11 @@ pub fn is_cpu<B: Backend>() -> bool {
     imp::is_cpu::<B>()
 }
 
+/// `f` of the values of a row-major f32 matrix held by flex, read in place; `None` elsewhere.
+pub fn with_f32<B: Backend, R>(t: &Tensor<B, 2>, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    imp::with_f32(t, f)
+}
+
 /// `x · wᵀ` for `x` `[rows, in]` and a weight `w` `[out, in]`: `[rows, out]`.
 pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
     imp::linear(x, w)
@@ -98,6 +103,10 @@ mod imp {
         false
     }
 
+    pub fn with_f32<B: Backend, R>(_: &Tensor<B, 2>, _: impl FnOnce(&[f32]) -> R) -> Option<R> {
+        None
+    }
+
     pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
         x.matmul(w.transpose())
     }
@@ -160,6 +169,21 @@ mod imp {
 
     pub fn is_cpu<B: Backend>() -> bool {
         same::<B, Flex>() || same::<B, Ad<NoCheckpointing>>() || same::<B, Ad<BalancedCheckpointing>>()
+    }
+
+    pub fn with_f32<B: Backend, R>(t: &Tensor<B, 2>, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+        if !same::<B, Flex>() || t.dtype() != DType::F32 {
+            return None;
+        }
+        let p: FlexTensor = cast(t.clone().into_primitive().tensor());
+        let ((n, k), (ptr, (rs, cs))) = (dims(&p), view(&p)?);
+        if cs != 1 || (n > 1 && rs != k as isize) {
+            return None;
+        }
+        // SAFETY: `view` checked that every element the view addresses lies in its buffer: with
+        // these strides, `n · k` consecutive floats from `ptr`; `p` holds the buffer meanwhile.
+        let values = unsafe { std::slice::from_raw_parts(ptr, n * k) };
+        Some(f(values))
     }
 
     pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {

@@ -105,8 +105,14 @@ async fn generate_with<B: Backend>(
         let hidden = model.hidden(&step_ids, &pos, Some(&mut cache))?;
         let [b, t, d] = hidden.dims();
         let last = hidden.narrow(1, t - 1, 1).reshape([b, d]);
-        let logits = model.logits(last);
-        let next = pick(logits, &opts.sampling, &mut rng, mode).await?;
+        let screened = match opts.sampling {
+            Sampling::Greedy => model.screened_argmax(&last),
+            Sampling::Sample { .. } => None,
+        };
+        let next = match screened {
+            Some(token) => vec![token],
+            None => pick(model.logits(last), &opts.sampling, &mut rng, mode).await?,
+        };
         for (row, &tok) in next.iter().enumerate() {
             if done[row] {
                 continue;

@@ -17,6 +17,7 @@ pub mod files;
 pub mod flex;
 pub mod generate;
 pub mod head_loss;
+pub mod head_screen;
 pub mod kv_cache;
 pub mod layout;
 pub mod linear;

@@ -171,9 +171,13 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
             lm_head,
             rope_theta: cfg.rope_theta,
             max_position_embeddings: cfg.max_position_embeddings,
+            head_screen: None,
         };
         if let Some(dtype) = opts.dtype {
             model.cast_outside_layers(dtype);
+        }
+        if opts.quantize.is_some() {
+            model.screen_head();
         }
         Ok(model)
     }

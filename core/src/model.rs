@@ -5,6 +5,8 @@
 //! Field names equal the checkpoint keys (`model.layers.3.self_attn.q_proj.weight`), so loading
 //! needs no remap table, and linear weights keep PyTorch's `[out, in]` layout.
 
+use std::sync::Arc;
+
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
@@ -12,6 +14,7 @@ use burn::tensor::{DType, FloatDType};
 
 use crate::dtype::{cast_param, float_dtype, to_dtype};
 pub use crate::kv_cache::KvCache;
+use crate::head_screen::HeadScreen;
 use crate::kv_cache::LayerCache;
 use crate::layout::{Projection, PROJECTIONS};
 pub use crate::linear::Linear;
@@ -261,9 +264,42 @@ pub struct Qwen3ForCausalLM<B: Backend> {
     pub lm_head: Option<Linear<B>>,
     pub rope_theta: f64,
     pub max_position_embeddings: usize,
+    /// An int8 copy of the output layer that greedy decoding at batch 1 on the CPU reads instead
+    /// of the f32 one, with the same tokens ([`crate::head_screen`]); made with int8 or int4
+    /// projections ([`Self::screen_head`]).
+    #[module(skip)]
+    pub head_screen: Option<Arc<HeadScreen>>,
 }
 
 impl<B: Backend> Qwen3ForCausalLM<B> {
+    /// Makes [`Self::head_screen`] where it pays: flex, f32, one output block.
+    pub fn screen_head(&mut self) {
+        let weight = match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None if self.model.embed_tokens.rest.is_empty() => self.model.embed_tokens.weight.val(),
+            None => return,
+        };
+        let [rows, cols] = weight.dims();
+        self.head_screen = crate::flex::with_f32(&weight, |w| HeadScreen::new(w, rows, cols)).flatten().map(Arc::new);
+    }
+
+    /// The greedy token for one hidden row `[1, hidden]` read through [`Self::head_screen`]: the
+    /// candidates it leaves, scored from their f32 rows by the product [`Self::logits`] uses, the
+    /// largest (lowest id on a tie). `None` without a screen, for several rows, or on a NaN.
+    pub fn screened_argmax(&self, hidden: &Tensor<B, 2>) -> Option<u32> {
+        let screen = self.head_screen.as_ref()?;
+        if hidden.dims()[0] != 1 {
+            return None;
+        }
+        let candidates = crate::flex::with_f32(hidden, |x| screen.candidates(x)).flatten()?;
+        let logits: Vec<f32> = self.logits_of(hidden.clone(), &candidates).into_data().to_vec().ok()?;
+        if logits.iter().any(|v| v.is_nan()) {
+            return None;
+        }
+        let best = (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b });
+        candidates.get(best).copied()
+    }
+
     pub fn device(&self) -> B::Device {
         self.model.embed_tokens.weight.device()
     }
@@ -293,6 +329,9 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         m.norm.weight = cast_param(m.norm.weight.clone(), dtype);
         if let Some(head) = &mut self.lm_head {
             head.weight = cast_param(head.weight.clone(), dtype);
+        }
+        if self.head_screen.is_some() {
+            self.screen_head();
         }
     }
 

@@ -72,26 +72,42 @@ fn select_dot(block: usize) -> Dot {
 
 /// 16 weights at a time: sign-extend the i8 to i32, convert to f32, fused multiply-add; each
 /// block's sum scaled once. Needs `block` a multiple of 16.
+///
+/// Bound by memory latency, not arithmetic: one 16-byte load per four instructions keeps few
+/// cache lines in flight (out-of-order execution looks ~40 iterations ahead, 10 lines), so the
+/// weights were read at half the rate the f32 product reads its own. A software prefetch
+/// [`PREFETCH`] bytes ahead of each block keeps enough lines in flight.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_avx512(x: &[f32], w: &[i8], scales: &[f32], block: usize) -> f32 {
     use std::arch::x86_64::*;
     assert!(x.len() >= scales.len() * block && w.len() >= scales.len() * block);
-    let mut total = _mm512_setzero_ps();
+    // Two running totals, even and odd blocks: one would chain every block's scaling on the
+    // previous one's (4 cycles each).
+    let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     for (b, &scale) in scales.iter().enumerate() {
         let mut acc = _mm512_setzero_ps();
         let mut j = b * block;
         let end = j + block;
+        // Past the end it is a hint the CPU drops, never a read.
+        _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(j + PREFETCH) as *const i8);
         while j < end {
             // SAFETY: j + 16 <= end <= the slices' lengths (asserted above).
             let (q, xv) = unsafe { (_mm_loadu_si128(w.as_ptr().add(j) as *const __m128i), _mm512_loadu_ps(x.as_ptr().add(j))) };
             acc = _mm512_fmadd_ps(xv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), acc);
             j += 16;
         }
-        total = _mm512_fmadd_ps(_mm512_set1_ps(scale), acc, total);
+        if b & 1 == 0 {
+            even = _mm512_fmadd_ps(_mm512_set1_ps(scale), acc, even);
+        } else {
+            odd = _mm512_fmadd_ps(_mm512_set1_ps(scale), acc, odd);
+        }
     }
-    _mm512_reduce_add_ps(total)
+    _mm512_reduce_add_ps(_mm512_add_ps(even, odd))
 }
+
+/// How far ahead of the block being read the weights are prefetched, in bytes.
+const PREFETCH: usize = 2048;
 
 /// 8 weights at a time, as [`dot_avx512`]. Needs `block` a multiple of 8.
 #[cfg(target_arch = "x86_64")]

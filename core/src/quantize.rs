@@ -4,7 +4,8 @@
 //! eight to a u32); each forward dequantizes a projection just before its matmul, in the
 //! activations' dtype ([`crate::linear::Linear`]). The embedding (also the tied output layer)
 //! and norms stay unquantized: for vocabulary-heavy small models like Qwen3-0.6B the output
-//! layer is where rounding hurts most.
+//! layer is where rounding hurts most. On the CPU an int8 copy of the output layer is added for
+//! greedy decoding, which it screens without changing a token ([`crate::head_screen`]).
 
 use burn::prelude::*;
 
@@ -21,6 +22,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
             quantize_layer(layer, i, q)?;
         }
+        self.screen_head();
         Ok(self)
     }
 }

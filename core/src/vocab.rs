@@ -128,6 +128,7 @@ impl VocabMap {
         if let Some(head) = model.lm_head.as_mut() {
             head.weight = narrow(&head.weight);
         }
+        model.head_screen = None;
         Ok(())
     }
 }
@@ -148,6 +149,9 @@ impl VocabMap {
         wide.model.embed_tokens.weight = expand(&model.model.embed_tokens.weight)?;
         if let Some(head) = wide.lm_head.as_mut() {
             head.weight = expand(&head.weight)?;
+        }
+        if wide.head_screen.is_some() {
+            wide.screen_head();
         }
         Ok(wide)
     }

@@ -177,13 +177,21 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
         Ok(v.into_iter().map(|i| i as u32).collect())
     };
 
+    // Greedy as `generate` picks: through the int8 screen of the output layer where the model has one.
+    let greedy = |h: Tensor<B, 2>| -> Result<Vec<u32>> {
+        match model.screened_argmax(&h) {
+            Some(token) => Ok(vec![token]),
+            None => read(model.logits(h).argmax(1).reshape([b])),
+        }
+    };
+
     // Warm-up: kernels compile (GPU backends) and allocators settle before timing.
     {
         let mut cache = model.new_cache(b, 8 + 1)?;
         let pos = Positions::left_padded(&vec![8; b], 8);
         let h = model.hidden(&vec![1; b * 8], &pos, Some(&mut cache))?;
         let d = h.dims()[2];
-        read(model.logits(h.narrow(1, 7, 1).reshape([b, d])).argmax(1).reshape([b]))?;
+        greedy(h.narrow(1, 7, 1).reshape([b, d]))?;
     }
 
     let mut cache = model.new_cache(b, p + t)?;
@@ -191,7 +199,7 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     let pos = Positions::left_padded(&vec![p; b], p);
     let hidden = model.hidden(&ids, &pos, Some(&mut cache))?;
     let d = hidden.dims()[2];
-    let mut next = read(model.logits(hidden.narrow(1, p - 1, 1).reshape([b, d])).argmax(1).reshape([b]))?;
+    let mut next = greedy(hidden.narrow(1, p - 1, 1).reshape([b, d]))?;
     let prefill_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
@@ -199,7 +207,7 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     for step in 0..t.saturating_sub(1) {
         pos = pos.next(&vec![1; b], &vec![p + step; b], 1);
         let h = model.hidden(&next, &pos, Some(&mut cache))?;
-        next = read(model.logits(h.reshape([b, d])).argmax(1).reshape([b]))?;
+        next = greedy(h.reshape([b, d]))?;
     }
     let decode_s = start.elapsed().as_secs_f64();
     let decode_tokens = b * t.saturating_sub(1);
