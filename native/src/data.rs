@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use tiqu_core::synth::Synth;
+use tiqu_core::synth::{Style, Synth};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -44,6 +44,9 @@ pub struct SynthArgs {
     /// <out stem>.heldout.jsonl beside it.
     #[arg(long, value_name = "F")]
     split: Option<f64>,
+    /// Only these text styles (comma-separated: seed, form, free, letter, english, bracket, row).
+    #[arg(long, default_value = "all")]
+    styles: String,
 }
 
 pub fn run(cmd: &DataCommand) -> Result<()> {
@@ -80,7 +83,11 @@ fn synth(args: &SynthArgs) -> Result<()> {
             train
         }
     };
-    let mut records = Synth::new(args.seed).map(|r| r.to_sft());
+    let styles = Style::parse_list(&args.styles).map_err(|e| anyhow::anyhow!("--styles: {e}"))?;
+    if styles.is_empty() {
+        bail!("--styles: name at least one style");
+    }
+    let mut records = Synth::with_styles(args.seed, &styles).map(|r| r.to_sft());
     write(&args.out, records.by_ref().take(train))?;
     println!("wrote {train} records to {}", args.out.display());
     if train < args.n {

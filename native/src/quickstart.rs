@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use tiqu_core::synth::Synth;
+use tiqu_core::synth::{Style, Synth, SynthRecord};
 
 use tiqu_core::checkpoint::save::merge_folder;
 use tiqu_core::checkpoint::TOKENIZER_FILES;
@@ -75,11 +75,18 @@ pub struct QuickstartArgs {
     /// Peak learning rate from scratch (after 50 warmup steps, then a linear decay to 0).
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
+    /// Initial query/key norm weight of the from-scratch model (sharper attention from the start).
+    #[arg(long, default_value_t = 1.0)]
+    qk_norm_init: f64,
     /// Held-out records to evaluate on.
     #[arg(long, default_value_t = 200)]
     heldout: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Text styles kept out of training and measured separately (comma-separated, `none` to train
+    /// on every style): seed, form, free, letter, english, bracket, row.
+    #[arg(long, default_value = "bracket,row")]
+    hold_out: String,
     /// Make the last stdout line the evaluation's JSON object.
     #[arg(long)]
     json: bool,
@@ -112,6 +119,11 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
     if steps == 0 || args.heldout == 0 || args.records == Some(0) {
         bail!("--steps, --records and --heldout must be at least 1");
     }
+    let held_out = Style::parse_list(&args.hold_out).map_err(|e| anyhow!("--hold-out: {e}"))?;
+    let trained: Vec<Style> = Style::ALL.into_iter().filter(|s| !held_out.contains(s)).collect();
+    if trained.is_empty() {
+        bail!("--hold-out: every style is held out; keep at least one to train on");
+    }
     let tokenizer = find_tokenizer(args.tokenizer.as_deref())?;
     let out = &args.out;
     // A previous quickstart folder is replaced; anything else is not ours to delete.
@@ -128,10 +140,27 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
     let records = args.records.unwrap_or(if args.model.is_some() { 1000 } else { batch * steps });
     let train_path = out.join("data/train.jsonl");
     let heldout_path = out.join("data/heldout.jsonl");
-    data::write(&train_path, Synth::new(args.seed).take(records).map(|r| r.to_sft()))?;
-    // A different stream: held-out records are not drawn from the training sequence.
-    data::write(&heldout_path, Synth::new(args.seed ^ 0x0004_E1D0_u64).take(args.heldout).map(|r| r.to_sft()))?;
-    eprintln!("synthesised {records} training and {} held-out records in {}", args.heldout, out.join("data").display());
+    let unseen_path = out.join("data/heldout-styles.jsonl");
+    let seed_path = out.join("data/seed-example.jsonl");
+    data::write(&train_path, Synth::with_styles(args.seed, &trained).take(records).map(|r| r.to_sft()))?;
+    // Different streams: held-out records are not drawn from the training sequence.
+    let heldout: Vec<SynthRecord> = Synth::with_styles(args.seed ^ 0x0004_E1D0_u64, &trained).take(args.heldout).collect();
+    data::write(&heldout_path, heldout.iter().map(SynthRecord::to_sft))?;
+    let unseen: Vec<SynthRecord> = if held_out.is_empty() {
+        Vec::new()
+    } else {
+        Synth::with_styles(args.seed ^ 0x0005_7E1E_u64, &held_out).take(args.heldout.div_ceil(2)).collect()
+    };
+    data::write(&unseen_path, unseen.iter().map(SynthRecord::to_sft))?;
+    data::write(&seed_path, std::iter::once(seed_example().to_sft()))?;
+    eprintln!(
+        "synthesised {records} training and {} held-out records in the styles {}, and {} in the held-out styles {}, in {}",
+        heldout.len(),
+        names(&trained),
+        unseen.len(),
+        if held_out.is_empty() { "(none)".to_string() } else { names(&held_out) },
+        out.join("data").display()
+    );
 
     let run_dir = out.join("run");
     let (cfg, opts) = match &args.model {
@@ -156,6 +185,7 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
                 method: Method::Full,
                 random_weights: true,
                 restrict_vocab: true,
+                qk_norm_init: args.qk_norm_init,
                 data: train_path.display().to_string(),
                 eval_data: Some(heldout_path.display().to_string()),
                 optimizer: OptimizerConfig {
@@ -201,7 +231,29 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
             merged
         }
     };
-    let mut result: Value = with_backend!(backend, |B, device| held_out::<B>(&device, backend, &model_dir, &heldout_path, &out.join("mistakes.jsonl")))?;
+    let evaluate = |data: &Path, mistakes: &str| -> Result<Value> {
+        with_backend!(backend, |B, device| evaluate_on::<B>(&device, backend, &model_dir, data, &out.join(mistakes)))
+    };
+    let mut result = evaluate(&heldout_path, "mistakes.jsonl")?;
+    result["styles"] = by_style(&heldout, &result);
+    if !unseen.is_empty() {
+        let mut other = evaluate(&unseen_path, "mistakes-heldout-styles.jsonl")?;
+        other["styles"] = by_style(&unseen, &other);
+        result["held_out_styles"] = other;
+    }
+    let seed = evaluate(&seed_path, "mistakes-seed-example.jsonl")?;
+    result["seed_example"] = json!({
+        "text": seed_example().text,
+        "exact": seed["all_fields_exact"] == json!(1.0),
+        "predicted": seed["mistakes_list"].get(0).and_then(|m| m.get("predicted")).cloned().unwrap_or(Value::Null),
+    });
+    // The mistakes are in their files; the summary keeps the rates.
+    if let Some(o) = result.get_mut("held_out_styles").and_then(Value::as_object_mut) {
+        o.remove("mistakes_list");
+    }
+    if let Some(o) = result.as_object_mut() {
+        o.remove("mistakes_list");
+    }
     let report = run_dir.join("report.html");
     let total_s = started.elapsed().as_secs_f64();
     result["train_s"] = json!(train_s);
@@ -211,8 +263,19 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
     result["train_loss"] = finished.summary["final_loss"].clone();
     result["train_tokens_per_s"] = finished.summary["tokens_per_s"].clone();
     fs::write(out.join("quickstart.json"), serde_json::to_vec_pretty(&result)?)?;
-    println!("held-out extraction ({} records, copy-constrained decoding):", args.heldout);
+    println!("held-out extraction ({} records in the trained styles, copy-constrained decoding):", heldout.len());
     print_table(&result);
+    print_styles(&result["styles"]);
+    if let Some(other) = result.get("held_out_styles") {
+        println!("styles never trained on ({} records): all fields exact {:.1}%", unseen.len(), 100.0 * other["all_fields_exact"].as_f64().unwrap_or(f64::NAN));
+        print_styles(&other["styles"]);
+    }
+    let seed = &result["seed_example"];
+    if seed["exact"] == json!(true) {
+        println!("the seed's example: all four fields exact");
+    } else {
+        println!("the seed's example: wrong; predicted {}", seed["predicted"]);
+    }
     println!("model: {}", model_dir.display());
     println!("report: {}", report.display());
     println!("total {:.0} s (training {:.0} s)", total_s, train_s);
@@ -226,9 +289,53 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
     Ok(())
 }
 
-/// Extraction quality and loss of the trained model on the held-out records (their mistakes
-/// written to `mistakes`), as `tiqu eval` computes them.
-fn held_out<B: burn::prelude::Backend>(device: &B::Device, backend: BackendName, model: &Path, data: &Path, mistakes: &Path) -> Result<Value> {
+/// The README's first text, the seed dataset's style, with the fields the labelling rules give
+/// (the question runs through its trailing `…`).
+fn seed_example() -> SynthRecord {
+    SynthRecord {
+        text: "龙琳，宁夏回族自治区璐市城东林街g座 955491，邮箱 nafan@example.com。小区垃圾堆积成山…".to_string(),
+        name: "龙琳".to_string(),
+        address: "宁夏回族自治区璐市城东林街g座 955491".to_string(),
+        email: "nafan@example.com".to_string(),
+        question: "小区垃圾堆积成山…".to_string(),
+        style: Style::Seed,
+    }
+}
+
+fn names(styles: &[Style]) -> String {
+    styles.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// All-fields-exact by style: `records[i]` is the file's line `i + 1`; a record is wrong when a
+/// mistake names its line.
+fn by_style(records: &[SynthRecord], result: &Value) -> Value {
+    let wrong: std::collections::HashSet<u64> =
+        result["mistakes_list"].as_array().into_iter().flatten().filter_map(|m| m["line"].as_u64()).collect();
+    let mut out = serde_json::Map::new();
+    for style in Style::ALL {
+        let lines: Vec<u64> = records.iter().enumerate().filter(|(_, r)| r.style == style).map(|(i, _)| i as u64 + 1).collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let exact = lines.iter().filter(|l| !wrong.contains(l)).count();
+        out.insert(style.name().to_string(), json!({"records": lines.len(), "all_fields_exact": exact as f64 / lines.len() as f64}));
+    }
+    Value::Object(out)
+}
+
+fn print_styles(styles: &Value) {
+    if let Some(styles) = styles.as_object() {
+        let cells: Vec<String> = styles
+            .iter()
+            .map(|(name, s)| format!("{name} {:.1}% of {}", 100.0 * s["all_fields_exact"].as_f64().unwrap_or(f64::NAN), s["records"]))
+            .collect();
+        println!("by style: {}", cells.join(", "));
+    }
+}
+
+/// Extraction quality and loss of the trained model on held-out records (their mistakes
+/// written to `mistakes`, and kept in the result as `mistakes_list`), as `tiqu eval` computes them.
+fn evaluate_on<B: burn::prelude::Backend>(device: &B::Device, backend: BackendName, model: &Path, data: &Path, mistakes: &Path) -> Result<Value> {
     let source = data.display().to_string();
     let text = fs::read_to_string(data).map_err(|e| anyhow!("{source}: {e}"))?;
     let (records, bad_lines) = parse_records_lenient(&text, &source)?;
@@ -245,5 +352,6 @@ fn held_out<B: burn::prelude::Backend>(device: &B::Device, backend: BackendName,
     let lines: String = wrong.iter().map(|m| format!("{m}\n")).collect();
     fs::write(mistakes, lines).map_err(|e| anyhow!("{}: {e}", mistakes.display()))?;
     result["mistakes"] = json!(mistakes.display().to_string());
+    result["mistakes_list"] = json!(wrong);
     Ok(result)
 }

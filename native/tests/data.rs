@@ -62,6 +62,21 @@ fn synth_splits_into_train_and_heldout() {
     assert!(!dir.path().join("all.heldout.jsonl").exists());
 }
 
+/// `--styles` writes records of those styles only: rows of values without labels.
+#[test]
+fn synth_writes_the_styles_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rows.jsonl");
+    let o = tiqu(&["data", "synth", "--n", "30", "--styles", "row", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = fs::read_to_string(&out).unwrap();
+    assert_eq!(check_records(&text), 30);
+    for line in text.lines() {
+        let input = serde_json::from_str::<Value>(line).unwrap()["input"].as_str().unwrap().to_string();
+        assert!(!["姓名", "邮箱", "地址", "Email", "Name"].iter().any(|l| input.contains(l)), "a labelled row: {input}");
+    }
+}
+
 #[test]
 fn synth_bad_input_is_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,6 +85,8 @@ fn synth_bad_input_is_one_line() {
     assert_clean_error(&tiqu(&["data", "synth", "--n", "0", "--out", out]), &["--n must be at least 1"]);
     assert_clean_error(&tiqu(&["data", "synth", "--n", "5", "--split", "1.5", "--out", out]), &["--split"]);
     assert_clean_error(&tiqu(&["data", "synth", "--n", "1", "--split", "0.9", "--out", out]), &["held-out", "empty"]);
+    assert_clean_error(&tiqu(&["data", "synth", "--n", "3", "--styles", "row,tabs", "--out", out]), &["--styles", "`tabs`", "letter"]);
+    assert_clean_error(&tiqu(&["data", "synth", "--n", "3", "--styles", "none", "--out", out]), &["--styles", "at least one"]);
 
     // A path under a file, and one under /proc.
     let file = dir.path().join("file");

@@ -48,6 +48,14 @@ fn a_reduced_quickstart_learns_to_extract() {
     );
     assert_eq!(trained["json_valid"], 1.0);
     assert_eq!(trained["hallucinated"], 0.0);
+    // The styles held out of training are measured apart, by style, and the seed's example too.
+    let unseen = &trained["held_out_styles"];
+    assert_eq!(unseen["records"], 20);
+    let by_style = unseen["styles"].as_object().unwrap();
+    assert_eq!(by_style.keys().collect::<Vec<_>>(), ["bracket", "row"]);
+    assert_eq!(by_style.values().map(|s| s["records"].as_u64().unwrap()).sum::<u64>(), 20);
+    assert!(!trained["styles"].as_object().unwrap().contains_key("row"));
+    assert!(trained["seed_example"]["exact"].is_boolean());
     assert!(t >= u + MARGIN, "mean field exact: trained {t} vs untrained {u}");
     assert!(trained["all_fields_exact"].as_f64() >= untrained["all_fields_exact"].as_f64());
 
@@ -100,8 +108,10 @@ fn bad_quickstart_input_gets_one_line_and_deletes_nothing() {
     let theirs = dir.path().join("theirs");
     std::fs::create_dir(&theirs).unwrap();
     std::fs::write(theirs.join("keep.txt"), "x").unwrap();
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--steps", "0"], "--steps"),
+        (&["--hold-out", "row,tabs"], "unknown style `tabs`"),
+        (&["--hold-out", "all"], "every style is held out"),
         (&["--out", theirs.to_str().unwrap()], "not a quickstart folder"),
         (&["--tokenizer", "/nonexistent-tokenizer"], "/nonexistent-tokenizer"),
     ];
