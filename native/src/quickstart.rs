@@ -75,9 +75,6 @@ pub struct QuickstartArgs {
     /// Peak learning rate from scratch (after 50 warmup steps, then a linear decay to 0).
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
-    /// Initial query/key norm weight of the from-scratch model (sharper attention from the start).
-    #[arg(long, default_value_t = 1.0)]
-    qk_norm_init: f64,
     /// Held-out records to evaluate on.
     #[arg(long, default_value_t = 200)]
     heldout: usize,
@@ -185,7 +182,6 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
                 method: Method::Full,
                 random_weights: true,
                 restrict_vocab: true,
-                qk_norm_init: args.qk_norm_init,
                 data: train_path.display().to_string(),
                 eval_data: Some(heldout_path.display().to_string()),
                 optimizer: OptimizerConfig {
