@@ -90,7 +90,7 @@ unsafe fn dot_avx512(x: &[f32], w: &[i8], scales: &[f32], block: usize) -> f32 {
         let mut j = b * block;
         let end = j + block;
         // Past the end it is a hint the CPU drops, never a read.
-        _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(j + PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(j + PREFETCH));
         while j < end {
             // SAFETY: j + 16 <= end <= the slices' lengths (asserted above).
             let (q, xv) = unsafe { (_mm_loadu_si128(w.as_ptr().add(j) as *const __m128i), _mm512_loadu_ps(x.as_ptr().add(j))) };
