@@ -227,29 +227,22 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
             merged
         }
     };
-    let evaluate = |data: &Path, mistakes: &str| -> Result<Value> {
+    let evaluate = |data: &Path, mistakes: &str| -> Result<(Value, Vec<Value>)> {
         with_backend!(backend, |B, device| evaluate_on::<B>(&device, backend, &model_dir, data, &out.join(mistakes)))
     };
-    let mut result = evaluate(&heldout_path, "mistakes.jsonl")?;
-    result["styles"] = by_style(&heldout, &result);
+    let (mut result, wrong) = evaluate(&heldout_path, "mistakes.jsonl")?;
+    result["styles"] = by_style(&heldout, &wrong);
     if !unseen.is_empty() {
-        let mut other = evaluate(&unseen_path, "mistakes-heldout-styles.jsonl")?;
-        other["styles"] = by_style(&unseen, &other);
+        let (mut other, wrong) = evaluate(&unseen_path, "mistakes-heldout-styles.jsonl")?;
+        other["styles"] = by_style(&unseen, &wrong);
         result["held_out_styles"] = other;
     }
-    let seed = evaluate(&seed_path, "mistakes-seed-example.jsonl")?;
+    let (seed, wrong) = evaluate(&seed_path, "mistakes-seed-example.jsonl")?;
     result["seed_example"] = json!({
         "text": seed_example().text,
         "exact": seed["all_fields_exact"] == json!(1.0),
-        "predicted": seed["mistakes_list"].get(0).and_then(|m| m.get("predicted")).cloned().unwrap_or(Value::Null),
+        "predicted": wrong.first().and_then(|m| m.get("predicted")).cloned().unwrap_or(Value::Null),
     });
-    // The mistakes are in their files; the summary keeps the rates.
-    if let Some(o) = result.get_mut("held_out_styles").and_then(Value::as_object_mut) {
-        o.remove("mistakes_list");
-    }
-    if let Some(o) = result.as_object_mut() {
-        o.remove("mistakes_list");
-    }
     let report = run_dir.join("report.html");
     let total_s = started.elapsed().as_secs_f64();
     result["train_s"] = json!(train_s);
@@ -304,9 +297,8 @@ fn names(styles: &[Style]) -> String {
 
 /// All-fields-exact by style: `records[i]` is the file's line `i + 1`; a record is wrong when a
 /// mistake names its line.
-fn by_style(records: &[SynthRecord], result: &Value) -> Value {
-    let wrong: std::collections::HashSet<u64> =
-        result["mistakes_list"].as_array().into_iter().flatten().filter_map(|m| m["line"].as_u64()).collect();
+fn by_style(records: &[SynthRecord], mistakes: &[Value]) -> Value {
+    let wrong: std::collections::HashSet<u64> = mistakes.iter().filter_map(|m| m["line"].as_u64()).collect();
     let mut out = serde_json::Map::new();
     for style in Style::ALL {
         let lines: Vec<u64> = records.iter().enumerate().filter(|(_, r)| r.style == style).map(|(i, _)| i as u64 + 1).collect();
@@ -329,9 +321,9 @@ fn print_styles(styles: &Value) {
     }
 }
 
-/// Extraction quality and loss of the trained model on held-out records (their mistakes
-/// written to `mistakes`, and kept in the result as `mistakes_list`), as `tiqu eval` computes them.
-fn evaluate_on<B: burn::prelude::Backend>(device: &B::Device, backend: BackendName, model: &Path, data: &Path, mistakes: &Path) -> Result<Value> {
+/// Extraction quality and loss of the trained model on held-out records, as `tiqu eval` computes
+/// them, and its mistakes (also written to `mistakes`).
+fn evaluate_on<B: burn::prelude::Backend>(device: &B::Device, backend: BackendName, model: &Path, data: &Path, mistakes: &Path) -> Result<(Value, Vec<Value>)> {
     let source = data.display().to_string();
     let text = fs::read_to_string(data).map_err(|e| anyhow!("{source}: {e}"))?;
     let (records, bad_lines) = parse_records_lenient(&text, &source)?;
@@ -348,6 +340,5 @@ fn evaluate_on<B: burn::prelude::Backend>(device: &B::Device, backend: BackendNa
     let lines: String = wrong.iter().map(|m| format!("{m}\n")).collect();
     fs::write(mistakes, lines).map_err(|e| anyhow!("{}: {e}", mistakes.display()))?;
     result["mistakes"] = json!(mistakes.display().to_string());
-    result["mistakes_list"] = json!(wrong);
-    Ok(result)
+    Ok((result, wrong))
 }
