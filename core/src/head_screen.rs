@@ -1,7 +1,8 @@
 //! Greedy decoding at batch 1 on the CPU through an int8 copy of the output layer, giving the
 //! tokens of the f32 layer. Decoding one row reads every weight once, and with int8 projections
 //! the f32 output layer (151,936 × 1,024 on Qwen3-0.6B, 622 MB) is more than half of the bytes
-//! of a step. The copy (one i8 per weight, one f32 scale per 32, 175 MB) is read instead. Each
+//! of a step. The copy (one i8 per weight, one f32 scale per 32, 175 MB, made on the first
+//! greedy step) is read instead. Each
 //! row's screened logit is within `max scale / 2 · ‖x‖₁` of its f32 logit (a weight rounds by
 //! at most half its block's scale), so every token whose f32 logit may be the largest is kept and
 //! computed again from its f32 row with the same dot product the whole layer uses; the largest
@@ -9,6 +10,7 @@
 //! probability and keeps the f32 layer, as do training and the loss.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 /// Weights per scale.
 const BLOCK: usize = 32;
@@ -29,11 +31,28 @@ impl fmt::Debug for HeadScreen {
     }
 }
 
+/// A model's screen, made on first use: loads that never decode greedily at batch 1 (extraction,
+/// evaluation, the service) neither spend the quantization at start-up nor hold the copy.
+#[derive(Debug, Default)]
+pub struct LazyScreen(OnceLock<Option<HeadScreen>>);
+
+impl LazyScreen {
+    /// The screen, made by `make` the first time (`None` when it cannot be made).
+    pub fn get_or_make(&self, make: impl FnOnce() -> Option<HeadScreen>) -> Option<&HeadScreen> {
+        self.0.get_or_init(make).as_ref()
+    }
+}
+
 impl HeadScreen {
+    /// Whether a layer of `cols` columns can be screened (32 divides its rows).
+    pub fn fits(cols: usize) -> bool {
+        cols > 0 && cols.is_multiple_of(BLOCK)
+    }
+
     /// Quantizes `w` `[rows, cols]` (row-major): symmetric, one scale per 32 consecutive weights of
     /// a row. `None` when 32 does not divide `cols` or a weight is not finite.
     pub fn new(w: &[f32], rows: usize, cols: usize) -> Option<Self> {
-        if cols == 0 || !cols.is_multiple_of(BLOCK) || w.len() != rows * cols || !w.iter().all(|v| v.is_finite()) {
+        if !Self::fits(cols) || w.len() != rows * cols || !w.iter().all(|v| v.is_finite()) {
             return None;
         }
         let mut values = vec![0i8; w.len()];

@@ -14,7 +14,7 @@ use burn::tensor::{DType, FloatDType};
 
 use crate::dtype::{cast_param, float_dtype, to_dtype};
 pub use crate::kv_cache::KvCache;
-use crate::head_screen::HeadScreen;
+use crate::head_screen::{HeadScreen, LazyScreen};
 use crate::kv_cache::LayerCache;
 use crate::layout::{Projection, PROJECTIONS};
 pub use crate::linear::Linear;
@@ -265,32 +265,42 @@ pub struct Qwen3ForCausalLM<B: Backend> {
     pub rope_theta: f64,
     pub max_position_embeddings: usize,
     /// An int8 copy of the output layer that greedy decoding at batch 1 on the CPU reads instead
-    /// of the f32 one, with the same tokens ([`crate::head_screen`]); made with int8 or int4
-    /// projections ([`Self::screen_head`]).
+    /// of the f32 one, with the same tokens ([`crate::head_screen`]); set up with int8 or int4
+    /// projections ([`Self::screen_head`]), made on its first use.
     #[module(skip)]
-    pub head_screen: Option<Arc<HeadScreen>>,
+    pub head_screen: Option<Arc<LazyScreen>>,
 }
 
 impl<B: Backend> Qwen3ForCausalLM<B> {
-    /// Makes [`Self::head_screen`] where it pays: flex, f32, one output block.
+    /// The output layer's weight when it is one block (not split under a byte limit).
+    fn output_weight(&self) -> Option<Tensor<B, 2>> {
+        match &self.lm_head {
+            Some(head) => Some(head.weight.val()),
+            None if self.model.embed_tokens.rest.is_empty() => Some(self.model.embed_tokens.weight.val()),
+            None => None,
+        }
+    }
+
+    /// Sets up [`Self::head_screen`] (a fresh one, for the current output layer) where it pays:
+    /// flex, f32, one output block whose rows 32 divides.
     pub fn screen_head(&mut self) {
-        let weight = match &self.lm_head {
-            Some(head) => head.weight.val(),
-            None if self.model.embed_tokens.rest.is_empty() => self.model.embed_tokens.weight.val(),
-            None => return,
-        };
-        let [rows, cols] = weight.dims();
-        self.head_screen = crate::flex::with_f32(&weight, |w| HeadScreen::new(w, rows, cols)).flatten().map(Arc::new);
+        let fits = self.output_weight().is_some_and(|w| HeadScreen::fits(w.dims()[1]) && crate::flex::with_f32(&w, |_| ()).is_some());
+        self.head_screen = fits.then(|| Arc::new(LazyScreen::default()));
     }
 
     /// The greedy token for one hidden row `[1, hidden]` read through [`Self::head_screen`]: the
     /// candidates it leaves, scored from their f32 rows by the product [`Self::logits`] uses, the
     /// largest (lowest id on a tie). `None` without a screen, for several rows, or on a NaN.
     pub fn screened_argmax(&self, hidden: &Tensor<B, 2>) -> Option<u32> {
-        let screen = self.head_screen.as_ref()?;
+        let lazy = self.head_screen.as_ref()?;
         if hidden.dims()[0] != 1 {
             return None;
         }
+        let screen = lazy.get_or_make(|| {
+            let weight = self.output_weight()?;
+            let [rows, cols] = weight.dims();
+            crate::flex::with_f32(&weight, |w| HeadScreen::new(w, rows, cols)).flatten()
+        })?;
         let candidates = crate::flex::with_f32(hidden, |x| screen.candidates(x)).flatten()?;
         let logits: Vec<f32> = self.logits_of(hidden.clone(), &candidates).into_data().to_vec().ok()?;
         if logits.iter().any(|v| v.is_nan()) {

@@ -114,5 +114,7 @@ fn the_int8_head_screen_keeps_every_greedy_token() {
             assert_eq!(a, b, "tied {tied}, prompt {prompt:?}");
             assert_eq!(a[0].tokens.len(), 40);
         }
+        let made = screened.head_screen.as_ref().unwrap().get_or_make(|| None).is_some();
+        assert!(made, "greedy decoding made the screen and read it");
     }
 }
