@@ -15,9 +15,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use burn::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 
 use crate::constrain::{Constrain, Grammar, State};
 use crate::extract::{Extraction, Extractor, Fields};
+use crate::generate::{distribution, draw, Sampling};
 use crate::model::RowPass;
 use crate::read::{read, ready, ReadMode};
 use crate::schema::Schema;
@@ -116,6 +119,8 @@ struct Slot {
     draft_len: DraftLength,
     drafted: usize,
     accepted: usize,
+    /// The row's own draws when sampling.
+    rng: Option<StdRng>,
 }
 
 /// The decode loop. Submit requests (they queue until a row is free), then call
@@ -226,6 +231,7 @@ impl<'a, B: Backend> Engine<'a, B> {
         if request.text.trim().is_empty() {
             return Err(Error::Other("empty text".into()));
         }
+        self.ex.options().sampling.check()?;
         let (mut ids, text, warning) = self.ex.prompt(&request.schema, &request.text)?;
         let mut slot = Slot {
             id,
@@ -245,6 +251,10 @@ impl<'a, B: Backend> Engine<'a, B> {
             draft_len: DraftLength::new(if request.constrain == Constrain::Copy { self.ex.options().speculate } else { Speculate::Off }),
             drafted: 0,
             accepted: 0,
+            rng: match self.ex.options().sampling {
+                Sampling::Greedy => None,
+                Sampling::Sample { seed, .. } => Some(StdRng::seed_from_u64(seed.wrapping_add(id as u64))),
+            },
         };
         if request.constrain != Constrain::None {
             let grammar = Grammar::new(&slot.schema, request.constrain, &text);
@@ -464,7 +474,8 @@ impl<'a, B: Backend> Engine<'a, B> {
         }
         slot.picked += 1;
         let (Some(grammar), Some(state)) = (&slot.grammar, &mut slot.state) else {
-            let best = scores.argmax(0..scores.values.len() as u32);
+            let vocab = self.ex.model().vocab_size() as u32;
+            let best = scores.pick(0..vocab, &self.ex.options().sampling, slot.rng.as_mut());
             if self.ex.eos_token_ids().contains(&best) {
                 return Ok(Vec::new());
             }
@@ -479,7 +490,7 @@ impl<'a, B: Backend> Engine<'a, B> {
             slot.truncated = true;
             return Ok(Vec::new());
         }
-        let best = scores.argmax(allowed.into_iter());
+        let best = scores.pick(allowed.into_iter(), &self.ex.options().sampling, slot.rng.as_mut());
         let bytes = table.bytes(best).ok_or_else(|| Error::Other(format!("token {best} has no bytes")))?;
         *state = grammar.step_bytes(state, bytes).ok_or_else(|| Error::Other(format!("token {best} breaks the grammar")))?;
         slot.generated += 1;
@@ -553,6 +564,20 @@ impl Scores<'_> {
         }
     }
 
+    /// The next token among `candidates`: the argmax, or a draw from the sampled distribution
+    /// over them.
+    fn pick(&self, candidates: impl Iterator<Item = u32>, sampling: &Sampling, rng: Option<&mut StdRng>) -> u32 {
+        match (sampling, rng) {
+            (Sampling::Sample { temperature, top_k, top_p, .. }, Some(rng)) => {
+                let candidates: Vec<u32> = candidates.collect();
+                let logits: Vec<f32> = candidates.iter().map(|&id| self.get(id)).collect();
+                let dist = distribution(&logits, *temperature, *top_k, *top_p);
+                candidates[dist[draw(&dist, rng)].0]
+            }
+            _ => self.argmax(candidates),
+        }
+    }
+
     /// The candidate with the highest logit, the lowest id among equals.
     fn argmax(&self, candidates: impl Iterator<Item = u32>) -> u32 {
         let mut best = (f32::NEG_INFINITY, u32::MAX);
@@ -602,9 +627,25 @@ mod tests {
     /// A row that was fed its pending pick and `draft` in one pass (100 tokens were in the cache),
     /// then settled with logits whose constrained argmax is each of `picks` in turn.
     fn settle_after(ex: &Extractor<Flex>, picks: impl Fn(&[u32]) -> Vec<u32>) -> (Slot, Vec<u32>) {
+        let vocab = ex.model().vocab_size();
+        settle_with(ex, 0, |drafted| {
+            picks(drafted)
+                .into_iter()
+                .map(|p| {
+                    let mut row = vec![0.0; vocab];
+                    row[p as usize] = 10.0;
+                    row
+                })
+                .collect()
+        })
+    }
+
+    /// A row (engine id `id`) inside the name's value after "王", fed its pick and a draft of 3
+    /// in one pass, then settled with the logits `rows` gives for that draft.
+    fn settle_with(ex: &Extractor<Flex>, id: usize, rows: impl Fn(&[u32]) -> Vec<Vec<f32>>) -> (Slot, Vec<u32>) {
         let text = "王小明 上海市浦东新区世纪大道100号 xm@example.org";
         let mut engine = ex.engine(1);
-        let mut slot = engine.prepare(0, ex.request(text)).unwrap();
+        let mut slot = engine.prepare(id, ex.request(text)).unwrap();
         let (grammar, state) = (slot.grammar.as_ref().unwrap(), slot.state.as_ref().unwrap());
         // Inside the name's value after "王", as if the model had picked it.
         let state = grammar.step_bytes(state, " \"王".as_bytes()).unwrap();
@@ -615,18 +656,52 @@ mod tests {
         slot.pending = VecDeque::new();
         slot.draft = drafted.clone();
         slot.len = 100 + 1 + drafted.len();
-        let vocab = ex.model().vocab_size();
-        let rows: Vec<Vec<f32>> = picks(&drafted)
-            .into_iter()
-            .map(|p| {
-                let mut row = vec![0.0; vocab];
-                row[p as usize] = 10.0;
-                row
-            })
-            .collect();
+        let rows = rows(&drafted);
         let scores = rows.iter().map(|r| Scores { values: r, ids: None, allowed: None }).collect();
         engine.settle(0, slot, scores);
         (engine.slots[0].take().expect("the row goes on"), drafted)
+    }
+
+    /// Sampling with a draft: each drafted token is kept with the probability the model gives it
+    /// at its position, and a rejection is a draw from the other tokens. How far a row follows
+    /// the text is then distributed as sampling one token at a time would have it: with the
+    /// drafted tokens at 0.7, 0.5 and 0.8 (the closing quote taking the rest), a row keeps 0,
+    /// 1, 2 or 3 of them with probabilities 0.3, 0.35, 0.07 and 0.28, and a rejected position
+    /// picks the quote. Keeping a drafted token more often than the model would pick it fails.
+    #[test]
+    fn a_sampled_row_keeps_each_drafted_token_at_its_probability() {
+        let sampling = Sampling::Sample { temperature: 1.0, top_k: None, top_p: None, seed: 5 };
+        let ex = extractor().with_options(crate::ExtractOptions { sampling, ..Default::default() });
+        let quote = ex.tokenizer().encode("\"").unwrap()[0];
+        let vocab = ex.model().vocab_size();
+        let probs = [0.7f32, 0.5, 0.8];
+        let n = 3000;
+        let mut kept = [0usize; 4];
+        for trial in 0..n {
+            let (slot, _) = settle_with(&ex, trial, |drafted| {
+                (0..=drafted.len())
+                    .map(|i| {
+                        let mut row = vec![f32::NEG_INFINITY; vocab];
+                        match probs.get(i) {
+                            Some(&p) => {
+                                row[drafted[i] as usize] = p.ln();
+                                row[quote as usize] = (1.0 - p).ln();
+                            }
+                            None => row[quote as usize] = 0.0,
+                        }
+                        row
+                    })
+                    .collect()
+            });
+            assert_eq!(slot.pending.front(), Some(&quote), "after the kept tokens the row picks the quote");
+            kept[slot.accepted] += 1;
+        }
+        let expected = [0.3, 0.7 * 0.5, 0.7 * 0.5 * 0.2, 0.7 * 0.5 * 0.8];
+        for (k, (&seen, &p)) in kept.iter().zip(&expected).enumerate() {
+            let sigma = (p * (1.0 - p) / n as f64).sqrt();
+            let seen = seen as f64 / n as f64;
+            assert!((seen - p).abs() < 5.0 * sigma, "kept {k}: {seen:.3} of rows, expected {p:.3}");
+        }
     }
 
     /// Gathered logits are the whole head's at those ids, for a tied head (the embedding's

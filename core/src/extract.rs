@@ -9,6 +9,7 @@ use burn::prelude::*;
 
 use crate::chat::chat_prompt;
 use crate::constrain::{Constrain, TokenTable};
+use crate::generate::Sampling;
 use crate::model::Qwen3ForCausalLM;
 use crate::schema::Schema;
 use crate::speculate::Speculate;
@@ -26,13 +27,16 @@ pub struct ExtractOptions {
     /// cut, with a warning, so one record's work and memory stay bounded.
     pub max_input_tokens: usize,
     /// Draft tokens copied from the text and verified in one pass ([`Speculate`]); greedy
-    /// output is the same either way.
+    /// output is the same either way, sampled output has the same distribution.
     pub speculate: Speculate,
+    /// Greedy (the default) or sampled picks; a sampled record draws from `seed` plus its
+    /// engine id (the order it was submitted in).
+    pub sampling: Sampling,
 }
 
 impl Default for ExtractOptions {
     fn default() -> Self {
-        Self { constrain: Constrain::Copy, max_new_tokens: 256, batch: 32, max_input_tokens: 2048, speculate: Speculate::Auto }
+        Self { constrain: Constrain::Copy, max_new_tokens: 256, batch: 32, max_input_tokens: 2048, speculate: Speculate::Auto, sampling: Sampling::Greedy }
     }
 }
 

@@ -8,11 +8,27 @@ use crate::model::{Positions, Qwen3ForCausalLM};
 use crate::read::{read, ready, ReadMode};
 use crate::{Error, Result};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Sampling {
+    #[default]
     Greedy,
     /// transformers' order: temperature, then top-k, then top-p.
     Sample { temperature: f32, top_k: Option<usize>, top_p: Option<f32>, seed: u64 },
+}
+
+impl Sampling {
+    /// A positive, finite temperature and a top-p in (0, 1].
+    pub fn check(&self) -> Result<()> {
+        if let Sampling::Sample { temperature, top_p, .. } = self {
+            if !(*temperature > 0.0 && temperature.is_finite()) {
+                return Err(Error::Other(format!("temperature must be positive, got {temperature}")));
+            }
+            if top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+                return Err(Error::Other("top_p must be in (0, 1]".into()));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -63,14 +79,7 @@ async fn generate_with<B: Backend>(
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(Error::Other(format!("prompt {i} is empty")));
     }
-    if let Sampling::Sample { temperature, top_p, .. } = &opts.sampling {
-        if !(*temperature > 0.0 && temperature.is_finite()) {
-            return Err(Error::Other(format!("temperature must be positive, got {temperature}")));
-        }
-        if top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-            return Err(Error::Other("top_p must be in (0, 1]".into()));
-        }
-    }
+    opts.sampling.check()?;
     let batch = prompts.len();
     let seq = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let limit = model.max_position_embeddings;
@@ -157,6 +166,14 @@ async fn pick<B: Backend>(logits: Tensor<B, 2>, sampling: &Sampling, rng: &mut S
 /// One draw from `softmax(logits / temperature)` restricted to the top-k, then to the smallest
 /// set whose probability reaches top-p (always keeping the most likely token).
 pub fn sample_row(logits: &[f32], temperature: f32, top_k: Option<usize>, top_p: Option<f32>, rng: &mut StdRng) -> u32 {
+    let dist = distribution(logits, temperature, top_k, top_p);
+    dist[draw(&dist, rng)].0 as u32
+}
+
+/// The sampled distribution over `logits`' indices: softmax at `temperature`, cut to the top-k,
+/// then to the smallest set whose probability reaches top-p (the most likely index always
+/// stays), renormalised. Pairs of (index, probability), most likely first.
+pub fn distribution(logits: &[f32], temperature: f32, top_k: Option<usize>, top_p: Option<f32>) -> Vec<(usize, f64)> {
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     if let Some(k) = top_k.filter(|&k| k > 0) {
@@ -178,12 +195,39 @@ pub fn sample_row(logits: &[f32], temperature: f32, top_k: Option<usize>, top_p:
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|q| *q /= total);
     }
+    order.into_iter().zip(probs).collect()
+}
+
+/// A position of `dist` drawn from it (inverse CDF, most likely first).
+pub fn draw(dist: &[(usize, f64)], rng: &mut StdRng) -> usize {
     let mut u: f64 = rng.random();
-    for (i, q) in probs.iter().enumerate() {
-        if u < *q {
-            return order[i] as u32;
+    for (k, &(_, q)) in dist.iter().enumerate() {
+        if u < q {
+            return k;
         }
         u -= q;
     }
-    order[probs.len() - 1] as u32
+    // Rounding left u past the end.
+    dist.len() - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A draw is the inverse-CDF draw over the tokens from the most likely down: sample_row
+    /// gives the tokens it gave before `distribution` and `draw` were split out of it.
+    #[test]
+    fn sample_row_draws_in_probability_order() {
+        let logits = [0.0f32, 3.0, 1.0];
+        let dist = distribution(&logits, 1.0, None, None);
+        assert_eq!(dist.iter().map(|d| d.0).collect::<Vec<_>>(), [1, 2, 0]);
+        let mut a = StdRng::seed_from_u64(3);
+        let mut b = StdRng::seed_from_u64(3);
+        for _ in 0..100 {
+            let u: f64 = b.random();
+            let expected = if u < dist[0].1 { 1 } else if u < dist[0].1 + dist[1].1 { 2 } else { 0 };
+            assert_eq!(sample_row(&logits, 1.0, None, None, &mut a), expected);
+        }
+    }
 }

@@ -10,6 +10,14 @@
 //!
 //! Forced literals (keys, punctuation) are fed without asking the model at all, so drafts stop at
 //! the end of a value: they never cross into what the grammar decides.
+//!
+//! Sampled picks verify a draft the same way: the pick at each drafted position is a draw from
+//! the model's constrained distribution there, and the draft is kept while the draws equal it.
+//! For a draft that proposes one token with certainty this is speculative sampling's acceptance
+//! rule (keep the drafted token d with probability min(1, p(d)/q(d)) = p(d); otherwise draw from
+//! max(0, p − q) renormalised, which is p without d). Each pick is one draw from the row's own
+//! stream whether it was drafted or not, so a seed gives the same records with and without
+//! drafts, as greedy decoding does.
 
 use crate::constrain::{Grammar, State, TokenTable};
 use crate::tokenizer::Tokenizer;

@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
+use tiqu_core::generate::Sampling;
 use tiqu_core::{Constrain, ExtractOptions, Extractor, Speculate};
 
 const TEXTS: [&str; 5] = [
@@ -57,12 +58,54 @@ pub fn speculation_keeps_greedy_outputs<B: Backend>(device: &B::Device) {
     assert!(drafted > 100, "drafts were made and verified: {drafted}");
 }
 
+/// Sampled extraction with drafts gives the records sampling one token at a time gives, for
+/// the same seed: each pick, drafted position or not, is one draw from the row's own stream, so
+/// the draws line up, and a drafted token is kept exactly when the draw picks it (the acceptance
+/// rule for a one-point draft). 200 sampled records of the seed's text at a temperature high
+/// enough that this random-weight model follows the text at times: drafts kept and rejected,
+/// the records varied, and each equal to its one-at-a-time twin.
+pub fn speculation_keeps_sampled_outputs<B: Backend>(device: &B::Device) {
+    let texts = vec![TEXTS[0]; 200];
+    let sampled = |speculate| {
+        let options = ExtractOptions {
+            constrain: Constrain::Copy,
+            max_new_tokens: 24,
+            batch: 8,
+            speculate,
+            sampling: Sampling::Sample { temperature: 20.0, top_k: None, top_p: None, seed: 11 },
+            ..Default::default()
+        };
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-untied");
+        let ex = Extractor::<B>::load(&dir, None, device).unwrap().with_options(options);
+        ex.extract_batch(&texts).into_iter().map(Result::unwrap).collect::<Vec<_>>()
+    };
+    let plain = sampled(Speculate::Off);
+    let distinct: std::collections::HashSet<String> = plain.iter().map(|x| x.fields.to_json().to_string()).collect();
+    assert!(distinct.len() > 50, "the records vary: {} distinct", distinct.len());
+    // `auto` drafts little with 8 rows decoding (a pass would pay every row's draft columns).
+    for speculate in [Speculate::Fixed(1), Speculate::Fixed(4), Speculate::Fixed(16), Speculate::Auto] {
+        let drafted = sampled(speculate);
+        let kept: usize = drafted.iter().map(|x| x.accepted).sum();
+        let proposed: usize = drafted.iter().map(|x| x.drafted).sum();
+        eprintln!("speculate {speculate}: {kept} of {proposed} drafted tokens kept");
+        assert!(speculate == Speculate::Auto || (kept > 10 && kept < proposed), "drafts kept and rejected: {kept} of {proposed}");
+        for (i, (a, b)) in plain.iter().zip(&drafted).enumerate() {
+            assert_eq!((&a.fields, a.tokens), (&b.fields, b.tokens), "record {i}, speculate {speculate}");
+        }
+    }
+}
+
 macro_rules! backend_tests {
     ($module:ident, $backend:ty) => {
         mod $module {
             #[test]
             fn speculation_keeps_greedy_outputs() {
                 super::speculation_keeps_greedy_outputs::<$backend>(&Default::default());
+            }
+
+            #[test]
+            fn speculation_keeps_sampled_outputs() {
+                super::speculation_keeps_sampled_outputs::<$backend>(&Default::default());
             }
         }
     };

@@ -59,6 +59,10 @@ pub struct ExtractArgs {
     /// are the same either way.
     #[arg(long, default_value = "auto")]
     speculate: Speculate,
+    /// Picks are greedy unless these ask for sampling (from `--seed` plus the record's order
+    /// among those this run reads); speculation then keeps the sampled distribution by the acceptance rule.
+    #[command(flatten)]
+    sampling: crate::generate::SamplingArgs,
     /// For benchmarks: admit records a batch at a time, when the previous batch has finished
     /// (the schedule of the lock-step loop that preceded the engine), to compare with
     /// continuous batching on the same texts.
@@ -194,6 +198,7 @@ pub fn run(backend: BackendName, args: &ExtractArgs) -> Result<()> {
     if args.max_input_tokens == 0 {
         bail!("--max-input-tokens must be at least 1");
     }
+    args.sampling.sampling(args.model.seed).check()?;
     let schema = match &args.schema {
         Some(p) => Schema::from_json(&fs::read(p).map_err(|e| anyhow!("{}: {e}", p.display()))?, &p.display().to_string())?,
         None => Schema::default(),
@@ -222,6 +227,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
         batch: args.batch,
         max_input_tokens: args.max_input_tokens,
         speculate: args.speculate,
+        sampling: args.sampling.sampling(args.model.seed),
     };
     let extractor = loaded.into_extractor(schema, options)?;
     let mut engine = extractor.engine(args.batch);

@@ -22,6 +22,16 @@ pub struct GenerateArgs {
     prompt: Vec<String>,
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print one JSON object per prompt: {"text", "tokens", "prompt_tokens", "tokens_per_s"}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Greedy decoding unless one of these is given.
+#[derive(Args, Clone, Copy)]
+pub struct SamplingArgs {
     /// Sample with this temperature instead of greedy decoding.
     #[arg(long)]
     temperature: Option<f32>,
@@ -31,9 +41,16 @@ pub struct GenerateArgs {
     /// Sample from the smallest set of tokens whose probability reaches p (implies sampling).
     #[arg(long)]
     top_p: Option<f32>,
-    /// Print one JSON object per prompt: {"text", "tokens", "prompt_tokens", "tokens_per_s"}.
-    #[arg(long)]
-    json: bool,
+}
+
+impl SamplingArgs {
+    /// What these flags ask for, drawing from `seed` (`--seed`).
+    pub fn sampling(&self, seed: u64) -> Sampling {
+        if self.temperature.is_none() && self.top_k.is_none() && self.top_p.is_none() {
+            return Sampling::Greedy;
+        }
+        Sampling::Sample { temperature: self.temperature.unwrap_or(1.0), top_k: self.top_k, top_p: self.top_p, seed }
+    }
 }
 
 pub fn run(backend: BackendName, args: &GenerateArgs) -> Result<()> {
@@ -42,16 +59,7 @@ pub fn run(backend: BackendName, args: &GenerateArgs) -> Result<()> {
 
 fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &GenerateArgs) -> Result<()> {
     let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
-    let sampling = if args.temperature.is_some() || args.top_k.is_some() || args.top_p.is_some() {
-        Sampling::Sample {
-            temperature: args.temperature.unwrap_or(1.0),
-            top_k: args.top_k,
-            top_p: args.top_p,
-            seed: args.model.seed,
-        }
-    } else {
-        Sampling::Greedy
-    };
+    let sampling = args.sampling.sampling(args.model.seed);
     let prompts = args
         .prompt
         .iter()

@@ -223,3 +223,28 @@ fn a_line_of_more_than_64_mib_gets_its_own_error_line_and_the_run_goes_on() {
     assert_eq!(got[1]["error"], "the line is longer than 64 MiB");
     assert!(got[0]["fields"].is_object() && got[2]["fields"].is_object(), "{got:?}");
 }
+
+/// `--temperature` samples: the same seed gives the same lines, another seed other draws, every
+/// value is still copied from its text; a temperature that is not positive is a one-line error.
+#[test]
+fn sampled_extraction_is_reproducible_by_seed_and_still_copies() {
+    let m = model();
+    let input: String = TEXTS.iter().cycle().take(12).map(|t| format!("{t}\n")).collect();
+    let run = |seed: &str| {
+        let out = tiqu(&["extract", "--model", &m, "--max-new-tokens", "24", "--temperature", "20", "--seed", seed], Some(input.as_bytes()));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        lines(&out.stdout)
+    };
+    let (a, b, c) = (run("1"), run("1"), run("2"));
+    assert_eq!(a, b, "the same seed, the same draws");
+    assert_ne!(a, c, "another seed, other draws");
+    for (line, text) in a.iter().zip(TEXTS.iter().cycle()) {
+        for v in line["fields"].as_object().expect("fields").values().filter_map(Value::as_str) {
+            assert!(text.contains(v), "{v:?} is not copied from the text");
+        }
+    }
+    let bad = tiqu(&["extract", "--model", &m, "--temperature", "0"], Some(input.as_bytes()));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && stderr.contains("temperature must be positive") && !stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
