@@ -30,6 +30,7 @@ pub mod merge;
 pub mod model;
 pub mod params;
 pub mod positions;
+pub mod previous_token;
 pub mod quantize;
 #[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
 pub mod qmatmul;

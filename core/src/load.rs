@@ -12,6 +12,7 @@ use crate::files::Files;
 use crate::layout::Projection;
 use crate::linear::{Linear, Quantization};
 use crate::model::{Embedding, Qwen3Attention, Qwen3DecoderLayer, Qwen3ForCausalLM, Qwen3Mlp, Qwen3Model, RmsNorm};
+use crate::previous_token::PreviousTokenHead;
 use crate::weights::{RandomInit, WeightSource};
 use crate::{Error, Result};
 
@@ -46,16 +47,20 @@ pub struct RandomWeights {
     pub std: f32,
     /// Initial query/key RMSNorm weight (1 in transformers).
     pub qk_norm: f32,
+    /// Start layer 0 with a previous-token head ([`crate::previous_token`]).
+    pub previous_token: bool,
 }
 
 impl RandomWeights {
     pub fn new(seed: u64) -> Self {
-        Self { seed, std: 0.02, qk_norm: 1.0 }
+        Self { seed, std: 0.02, qk_norm: 1.0, previous_token: false }
     }
 
-    pub fn source(&self) -> RandomInit {
+    /// The random source for a model of `config`.
+    pub fn source(&self, config: &Qwen3Config) -> RandomInit {
         let mut init = RandomInit::new(self.seed, self.std);
         init.qk_norm = self.qk_norm;
+        init.previous_token = self.previous_token.then_some(PreviousTokenHead { head_dim: config.head_dim, rope_theta: config.rope_theta });
         init
     }
 }

@@ -9,6 +9,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use serde_json::Value;
 
+use crate::previous_token::PreviousTokenHead;
 use crate::{Error, Result};
 
 /// A provider of named f32 tensors, checked against the shape the model expects.
@@ -312,11 +313,13 @@ pub struct RandomInit {
     std: f32,
     /// Initial value of the query/key RMSNorm weights (1 in transformers).
     pub qk_norm: f32,
+    /// Start layer 0 with a previous-token head.
+    pub previous_token: Option<PreviousTokenHead>,
 }
 
 impl RandomInit {
     pub fn new(seed: u64, std: f32) -> Self {
-        Self { rng: StdRng::seed_from_u64(seed), std, qk_norm: 1.0 }
+        Self { rng: StdRng::seed_from_u64(seed), std, qk_norm: 1.0, previous_token: None }
     }
 }
 
@@ -324,7 +327,11 @@ impl WeightSource for RandomInit {
     fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let n: usize = shape.iter().product();
         if name.ends_with("q_norm.weight") || name.ends_with("k_norm.weight") {
-            return Ok(vec![self.qk_norm; n]);
+            let mut values = vec![self.qk_norm; n];
+            if let Some(head) = &self.previous_token {
+                head.apply(name, shape, &mut values);
+            }
+            return Ok(values);
         }
         if name.ends_with("norm.weight") {
             return Ok(vec![1.0; n]);
@@ -332,6 +339,9 @@ impl WeightSource for RandomInit {
         let normal = Normal::new(0.0f32, self.std).map_err(|e| Error::Other(e.to_string()))?;
         let mut values = zeroed::<f32>(n, name)?;
         values.iter_mut().for_each(|v| *v = normal.sample(&mut self.rng));
+        if let Some(head) = &self.previous_token {
+            head.apply(name, shape, &mut values);
+        }
         Ok(values)
     }
 

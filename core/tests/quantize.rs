@@ -99,11 +99,11 @@ fn the_int8_head_screen_keeps_every_greedy_token() {
         );
         let cfg = tiqu_core::Qwen3Config::from_json(json.as_bytes(), "config.json").unwrap();
         let opts = tiqu_core::LoadOptions {
-            random_weights: Some(tiqu_core::load::RandomWeights { seed: 5, std: 0.3, qk_norm: 1.0 }),
+            random_weights: Some(tiqu_core::load::RandomWeights { seed: 5, std: 0.3, qk_norm: 1.0, previous_token: false }),
             quantize: Some(Quantization { bits: Bits::Int8, block: 32 }),
             ..Default::default()
         };
-        let screened = Qwen3ForCausalLM::<Flex>::load_with(&cfg, &mut opts.random_weights.unwrap().source(), &Default::default(), &opts).unwrap();
+        let screened = Qwen3ForCausalLM::<Flex>::load_with(&cfg, &mut opts.random_weights.unwrap().source(&cfg), &Default::default(), &opts).unwrap();
         assert!(screened.head_screen.is_some(), "int8 projections on the CPU come with a screen");
         let mut plain = screened.clone();
         plain.head_screen = None;

@@ -47,7 +47,7 @@ impl QuantArgs {
             dtype: Some(crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?),
             ..Default::default()
         };
-        let model = tiqu_core::Qwen3ForCausalLM::load_with(config, &mut RandomWeights::new(42).source(), device, &opts);
+        let model = tiqu_core::Qwen3ForCausalLM::load_with(config, &mut RandomWeights::new(42).source(config), device, &opts);
         Ok(if opts.quantize.is_some() { model.context("--quantize")? } else { model? })
     }
 

@@ -75,6 +75,10 @@ pub struct QuickstartArgs {
     /// Peak learning rate from scratch (after 50 warmup steps, then a linear decay to 0).
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
+    /// Train from the plain random init, without the previous-token head the quickstart starts
+    /// layer 0 with (to compare; BENCHMARKS.md).
+    #[arg(long)]
+    plain_init: bool,
     /// Held-out records to evaluate on.
     #[arg(long, default_value_t = 200)]
     heldout: usize,
@@ -181,6 +185,7 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
                 model: base.display().to_string(),
                 method: Method::Full,
                 random_weights: true,
+                previous_token_init: !args.plain_init,
                 restrict_vocab: true,
                 data: train_path.display().to_string(),
                 eval_data: Some(heldout_path.display().to_string()),

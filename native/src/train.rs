@@ -55,6 +55,9 @@ setting_flags! {
     init_std: f64 => "init_std",
     /// Initial query/key RMSNorm weight with --random-weights (transformers: 1).
     qk_norm_init: f64 => "qk_norm_init",
+    /// With --random-weights, start layer 0 with a previous-token head (copying is learned
+    /// sooner; the quickstart uses it).
+    previous_token_init: bool => "previous_token_init",
     r: usize => "r",
     lora_alpha: f64 => "lora_alpha",
     lora_dropout: f64 => "lora_dropout",

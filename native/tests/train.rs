@@ -247,8 +247,10 @@ fn embedding_rows(model: &Path, name: &str, ids: &[usize]) -> Vec<Vec<f32>> {
 fn full_training_from_scratch_on_the_datas_vocabulary_saves_a_qwen3_folder_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let full = ["--method", "full", "--random-weights", "--restrict-vocab", "true", "--epochs", "5", "--lr", "3e-2"];
+    let full = ["--method", "full", "--random-weights", "--restrict-vocab", "true", "--previous-token-init", "true", "--epochs", "5", "--lr", "3e-2"];
     ok(train(&a, &full));
+    let settings = fs::read_to_string(a.join("config.toml")).unwrap();
+    assert!(settings.contains("previous_token_init = true"), "{settings}");
     let curve = losses(&a);
     assert!(curve.last().unwrap().1 < curve[0].1 * 0.8, "from scratch, the loss must fall: {curve:?}");
     let model = a.join("model");

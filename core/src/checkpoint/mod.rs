@@ -167,7 +167,7 @@ impl Checkpoint {
     /// quantized as it loads, with the adapter of `opts` attached.
     pub fn load_model<B: Backend>(&self, opts: &LoadOptions, device: &B::Device) -> Result<Qwen3ForCausalLM<B>> {
         let mut model = match opts.random_weights {
-            Some(random) => Qwen3ForCausalLM::load_with(&self.config, &mut random.source(), device, opts)?,
+            Some(random) => Qwen3ForCausalLM::load_with(&self.config, &mut random.source(&self.config), device, opts)?,
             None => Qwen3ForCausalLM::load_with(&self.config, &mut self.weights()?, device, opts)?,
         };
         if let Some(files) = opts.adapter {

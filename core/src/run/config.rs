@@ -48,6 +48,9 @@ pub struct RunConfig {
     /// which caps attention logits at √head_dim until these weights grow; copying wants sharp
     /// attention early.
     pub qk_norm_init: f64,
+    /// With random weights, start layer 0 with a previous-token head
+    /// ([`crate::previous_token`]): copying spans is learned hundreds of steps sooner.
+    pub previous_token_init: bool,
     /// SFT records (stored absolute, so a resume from another folder finds them).
     pub data: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,6 +81,7 @@ impl Default for RunConfig {
             restrict_vocab: false,
             init_std: 0.02,
             qk_norm_init: 1.0,
+            previous_token_init: false,
             data: String::new(),
             eval_data: None,
             eval_sample: 32,
@@ -101,7 +105,7 @@ pub const RESUMABLE: [&str; 3] = ["save_steps", "eval_data", "eval_sample"];
 /// Settings that only matter for the LoRA method, or only with random weights (a report shows a
 /// run's settings without the ones its method never used).
 pub const LORA_ONLY: [&str; 5] = ["r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora"];
-pub const RANDOM_ONLY: [&str; 2] = ["init_std", "qk_norm_init"];
+pub const RANDOM_ONLY: [&str; 3] = ["init_std", "qk_norm_init", "previous_token_init"];
 
 impl RunConfig {
     /// The settings as a TOML table, every key present.

@@ -204,8 +204,8 @@ impl Run {
                 if let Some(v) = vocab {
                     compact.vocab_size = v.len();
                 }
-                let random = RandomWeights { seed: cfg.seed, std: cfg.init_std as f32, qk_norm: cfg.qk_norm_init as f32 };
-                Qwen3ForCausalLM::load_with(&compact, &mut random.source(), device, &load)?
+                let random = RandomWeights { seed: cfg.seed, std: cfg.init_std as f32, qk_norm: cfg.qk_norm_init as f32, previous_token: cfg.previous_token_init };
+                Qwen3ForCausalLM::load_with(&compact, &mut random.source(&compact), device, &load)?
             }
             Some(dir) => Qwen3ForCausalLM::load_with(base.config(), &mut Checkpoint::open_dir(dir)?.weights()?, device, &load)?,
             None => base.load_model(&load, device)?,

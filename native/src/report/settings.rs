@@ -5,14 +5,13 @@
 use serde_json::Value;
 
 use super::ticks::fmt_figure;
+// LoRA's knobs (meaningless when every parameter trains) and the random init's (meaningless when
+// a checkpoint is loaded).
+use tiqu_core::run::{LORA_ONLY as LORA_KEYS, RANDOM_ONLY as RANDOM_INIT_KEYS};
 
-/// LoRA's knobs: meaningless when every parameter trains.
-const LORA_KEYS: [&str; 5] = ["r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora"];
-/// The random init's knobs: meaningless when a checkpoint is loaded.
-const RANDOM_INIT_KEYS: [&str; 2] = ["init_std", "qk_norm_init"];
 /// Reading order; keys not listed (added later) follow in alphabetical order.
-const ORDER: [&str; 29] = [
-    "model", "method", "random_weights", "init_std", "qk_norm_init", "restrict_vocab", "data", "eval_data",
+const ORDER: [&str; 30] = [
+    "model", "method", "random_weights", "init_std", "qk_norm_init", "previous_token_init", "restrict_vocab", "data", "eval_data",
     "r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora",
     "learning_rate", "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
     "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps", "save_steps",
