@@ -79,7 +79,31 @@ impl PreviousTokenHead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::{RandomInit, WeightSource};
+    use rand::{rngs::StdRng, SeedableRng};
+    use rand_distr::{Distribution, Normal};
+
+    /// Tensors drawn as the random init draws them (normal(0, 0.02), norm weights 1), with the
+    /// head when given.
+    struct Draw {
+        rng: StdRng,
+        head: Option<PreviousTokenHead>,
+    }
+
+    impl Draw {
+        fn load(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
+            let n = shape.iter().product();
+            let mut values: Vec<f32> = if name.ends_with("norm.weight") {
+                vec![1.0; n]
+            } else {
+                let normal = Normal::new(0.0f32, 0.02).unwrap();
+                (0..n).map(|_| normal.sample(&mut self.rng)).collect()
+            };
+            if let Some(head) = &self.head {
+                head.apply(name, shape, &mut values);
+            }
+            values
+        }
+    }
 
     /// RMSNorm without weight, then `w`.
     fn norm(x: &[f32], w: &[f32]) -> Vec<f32> {
@@ -90,13 +114,13 @@ mod tests {
     /// Head 0 of layer 0's attention over a random token sequence, as transformers' Qwen3
     /// computes it (RMSNorm, q/k projections, per-head q/k norms, rotate-half RoPE, causal
     /// softmax): the mean weight each position from the 10th on puts on the one before it.
-    fn attention_on_previous(init: &mut RandomInit, hidden: usize, head_dim: usize, heads: usize, kv: usize, theta: f64) -> f32 {
+    fn attention_on_previous(init: &mut Draw, hidden: usize, head_dim: usize, heads: usize, kv: usize, theta: f64) -> f32 {
         let vocab = 300;
-        let embed = init.load("model.embed_tokens.weight", &[vocab, hidden]).unwrap();
-        let q_proj = init.load("model.layers.0.self_attn.q_proj.weight", &[heads * head_dim, hidden]).unwrap();
-        let k_proj = init.load("model.layers.0.self_attn.k_proj.weight", &[kv * head_dim, hidden]).unwrap();
-        let q_norm = init.load("model.layers.0.self_attn.q_norm.weight", &[head_dim]).unwrap();
-        let k_norm = init.load("model.layers.0.self_attn.k_norm.weight", &[head_dim]).unwrap();
+        let embed = init.load("model.embed_tokens.weight", &[vocab, hidden]);
+        let q_proj = init.load("model.layers.0.self_attn.q_proj.weight", &[heads * head_dim, hidden]);
+        let k_proj = init.load("model.layers.0.self_attn.k_proj.weight", &[kv * head_dim, hidden]);
+        let q_norm = init.load("model.layers.0.self_attn.q_norm.weight", &[head_dim]);
+        let k_norm = init.load("model.layers.0.self_attn.k_norm.weight", &[head_dim]);
         let ones = vec![1.0; hidden];
         let t = 80;
         let tokens: Vec<usize> = (0..t).map(|i| (i * 7919 + 13) % vocab).collect();
@@ -134,10 +158,9 @@ mod tests {
     #[test]
     fn the_first_head_attends_to_the_previous_position() {
         for (hidden, head_dim, heads, kv, theta) in [(128, 32, 4, 2, 1e4), (256, 128, 2, 1, 1e6)] {
-            let mut plain = RandomInit::new(3, 0.02);
+            let mut plain = Draw { rng: StdRng::seed_from_u64(3), head: None };
             let before = attention_on_previous(&mut plain, hidden, head_dim, heads, kv, theta);
-            let mut init = RandomInit::new(3, 0.02);
-            init.previous_token = Some(PreviousTokenHead { head_dim, rope_theta: theta });
+            let mut init = Draw { rng: StdRng::seed_from_u64(3), head: Some(PreviousTokenHead { head_dim, rope_theta: theta }) };
             let after = attention_on_previous(&mut init, hidden, head_dim, heads, kv, theta);
             eprintln!("head_dim {head_dim}: attention on the previous position {before:.3} plain, {after:.3} with the head");
             assert!(before < 0.2, "head_dim {head_dim}: plain init {before}");

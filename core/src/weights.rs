@@ -441,3 +441,32 @@ impl SafetensorsFile {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The random init applies the previous-token head when asked and only then: the shared
+    /// embedding component and layer 0's norm weights of the head's pairs, nothing in layer 1;
+    /// the tensors it leaves alone draw the same numbers either way.
+    #[test]
+    fn the_random_init_builds_the_previous_token_head_when_asked() {
+        let head = PreviousTokenHead { head_dim: 32, rope_theta: 1e4 };
+        let mut plain = RandomInit::new(9, 0.02);
+        let mut with = RandomInit::new(9, 0.02);
+        with.previous_token = Some(head);
+        let shapes: [(&str, Vec<usize>); 4] = [
+            ("model.embed_tokens.weight", vec![50, 64]),
+            ("model.layers.0.self_attn.q_norm.weight", vec![32]),
+            ("model.layers.1.self_attn.q_norm.weight", vec![32]),
+            ("model.layers.1.self_attn.q_proj.weight", vec![64, 64]),
+        ];
+        let [embed, norm0, norm1, q1] = shapes.map(|(name, shape)| (plain.load(name, &shape).unwrap(), with.load(name, &shape).unwrap()));
+        let shared: f32 = embed.1.chunks(64).map(|row| row[63]).sum::<f32>() / 50.0;
+        assert!((shared - 0.3).abs() < 0.02, "{shared}");
+        assert_eq!(embed.0.chunks(64).map(|r| &r[..63]).collect::<Vec<_>>(), embed.1.chunks(64).map(|r| &r[..63]).collect::<Vec<_>>());
+        assert_eq!((norm0.0[0], norm0.1[0], norm0.1[16], norm0.1[15]), (1.0, 2.0, 2.0, 1.0));
+        assert_eq!(norm1.0, norm1.1);
+        assert_eq!(q1.0, q1.1);
+    }
+}
