@@ -27,7 +27,7 @@ pub struct ExtractOptions {
     /// cut, with a warning, so one record's work and memory stay bounded.
     pub max_input_tokens: usize,
     /// Draft tokens copied from the text and verified in one pass ([`Speculate`]); greedy
-    /// output is the same either way, sampled output has the same distribution.
+    /// output is the same either way, and so is sampled output for a seed.
     pub speculate: Speculate,
     /// Greedy (the default) or sampled picks; a sampled record draws from `seed` plus its
     /// engine id (the order it was submitted in).

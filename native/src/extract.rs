@@ -60,7 +60,7 @@ pub struct ExtractArgs {
     #[arg(long, default_value = "auto")]
     speculate: Speculate,
     /// Picks are greedy unless these ask for sampling (from `--seed` plus the record's order
-    /// among those this run reads); speculation then keeps the sampled distribution by the acceptance rule.
+    /// among those this run reads); a seed gives the same records with or without --speculate.
     #[command(flatten)]
     sampling: crate::generate::SamplingArgs,
     /// For benchmarks: admit records a batch at a time, when the previous batch has finished
