@@ -469,4 +469,68 @@ mod tests {
         assert_eq!(norm1.0, norm1.1);
         assert_eq!(q1.0, q1.1);
     }
+
+    /// RMSNorm without weight, then `w`.
+    fn norm(x: &[f32], w: &[f32]) -> Vec<f32> {
+        let rms = (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32 + 1e-6).sqrt();
+        x.iter().zip(w).map(|(v, g)| v / rms * g).collect()
+    }
+
+    /// Head 0 of layer 0's attention over a random token sequence, as transformers' Qwen3
+    /// computes it (RMSNorm, q/k projections, per-head q/k norms, rotate-half RoPE, causal
+    /// softmax): the mean weight each position from the 10th on puts on the one before it.
+    fn attention_on_previous(init: &mut RandomInit, hidden: usize, head_dim: usize, heads: usize, kv: usize, theta: f64) -> f32 {
+        let vocab = 300;
+        let embed = init.load("model.embed_tokens.weight", &[vocab, hidden]).unwrap();
+        let q_proj = init.load("model.layers.0.self_attn.q_proj.weight", &[heads * head_dim, hidden]).unwrap();
+        let k_proj = init.load("model.layers.0.self_attn.k_proj.weight", &[kv * head_dim, hidden]).unwrap();
+        let q_norm = init.load("model.layers.0.self_attn.q_norm.weight", &[head_dim]).unwrap();
+        let k_norm = init.load("model.layers.0.self_attn.k_norm.weight", &[head_dim]).unwrap();
+        let ones = vec![1.0; hidden];
+        let t = 80;
+        let tokens: Vec<usize> = (0..t).map(|i| (i * 7919 + 13) % vocab).collect();
+        let project = |w: &[f32], x: &[f32]| -> Vec<f32> { (0..head_dim).map(|r| w[r * hidden..(r + 1) * hidden].iter().zip(x).map(|(a, b)| a * b).sum()).collect() };
+        let rope = |v: &[f32], pos: usize| -> Vec<f32> {
+            let h = head_dim / 2;
+            let mut out = v.to_vec();
+            for p in 0..h {
+                let angle = pos as f64 * theta.powf(-2.0 * p as f64 / head_dim as f64);
+                let (s, c) = (angle.sin() as f32, angle.cos() as f32);
+                out[p] = v[p] * c - v[p + h] * s;
+                out[p + h] = v[p + h] * c + v[p] * s;
+            }
+            out
+        };
+        let (mut q, mut k) = (Vec::new(), Vec::new());
+        for (i, &tok) in tokens.iter().enumerate() {
+            let x = norm(&embed[tok * hidden..(tok + 1) * hidden], &ones);
+            q.push(rope(&norm(&project(&q_proj, &x), &q_norm), i));
+            k.push(rope(&norm(&project(&k_proj, &x), &k_norm), i));
+        }
+        let mut total = 0.0;
+        for i in 10..t {
+            let scores: Vec<f32> = (0..=i).map(|j| q[i].iter().zip(&k[j]).map(|(a, b)| a * b).sum::<f32>() / (head_dim as f32).sqrt()).collect();
+            let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = scores.iter().map(|s| (s - max).exp()).sum();
+            total += (scores[i - 1] - max).exp() / sum;
+        }
+        total / (t - 10) as f32
+    }
+
+    /// With the head, layer 0's first head attends to the previous position (over 0.9 of its
+    /// weight), on the quickstart's shape and on a Qwen3-0.6B-like head (128, rotary base 10⁶);
+    /// the plain random init spreads its attention (under 0.2).
+    #[test]
+    fn the_first_head_attends_to_the_previous_position() {
+        for (hidden, head_dim, heads, kv, theta) in [(128, 32, 4, 2, 1e4), (256, 128, 2, 1, 1e6)] {
+            let mut plain = RandomInit::new(3, 0.02);
+            let before = attention_on_previous(&mut plain, hidden, head_dim, heads, kv, theta);
+            let mut init = RandomInit::new(3, 0.02);
+            init.previous_token = Some(PreviousTokenHead { head_dim, rope_theta: theta });
+            let after = attention_on_previous(&mut init, hidden, head_dim, heads, kv, theta);
+            eprintln!("head_dim {head_dim}: attention on the previous position {before:.3} plain, {after:.3} with the head");
+            assert!(before < 0.2, "head_dim {head_dim}: plain init {before}");
+            assert!(after > 0.9, "head_dim {head_dim}: with the head {after}");
+        }
+    }
 }
