@@ -90,23 +90,9 @@ impl HeadScreen {
         Some((0..self.rows).filter(|&v| approx[v] + bound(v) >= floor).map(|v| v as u32).collect())
     }
 
-    /// The screened logits `[rows]`: on flex the multi-threaded int8 product; elsewhere (where no
-    /// screen is made today: wasm, GPU-only builds) the same sums in a plain loop.
+    /// The screened logits `[rows]`.
     fn logits(&self, x: &[f32]) -> Option<Vec<f32>> {
-        #[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
-        {
-            crate::qmatmul::matmul_t(x, 1, self.cols, &self.values, self.rows, &self.scales, BLOCK)
-        }
-        #[cfg(not(all(feature = "flex", not(target_arch = "wasm32"))))]
-        {
-            let rows = self.values.chunks_exact(self.cols).zip(self.scales.chunks_exact(self.cols / BLOCK));
-            Some(
-                rows.map(|(q, s)| {
-                    q.chunks_exact(BLOCK).zip(x.chunks_exact(BLOCK)).zip(s).map(|((q, x), s)| s * q.iter().zip(x).map(|(&q, x)| q as f32 * x).sum::<f32>()).sum()
-                })
-                .collect(),
-            )
-        }
+        crate::qmatmul::matmul_t(x, 1, self.cols, &self.values, self.rows, &self.scales, BLOCK)
     }
 }
 

@@ -32,7 +32,6 @@ pub mod params;
 pub mod positions;
 pub mod previous_token;
 pub mod quantize;
-#[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
 pub mod qmatmul;
 mod read;
 #[cfg(not(target_arch = "wasm32"))]

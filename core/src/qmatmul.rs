@@ -6,8 +6,10 @@
 //!
 //! On x86-64 the dot products use AVX-512 or AVX2+FMA, picked at run time (the compiler did not
 //! vectorize the portable loop well: 4-wide with shuffles); elsewhere a portable loop of 16
-//! independent lanes.
+//! independent lanes. Rows are spread over rayon's threads in flex builds off wasm, computed on
+//! one thread elsewhere (the int8 head screen in the browser).
 
+#[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
 use rayon::prelude::*;
 
 /// Lanes of the vectorized dot product.
@@ -35,13 +37,20 @@ pub fn matmul_t(x: &[f32], m: usize, k: usize, q: &[i8], n: usize, scales: &[f32
             }
         }
     };
+    // Threads where rayon runs them (flex builds off wasm); one thread elsewhere.
+    #[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
     if n * k >= 1 << 16 {
         out_t.par_chunks_mut(ROWS_PER_TASK * m.max(1)).enumerate().for_each(task);
-    } else {
-        out_t.chunks_mut(ROWS_PER_TASK * m.max(1)).enumerate().for_each(task);
+        return Some(transposed(out_t, m, n));
     }
+    out_t.chunks_mut(ROWS_PER_TASK * m.max(1)).enumerate().for_each(task);
+    Some(transposed(out_t, m, n))
+}
+
+/// `[m, n]` from its transpose.
+fn transposed(out_t: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
     if m == 1 {
-        return Some(out_t);
+        return out_t;
     }
     let mut out = vec![0f32; m * n];
     for (o, row) in out_t.chunks_exact(m).enumerate() {
@@ -49,11 +58,13 @@ pub fn matmul_t(x: &[f32], m: usize, k: usize, q: &[i8], n: usize, scales: &[f32
             out[i * n + o] = v;
         }
     }
-    Some(out)
+    out
 }
 
 type Dot = fn(&[f32], &[i8], &[f32], usize) -> f32;
 
+// `block` only decides between the x86-64 kernels.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn select_dot(block: usize) -> Dot {
     #[cfg(target_arch = "x86_64")]
     {
@@ -107,6 +118,7 @@ unsafe fn dot_avx512(x: &[f32], w: &[i8], scales: &[f32], block: usize) -> f32 {
 }
 
 /// How far ahead of the block being read the weights are prefetched, in bytes.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 2048;
 
 /// 8 weights at a time, as [`dot_avx512`]. Needs `block` a multiple of 8.
