@@ -35,9 +35,10 @@ pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
     imp::linear(x, w)
 }
 
-/// `x · wᵀ` for a weight quantized per block, computed from its i8 blocks without dequantizing
-/// it ([`crate::qmatmul`]), on flex, for a few f32 rows without autodiff (decoding); `None`
-/// where dequantizing first applies (other backends, training, many rows).
+/// `x · wᵀ` for a weight quantized per block, on flex, for f32 rows without autodiff: up to 8 rows
+/// (decoding) from its i8 blocks without dequantizing it ([`crate::qmatmul`]), more rows
+/// (prefill) a dequantized tile at a time; `None` where burn's dequantize-then-multiply applies
+/// (other backends, training).
 pub fn quantized_linear<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     imp::quantized_linear(x, w)
 }
@@ -211,14 +212,19 @@ mod imp {
         x.matmul(w.transpose())
     }
 
-    /// Rows up to which the product is read from the i8 blocks: beyond, dequantizing once and
-    /// gemm's blocked product win.
+    /// Rows up to which the product is read from the i8 blocks one dot product at a time: beyond,
+    /// [`tiled_product`]'s blocked products win.
     const MAX_QUANTIZED_ROWS: usize = 8;
+    /// Most weights [`tiled_product`] dequantizes at a time (8 MiB of f32): fewer, larger products
+    /// won over tiles that fit in L2, since each product packs all of x again and gemm blocks for
+    /// the cache itself (2¹⁷ weights a tile ran at 0.3–0.7× f32 on the 0.6B shapes, 2²¹ or one
+    /// tile per thread at 0.9–1.2×, 2 cores, 32 to 512 rows).
+    const TILE_WEIGHTS: usize = 1 << 21;
 
     pub fn quantized_linear<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
         use burn::tensor::quantization::{QTensorPrimitive, QuantLevel};
         let ([m, k], [n, wk]) = (x.dims(), w.dims());
-        if !same::<B, Flex>() || x.dtype() != DType::F32 || m > MAX_QUANTIZED_ROWS || k != wk {
+        if !same::<B, Flex>() || x.dtype() != DType::F32 || k != wk || m == 0 {
             return None;
         }
         let TensorPrimitive::QFloat(q) = w.clone().into_primitive() else { return None };
@@ -228,8 +234,68 @@ mod imp {
         let x: FlexTensor = cast(x.clone().into_primitive().tensor());
         let x = x.to_contiguous();
         let xs: &[f32] = x.as_slice()?;
-        let out = crate::qmatmul::matmul_t(xs, m, k, values, n, q.scales(), size.num_elements())?;
+        let out = if m <= MAX_QUANTIZED_ROWS {
+            crate::qmatmul::matmul_t(xs, m, k, values, n, q.scales(), size.num_elements())?
+        } else {
+            tiled_product(xs, m, k, values, n, q.scales(), size.num_elements())?
+        };
         Some(Tensor::from_primitive(TensorPrimitive::Float(cast(FlexTensor::from_data(TensorData::new(out, [m, n]))))))
+    }
+
+    /// `x · wᵀ` `[m, n]` for many rows of `x` and the weight's i8 blocks: each thread dequantizes
+    /// a tile of the weight's rows (its share, at most [`TILE_WEIGHTS`]) into a buffer it keeps
+    /// and multiplies it by gemm. burn's path dequantized the whole weight into a new tensor
+    /// through its generic ops for every product: int8 prefill ran at a quarter of f32's
+    /// (BENCHMARKS.md).
+    fn tiled_product(x: &[f32], m: usize, k: usize, q: &[i8], n: usize, scales: &[f32], block: usize) -> Option<Vec<f32>> {
+        use rayon::prelude::*;
+        if block == 0 || !k.is_multiple_of(block) || x.len() != m * k || q.len() != n * k || scales.len() != n * (k / block) {
+            return None;
+        }
+        let tile = (TILE_WEIGHTS / k).min(n.div_ceil(rayon::current_num_threads())).max(16);
+        let per_row = k / block;
+        // The transpose `[n, m]`: each tile owns whole rows of it.
+        let mut out_t = vec![0f32; n * m];
+        let task = |buf: &mut Vec<f32>, (t, dst): (usize, &mut [f32])| {
+            let (first, rows) = (t * tile, dst.len() / m);
+            buf.resize(rows * k, 0.0);
+            crate::qmatmul::dequantize(&q[first * k..(first + rows) * k], &scales[first * per_row..(first + rows) * per_row], block, buf);
+            // `dst` `[rows, m]` row-major, asked of gemm as its column-major transpose `[m, rows]`
+            // = x `[m, k]` · bufᵀ `[k, rows]`: gemm then packs x, not the tile (asked the other
+            // way round, packing the tile was half of an int8 prefill). One thread per product:
+            // the tiles are what runs in parallel.
+            // SAFETY: `x` is `[m, k]` and `buf` `[rows, k]` row-major, `dst` `rows · m` floats.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    rows,
+                    k,
+                    dst.as_mut_ptr(),
+                    m as isize,
+                    1,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    buf.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            };
+        };
+        if m * n * k >= PARALLEL_THRESHOLD {
+            out_t.par_chunks_mut(tile * m).enumerate().for_each_init(Vec::new, task);
+        } else {
+            let mut buf = Vec::new();
+            out_t.chunks_mut(tile * m).enumerate().for_each(|c| task(&mut buf, c));
+        }
+        Some(transpose(&out_t, n, m))
     }
 
     fn tracked<B: Backend, C: CheckpointStrategy>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -749,6 +815,26 @@ mod imp {
             let rows = Tensor::<Flex, 2>::random([3, 72], normal, &device);
             for x in [rows.clone().narrow(0, 0, 1), rows.narrow(0, 2, 1)] {
                 close(linear(x.clone(), w.clone()), x.matmul(w.clone().transpose()));
+            }
+        }
+
+        /// Many rows times an int8 weight (prefill): the tiles dequantized into a buffer and
+        /// multiplied by gemm against burn's dequantize-then-multiply, for products on one thread
+        /// (the first and last) and one spread over the pool (an odd number of weight rows, so
+        /// that with two or more threads the last tile is shorter), just past the 8 rows the dot
+        /// products take, and with wide rows (4,096 weights).
+        #[test]
+        fn many_rows_of_a_quantized_weight_match_the_dequantized_product() {
+            use crate::linear::{Bits, Linear, Quantization};
+            let device = Default::default();
+            let normal = Distribution::Normal(0.0, 1.0);
+            for (m, n, k) in [(9, 40, 64), (64, 1101, 128), (12, 50, 4096)] {
+                let mut linear = Linear::frozen(Tensor::<Flex, 2>::random([n, k], normal, &device));
+                linear.quantize(&Quantization::new(Bits::Int8), "w").unwrap();
+                let w = linear.weight.val();
+                let x = Tensor::<Flex, 2>::random([m, k], normal, &device);
+                let got = quantized_linear(&x, &w).expect("flex takes int8 products of many rows");
+                close(got, x.matmul(w.dequantize().transpose()));
             }
         }
 

@@ -1,7 +1,7 @@
 //! `nn.Linear(bias=False)` and its two other forms: with a LoRA pair (PEFT's LoRA layer, the
 //! low-rank update added in activation space, never materialising `W + BA`) and with its weight
-//! stored quantized (burn's per-block symmetric int8/int4, dequantized just before each matmul,
-//! or on flex for a few rows read straight from its blocks).
+//! stored quantized (burn's per-block symmetric int8/int4, dequantized just before each matmul;
+//! on flex straight from its blocks, a tile at a time for many rows).
 //! A leaf module: the model, LoRA adapters and quantization build on it.
 
 #![allow(non_snake_case)] // PEFT names the LoRA matrices lora_A and lora_B; the fields keep its names.

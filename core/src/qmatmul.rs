@@ -47,6 +47,44 @@ pub fn matmul_t(x: &[f32], m: usize, k: usize, q: &[i8], n: usize, scales: &[f32
     Some(transposed(out_t, m, n))
 }
 
+/// `out` = the weights `q` times their blocks' scales, as f32 (`out` as long as `q`).
+pub fn dequantize(q: &[i8], scales: &[f32], block: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if block.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { dequantize_avx512(q, scales, block, out) };
+    }
+    dequantize_portable(q, scales, block, out)
+}
+
+fn dequantize_portable(q: &[i8], scales: &[f32], block: usize, out: &mut [f32]) {
+    for ((o, w), &scale) in out.chunks_exact_mut(block).zip(q.chunks_exact(block)).zip(scales) {
+        for (o, &w) in o.iter_mut().zip(w) {
+            *o = w as f32 * scale;
+        }
+    }
+}
+
+/// 16 weights at a time, as [`dot_avx512`] reads them. Needs `block` a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dequantize_avx512(q: &[i8], scales: &[f32], block: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = (q.len().min(out.len()) / block).min(scales.len()) * block;
+    for (b, &scale) in scales.iter().enumerate().take(n / block) {
+        let s = _mm512_set1_ps(scale);
+        let mut j = b * block;
+        while j < (b + 1) * block {
+            // SAFETY: j + 16 <= n, within both slices.
+            unsafe {
+                let w = _mm_loadu_si128(q.as_ptr().add(j) as *const __m128i);
+                _mm512_storeu_ps(out.as_mut_ptr().add(j), _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(w))));
+            }
+            j += 16;
+        }
+    }
+}
+
 /// `[m, n]` from its transpose.
 fn transposed(out_t: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
     if m == 1 {
@@ -197,6 +235,11 @@ mod tests {
         let scales = [0.01, 0.02];
         let want: f32 = (0..64).map(|j| x[j] * scales[j / 32] * q[j] as f32).sum();
         assert!((dot_blocks(&x, &q, &scales, 32) - want).abs() < 1e-4);
+        let (mut fast, mut portable) = (vec![0f32; 64], vec![0f32; 64]);
+        dequantize(&q, &scales, 32, &mut fast);
+        dequantize_portable(&q, &scales, 32, &mut portable);
+        assert_eq!(fast, portable, "the vectorized dequantization computes the same products");
+        assert_eq!(portable[40], scales[1] * q[40] as f32);
         assert!((select_dot(32)(&x, &q, &scales, 32) - want).abs() < 1e-4);
     }
 }
