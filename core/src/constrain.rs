@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use crate::format::Format;
 use crate::schema::Schema;
 use crate::tokenizer::Tokenizer;
 
@@ -212,11 +213,25 @@ pub struct State {
     pub values: Vec<Option<Vec<u8>>>,
 }
 
+/// What a field's string value is held to besides the mode, from its [`Format`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rule {
+    Any,
+    /// Shaped as an email address (not copy mode).
+    EmailShape,
+    /// A prefix of one of these while open, one of them when closed (copy mode, `email`: the
+    /// text's addresses).
+    OneOf(Vec<Vec<u8>>),
+    /// No string at all: the field is nullable and the text holds nothing of its format.
+    NullOnly,
+}
+
 /// The grammar of one extraction: the schema's literal segments and, in copy mode, the text.
 pub struct Grammar {
     mode: Constrain,
     literals: Vec<Vec<u8>>,
     nullable: Vec<bool>,
+    rules: Vec<Rule>,
     sam: Option<SuffixAutomaton>,
     /// The input text (copy mode), where drafts are read.
     text: String,
@@ -236,10 +251,29 @@ impl Grammar {
             .collect();
         literals.push(b"}".to_vec());
         debug_assert_eq!(literals.len(), n + 1);
+        let rules = schema
+            .fields
+            .iter()
+            .map(|f| match (f.format, mode) {
+                (None, _) => Rule::Any,
+                (Some(Format::Email), Constrain::Copy) => {
+                    let found: Vec<Vec<u8>> = crate::format::emails(text).into_iter().map(String::into_bytes).collect();
+                    match (found.is_empty(), f.nullable) {
+                        (false, _) => Rule::OneOf(found),
+                        (true, true) => Rule::NullOnly,
+                        // A required value must be some string: with no address in the text the
+                        // copy constraint alone applies.
+                        (true, false) => Rule::Any,
+                    }
+                }
+                (Some(Format::Email), _) => Rule::EmailShape,
+            })
+            .collect();
         Self {
             mode,
             literals,
             nullable: schema.fields.iter().map(|f| f.nullable).collect(),
+            rules,
             sam: (mode == Constrain::Copy).then(|| SuffixAutomaton::new(text.as_bytes())),
             text: if mode == Constrain::Copy { text.to_string() } else { String::new() },
             chars: {
@@ -278,7 +312,7 @@ impl Grammar {
                 };
             }
             Phase::ValueStart => match b {
-                b'"' => {
+                b'"' if self.rules[s.field] != Rule::NullOnly => {
                     s.values[s.field] = Some(Vec::new());
                     s.phase = Phase::Str { sam: 0, utf8_left: 0, cont: (0x80, 0xBF), escape: Escape::No };
                 }
@@ -293,8 +327,9 @@ impl Grammar {
             }
             Phase::Str { sam, utf8_left, cont, escape } => match escape {
                 Escape::No => match b {
-                    b'"' if utf8_left == 0 => s.phase = Phase::Literal { seg: s.field + 1, pos: 0 },
-                    b'\\' if utf8_left == 0 && self.backslash_viable(sam) => {
+                    b'"' if utf8_left == 0 && self.may_close(&s) => s.phase = Phase::Literal { seg: s.field + 1, pos: 0 },
+                    // Addresses need no escapes.
+                    b'\\' if utf8_left == 0 && self.rules[s.field] == Rule::Any && self.backslash_viable(sam) => {
                         s.phase = Phase::Str { sam, utf8_left, cont, escape: Escape::Backslash }
                     }
                     0..=0x1F | b'"' | b'\\' => return None,
@@ -370,9 +405,30 @@ impl Grammar {
             Some(automaton) => automaton.step(sam, b)?,
             None => sam,
         };
-        s.values[s.field].as_mut().expect("inside a string").push(b);
+        let value = s.values[s.field].as_mut().expect("inside a string");
+        value.push(b);
+        let viable = match &self.rules[s.field] {
+            Rule::Any => true,
+            Rule::EmailShape => crate::format::is_email_prefix(value),
+            Rule::OneOf(found) => found.iter().any(|f| f.starts_with(value)),
+            Rule::NullOnly => false,
+        };
+        if !viable {
+            return None;
+        }
         s.phase = Phase::Str { sam, utf8_left: left, cont: next, escape: Escape::No };
         Some(s)
+    }
+
+    /// Whether the string value of `s`'s field may end here.
+    fn may_close(&self, s: &State) -> bool {
+        let value = s.values[s.field].as_deref().unwrap_or_default();
+        match &self.rules[s.field] {
+            Rule::Any => true,
+            Rule::EmailShape => crate::format::is_email(value),
+            Rule::OneOf(found) => found.iter().any(|f| f == value),
+            Rule::NullOnly => false,
+        }
     }
 
     /// Whether any escape sequence may follow a backslash from automaton state `sam`.
@@ -528,6 +584,37 @@ mod tests {
         assert!(table.bytes(151_935).is_none(), "ids past the tokenizer have no bytes");
     }
 
+    /// A field of format `email`: in copy mode only the text's addresses, whole (a letter of one
+    /// is a substring, not an address), and only null when the text has none; in json mode any
+    /// string shaped as an address.
+    #[test]
+    fn an_email_field_holds_an_address() {
+        let schema = Schema::default();
+        let at_email = |g: &Grammar| g.step_bytes(&g.start(), br#"{"name": null, "address": null, "email": "#).unwrap();
+        let text = "甘信喜｜linjun807@outlook.com｜水压太低 n@x";
+        let g = Grammar::new(&schema, Constrain::Copy, text);
+        let open = g.step(&at_email(&g), b'"').unwrap();
+        let n = g.step(&open, b'l').unwrap();
+        assert!(g.step(&n, b'"').is_none(), "a letter of the address is not the address");
+        assert!(g.step(&open, b'n').is_none(), "a substring starting inside the address");
+        assert!(g.step(&open, b'\\').is_none(), "no escapes");
+        let whole = g.step_bytes(&open, b"linjun807@outlook.com").unwrap();
+        assert!(g.step_bytes(&whole, b"\", ").is_some());
+        assert!(g.step_bytes(&at_email(&g), b"null, ").is_some());
+        let none = Grammar::new(&schema, Constrain::Copy, "没有邮箱，只有 a@b");
+        assert!(none.step(&at_email(&none), b'"').is_none(), "nothing to copy: null only");
+        assert!(none.step_bytes(&at_email(&none), b"null").is_some());
+        let mut required = Schema::default();
+        required.fields[2].nullable = false;
+        let g = Grammar::new(&required, Constrain::Copy, "没有邮箱");
+        assert!(g.step_bytes(&at_email(&g), b"\"\xe9\x82\xae\"").is_some(), "required and none in the text: any substring");
+        let g = Grammar::new(&schema, Constrain::Json, "x");
+        let open = g.step(&at_email(&g), b'"').unwrap();
+        assert!(g.step_bytes(&open, b"ab\"").is_none());
+        assert!(g.step_bytes(&open, b"ab@c.d\"").is_some());
+        assert!(g.step_bytes(&open, b"a b").is_none());
+    }
+
     /// Random logits, constrained: every output is a valid JSON object with the schema's keys in
     /// order, and in copy mode every value is a substring of the text.
     #[test]
@@ -581,6 +668,13 @@ mod tests {
                     for (k, v) in parsed.as_object().unwrap() {
                         let i = schema.names().iter().position(|n| n == k).unwrap();
                         assert_eq!(v.as_str().map(String::from), values[i], "decoded value of {k}");
+                    }
+                    // The default schema's email field: an address of the text, or one shaped so.
+                    if let Some(email) = &values[2] {
+                        match mode {
+                            Constrain::Copy => assert!(crate::format::emails(text).contains(email), "{email:?} in {text:?}"),
+                            _ => assert!(crate::format::is_email(email.as_bytes()), "{email:?}"),
+                        }
                     }
                 }
                 if mode == Constrain::Copy {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod extract;
 pub mod files;
+pub mod format;
 pub mod flex;
 pub mod generate;
 pub mod head_loss;

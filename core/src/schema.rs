@@ -1,18 +1,38 @@
-//! What to extract: field names in order, optional descriptions, nullable or required; and the
-//! system prompt built from them.
+//! What to extract: field names in order, optional descriptions, nullable or required, an
+//! optional value format; and the system prompt built from them.
 
 use serde::Deserialize;
 
+pub use crate::format::Format;
 use crate::{Error, Result};
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
     pub name: String,
-    #[serde(default)]
     pub description: Option<String>,
     /// A nullable field may be `null` when the text does not hold it.
-    #[serde(default = "yes")]
     pub nullable: bool,
+    /// What constrained decoding holds the value to beyond the mode ([`crate::format`]).
+    pub format: Option<Format>,
+}
+
+impl Field {
+    /// A nullable field without description or format.
+    pub fn named(name: &str) -> Self {
+        Self { name: name.to_string(), description: None, nullable: true, format: None }
+    }
+}
+
+/// A field as a schema file writes it; the format is checked by name for a clear error.
+#[derive(Deserialize)]
+struct FieldFile {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default = "yes")]
+    nullable: bool,
+    #[serde(default)]
+    format: Option<String>,
 }
 
 fn yes() -> bool {
@@ -35,19 +55,21 @@ enum SchemaFile {
 #[serde(untagged)]
 enum FieldSpec {
     Name(String),
-    Full(Field),
+    Full(FieldFile),
 }
 
 impl Default for Schema {
-    /// The seed's four fields.
+    /// The seed's four fields; `email` holds an email address of the text.
     fn default() -> Self {
-        Self::from_names(&["name", "address", "email", "question"]).expect("valid default schema")
+        let mut schema = Self::from_names(&["name", "address", "email", "question"]).expect("valid default schema");
+        schema.fields[2].format = Some(Format::Email);
+        schema
     }
 }
 
 impl Schema {
     pub fn from_names(names: &[&str]) -> Result<Self> {
-        let fields = names.iter().map(|n| Field { name: n.to_string(), description: None, nullable: true }).collect();
+        let fields = names.iter().map(|n| Field::named(n)).collect();
         Self::new(fields, "schema")
     }
 
@@ -68,7 +90,7 @@ impl Schema {
     }
 
     /// A schema file: `{"fields": [...]}` or a list; each field a name or
-    /// `{"name", "description"?, "nullable"?}`.
+    /// `{"name", "description"?, "nullable"?, "format"?}`.
     pub fn from_json(bytes: &[u8], source: &str) -> Result<Self> {
         let file: SchemaFile = serde_json::from_slice(bytes)
             .map_err(|e| Error::Format(format!("{source}: not a schema (a list of fields, or {{\"fields\": [...]}}): {e}")))?;
@@ -78,10 +100,22 @@ impl Schema {
         let fields = specs
             .into_iter()
             .map(|s| match s {
-                FieldSpec::Name(name) => Field { name, description: None, nullable: true },
-                FieldSpec::Full(f) => f,
+                FieldSpec::Name(name) => Ok(Field::named(&name)),
+                FieldSpec::Full(f) => {
+                    let format = match f.format.as_deref() {
+                        None => None,
+                        Some(name) => Some(Format::parse(name).ok_or_else(|| {
+                            Error::Format(format!(
+                                "{source}: field `{}` has format `{name}`; the formats are {}",
+                                f.name,
+                                Format::NAMES.join(", ")
+                            ))
+                        })?),
+                    };
+                    Ok(Field { name: f.name, description: f.description, nullable: f.nullable, format })
+                }
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Self::new(fields, source)
     }
 
@@ -125,5 +159,9 @@ mod tests {
         assert!(empty.contains("empty name"), "{empty}");
         assert!(Schema::from_json(b"[]", "s.json").unwrap_err().to_string().contains("no fields"));
         assert!(Schema::from_json(b"{oops", "s.json").unwrap_err().to_string().starts_with("s.json: "));
+        let s = Schema::from_json(br#"["a", {"name": "mail", "format": "email"}]"#, "s.json").unwrap();
+        assert_eq!((s.fields[0].format, s.fields[1].format), (None, Some(Format::Email)));
+        let bad = Schema::from_json(br#"[{"name": "d", "format": "date"}]"#, "s.json").unwrap_err().to_string();
+        assert_eq!(bad, "s.json: field `d` has format `date`; the formats are email");
     }
 }

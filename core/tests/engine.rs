@@ -63,7 +63,7 @@ fn greedy_fields_equal_the_lock_step_loop() {
 }
 
 fn schema(names: &[&str]) -> Arc<Schema> {
-    Arc::new(Schema { fields: names.iter().map(|n| Field { name: n.to_string(), description: None, nullable: true }).collect() })
+    Arc::new(Schema { fields: names.iter().map(|n| Field::named(n)).collect() })
 }
 
 #[test]

@@ -80,7 +80,7 @@ pub fn import(bytes: &[u8], format: Format, mapping: &Mapping, source: &str) -> 
     if mapping.fields.is_empty() {
         return Err(Error::Format("give at least one --field NAME=COLUMN".into()));
     }
-    let fields = mapping.fields.iter().map(|(n, _)| Field { name: n.clone(), description: None, nullable: true }).collect();
+    let fields = mapping.fields.iter().map(|(n, _)| Field::named(n)).collect();
     let schema = Schema::new(fields, "--field")?;
     let columns = mapping.columns();
     let rows = match format {

@@ -256,7 +256,7 @@ fn property(name: &str, p: &Value, at: &str) -> Result<Field, String> {
         return Err(format!("{at}: a property must allow strings"));
     }
     let description = p.get("description").and_then(Value::as_str).map(str::to_string);
-    Ok(Field { name: name.to_string(), description, nullable: types.iter().any(|t| t == "null") })
+    Ok(Field { name: name.to_string(), description, nullable: types.iter().any(|t| t == "null"), format: None })
 }
 
 /// The identifiers and timestamps every chunk of one completion shares.
