@@ -818,26 +818,6 @@ mod imp {
             }
         }
 
-        /// Many rows times an int8 weight (prefill): the tiles dequantized into a buffer and
-        /// multiplied by gemm against burn's dequantize-then-multiply, for products on one thread
-        /// (the first and last) and one spread over the pool (an odd number of weight rows, so
-        /// that with two or more threads the last tile is shorter), just past the 8 rows the dot
-        /// products take, and with wide rows (4,096 weights).
-        #[test]
-        fn many_rows_of_a_quantized_weight_match_the_dequantized_product() {
-            use crate::linear::{Bits, Linear, Quantization};
-            let device = Default::default();
-            let normal = Distribution::Normal(0.0, 1.0);
-            for (m, n, k) in [(9, 40, 64), (64, 1101, 128), (12, 50, 4096)] {
-                let mut linear = Linear::frozen(Tensor::<Flex, 2>::random([n, k], normal, &device));
-                linear.quantize(&Quantization::new(Bits::Int8), "w").unwrap();
-                let w = linear.weight.val();
-                let x = Tensor::<Flex, 2>::random([m, k], normal, &device);
-                let got = quantized_linear(&x, &w).expect("flex takes int8 products of many rows");
-                close(got, x.matmul(w.dequantize().transpose()));
-            }
-        }
-
         #[test]
         fn exp_of_non_positive_values_is_within_two_ulp_and_keeps_nan() {
             let mut worst = 0f64;

@@ -20,7 +20,7 @@ fn extractor(constrain: Constrain) -> Extractor<Flex> {
 fn a_new_schema_changes_the_prompt_and_the_keys_together() {
     use tiqu_core::{Field, Schema};
     let e = extractor(Constrain::Copy);
-    let schema = Schema { fields: vec![Field { name: "city".into(), description: None, nullable: true }] };
+    let schema = Schema { fields: vec![Field::named("city")] };
     let e = e.with_schema(schema);
     let fields = e.extract(SEED_EXAMPLE).unwrap();
     assert_eq!(fields.names, ["city"], "the grammar's keys follow the new schema");

@@ -118,3 +118,29 @@ fn the_int8_head_screen_keeps_every_greedy_token() {
         assert!(made, "greedy decoding made the screen and read it");
     }
 }
+
+/// Many rows times an int8 weight (prefill) on the CPU: the tiles dequantized into a buffer and
+/// multiplied by gemm, against burn's dequantize-then-multiply, for products on one thread (the
+/// first and last) and one spread over the pool (an odd number of weight rows, so that with two
+/// or more threads the last tile is shorter), just past the 8 rows the dot products take, and with
+/// wide rows (4,096 weights).
+#[test]
+fn many_rows_of_an_int8_weight_match_the_dequantized_product() {
+    use burn::tensor::Distribution;
+    use tiqu_core::linear::Linear;
+    let device = Default::default();
+    let normal = Distribution::Normal(0.0, 1.0);
+    for (m, n, k) in [(9, 40, 64), (64, 1101, 128), (12, 50, 4096)] {
+        let mut linear = Linear::frozen(Tensor::<Flex, 2>::random([n, k], normal, &device));
+        linear.quantize(&Quantization::new(Bits::Int8), "w").unwrap();
+        let w = linear.weight.val();
+        let x = Tensor::<Flex, 2>::random([m, k], normal, &device);
+        let got = tiqu_core::flex::quantized_linear(&x, &w).expect("flex takes int8 products of many rows");
+        let want = x.matmul(w.dequantize().transpose());
+        let (got, want) = (got.into_data().to_vec::<f32>().unwrap(), want.into_data().to_vec::<f32>().unwrap());
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{m}x{k}x{n}: {g} vs {w}");
+        }
+    }
+}

@@ -342,8 +342,18 @@ fn chat_completions_with_a_json_schema_whole_and_streamed() {
     bad["response_format"]["json_schema"]["schema"]["properties"]["age"] = json!({"type": "integer"});
     assert_error(server.post("/v1/chat/completions", &bad), 400, &["response_format.json_schema.schema.properties.age", "integer"]);
     let mut bad = schema_chat(false);
-    bad["response_format"]["json_schema"]["schema"]["properties"]["email"]["format"] = json!("email");
-    assert_error(server.post("/v1/chat/completions", &bad), 400, &["properties.email.format cannot be enforced"]);
+    bad["response_format"]["json_schema"]["schema"]["properties"]["email"]["format"] = json!("date");
+    assert_error(server.post("/v1/chat/completions", &bad), 400, &["properties.email.format \"date\" cannot be enforced"]);
+    // `format: email` is enforced: the email is null or shaped as an address.
+    let mut email = schema_chat(false);
+    email["response_format"]["json_schema"]["schema"]["properties"]["email"]["format"] = json!("email");
+    let (status, obj) = server.post("/v1/chat/completions", &email);
+    assert_eq!(status, 200, "{obj}");
+    let content: Value = serde_json::from_str(obj["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    match content["email"].as_str() {
+        None => assert!(content["email"].is_null(), "{content}"),
+        Some(e) => assert!(tiqu_core::format::is_email(e.as_bytes()), "{content}"),
+    }
     assert_error(
         server.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]})),
         400,
@@ -438,7 +448,7 @@ fn wait_cancelled(server: &Server, before: f64, within: Duration) {
 /// request that timed out while queued is skipped, so the server serves normally afterwards.
 #[test]
 fn deadlines_give_408_and_504() {
-    let server = Server::start(&["--timeout-s", "0.5", "--max-batch", "300"]);
+    let server = Server::start(&["--timeout-s", "0.5", "--max-batch", "1000"]);
     let mut s = TcpStream::connect(server.addr()).unwrap();
     write!(s, "POST /v1/extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"text\":").unwrap();
     let mut answer = String::new();
@@ -449,7 +459,8 @@ fn deadlines_give_408_and_504() {
     server.still_serves();
 
     let before = metric(&server.metrics(), "tiqu_jobs_cancelled_total");
-    // Ten batches of 300: a single batch of 300 can end within the 0.5 s deadline.
+    // Three batches of 1,000: the queued request waits at least for the first, and a batch of 300
+    // ends within the 0.5 s deadline here (25 tokens a text, the email held to the text's one).
     let job = busy(&server, 3000);
     let started = Instant::now();
     let queued = server.post("/v1/extract", &json!({"text": TEXT}));

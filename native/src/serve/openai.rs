@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use tiqu_core::format::Format;
 use tiqu_core::{Constrain, Field, Message, Schema};
 
 #[derive(Deserialize)]
@@ -245,9 +246,15 @@ fn types_of(p: &Map<String, Value>, at: &str) -> Result<Vec<String>, String> {
 
 fn property(name: &str, p: &Value, at: &str) -> Result<Field, String> {
     let p = p.as_object().ok_or_else(|| format!("{at} must be an object"))?;
-    if let Some(k) = p.keys().find(|k| !matches!(k.as_str(), "type" | "anyOf" | "description" | "title")) {
+    if let Some(k) = p.keys().find(|k| !matches!(k.as_str(), "type" | "anyOf" | "description" | "title" | "format")) {
         return Err(format!("{at}.{k} cannot be enforced (string or null values only)"));
     }
+    let format = match p.get("format") {
+        None => None,
+        Some(f) => Some(f.as_str().and_then(Format::parse).ok_or_else(|| {
+            format!("{at}.format {f} cannot be enforced (the formats are {})", Format::NAMES.join(", "))
+        })?),
+    };
     let types = types_of(p, at)?;
     if let Some(t) = types.iter().find(|t| *t != "string" && *t != "null") {
         return Err(format!("{at}: type `{t}` cannot be enforced (string or null values only)"));
@@ -256,7 +263,7 @@ fn property(name: &str, p: &Value, at: &str) -> Result<Field, String> {
         return Err(format!("{at}: a property must allow strings"));
     }
     let description = p.get("description").and_then(Value::as_str).map(str::to_string);
-    Ok(Field { name: name.to_string(), description, nullable: types.iter().any(|t| t == "null"), format: None })
+    Ok(Field { name: name.to_string(), description, nullable: types.iter().any(|t| t == "null"), format })
 }
 
 /// The identifiers and timestamps every chunk of one completion shares.
@@ -307,7 +314,7 @@ mod tests {
         let s = json_schema(
             &json!({"type": "object", "properties": {
                 "name": {"type": "string", "description": "who"},
-                "email": {"type": ["string", "null"]},
+                "email": {"type": ["string", "null"], "format": "email"},
                 "city": {"anyOf": [{"type": "null"}, {"type": "string"}]}},
               "required": ["name"], "additionalProperties": false}),
             "s",
@@ -316,6 +323,7 @@ mod tests {
         assert_eq!(s.names(), ["name", "email", "city"]);
         assert_eq!(s.fields.iter().map(|f| f.nullable).collect::<Vec<_>>(), [false, true, true]);
         assert_eq!(s.fields[0].description.as_deref(), Some("who"));
+        assert_eq!(s.fields.iter().map(|f| f.format).collect::<Vec<_>>(), [None, Some(Format::Email), None]);
     }
 
     #[test]
@@ -324,6 +332,10 @@ mod tests {
         assert_eq!(refused(json!({"type": "array"})), "s.type must be \"object\" (got \"array\")");
         assert!(refused(json!({"type": "object", "properties": {"age": {"type": "integer"}}})).contains("s.properties.age: type `integer`"));
         assert!(refused(json!({"type": "object", "properties": {"e": {"type": "string", "pattern": "@"}}})).starts_with("s.properties.e.pattern cannot"));
+        assert_eq!(
+            refused(json!({"type": "object", "properties": {"d": {"type": "string", "format": "date"}}})),
+            "s.properties.d.format \"date\" cannot be enforced (the formats are email)"
+        );
         assert!(refused(json!({"type": "object", "properties": {"e": {"type": "null"}}})).contains("must allow strings"));
         assert!(refused(json!({"type": "object", "properties": {}})).contains("at least one property"));
         assert!(refused(json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]})).contains("s.required[0] `b`"));
