@@ -218,7 +218,7 @@ mod imp {
     /// Most weights [`tiled_product`] dequantizes at a time (8 MiB of f32): fewer, larger products
     /// won over tiles that fit in L2, since each product packs all of x again and gemm blocks for
     /// the cache itself (2¹⁷ weights a tile ran at 0.3–0.7× f32 on the 0.6B shapes, 2²¹ or one
-    /// tile per thread at 0.9–1.2×, 2 cores, 32 to 512 rows).
+    /// tile per thread at 0.75–1.1×, 2 cores, 9 to 512 rows).
     const TILE_WEIGHTS: usize = 1 << 21;
 
     pub fn quantized_linear<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
