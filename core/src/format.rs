@@ -11,13 +11,16 @@ pub enum Format {
 }
 
 impl Format {
-    pub const NAMES: [&str; 1] = ["email"];
+    pub const ALL: [Format; 1] = [Format::Email];
 
+    /// A format by [`Format::name`].
     pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "email" => Some(Self::Email),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// The names, for errors.
+    pub fn names() -> String {
+        Self::ALL.map(Format::name).join(", ")
     }
 
     pub fn name(self) -> &'static str {

@@ -108,7 +108,7 @@ impl Schema {
                             Error::Format(format!(
                                 "{source}: field `{}` has format `{name}`; the formats are {}",
                                 f.name,
-                                Format::NAMES.join(", ")
+                                Format::names()
                             ))
                         })?),
                     };

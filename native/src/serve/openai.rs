@@ -252,7 +252,7 @@ fn property(name: &str, p: &Value, at: &str) -> Result<Field, String> {
     let format = match p.get("format") {
         None => None,
         Some(f) => Some(f.as_str().and_then(Format::parse).ok_or_else(|| {
-            format!("{at}.format {f} cannot be enforced (the formats are {})", Format::NAMES.join(", "))
+            format!("{at}.format {f} cannot be enforced (the formats are {})", Format::names())
         })?),
     };
     let types = types_of(p, at)?;
