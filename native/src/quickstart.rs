@@ -232,17 +232,22 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
             merged
         }
     };
-    let evaluate = |data: &Path, mistakes: &str| -> Result<(Value, Vec<Value>)> {
-        with_backend!(backend, |B, device| evaluate_on::<B>(&device, backend, &model_dir, data, &out.join(mistakes)))
-    };
-    let (mut result, wrong) = evaluate(&heldout_path, "mistakes.jsonl")?;
+    let mut sets = vec![(heldout_path.clone(), "mistakes.jsonl")];
+    if !unseen.is_empty() {
+        sets.push((unseen_path.clone(), "mistakes-heldout-styles.jsonl"));
+    }
+    sets.push((seed_path.clone(), "mistakes-seed-example.jsonl"));
+    let sets: Vec<(PathBuf, PathBuf)> = sets.into_iter().map(|(data, mistakes)| (data, out.join(mistakes))).collect();
+    let mut evaluations = with_backend!(backend, |B, device| evaluate_on::<B>(&device, backend, &model_dir, &sets))?.into_iter();
+    let mut next = || evaluations.next().ok_or_else(|| anyhow!("an evaluation went missing"));
+    let (mut result, wrong) = next()?;
     result["styles"] = by_style(&heldout, &wrong);
     if !unseen.is_empty() {
-        let (mut other, wrong) = evaluate(&unseen_path, "mistakes-heldout-styles.jsonl")?;
+        let (mut other, wrong) = next()?;
         other["styles"] = by_style(&unseen, &wrong);
         result["held_out_styles"] = other;
     }
-    let (seed, wrong) = evaluate(&seed_path, "mistakes-seed-example.jsonl")?;
+    let (seed, wrong) = next()?;
     result["seed_example"] = json!({
         "text": seed_example().text,
         "exact": seed["all_fields_exact"] == json!(1.0),
@@ -326,12 +331,10 @@ fn print_styles(styles: &Value) {
     }
 }
 
-/// Extraction quality and loss of the trained model on held-out records, as `tiqu eval` computes
-/// them, and its mistakes (also written to `mistakes`).
-fn evaluate_on<B: burn::prelude::Backend>(device: &B::Device, backend: BackendName, model: &Path, data: &Path, mistakes: &Path) -> Result<(Value, Vec<Value>)> {
-    let source = data.display().to_string();
-    let text = fs::read_to_string(data).map_err(|e| anyhow!("{source}: {e}"))?;
-    let (records, bad_lines) = parse_records_lenient(&text, &source)?;
+/// Extraction quality and loss of the trained model on each `(records, mistakes file)` set, as
+/// `tiqu eval` computes them, and its mistakes (also written to the set's file); the model is
+/// loaded once for all of them.
+fn evaluate_on<B: burn::prelude::Backend>(device: &B::Device, backend: BackendName, model: &Path, sets: &[(PathBuf, PathBuf)]) -> Result<Vec<(Value, Vec<Value>)>> {
     let dtype = crate::backend::dtype::<B>(device, crate::backend::Use::Inference)?;
     let loaded = Checkpoint::open_dir(model)?.load::<B>(&tiqu_core::LoadOptions { dtype: Some(dtype), ..Default::default() }, device)?;
     let workers = if backend == BackendName::Cpu {
@@ -341,9 +344,16 @@ fn evaluate_on<B: burn::prelude::Backend>(device: &B::Device, backend: BackendNa
         1
     };
     let opts = SftEvalOptions { extract: ExtractOptions { batch: 32, ..Default::default() }, workers, loss_only: false };
-    let (mut result, wrong) = evaluate_sft(loaded, &records, &bad_lines, &source, &opts, &|_| {})?;
-    let lines: String = wrong.iter().map(|m| format!("{m}\n")).collect();
-    fs::write(mistakes, lines).map_err(|e| anyhow!("{}: {e}", mistakes.display()))?;
-    result["mistakes"] = json!(mistakes.display().to_string());
-    Ok((result, wrong))
+    let mut out = Vec::with_capacity(sets.len());
+    for (data, mistakes) in sets {
+        let source = data.display().to_string();
+        let text = fs::read_to_string(data).map_err(|e| anyhow!("{source}: {e}"))?;
+        let (records, bad_lines) = parse_records_lenient(&text, &source)?;
+        let (mut result, wrong) = evaluate_sft(loaded.clone(), &records, &bad_lines, &source, &opts, &|_| {})?;
+        let lines: String = wrong.iter().map(|m| format!("{m}\n")).collect();
+        fs::write(mistakes, lines).map_err(|e| anyhow!("{}: {e}", mistakes.display()))?;
+        result["mistakes"] = json!(mistakes.display().to_string());
+        out.push((result, wrong));
+    }
+    Ok(out)
 }

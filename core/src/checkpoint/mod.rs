@@ -61,7 +61,8 @@ pub struct Checkpoint {
     config: Qwen3Config,
 }
 
-/// A loaded model with everything generation and extraction need.
+/// A loaded model with everything generation and extraction need. A clone shares the weights.
+#[derive(Clone)]
 pub struct Loaded<B: Backend> {
     pub config: Qwen3Config,
     pub model: Qwen3ForCausalLM<B>,
