@@ -65,6 +65,15 @@ pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>
     imp::rope(x, cos, sin)
 }
 
+/// Attention of a continuous-batching pass ([`crate::attend`]) on flex: queries `q`
+/// `[rows, heads, t, d]` (after the rotary embedding) against the pass's cache rows `k`, `v`
+/// `[rows, kv_heads, keys, d]`, row `r`'s query `i` seeing keys `..starts[r] + i + 1` when
+/// `i < lens[r]`; `[rows, heads, t, d]`, zeros at padding queries. `None` where burn's ops apply
+/// (other backends, half precision, layouts it does not read).
+pub fn row_attention<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>, starts: &[usize], lens: &[usize], scale: f32) -> Option<Tensor<B, 4>> {
+    imp::row_attention(q, k, v, starts, lens, scale)
+}
+
 /// `cache[:, :, start..start + t, :] = value` for a KV cache `[batch, heads, capacity, head_dim]`
 /// and `value` `[batch, heads, t, head_dim]`. flex's `slice_assign` copies the whole cache on
 /// every call (it keeps a second handle on the buffer while writing, so its copy-on-write always
@@ -121,6 +130,10 @@ mod imp {
     }
 
     pub fn head_chunk<B: Backend>(_: &Tensor<B, 2>, _: &[Tensor<B, 2>], _: &[bool], _: &[u32]) -> Option<super::HeadChunk<B>> {
+        None
+    }
+
+    pub fn row_attention<B: Backend>(_: &Tensor<B, 4>, _: &Tensor<B, 4>, _: &Tensor<B, 4>, _: &[usize], _: &[usize], _: f32) -> Option<Tensor<B, 4>> {
         None
     }
 
@@ -458,6 +471,32 @@ mod imp {
         // k + 127 (1 to 127) lands in the low mantissa bits of 1.5 · 2²³ + k + 127; shifted up by
         // 23 it is the exponent field of 2^k.
         y * f32::from_bits((k + 12_583_039.0).to_bits() << 23)
+    }
+
+    pub fn row_attention<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>, starts: &[usize], lens: &[usize], scale: f32) -> Option<Tensor<B, 4>> {
+        if !same::<B, Flex>() || [q, k, v].iter().any(|t| t.dtype() != DType::F32) {
+            return None;
+        }
+        let primitive = |t: &Tensor<B, 4>| -> FlexTensor { cast(t.clone().into_primitive().tensor()) };
+        let (qp, kp, vp) = (primitive(q), primitive(k), primitive(v));
+        let out = crate::attend::rows(view4(&qp)?, view4(&kp)?, view4(&vp)?, starts, lens, scale, exp_nonpositive)?;
+        Some(Tensor::from_primitive(TensorPrimitive::Float(cast(FlexTensor::from_data(TensorData::new(out, q.dims()))))))
+    }
+
+    /// A 4-d f32 tensor as [`crate::attend::View4`]: only with non-negative strides and
+    /// contiguous last dimension (the view checks that it stays in its buffer).
+    fn view4(t: &FlexTensor) -> Option<crate::attend::View4<'_>> {
+        let layout = t.layout();
+        let (shape, strides) = (layout.shape(), layout.strides());
+        if shape.len() != 4 || strides.len() != 4 || strides.iter().any(|&s| s < 0) || (strides[3] != 1 && shape[3] > 1) {
+            return None;
+        }
+        Some(crate::attend::View4 {
+            data: t.storage(),
+            start: layout.start_offset(),
+            shape: [shape[0], shape[1], shape[2], shape[3]],
+            strides: [strides[0] as usize, strides[1] as usize, strides[2] as usize],
+        })
     }
 
     pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {

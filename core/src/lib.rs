@@ -2,6 +2,8 @@
 //! generation and loss. Backend-generic and free of filesystem calls, so the same code runs
 //! natively and in wasm32: files come in as bytes or readers.
 
+#[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
+mod attend;
 pub mod chat;
 mod clock;
 pub mod checkpoint;

@@ -132,12 +132,26 @@ fn apply_rope<B: Backend>(x: Tensor<B, 4>, rope: &Rope<B>) -> Tensor<B, 4> {
 
 impl<B: Backend> Qwen3Attention<B> {
     fn forward(&self, x: Tensor<B, 3>, ctx: &Context<B>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
-        let [b, t, _] = x.dims();
+        let [xb, xt, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let seed = ctx.dropout_seed;
-        let q = self.q_norm.forward(self.q_proj.forward(x.clone(), seed).reshape([b, t, h, d])).swap_dims(1, 2);
-        let k = self.k_norm.forward(self.k_proj.forward(x.clone(), seed).reshape([b, t, kvh, d])).swap_dims(1, 2);
-        let v = self.v_proj.forward(x, seed).reshape([b, t, kvh, d]).swap_dims(1, 2);
+        let q = self.q_norm.forward(self.q_proj.forward(x.clone(), seed).reshape([xb, xt, h, d]));
+        let k = self.k_norm.forward(self.k_proj.forward(x.clone(), seed).reshape([xb, xt, kvh, d]));
+        let v = self.v_proj.forward(x, seed);
+        // Packed tokens go back to the pass's grid of rows for attention, and come out packed.
+        let ([b, t], grid) = match &ctx.packing {
+            Some(p) => {
+                let [b, t] = p.grid();
+                let grid = |y: Tensor<B, 4>, heads: usize| p.unpack(y.reshape([xb, xt, heads * d])).reshape([b, t, heads, d]);
+                ([b, t], (grid(q, h), grid(k, kvh), grid(v.reshape([xb, xt, kvh, d]), kvh)))
+            }
+            None => ([xb, xt], (q, k, v.reshape([xb, xt, kvh, d]))),
+        };
+        let (q, k, v) = (grid.0.swap_dims(1, 2), grid.1.swap_dims(1, 2), grid.2.swap_dims(1, 2));
+        let packed = |out: Tensor<B, 3>| match &ctx.packing {
+            Some(p) => p.pack(out),
+            None => out,
+        };
         let q = apply_rope(q, &ctx.rope);
         let k = apply_rope(k, &ctx.rope);
         let (k, v) = match (cache, &ctx.rows) {
@@ -145,6 +159,11 @@ impl<B: Backend> Qwen3Attention<B> {
             (Some(cache), None) => cache.append(k, v),
             (None, _) => (k, v),
         };
+        if let Some(pass) = &ctx.rows {
+            if let Some(out) = crate::flex::row_attention(&q, &k, &v, &pass.starts, &pass.lens, (d as f64).powf(-0.5) as f32) {
+                return self.o_proj.forward(packed(out.swap_dims(1, 2).reshape([b, t, h * d])), seed);
+            }
+        }
         let s = k.dims()[2];
         let groups = h / kvh;
         // Query heads of one KV group share its keys: fold them into the row dimension instead of
@@ -159,7 +178,7 @@ impl<B: Backend> Qwen3Attention<B> {
         let scores = to_dtype(scores.reshape([b, h, t, s]), FloatDType::F32).add(ctx.mask.clone());
         let probs = to_dtype(softmax(scores, 3), dtype).reshape([b, kvh, groups * t, s]);
         let out = probs.matmul(v).reshape([b, h, t, d]).swap_dims(1, 2).reshape([b, t, h * d]);
-        self.o_proj.forward(out, seed)
+        self.o_proj.forward(packed(out), seed)
     }
 }
 
@@ -482,14 +501,24 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         self.model.layers.first().map_or(2, |l| l.self_attn.head_dim)
     }
 
+    /// The layers over `ids` `[batch * seq]`: `[batch, seq, hidden]`. A packed pass embeds and
+    /// runs its fed tokens only and puts them back in its grid at the end.
     fn run_layers(&self, ids: &[u32], batch: usize, seq: usize, ctx: &Context<B>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        let (ids, batch, seq) = match (&ctx.packing, &ctx.rows) {
+            (Some(p), Some(pass)) => (p.ids(pass, ids), 1, p.tokens()),
+            _ => (ids.to_vec(), batch, seq),
+        };
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let mut x = self.model.embed_tokens.forward(&ids, batch, seq);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, ctx, layer_cache);
         }
-        self.model.norm.forward(x)
+        let x = self.model.norm.forward(x);
+        match &ctx.packing {
+            Some(p) => p.unpack(x),
+            None => x,
+        }
     }
 
     /// The output layer's weight as row blocks `[rows, hidden]` in vocabulary order: `lm_head`,

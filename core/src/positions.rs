@@ -96,6 +96,37 @@ impl RowPass {
         out
     }
 
+    /// Tokens the pass feeds (its columns less the padding).
+    pub fn tokens(&self) -> usize {
+        self.lens.iter().sum()
+    }
+
+    /// The fed tokens' columns in the pass's `rows × seq` grid, row by row: where the packed
+    /// token `i` sits.
+    fn fed_columns(&self) -> Vec<i64> {
+        let mut out = Vec::with_capacity(self.tokens());
+        for (r, &l) in self.lens.iter().enumerate() {
+            out.extend((0..l).map(|j| (r * self.seq + j) as i64));
+        }
+        out
+    }
+
+    /// For each column of the grid, the packed token it shows: its own, or for a padding column
+    /// the row's last one (or the first token of the pass, for a row that feeds nothing). A
+    /// padding column's keys and values are never written to the cache, and what its query
+    /// computes is never read.
+    fn column_tokens(&self) -> Vec<i64> {
+        let mut out = Vec::with_capacity(self.batch() * self.seq);
+        let mut first = 0;
+        for &l in &self.lens {
+            out.extend((0..self.seq).map(|j| (first + j.min(l.max(1) - 1)) as i64));
+            first += l;
+        }
+        let last = self.tokens().saturating_sub(1) as i64;
+        out.iter_mut().for_each(|t| *t = (*t).min(last));
+        out
+    }
+
     /// `[batch, seq, keys]`: query `i` of row `r` sees the row's cached keys and its own new ones
     /// up to itself. Padding queries see the row's real keys (their output is never read, it only
     /// has to stay finite).
@@ -121,6 +152,62 @@ pub(crate) struct Context<B: Backend> {
     /// Where each row's new keys and values go in the cache, for a [`RowPass`]; `None` appends
     /// them after the cache's shared length.
     pub(crate) rows: Option<RowPass>,
+    /// For a [`RowPass`] with padding columns: the layers' products, norms and sums run over
+    /// the fed tokens only, and only attention sees the rows' grid.
+    pub(crate) packing: Option<Packing<B>>,
+}
+
+/// The fed tokens of a [`RowPass`] packed into one sequence `[1, tokens]`, and the way between
+/// that and the pass's `[rows, seq]` grid. Without it a draft of four tokens in one row made the
+/// projections of every row run over four columns.
+pub(crate) struct Packing<B: Backend> {
+    tokens: usize,
+    rows: usize,
+    seq: usize,
+    /// Grid column of each packed token.
+    fed: Tensor<B, 1, Int>,
+    /// Packed token shown in each grid column.
+    shown: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> Packing<B> {
+    fn new(p: &RowPass, device: &B::Device) -> Option<Self> {
+        let tokens = p.tokens();
+        if tokens == 0 || tokens == p.batch() * p.seq {
+            return None;
+        }
+        let int = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::from_data(TensorData::new(v, [n]), device)
+        };
+        Some(Self { tokens, rows: p.batch(), seq: p.seq, fed: int(p.fed_columns()), shown: int(p.column_tokens()) })
+    }
+
+    /// `[1, tokens, width]` of the grid's `[rows, seq, width]`.
+    pub(crate) fn pack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let w = x.dims()[2];
+        x.reshape([self.rows * self.seq, w]).select(0, self.fed.clone()).reshape([1, self.tokens, w])
+    }
+
+    /// The grid `[rows, seq, width]` of packed `[1, tokens, width]`.
+    pub(crate) fn unpack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let w = x.dims()[2];
+        x.reshape([self.tokens, w]).select(0, self.shown.clone()).reshape([self.rows, self.seq, w])
+    }
+
+    /// The packed token ids of the grid's `ids`.
+    pub(crate) fn ids(&self, p: &RowPass, ids: &[u32]) -> Vec<u32> {
+        p.fed_columns().into_iter().map(|c| ids[c as usize]).collect()
+    }
+
+    pub(crate) fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// The grid's `[rows, seq]`.
+    pub(crate) fn grid(&self) -> [usize; 2] {
+        [self.rows, self.seq]
+    }
 }
 
 pub(crate) struct Rope<B: Backend> {
@@ -148,6 +235,7 @@ impl<B: Backend> Context<B> {
             mask: Tensor::from_data(TensorData::new(mask, [p.batch, 1, p.seq, total]), device),
             dropout_seed,
             rows: None,
+            packing: None,
         }
     }
 
@@ -159,6 +247,7 @@ impl<B: Backend> Context<B> {
             mask: Tensor::from_data(TensorData::new(p.mask(), shape), device),
             dropout_seed: None,
             rows: Some(p.clone()),
+            packing: Packing::new(p, device),
         }
     }
 }
@@ -207,5 +296,13 @@ mod tests {
             f, f, f,  f, f, f,  f, f, f,  // row 2: nothing
         ];
         assert_eq!(seen, expected);
+        // Packed: row 0's three tokens, then row 1's one; row 1's padding shows its token, the
+        // free row the last one.
+        assert_eq!(p.tokens(), 4);
+        assert_eq!(p.fed_columns(), [0, 1, 2, 3]);
+        assert_eq!(p.column_tokens(), [0, 1, 2, 3, 3, 3, 3, 3, 3]);
+        let q = RowPass { first: 2, seq: 2, starts: vec![5, 0, 7], lens: vec![0, 2, 1] };
+        assert_eq!(q.fed_columns(), [2, 3, 4]);
+        assert_eq!(q.column_tokens(), [0, 0, 0, 1, 2, 2]);
     }
 }
