@@ -191,6 +191,15 @@ enum Escape {
     Unicode { digits: u8, value: u32 },
 }
 
+/// What a step does to the current field's value.
+enum Edit {
+    Keep,
+    /// The string opens: the value is `Some("")`.
+    Open,
+    /// These decoded bytes (the first `n`) are appended.
+    Push([u8; 4], usize),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Inside the fixed text before field `seg` (or the closing brace when `seg` = fields).
@@ -295,45 +304,60 @@ impl Grammar {
 
     /// Feeds one output byte; `None` if the grammar (or the text) does not allow it.
     pub fn step(&self, s: &State, b: u8) -> Option<State> {
-        let mut s = s.clone();
+        // Decided from `s` by reference, so that the bytes refused (most of those tried by
+        // `allowed`) cost no copy of the values.
+        let (field, phase, edit) = self.transition(s, b)?;
+        let mut next = s.clone();
+        next.field = field;
+        next.phase = phase;
+        match edit {
+            Edit::Keep => {}
+            Edit::Open => next.values[field] = Some(Vec::new()),
+            Edit::Push(bytes, n) => next.values[field].as_mut()?.extend_from_slice(&bytes[..n]),
+        }
+        Some(next)
+    }
+
+    /// What byte `b` makes of `s`: the field and phase after it and the change to the field's
+    /// value; `None` if it is not allowed.
+    fn transition(&self, s: &State, b: u8) -> Option<(usize, Phase, Edit)> {
+        let keep = |phase| Some((s.field, phase, Edit::Keep));
         match s.phase {
             Phase::Literal { seg, pos } => {
                 let lit = &self.literals[seg];
                 if lit[pos] != b {
                     return None;
                 }
-                s.phase = if pos + 1 < lit.len() {
-                    Phase::Literal { seg, pos: pos + 1 }
+                if pos + 1 < lit.len() {
+                    keep(Phase::Literal { seg, pos: pos + 1 })
                 } else if seg == self.nullable.len() {
-                    Phase::End
+                    keep(Phase::End)
                 } else {
-                    s.field = seg;
-                    Phase::ValueStart
-                };
+                    Some((seg, Phase::ValueStart, Edit::Keep))
+                }
             }
             Phase::ValueStart => match b {
                 b'"' if self.rules[s.field] != Rule::NullOnly => {
-                    s.values[s.field] = Some(Vec::new());
-                    s.phase = Phase::Str { sam: 0, utf8_left: 0, cont: (0x80, 0xBF), escape: Escape::No };
+                    Some((s.field, Phase::Str { sam: 0, utf8_left: 0, cont: (0x80, 0xBF), escape: Escape::No }, Edit::Open))
                 }
-                b'n' if self.nullable[s.field] => s.phase = Phase::Null { pos: 1 },
-                _ => return None,
+                b'n' if self.nullable[s.field] => keep(Phase::Null { pos: 1 }),
+                _ => None,
             },
             Phase::Null { pos } => {
                 if b"null"[pos] != b {
                     return None;
                 }
-                s.phase = if pos + 1 < 4 { Phase::Null { pos: pos + 1 } } else { Phase::Literal { seg: s.field + 1, pos: 0 } };
+                keep(if pos + 1 < 4 { Phase::Null { pos: pos + 1 } } else { Phase::Literal { seg: s.field + 1, pos: 0 } })
             }
             Phase::Str { sam, utf8_left, cont, escape } => match escape {
                 Escape::No => match b {
-                    b'"' if utf8_left == 0 && self.may_close(&s) => s.phase = Phase::Literal { seg: s.field + 1, pos: 0 },
+                    b'"' if utf8_left == 0 && self.may_close(s) => keep(Phase::Literal { seg: s.field + 1, pos: 0 }),
                     // Addresses need no escapes.
                     b'\\' if utf8_left == 0 && self.rules[s.field] == Rule::Any && self.backslash_viable(sam) => {
-                        s.phase = Phase::Str { sam, utf8_left, cont, escape: Escape::Backslash }
+                        keep(Phase::Str { sam, utf8_left, cont, escape: Escape::Backslash })
                     }
-                    0..=0x1F | b'"' | b'\\' => return None,
-                    _ => return self.value_byte(s, sam, utf8_left, cont, b),
+                    0..=0x1F | b'"' | b'\\' => None,
+                    _ => self.pushed(s, (sam, utf8_left, cont), &[b]),
                 },
                 Escape::Backslash => {
                     let decoded = match b {
@@ -344,12 +368,11 @@ impl Grammar {
                         b'b' => 0x08,
                         b'f' => 0x0C,
                         b'u' if self.escape_viable(sam, 0, 0x11_0000) => {
-                            s.phase = Phase::Str { sam, utf8_left, cont, escape: Escape::Unicode { digits: 0, value: 0 } };
-                            return Some(s);
+                            return keep(Phase::Str { sam, utf8_left, cont, escape: Escape::Unicode { digits: 0, value: 0 } });
                         }
                         _ => return None,
                     };
-                    return self.value_byte(s, sam, 0, cont, decoded);
+                    self.pushed(s, (sam, 0, cont), &[decoded])
                 }
                 Escape::Unicode { digits, value } => {
                     let d = (b as char).to_digit(16)?;
@@ -360,64 +383,63 @@ impl Grammar {
                         return None;
                     }
                     if digits < 3 {
-                        s.phase = Phase::Str { sam, utf8_left, cont, escape: Escape::Unicode { digits: digits + 1, value } };
-                        return Some(s);
+                        return keep(Phase::Str { sam, utf8_left, cont, escape: Escape::Unicode { digits: digits + 1, value } });
                     }
                     // Surrogate pairs are not needed: any character can be written unescaped.
                     let c = char::from_u32(value)?;
                     let mut buf = [0u8; 4];
-                    let mut state = s;
-                    state.phase = Phase::Str { sam, utf8_left: 0, cont, escape: Escape::No };
-                    for &byte in c.encode_utf8(&mut buf).as_bytes() {
-                        let Phase::Str { sam, utf8_left, cont, .. } = state.phase else { unreachable!() };
-                        state = self.value_byte(state, sam, utf8_left, cont, byte)?;
-                    }
-                    return Some(state);
+                    self.pushed(s, (sam, 0, cont), c.encode_utf8(&mut buf).as_bytes())
                 }
             },
-            Phase::End => return None,
+            Phase::End => None,
         }
-        Some(s)
     }
 
-    /// One decoded byte of a string value: well-formed UTF-8 and, in copy mode, in the text.
-    fn value_byte(&self, mut s: State, sam: u32, utf8_left: u8, cont: (u8, u8), b: u8) -> Option<State> {
-        let (left, next) = if utf8_left > 0 {
-            if b < cont.0 || b > cont.1 {
+    /// Decoded bytes of a string value (one, or a `\u` escape's character): well-formed UTF-8
+    /// and, in copy mode, in the text, and within the field's rule.
+    fn pushed(&self, s: &State, (mut sam, mut utf8_left, mut cont): (u32, u8, (u8, u8)), bytes: &[u8]) -> Option<(usize, Phase, Edit)> {
+        let (mut out, mut n) = ([0u8; 4], 0);
+        for &b in bytes {
+            (utf8_left, cont) = if utf8_left > 0 {
+                if b < cont.0 || b > cont.1 {
+                    return None;
+                }
+                (utf8_left - 1, (0x80, 0xBF))
+            } else {
+                // Well-formed UTF-8 only: no overlong forms, surrogates or code points past U+10FFFF.
+                match b {
+                    0x00..=0x7F => (0, (0x80, 0xBF)),
+                    0xC2..=0xDF => (1, (0x80, 0xBF)),
+                    0xE0 => (2, (0xA0, 0xBF)),
+                    0xED => (2, (0x80, 0x9F)),
+                    0xE1..=0xEF => (2, (0x80, 0xBF)),
+                    0xF0 => (3, (0x90, 0xBF)),
+                    0xF4 => (3, (0x80, 0x8F)),
+                    0xF1..=0xF3 => (3, (0x80, 0xBF)),
+                    _ => return None,
+                }
+            };
+            if let Some(automaton) = &self.sam {
+                sam = automaton.step(sam, b)?;
+            }
+            *out.get_mut(n)? = b;
+            n += 1;
+            let value = s.values[s.field].as_deref().unwrap_or_default();
+            if !self.viable(s.field, value, &out[..n]) {
                 return None;
             }
-            (utf8_left - 1, (0x80, 0xBF))
-        } else {
-            // Well-formed UTF-8 only: no overlong forms, surrogates or code points past U+10FFFF.
-            match b {
-                0x00..=0x7F => (0, (0x80, 0xBF)),
-                0xC2..=0xDF => (1, (0x80, 0xBF)),
-                0xE0 => (2, (0xA0, 0xBF)),
-                0xED => (2, (0x80, 0x9F)),
-                0xE1..=0xEF => (2, (0x80, 0xBF)),
-                0xF0 => (3, (0x90, 0xBF)),
-                0xF4 => (3, (0x80, 0x8F)),
-                0xF1..=0xF3 => (3, (0x80, 0xBF)),
-                _ => return None,
-            }
-        };
-        let sam = match &self.sam {
-            Some(automaton) => automaton.step(sam, b)?,
-            None => sam,
-        };
-        let value = s.values[s.field].as_mut().expect("inside a string");
-        value.push(b);
-        let viable = match &self.rules[s.field] {
-            Rule::Any => true,
-            Rule::EmailShape => crate::format::is_email_prefix(value),
-            Rule::OneOf(found) => found.iter().any(|f| f.starts_with(value)),
-            Rule::NullOnly => false,
-        };
-        if !viable {
-            return None;
         }
-        s.phase = Phase::Str { sam, utf8_left: left, cont: next, escape: Escape::No };
-        Some(s)
+        Some((s.field, Phase::Str { sam, utf8_left, cont, escape: Escape::No }, Edit::Push(out, n)))
+    }
+
+    /// Whether field `field`'s value `value` followed by `more` keeps to the field's rule.
+    fn viable(&self, field: usize, value: &[u8], more: &[u8]) -> bool {
+        match &self.rules[field] {
+            Rule::Any => true,
+            Rule::EmailShape => crate::format::is_email_prefix(&[value, more].concat()),
+            Rule::OneOf(found) => found.iter().any(|f| f.starts_with(value) && f[value.len()..].starts_with(more)),
+            Rule::NullOnly => false,
+        }
     }
 
     /// Whether the string value of `s`'s field may end here.
