@@ -33,9 +33,12 @@ pub const PREFILL_CHUNK: usize = 256;
 /// Prompt tokens per prefill pass over all the rows it takes, which bounds the pass's
 /// activations whatever `max_seqs` is.
 pub const PREFILL_TOKENS: usize = 1024;
-/// At most this many decoding rows feed a pick and its forced tokens in one pass (the pass costs
-/// about the same for 1 or 5 tokens); with more, a longer chunk for one row would cost every row
-/// a padded column, so each row feeds one token per pass.
+/// At most this many decoding rows feed a pick and its forced tokens (and `auto` drafts) in one
+/// pass: with few rows a pass is bound by reading the weights, so 1 or 5 tokens cost about the
+/// same. With more rows a pass costs what its tokens cost (passes are packed: no row pays for
+/// another's columns), so feeding them sooner saves passes but not work; measured on the
+/// quickstart model at batch 32, every row feeding everything with drafts of 4 or 8 ran at
+/// 0.94–1.1× this (BENCHMARKS.md), within the machine's noise.
 const FEED_ALL_ROWS: usize = 4;
 
 /// One text to extract from, with the schema and constraint its row decodes under.
@@ -445,9 +448,8 @@ impl<'a, B: Backend> Engine<'a, B> {
         slot.draft_len.update(proposed.len(), kept);
         match outcome {
             Ok(chunk) if !chunk.is_empty() => {
-                // A pass is rectangular: one row's draft makes every row pay its columns. With
-                // more rows than FEED_ALL_ROWS decoding, `auto` leaves drafts out (measured on the
-                // quickstart model at batch 32: 9.6 records/s with them, 14.9 without).
+                // With FEED_ALL_ROWS rows or more decoding, `auto` leaves drafts out: they save
+                // passes, not work (see FEED_ALL_ROWS).
                 let crowded = self.rows_in_use() >= FEED_ALL_ROWS && slot.draft_len.is_auto();
                 if chunk.len() == 1 && !crowded {
                     if let (Some(grammar), Some(state)) = (&slot.grammar, &slot.state) {
