@@ -1,6 +1,7 @@
 //! Parity with transformers' Qwen3ForCausalLM on the committed tiny checkpoints
 //! (tests/reference/make_fixtures.py): logits within 1e-3, response-token losses within 1e-4
-//! relative, greedy tokens identical — alone and in left-padded batches — on every backend built.
+//! relative, greedy tokens identical — alone, in left-padded batches and (logits) in
+//! continuous-batching passes of rows of different lengths — on every backend built.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use burn::prelude::*;
 use serde_json::Value;
 use tiqu_core::generate::{generate, GenerateOptions, Sampling};
 use tiqu_core::loss::nll_sums;
-use tiqu_core::model::Positions;
+use tiqu_core::model::{Positions, RowPass};
 use tiqu_core::sft::{parse_records, Example};
 use tiqu_core::{Checkpoint, Qwen3Config, Qwen3ForCausalLM, Tokenizer};
 
@@ -116,6 +117,29 @@ pub fn logits_match<B: Backend>(device: &B::Device) {
                     worst = worst.max(compare_position(name, &what, row, &f.reference["logits"][i], pos, &subset));
                 }
             }
+        }
+        // Continuous batching: each prompt in its own cache row, fed in chunks of a different
+        // length per row (1, 3 and 5 tokens; a row whose prompt has ended feeds nothing), so
+        // the passes are packed and, on flex, attention is read straight from the cache.
+        let mut cache = f.model.new_cache(all.len(), seq).unwrap();
+        let mut fed = vec![0usize; all.len()];
+        while fed.iter().zip(&lengths).any(|(n, len)| n < len) {
+            let lens: Vec<usize> = lengths.iter().zip(&fed).enumerate().map(|(i, (len, n))| (len - n).min(1 + 2 * i)).collect();
+            let width = *lens.iter().max().unwrap();
+            let mut flat = Vec::new();
+            for (p, (&n, &l)) in all.iter().zip(fed.iter().zip(&lens)) {
+                flat.extend(p[n..n + l].iter().copied().chain(std::iter::repeat(f.eos[0])).take(width));
+            }
+            let pass = RowPass { first: 0, seq: width, starts: fed.clone(), lens: lens.clone() };
+            let hidden = f.model.hidden_rows(&flat, &pass, &mut cache).unwrap();
+            let rows = logits_rows(&f.model, hidden.reshape([all.len() * width, f.config.hidden_size]));
+            for (i, (&n, &l)) in fed.iter().zip(&lens).enumerate() {
+                for j in 0..l {
+                    let what = format!("prompt {i} in a pass of rows feeding {lens:?}");
+                    worst = worst.max(compare_position(name, &what, &rows[i * width + j], &f.reference["logits"][i], n + j, &subset));
+                }
+            }
+            fed.iter_mut().zip(&lens).for_each(|(n, l)| *n += l);
         }
         eprintln!("{name}: max |Δlogit| vs transformers = {worst:.2e}");
     }
