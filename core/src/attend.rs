@@ -145,22 +145,70 @@ fn head_rows_portable(
         let visible = start + i + 1;
         scores.clear();
         scores.extend(keys.chunks_exact(d).take(visible).map(|key| dot(query, key) * scale));
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| if s > m || s.is_nan() { s } else { m });
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = exp(*s - max);
-            sum += *s;
+        // Each step its own loop over the scores, so that each is vectorised (a running sum or
+        // maximum is one dependent operation per key).
+        let max = lanes(scores, f32::NEG_INFINITY, |m, x| if x > m || x.is_nan() { x } else { m });
+        scores.iter_mut().for_each(|s| *s = exp(*s - max));
+        let sum = lanes(scores, 0.0, |a, x| a + x);
+        scores.iter_mut().for_each(|s| *s /= sum);
+        // A block of output columns at a time over all the keys, so that it stays in registers
+        // (adding each key's row into `out` in memory waited on the previous store every time);
+        // blocks of up to four vectors, so that the additions of one key do not wait on each
+        // other either.
+        let mut done = 0;
+        if d.is_multiple_of(64) {
+            done = weighted::<64>(scores, values, d, out);
+        } else if d.is_multiple_of(32) {
+            done = weighted::<32>(scores, values, d, out);
+        } else if d >= 16 {
+            done = weighted::<16>(scores, values, d, out);
         }
-        for (&e, value) in scores.iter().zip(values.chunks_exact(d)) {
-            let p = e / sum;
-            for (o, &x) in out.iter_mut().zip(value) {
-                *o += p * x;
-            }
+        for c in done..d {
+            out[c] = scores.iter().zip(values.chunks_exact(d)).fold(0.0, |a, (&p, value)| a + p * value[c]);
         }
     }
 }
 
-/// A dot product in sixteen lanes, so that it is vectorised.
+/// `out[c] = Σ_j p[j] · values[j][c]` for the columns of whole blocks of `W`; returns how many
+/// columns that is.
+#[inline(always)]
+fn weighted<const W: usize>(p: &[f32], values: &[f32], d: usize, out: &mut [f32]) -> usize {
+    let whole = d - d % W;
+    for (c, o) in out[..whole].chunks_exact_mut(W).enumerate() {
+        let mut acc = [0f32; W];
+        for (&p, value) in p.iter().zip(values.chunks_exact(d)) {
+            let v = &value[c * W..c * W + W];
+            for l in 0..W {
+                acc[l] += p * v[l];
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+    whole
+}
+
+/// `f` folded over `x` in sixteen lanes, then across them by halves.
+#[inline(always)]
+fn lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(init, |a, &v| f(a, v));
+    for chunk in chunks {
+        for l in 0..16 {
+            acc[l] = f(acc[l], chunk[l]);
+        }
+    }
+    for half in [8, 4, 2, 1] {
+        for l in 0..half {
+            acc[l] = f(acc[l], acc[l + half]);
+        }
+    }
+    f(acc[0], tail)
+}
+
+/// A dot product in sixteen lanes, so that it is vectorised, summed by halves at the end: a
+/// lane-by-lane sum is fifteen dependent additions per key, which made it most of a decoding
+/// pass's attention.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
@@ -171,7 +219,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             lanes[l] += x[l] * y[l];
         }
     }
-    lanes.iter().sum::<f32>() + tail
+    for half in [8, 4, 2, 1] {
+        for l in 0..half {
+            lanes[l] += lanes[l + half];
+        }
+    }
+    lanes[0] + tail
 }
 
 #[cfg(test)]
@@ -208,11 +261,12 @@ mod tests {
 
     #[test]
     fn each_query_sees_its_own_rows_keys_up_to_itself() {
-        // Three rows: one feeding three new tokens after two cached, one feeding one after five,
-        // one free; four query heads on two KV heads; head width 20 (a sixteen-lane part and a
-        // tail). Keys beyond a row's length hold large values: any leak shows.
-        let ([b, h, t, d], kvh, keys) = ([3, 4, 3, 20], 2, 7);
-        let (starts, lens) = ([2, 5, 0], [3, 1, 0]);
+        // Three rows: one feeding three new tokens after two cached, one feeding one after
+        // eighteen (nineteen keys: sixteen lanes and a tail), one free; four query heads on two
+        // KV heads; head width 20 (a sixteen-lane part and a tail). Keys beyond a row's length
+        // hold large values: any leak shows.
+        let ([b, h, t, d], kvh, keys) = ([3, 4, 3, 20], 2, 22);
+        let (starts, lens) = ([2, 18, 0], [3, 1, 0]);
         let wave = |n: usize, f: f32| (0..n).map(|i| (i as f32 * f).sin() * 1.7).collect::<Vec<f32>>();
         let q = wave(b * h * t * d, 0.37);
         let (mut k, mut v) = (wave(b * kvh * keys * d, 0.53), wave(b * kvh * keys * d, 0.71));
