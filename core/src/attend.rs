@@ -74,7 +74,8 @@ pub(crate) fn rows(q: View4, k: View4, v: View4, starts: &[usize], lens: &[usize
     let groups = h / kvh;
     let task = |scores: &mut Vec<f32>, (i, dst): (usize, &mut [f32])| {
         let (r, head) = (i / h, i % h);
-        head_rows(q, k, v, (r, head, head / groups), (starts[r], lens[r]), scale, exp, scores, dst);
+        let one = Head { q, k, v, r, head, kv: head / groups, start: starts[r], len: lens[r], scale };
+        head_rows(one, exp, scores, dst);
     };
     let work: usize = starts.iter().zip(lens).map(|(s, l)| (s + l) * l).sum::<usize>() * d * h;
     if work >= PARALLEL_WORK {
@@ -86,57 +87,40 @@ pub(crate) fn rows(q: View4, k: View4, v: View4, starts: &[usize], lens: &[usize
     Some(out)
 }
 
-/// One query head of one row: `dst` `[t, d]`.
-#[allow(clippy::too_many_arguments)]
-fn head_rows(
-    q: View4,
-    k: View4,
-    v: View4,
-    (r, head, kv): (usize, usize, usize),
-    (start, len): (usize, usize),
+/// One query head of one row: queries `q[r, head, ..len]` against keys and values
+/// `[r, kv, ..start + len]`.
+#[derive(Clone, Copy)]
+struct Head<'a> {
+    q: View4<'a>,
+    k: View4<'a>,
+    v: View4<'a>,
+    r: usize,
+    head: usize,
+    kv: usize,
+    start: usize,
+    len: usize,
     scale: f32,
-    exp: impl Fn(f32) -> f32 + Copy,
-    scores: &mut Vec<f32>,
-    dst: &mut [f32],
-) {
+}
+
+/// One query head of one row: `dst` `[t, d]`.
+fn head_rows(one: Head, exp: impl Fn(f32) -> f32 + Copy, scores: &mut Vec<f32>, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has just said it runs AVX-512F.
-        return unsafe { head_rows_avx512(q, k, v, (r, head, kv), (start, len), scale, exp, scores, dst) };
+        return unsafe { head_rows_avx512(one, exp, scores, dst) };
     }
-    head_rows_portable(q, k, v, (r, head, kv), (start, len), scale, exp, scores, dst)
+    head_rows_portable(one, exp, scores, dst)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn head_rows_avx512(
-    q: View4,
-    k: View4,
-    v: View4,
-    at: (usize, usize, usize),
-    span: (usize, usize),
-    scale: f32,
-    exp: impl Fn(f32) -> f32 + Copy,
-    scores: &mut Vec<f32>,
-    dst: &mut [f32],
-) {
-    head_rows_portable(q, k, v, at, span, scale, exp, scores, dst)
+unsafe fn head_rows_avx512(one: Head, exp: impl Fn(f32) -> f32 + Copy, scores: &mut Vec<f32>, dst: &mut [f32]) {
+    head_rows_portable(one, exp, scores, dst)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn head_rows_portable(
-    q: View4,
-    k: View4,
-    v: View4,
-    (r, head, kv): (usize, usize, usize),
-    (start, len): (usize, usize),
-    scale: f32,
-    exp: impl Fn(f32) -> f32 + Copy,
-    scores: &mut Vec<f32>,
-    dst: &mut [f32],
-) {
+fn head_rows_portable(one: Head, exp: impl Fn(f32) -> f32 + Copy, scores: &mut Vec<f32>, dst: &mut [f32]) {
+    let Head { q, k, v, r, head, kv, start, len, scale } = one;
     let d = q.shape[3];
     // The row's keys and values of this head, one after another (checked by `rows`).
     let (keys, values) = (k.run(r, kv, start + len), v.run(r, kv, start + len));
@@ -206,25 +190,19 @@ fn lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
     f(acc[0], tail)
 }
 
-/// A dot product in sixteen lanes, so that it is vectorised, summed by halves at the end: a
-/// lane-by-lane sum is fifteen dependent additions per key, which made it most of a decoding
-/// pass's attention.
+/// A dot product in sixteen lanes, so that it is vectorised, summed by halves at the end
+/// ([`lanes`]): a lane-by-lane sum is fifteen dependent additions per key.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
+    let mut acc = [0f32; 16];
     let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = a16.remainder().iter().zip(b16.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in a16.zip(b16) {
         for l in 0..16 {
-            lanes[l] += x[l] * y[l];
+            acc[l] += x[l] * y[l];
         }
     }
-    for half in [8, 4, 2, 1] {
-        for l in 0..half {
-            lanes[l] += lanes[l + half];
-        }
-    }
-    lanes[0] + tail
+    lanes(&acc, 0.0, |a, x| a + x) + tail
 }
 
 #[cfg(test)]

@@ -504,9 +504,9 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
     /// The layers over `ids` `[batch * seq]`: `[batch, seq, hidden]`. A packed pass embeds and
     /// runs its fed tokens only and puts them back in its grid at the end.
     fn run_layers(&self, ids: &[u32], batch: usize, seq: usize, ctx: &Context<B>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
-        let (ids, batch, seq) = match (&ctx.packing, &ctx.rows) {
-            (Some(p), Some(pass)) => (p.ids(pass, ids), 1, p.tokens()),
-            _ => (ids.to_vec(), batch, seq),
+        let (ids, batch, seq) = match &ctx.packing {
+            Some(p) => (p.ids(ids), 1, p.tokens()),
+            None => (ids.to_vec(), batch, seq),
         };
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let mut x = self.model.embed_tokens.forward(&ids, batch, seq);

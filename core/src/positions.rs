@@ -164,7 +164,8 @@ pub(crate) struct Packing<B: Backend> {
     tokens: usize,
     rows: usize,
     seq: usize,
-    /// Grid column of each packed token.
+    /// Grid column of each packed token, on the host and on the device.
+    columns: Vec<i64>,
     fed: Tensor<B, 1, Int>,
     /// Packed token shown in each grid column.
     shown: Tensor<B, 1, Int>,
@@ -180,7 +181,8 @@ impl<B: Backend> Packing<B> {
             let n = v.len();
             Tensor::from_data(TensorData::new(v, [n]), device)
         };
-        Some(Self { tokens, rows: p.batch(), seq: p.seq, fed: int(p.fed_columns()), shown: int(p.column_tokens()) })
+        let columns = p.fed_columns();
+        Some(Self { tokens, rows: p.batch(), seq: p.seq, fed: int(columns.clone()), columns, shown: int(p.column_tokens()) })
     }
 
     /// `[1, tokens, width]` of the grid's `[rows, seq, width]`.
@@ -196,8 +198,8 @@ impl<B: Backend> Packing<B> {
     }
 
     /// The packed token ids of the grid's `ids`.
-    pub(crate) fn ids(&self, p: &RowPass, ids: &[u32]) -> Vec<u32> {
-        p.fed_columns().into_iter().map(|c| ids[c as usize]).collect()
+    pub(crate) fn ids(&self, ids: &[u32]) -> Vec<u32> {
+        self.columns.iter().map(|&c| ids[c as usize]).collect()
     }
 
     pub(crate) fn tokens(&self) -> usize {
