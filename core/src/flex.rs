@@ -74,6 +74,13 @@ pub fn row_attention<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<
     imp::row_attention(q, k, v, starts, lens, scale)
 }
 
+/// Attention of a pass without a cache (training, the loss), `[rows, t, heads · d]` for `q`
+/// `[rows, heads, t, d]` and `k`, `v` `[rows, kv_heads, keys, d]`, with its own backward under
+/// autodiff (see `causal`); `None` elsewhere or for layouts it does not take.
+pub(crate) fn causal_attention<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>, visible: &crate::positions::Visible, scale: f32) -> Option<Tensor<B, 3>> {
+    imp::causal_attention(q, k, v, visible, scale)
+}
+
 /// `cache[:, :, start..start + t, :] = value` for a KV cache `[batch, heads, capacity, head_dim]`
 /// and `value` `[batch, heads, t, head_dim]`. flex's `slice_assign` copies the whole cache on
 /// every call (it keeps a second handle on the buffer while writing, so its copy-on-write always
@@ -137,6 +144,10 @@ mod imp {
         None
     }
 
+    pub(crate) fn causal_attention<B: Backend>(_: &Tensor<B, 4>, _: &Tensor<B, 4>, _: &Tensor<B, 4>, _: &crate::positions::Visible, _: f32) -> Option<Tensor<B, 3>> {
+        None
+    }
+
     pub fn assign_rows<B: Backend>(cache: Tensor<B, 4>, start: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
         super::slice_assign_rows(cache, start, value)
     }
@@ -160,6 +171,9 @@ mod imp {
     use burn::tensor::ops::FloatTensorOps;
     use burn::tensor::{DType, TensorData, TensorPrimitive};
     use burn_flex::FlexTensor;
+
+    use crate::positions::Visible;
+    use std::sync::Arc;
 
     /// One row takes [`row_times`] (burn's product ran it on one thread). From two rows on this one:
     /// burn's product for 2 to 15 rows took 3.5× the time of one row
@@ -481,6 +495,91 @@ mod imp {
         let (qp, kp, vp) = (primitive(q), primitive(k), primitive(v));
         let out = crate::attend::rows(view4(&qp)?, view4(&kp)?, view4(&vp)?, starts, lens, scale, exp_nonpositive)?;
         Some(Tensor::from_primitive(TensorPrimitive::Float(cast(FlexTensor::from_data(TensorData::new(out, q.dims()))))))
+    }
+
+    pub(crate) fn causal_attention<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>, visible: &Visible, scale: f32) -> Option<Tensor<B, 3>> {
+        if [q, k, v].iter().any(|t| t.dtype() != DType::F32) {
+            return None;
+        }
+        let p = |t: &Tensor<B, 4>| t.clone().into_primitive().tensor();
+        let out: B::FloatTensorPrimitive = if same::<B, Flex>() {
+            let (qp, kp, vp): (FlexTensor, FlexTensor, FlexTensor) = (cast(p(q)), cast(p(k)), cast(p(v)));
+            let (out, _) = crate::causal::forward(causal_view(&qp)?, causal_view(&kp)?, causal_view(&vp)?, visible, scale, false, exp_nonpositive)?;
+            cast(out_tensor(out, q.dims()))
+        } else if same::<B, Ad<NoCheckpointing>>() {
+            cast(causal_tracked::<NoCheckpointing>(cast(p(q)), cast(p(k)), cast(p(v)), visible, scale)?)
+        } else if same::<B, Ad<BalancedCheckpointing>>() {
+            cast(causal_tracked::<BalancedCheckpointing>(cast(p(q)), cast(p(k)), cast(p(v)), visible, scale)?)
+        } else {
+            return None;
+        };
+        Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn out_tensor(out: Vec<f32>, [b, h, t, d]: [usize; 4]) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(out, [b, t, h * d]))
+    }
+
+    fn causal_tracked<C: CheckpointStrategy>(q: AdTensor<C>, k: AdTensor<C>, v: AdTensor<C>, visible: &Visible, scale: f32) -> Option<AdTensor<C>> {
+        let shape = q.primitive.layout().shape();
+        let [b, h, t, d] = [shape[0], shape[1], shape[2], shape[3]];
+        let tracked = [&q, &k, &v].iter().any(|x| x.is_tracked());
+        let views = (causal_view(&q.primitive)?, causal_view(&k.primitive)?, causal_view(&v.primitive)?);
+        let (out, probs) = crate::causal::forward(views.0, views.1, views.2, visible, scale, tracked, exp_nonpositive)?;
+        let out = out_tensor(out, [b, h, t, d]);
+        Some(match CausalAttention.prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let state = CausalState { q: q.primitive, k: k.primitive, v: v.primitive, visible: Arc::new(visible.clone()), scale, probs: Arc::new(probs?) };
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        })
+    }
+
+    #[derive(Debug)]
+    struct CausalAttention;
+
+    #[derive(Clone)]
+    struct CausalState {
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        visible: Arc<Visible>,
+        scale: f32,
+        probs: Arc<crate::causal::Probs>,
+    }
+
+    impl std::fmt::Debug for CausalState {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("CausalState").field("q", &self.q.layout().shape()).field("k", &self.k.layout().shape()).finish_non_exhaustive()
+        }
+    }
+
+    impl Backward<Flex, 3> for CausalAttention {
+        type State = CausalState;
+
+        fn backward(self, ops: Ops<CausalState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let s = ops.state;
+            let g = grads.consume::<Flex>(&ops.node).to_contiguous();
+            let views = (causal_view(&s.q), causal_view(&s.k), causal_view(&s.v));
+            let (Some(q), Some(k), Some(v)) = views else { unreachable!("the forward took these views") };
+            let gs: &[f32] = g.storage();
+            let (dq, dk, dv) = crate::causal::backward(&gs[g.layout().start_offset()..], q, k, v, &s.visible, s.scale, &s.probs)
+                .unwrap_or_else(|| unreachable!("the forward checked these shapes"));
+            let [pq, pk, pv] = ops.parents;
+            for (parent, grad, shape) in [(pq, dq, q.shape), (pk, dk, k.shape), (pv, dv, v.shape)] {
+                if let Some(node) = parent {
+                    grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(grad, shape)));
+                }
+            }
+        }
+    }
+
+    /// A 4-d f32 tensor as [`crate::causal::View`] (non-negative strides, contiguous last
+    /// dimension; the pass checks that it stays in its buffer).
+    fn causal_view(t: &FlexTensor) -> Option<crate::causal::View<'_>> {
+        let v = view4(t)?;
+        Some(crate::causal::View { data: v.data, start: v.start, shape: v.shape, strides: v.strides })
     }
 
     /// A 4-d f32 tensor as [`crate::attend::View4`]: only with non-negative strides and

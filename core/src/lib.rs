@@ -4,6 +4,8 @@
 
 #[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
 mod attend;
+#[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
+mod causal;
 pub mod chat;
 mod clock;
 pub mod checkpoint;

@@ -154,6 +154,7 @@ impl<B: Backend> Qwen3Attention<B> {
         };
         let q = apply_rope(q, &ctx.rope);
         let k = apply_rope(k, &ctx.rope);
+        let cached = cache.is_some();
         let (k, v) = match (cache, &ctx.rows) {
             (Some(cache), Some(pass)) => cache.write_rows(pass, k, v),
             (Some(cache), None) => cache.append(k, v),
@@ -162,6 +163,11 @@ impl<B: Backend> Qwen3Attention<B> {
         if let Some(pass) = &ctx.rows {
             if let Some(out) = crate::flex::row_attention(&q, &k, &v, &pass.starts, &pass.lens, (d as f64).powf(-0.5) as f32) {
                 return self.o_proj.forward(packed(out.swap_dims(1, 2).reshape([b, t, h * d])), seed);
+            }
+        }
+        if let (false, Some(visible)) = (cached, &ctx.visible) {
+            if let Some(out) = crate::flex::causal_attention(&q, &k, &v, visible, (d as f64).powf(-0.5) as f32) {
+                return self.o_proj.forward(packed(out), seed);
             }
         }
         let s = k.dims()[2];

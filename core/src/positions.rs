@@ -144,10 +144,40 @@ impl RowPass {
     }
 }
 
+/// Which keys each query sees: key `j` of row `r` is visible to query `i` when
+/// `valid[r · keys + j]` and `j ≤ past + i` (the mask [`Context::new`] builds for burn).
+#[derive(Debug, Clone)]
+pub(crate) struct Visible {
+    pub past: usize,
+    pub keys: usize,
+    pub valid: Vec<bool>,
+}
+
+impl Visible {
+    /// `None` when some query would see no key at all (a left-padded row's padding): burn's
+    /// masked softmax gives such a query a uniform average, which this path does not reproduce.
+    pub(crate) fn new(past: usize, keys: usize, valid: Vec<bool>) -> Option<Self> {
+        if keys == 0 || !valid.len().is_multiple_of(keys) {
+            return None;
+        }
+        // Query 0 sees keys 0..=past: every later query sees those too.
+        let every_query_sees_one = valid.chunks_exact(keys).all(|row| row[..(past + 1).min(keys)].iter().any(|&v| v));
+        every_query_sees_one.then_some(Self { past, keys, valid })
+    }
+
+    /// Keys `0..lim` are not hidden from query `i` by causality.
+    pub(crate) fn lim(&self, i: usize) -> usize {
+        (self.past + i + 1).min(self.keys)
+    }
+}
+
 /// Device tensors derived from [`Positions`], shared by every layer of one forward pass.
 pub(crate) struct Context<B: Backend> {
     pub(crate) rope: Rope<B>,
     pub(crate) mask: Tensor<B, 4>,
+    /// The mask on the host, for attention computed there (`None` for a [`RowPass`], or when
+    /// some query would see no key).
+    pub(crate) visible: Option<Visible>,
     pub(crate) dropout_seed: Option<u64>,
     /// Where each row's new keys and values go in the cache, for a [`RowPass`]; `None` appends
     /// them after the cache's shared length.
@@ -235,6 +265,7 @@ impl<B: Backend> Context<B> {
         Self {
             rope: Rope::new(&p.positions, [p.batch, 1, p.seq, head_dim], theta, dtype, device),
             mask: Tensor::from_data(TensorData::new(mask, [p.batch, 1, p.seq, total]), device),
+            visible: Visible::new(p.past, total, p.key_valid.clone()),
             dropout_seed,
             rows: None,
             packing: None,
@@ -247,6 +278,7 @@ impl<B: Backend> Context<B> {
         Self {
             rope: Rope::new(&p.positions(), [p.batch(), 1, p.seq, head_dim], theta, dtype, device),
             mask: Tensor::from_data(TensorData::new(p.mask(), shape), device),
+            visible: None,
             dropout_seed: None,
             rows: Some(p.clone()),
             packing: Packing::new(p, device),
