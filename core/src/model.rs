@@ -270,8 +270,10 @@ impl<B: Backend> Qwen3DecoderLayer<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>, ctx: &Context<B>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
-        let h = x.clone().add(self.self_attn.forward(self.input_layernorm.forward(x), ctx, cache));
-        h.clone().add(self.mlp.forward(self.post_attention_layernorm.forward(h), ctx.dropout_seed))
+        // The sublayer's output first: it is fresh and held by nothing else, so flex adds the
+        // residual into it in place (the other order allocates a new tensor every time).
+        let h = self.self_attn.forward(self.input_layernorm.forward(x.clone()), ctx, cache).add(x);
+        self.mlp.forward(self.post_attention_layernorm.forward(h.clone()), ctx.dropout_seed).add(h)
     }
 }
 
