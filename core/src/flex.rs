@@ -81,6 +81,13 @@ pub(crate) fn causal_attention<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v
     imp::causal_attention(q, k, v, visible, scale)
 }
 
+/// `silu(gate) · up`, the MLP's gate, in one pass each way (with its backward under autodiff);
+/// through burn's ops it was a sigmoid of two libm `exp`s and a log, a product and their graph.
+/// `None` elsewhere.
+pub(crate) fn swiglu<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    imp::swiglu(gate, up)
+}
+
 /// `cache[:, :, start..start + t, :] = value` for a KV cache `[batch, heads, capacity, head_dim]`
 /// and `value` `[batch, heads, t, head_dim]`. flex's `slice_assign` copies the whole cache on
 /// every call (it keeps a second handle on the buffer while writing, so its copy-on-write always
@@ -145,6 +152,10 @@ mod imp {
     }
 
     pub(crate) fn causal_attention<B: Backend>(_: &Tensor<B, 4>, _: &Tensor<B, 4>, _: &Tensor<B, 4>, _: &crate::positions::Visible, _: f32) -> Option<Tensor<B, 3>> {
+        None
+    }
+
+    pub(crate) fn swiglu<B: Backend>(_: &Tensor<B, 3>, _: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         None
     }
 
@@ -485,6 +496,103 @@ mod imp {
         // k + 127 (1 to 127) lands in the low mantissa bits of 1.5 · 2²³ + k + 127; shifted up by
         // 23 it is the exponent field of 2^k.
         y * f32::from_bits((k + 12_583_039.0).to_bits() << 23)
+    }
+
+    pub(crate) fn swiglu<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.dims() != up.dims() {
+            return None;
+        }
+        let p = |t: &Tensor<B, 3>| t.clone().into_primitive().tensor();
+        let out: B::FloatTensorPrimitive = if same::<B, Flex>() {
+            let (g, u): (FlexTensor, FlexTensor) = (cast(p(gate)), cast(p(up)));
+            cast(swiglu_forward(&g.to_contiguous(), &u.to_contiguous()))
+        } else if same::<B, Ad<NoCheckpointing>>() {
+            cast(swiglu_tracked::<NoCheckpointing>(cast(p(gate)), cast(p(up))))
+        } else if same::<B, Ad<BalancedCheckpointing>>() {
+            cast(swiglu_tracked::<BalancedCheckpointing>(cast(p(gate)), cast(p(up))))
+        } else {
+            return None;
+        };
+        Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn swiglu_tracked<C: CheckpointStrategy>(gate: AdTensor<C>, up: AdTensor<C>) -> AdTensor<C> {
+        let (g, u) = (gate.primitive.to_contiguous(), up.primitive.to_contiguous());
+        let out = swiglu_forward(&g, &u);
+        match SwiGlu.prepare::<C>([gate.node.clone(), up.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((g, u), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    /// Backward of `silu(g) · u`: `∂/∂g = dy · u · σ(g) · (1 + g · (1 − σ(g)))`, `∂/∂u = dy · silu(g)`.
+    #[derive(Debug)]
+    struct SwiGlu;
+
+    impl Backward<Flex, 2> for SwiGlu {
+        type State = (FlexTensor, FlexTensor);
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (g, u) = ops.state;
+            let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+            let shape = g.layout().shape().clone();
+            let (gs, us, dys) = (contiguous_f32(&g), contiguous_f32(&u), contiguous_f32(&dy));
+            let (mut dg, mut du) = (vec![0f32; gs.len()], vec![0f32; gs.len()]);
+            elementwise(|| {
+                for ((((dg, du), &g), &u), &dy) in dg.iter_mut().zip(&mut du).zip(gs).zip(us).zip(dys) {
+                    let s = sigmoid(g);
+                    *dg = dy * u * s * (1.0 + g * (1.0 - s));
+                    *du = dy * g * s;
+                }
+            });
+            let [pg, pu] = ops.parents;
+            for (parent, grad) in [(pg, dg), (pu, du)] {
+                if let Some(node) = parent {
+                    grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(grad, shape.clone())));
+                }
+            }
+        }
+    }
+
+    fn contiguous_f32(t: &FlexTensor) -> &[f32] {
+        let (start, end) = t.layout().contiguous_offsets().unwrap_or_else(|| unreachable!("made contiguous by the caller"));
+        &t.storage::<f32>()[start..end]
+    }
+
+    fn swiglu_forward(g: &FlexTensor, u: &FlexTensor) -> FlexTensor {
+        let (gs, us) = (contiguous_f32(g), contiguous_f32(u));
+        let mut out = vec![0f32; gs.len()];
+        elementwise(|| {
+            for ((o, &g), &u) in out.iter_mut().zip(gs).zip(us) {
+                *o = g * sigmoid(g) * u;
+            }
+        });
+        FlexTensor::from_data(TensorData::new(out, g.layout().shape().clone()))
+    }
+
+    /// Runs `f` compiled for AVX-512 where the CPU has it, so its loop over [`sigmoid`] is
+    /// vectorised sixteen lanes wide.
+    #[inline(always)]
+    fn elementwise(f: impl FnOnce()) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn wide(f: impl FnOnce()) {
+                f()
+            }
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { wide(f) };
+        }
+        f()
+    }
+
+    /// `1 / (1 + e^−x)` from `exp` of a non-positive value only (branch-free, so loops over it
+    /// vectorise); NaN stays NaN.
+    #[inline(always)]
+    fn sigmoid(x: f32) -> f32 {
+        let e = exp_nonpositive(-x.abs());
+        let r = 1.0 / (1.0 + e);
+        if x >= 0.0 { r } else { e * r }
     }
 
     pub fn row_attention<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>, starts: &[usize], lens: &[usize], scale: f32) -> Option<Tensor<B, 4>> {

@@ -199,9 +199,13 @@ impl<B: Backend> Qwen3Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, seed: Option<u64>) -> Tensor<B, 3> {
         // SiLU in f32 and rounded once, as torch computes it for half types.
         let gate = self.gate_proj.forward(x.clone(), seed);
+        let up = self.up_proj.forward(x, seed);
+        if let Some(y) = crate::flex::swiglu(&gate, &up) {
+            return self.down_proj.forward(y, seed);
+        }
         let dtype = float_dtype(&gate);
         let gate = to_dtype(silu(to_dtype(gate, FloatDType::F32)), dtype);
-        self.down_proj.forward(gate.mul(self.up_proj.forward(x, seed)), seed)
+        self.down_proj.forward(gate.mul(up), seed)
     }
 }
 
