@@ -18,6 +18,19 @@ use crate::{Error, Result};
 /// many GPU adapters (lavapipe, WebGPU) allow in one buffer.
 const LOGIT_CHUNK_ELEMENTS: usize = 1 << 24;
 
+/// Rows per chunk of logits for `rows` target rows: as few chunks as [`LOGIT_CHUNK_ELEMENTS`]
+/// allows, of equal size, rounded up to 16 rows where that stays under the limit. 128 rows of
+/// the 151,936-token vocabulary went as 110 and 18, and the 18-row product read the whole
+/// output layer for a seventh of the work; as 64 and 64 each product fills gemm's blocks.
+fn chunk_rows(rows: usize, vocab: usize) -> usize {
+    let most = (LOGIT_CHUNK_ELEMENTS / vocab.max(1)).max(1);
+    let even = rows.div_ceil(rows.div_ceil(most).max(1)).max(1);
+    match even.next_multiple_of(16) {
+        up if up <= most => up.min(rows.max(1)),
+        _ => even,
+    }
+}
+
 /// A batch laid out for one forward pass: right-padded rows, and the flat positions whose hidden
 /// state predicts a response token (only those go through the output layer).
 pub struct LabelledBatch {
@@ -63,7 +76,7 @@ impl LabelledBatch {
         let device = model.device();
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(self.rows.clone(), [self.rows.len()]), &device);
         let picked = hidden.reshape([b * t, d]).select(0, idx);
-        nll(model, picked, &self.targets, (LOGIT_CHUNK_ELEMENTS / model.vocab_size()).max(1))
+        nll(model, picked, &self.targets, chunk_rows(self.targets.len(), model.vocab_size()))
     }
 
     /// The summed NLL of the target rows from hidden states `[batch, seq, hidden]`, with its
@@ -72,7 +85,7 @@ impl LabelledBatch {
         let [b, t, d] = hidden.dims();
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(self.rows.clone(), [self.rows.len()]), &model.device());
         let picked = hidden.reshape([b * t, d]).select(0, idx);
-        head_loss(model, picked, &self.targets, (LOGIT_CHUNK_ELEMENTS / model.vocab_size()).max(1))
+        head_loss(model, picked, &self.targets, chunk_rows(self.targets.len(), model.vocab_size()))
     }
 }
 
@@ -125,4 +138,25 @@ pub fn total_nll<B: Backend>(model: &Qwen3ForCausalLM<B>, examples: &[Example], 
         }
     }
     Ok((nll, tokens))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_even_within_the_limit() {
+        // 110 rows fit under the limit at Qwen's vocabulary: 128 rows go as two of 64.
+        assert_eq!(chunk_rows(128, 151_936), 64);
+        assert_eq!(chunk_rows(110, 151_936), 110);
+        // 111 rows: two chunks of 56, rounded up to 64 (under 110).
+        assert_eq!(chunk_rows(111, 151_936), 64);
+        // 300 rows: three chunks of 100; 112 would pass the limit, so 100 stays.
+        assert_eq!(chunk_rows(300, 151_936), 100);
+        // A small vocabulary takes every row at once; no rows still gives a positive size.
+        assert_eq!(chunk_rows(37, 1000), 37);
+        assert_eq!(chunk_rows(0, 151_936), 1);
+        // A vocabulary larger than the limit: one row at a time.
+        assert_eq!(chunk_rows(5, 1 << 25), 1);
+    }
 }
