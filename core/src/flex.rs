@@ -1174,6 +1174,75 @@ mod imp {
             }
         }
 
+        fn close_n<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, tol: f32) {
+            let (a, b) = (a.into_data().to_vec::<f32>().unwrap(), b.into_data().to_vec::<f32>().unwrap());
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+
+        /// Against burn's `silu(g) · u`: the output and both gradients, values from −12 to 12
+        /// (both branches of the sigmoid and its flat tails).
+        fn swiglu_matches<B: AutodiffBackend>() {
+            let device = Default::default();
+            let range = Distribution::Uniform(-12.0, 12.0);
+            let g = Tensor::<B, 3>::random([2, 7, 37], range, &device).require_grad();
+            let u = Tensor::<B, 3>::random([2, 7, 37], range, &device).require_grad();
+            let upstream = Tensor::<B, 3>::random([2, 7, 37], range, &device);
+            let ours = swiglu(&g, &u).expect("flex, f32");
+            let theirs = burn::tensor::activation::silu(g.clone()).mul(u.clone());
+            close_n(ours.clone().inner(), theirs.clone().inner(), 1e-5);
+            let (go, gt) = (ours.mul(upstream.clone()).sum().backward(), theirs.mul(upstream).sum().backward());
+            close_n(g.grad(&go).unwrap(), g.grad(&gt).unwrap(), 1e-5);
+            close_n(u.grad(&go).unwrap(), u.grad(&gt).unwrap(), 1e-5);
+        }
+
+        #[test]
+        fn swiglu_equals_burns_silu_times_up() {
+            swiglu_matches::<Autodiff<Flex>>();
+            swiglu_matches::<Autodiff<Flex, BalancedCheckpointing>>();
+            let device = Default::default();
+            let g = Tensor::<Flex, 3>::random([3, 4, 5], Distribution::Default, &device);
+            let u = Tensor::<Flex, 3>::random([3, 4, 5], Distribution::Default, &device);
+            close_n(swiglu(&g, &u).unwrap(), burn::tensor::activation::silu(g).mul(u), 1e-6);
+        }
+
+        /// Against the attention `model.rs` computes through burn's ops (host mask of −1e9,
+        /// softmax, query heads folded per KV group): the output and the gradients reaching q, k
+        /// and v, for right-padded rows longer than one block of queries, 4 query heads on 2 KV
+        /// heads, and v a strided view as attention hands it over.
+        fn causal_matches<B: AutodiffBackend>() {
+            let device = Default::default();
+            let normal = Distribution::Normal(0.0, 1.0);
+            let (b, h, kvh, t, d) = (2, 4, 2, 70, 8);
+            let lens = [70, 33];
+            let valid: Vec<bool> = lens.iter().flat_map(|&l| (0..t).map(move |j| j < l)).collect();
+            let visible = crate::positions::Visible::new(0, t, valid.clone()).expect("right padding");
+            let mask: Vec<f32> = (0..b * t * t).map(|i| (i / (t * t), (i / t) % t, i % t)).map(|(r, i, j)| if valid[r * t + j] && j <= i { 0.0 } else { -1e9 }).collect();
+            let mask = Tensor::<B, 4>::from_data(TensorData::new(mask, [b, 1, t, t]), &device);
+            let q = Tensor::<B, 4>::random([b, h, t, d], normal, &device).require_grad();
+            let k = Tensor::<B, 4>::random([b, kvh, t, d], normal, &device).require_grad();
+            let v = Tensor::<B, 4>::random([b, t, kvh, d], normal, &device).require_grad();
+            let upstream = Tensor::<B, 3>::random([b, t, h * d], normal, &device);
+            let scale = (d as f64).powf(-0.5);
+            let ours = causal_attention(&q, &k, &v.clone().swap_dims(1, 2), &visible, scale as f32).expect("flex, f32");
+            let scores = q.clone().reshape([b, kvh, 2 * t, d]).matmul(k.clone().swap_dims(2, 3)).mul_scalar(scale).reshape([b, h, t, t]).add(mask);
+            let probs = burn::tensor::activation::softmax(scores, 3).reshape([b, kvh, 2 * t, t]);
+            let theirs = probs.matmul(v.clone().swap_dims(1, 2)).reshape([b, h, t, d]).swap_dims(1, 2).reshape([b, t, h * d]);
+            close_n(ours.clone().inner(), theirs.clone().inner(), 1e-5);
+            let (go, gt) = (ours.mul(upstream.clone()).sum().backward(), theirs.mul(upstream).sum().backward());
+            for (a, b) in [(q.grad(&go), q.grad(&gt)), (k.grad(&go), k.grad(&gt)), (v.grad(&go), v.grad(&gt))] {
+                close_n(a.unwrap(), b.unwrap(), 1e-4);
+            }
+        }
+
+        #[test]
+        fn causal_attention_equals_burns_masked_attention() {
+            causal_matches::<Autodiff<Flex>>();
+            causal_matches::<Autodiff<Flex, BalancedCheckpointing>>();
+        }
+
         #[test]
         fn rope_equals_hfs_formula_through_burns_ops() {
             rope_matches::<Autodiff<Flex>>();
