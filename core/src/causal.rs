@@ -266,8 +266,9 @@ mod tests {
 
     /// The textbook attention in f64 with its gradients by finite differences' exact counterpart:
     /// out[r, i, h, :] = Σ_j p_ij v_j, p = softmax over visible j of scale · q_i · k_j.
-    fn reference(q: &[f32], k: &[f32], v: &[f32], dimsq: [usize; 4], kvh: usize, keys: usize, vis: &Visible, scale: f64) -> Vec<f64> {
+    fn reference(q: &[f32], k: &[f32], v: &[f32], dimsq: [usize; 4], kvh: usize, vis: &Visible, scale: f64) -> Vec<f64> {
         let [rows, heads, t, d] = dimsq;
+        let keys = vis.keys;
         let groups = heads / kvh;
         let mut out = vec![0f64; rows * t * heads * d];
         for r in 0..rows {
@@ -310,7 +311,7 @@ mod tests {
         let scale = 0.7f32;
         let (qv, kv, vv) = (view(&q, [rows, heads, t, d]), view(&k, [rows, kvh, keys, d]), view(&v, [rows, kvh, keys, d]));
         let (out, probs) = forward(qv, kv, vv, &vis, scale, true, exp).expect("shapes fit");
-        let want = reference(&q, &k, &v, [rows, heads, t, d], kvh, keys, &vis, scale as f64);
+        let want = reference(&q, &k, &v, [rows, heads, t, d], kvh, &vis, scale as f64);
         for (a, b) in out.iter().zip(&want) {
             assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
         }
@@ -318,7 +319,7 @@ mod tests {
         let g = values(out.len(), 4);
         let (dq, dk, dv) = backward(&g, qv, kv, vv, &vis, scale, &probs.expect("kept")).expect("shapes fit");
         let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
-            reference(q, k, v, [rows, heads, t, d], kvh, keys, &vis, scale as f64).iter().zip(&g).map(|(o, &g)| o * g as f64).sum()
+            reference(q, k, v, [rows, heads, t, d], kvh, &vis, scale as f64).iter().zip(&g).map(|(o, &g)| o * g as f64).sum()
         };
         let eps = 1e-2f32;
         let check = |which: usize, grad: &[f32], at: usize| {
