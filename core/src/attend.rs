@@ -29,10 +29,15 @@ impl View4<'_> {
         &self.data[at..at + n * self.shape[3]]
     }
 
+    /// First element of `[a, b, c, ..]`, for gemm.
+    pub(crate) fn ptr(&self, a: usize, b: usize, c: usize) -> *const f32 {
+        self.data[self.start + a * self.strides[0] + b * self.strides[1] + c * self.strides[2]..].as_ptr()
+    }
+
     /// Whether every element the view addresses lies in its buffer.
-    fn fits(&self) -> bool {
+    pub(crate) fn fits(&self) -> bool {
         if self.shape.contains(&0) {
-            return true;
+            return self.start <= self.data.len();
         }
         let last = self.shape[..3].iter().zip(&self.strides).try_fold(self.start + self.shape[3] - 1, |at, (&n, &s)| {
             (n - 1).checked_mul(s).and_then(|r| at.checked_add(r))

@@ -13,35 +13,8 @@
 /// Queries (or keys) per product: gemm's register block is 64 rows.
 const BLOCK: usize = 64;
 
+use crate::attend::View4 as View;
 use crate::positions::Visible;
-
-/// A 4-d f32 view `[a, b, c, d]` with element strides for the first three dimensions (the last
-/// is contiguous).
-#[derive(Clone, Copy)]
-pub(crate) struct View<'a> {
-    pub data: &'a [f32],
-    pub start: usize,
-    pub shape: [usize; 4],
-    pub strides: [usize; 3],
-}
-
-impl View<'_> {
-    /// First element of `[a, b, c, ..]`.
-    fn at(&self, a: usize, b: usize, c: usize) -> *const f32 {
-        self.data[self.start + a * self.strides[0] + b * self.strides[1] + c * self.strides[2]..].as_ptr()
-    }
-
-    /// Whether every element the view addresses lies in its buffer.
-    fn fits(&self) -> bool {
-        if self.shape.contains(&0) {
-            return self.start <= self.data.len();
-        }
-        let last = self.shape[..3].iter().zip(&self.strides).try_fold(self.start + self.shape[3] - 1, |at, (&n, &s)| {
-            (n - 1).checked_mul(s).and_then(|r| at.checked_add(r))
-        });
-        last.is_some_and(|l| l < self.data.len())
-    }
-}
 
 /// The shapes of one pass: `q` `[rows, heads, t, d]`, `k` and `v` `[rows, kv_heads, keys, d]`.
 #[derive(Clone, Copy)]
@@ -123,7 +96,7 @@ pub(crate) fn forward(q: View, k: View, v: View, visible: &Visible, scale: f32, 
             let seen = visible.lim(r1 - 1);
             // SAFETY: `dims` checked the views against their buffers; `p` is `[t, keys]`.
             unsafe {
-                product((r1 - r0, seen, d), p[r0 * keys..].as_mut_ptr(), keys, false, (q.at(r, head, r0), q.strides[2], 1), (k.at(r, kv, 0), 1, k.strides[2]), scale)
+                product((r1 - r0, seen, d), p[r0 * keys..].as_mut_ptr(), keys, false, (q.ptr(r, head, r0), q.strides[2], 1), (k.ptr(r, kv, 0), 1, k.strides[2]), scale)
             };
             for i in r0..r1 {
                 let row = &mut p[i * keys..(i + 1) * keys];
@@ -135,7 +108,7 @@ pub(crate) fn forward(q: View, k: View, v: View, visible: &Visible, scale: f32, 
             // SAFETY: rows `r0..r1` of this head in `out` (`[rows, t, heads, d]`) are this
             // task's alone; `p`'s rows are `[.., keys]` and `v`'s were checked.
             unsafe {
-                product((r1 - r0, d, seen), at.0.add(((r * t + r0) * heads + head) * d), heads * d, false, (p[r0 * keys..].as_ptr(), keys, 1), (v.at(r, kv, 0), v.strides[2], 1), 1.0)
+                product((r1 - r0, d, seen), at.0.add(((r * t + r0) * heads + head) * d), heads * d, false, (p[r0 * keys..].as_ptr(), keys, 1), (v.ptr(r, kv, 0), v.strides[2], 1), 1.0)
             };
         }
     };
@@ -209,7 +182,7 @@ pub(crate) fn backward(g: &[f32], q: View, k: View, v: View, visible: &Visible, 
                 // dp = g · vᵀ into `ds`, then ds = p ⊙ (dp − Σ p ⊙ dp), row by row.
                 // SAFETY: as above; `ds` is `[t, keys]`.
                 unsafe {
-                    product((r1 - r0, seen, d), ds[r0 * keys..].as_mut_ptr(), keys, false, (go.add(r0 * go_rs), go_rs, 1), (v.at(r, kv, 0), 1, v.strides[2]), 1.0)
+                    product((r1 - r0, seen, d), ds[r0 * keys..].as_mut_ptr(), keys, false, (go.add(r0 * go_rs), go_rs, 1), (v.ptr(r, kv, 0), 1, v.strides[2]), 1.0)
                 };
                 for i in r0..r1 {
                     let lim = visible.lim(i);
@@ -221,7 +194,7 @@ pub(crate) fn backward(g: &[f32], q: View, k: View, v: View, visible: &Visible, 
                 // dq = scale · ds · k.
                 // SAFETY: `dq` is this group's `[groups, t, d]`; `k` was checked.
                 unsafe {
-                    product((r1 - r0, d, seen), dq[(local * t + r0) * d..].as_mut_ptr(), d, false, (ds[r0 * keys..].as_ptr(), keys, 1), (k.at(r, kv, 0), k.strides[2], 1), scale)
+                    product((r1 - r0, d, seen), dq[(local * t + r0) * d..].as_mut_ptr(), d, false, (ds[r0 * keys..].as_ptr(), keys, 1), (k.ptr(r, kv, 0), k.strides[2], 1), scale)
                 };
             }
             // dk += scale · dsᵀ · q, key block by key block.
@@ -230,7 +203,7 @@ pub(crate) fn backward(g: &[f32], q: View, k: View, v: View, visible: &Visible, 
                 let i0 = j0.saturating_sub(visible.past).min(t);
                 // SAFETY: `ds` is `[t, keys]` (zeros past each query's keys), `dk` `[keys, d]`.
                 unsafe {
-                    product((j1 - j0, d, t - i0), dk[j0 * d..].as_mut_ptr(), d, true, (ds[i0 * keys + j0..].as_ptr(), 1, keys), (q.at(r, head, i0), q.strides[2], 1), scale)
+                    product((j1 - j0, d, t - i0), dk[j0 * d..].as_mut_ptr(), d, true, (ds[i0 * keys + j0..].as_ptr(), 1, keys), (q.ptr(r, head, i0), q.strides[2], 1), scale)
                 };
             }
         }

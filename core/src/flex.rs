@@ -625,7 +625,7 @@ mod imp {
         let p = |t: &Tensor<B, 4>| t.clone().into_primitive().tensor();
         let out: B::FloatTensorPrimitive = if same::<B, Flex>() {
             let (qp, kp, vp): (FlexTensor, FlexTensor, FlexTensor) = (cast(p(q)), cast(p(k)), cast(p(v)));
-            let (out, _) = crate::causal::forward(causal_view(&qp)?, causal_view(&kp)?, causal_view(&vp)?, visible, scale, false, exp_nonpositive)?;
+            let (out, _) = crate::causal::forward(view4(&qp)?, view4(&kp)?, view4(&vp)?, visible, scale, false, exp_nonpositive)?;
             cast(out_tensor(out, q.dims()))
         } else if same::<B, Ad<NoCheckpointing>>() {
             cast(causal_tracked::<NoCheckpointing>(cast(p(q)), cast(p(k)), cast(p(v)), visible, scale)?)
@@ -645,7 +645,7 @@ mod imp {
         let shape = q.primitive.layout().shape();
         let [b, h, t, d] = [shape[0], shape[1], shape[2], shape[3]];
         let tracked = [&q, &k, &v].iter().any(|x| x.is_tracked());
-        let views = (causal_view(&q.primitive)?, causal_view(&k.primitive)?, causal_view(&v.primitive)?);
+        let views = (view4(&q.primitive)?, view4(&k.primitive)?, view4(&v.primitive)?);
         let (out, probs) = crate::causal::forward(views.0, views.1, views.2, visible, scale, tracked, exp_nonpositive)?;
         let out = out_tensor(out, [b, h, t, d]);
         Some(match CausalAttention.prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()]).compute_bound().stateful() {
@@ -682,7 +682,7 @@ mod imp {
         fn backward(self, ops: Ops<CausalState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
             let s = ops.state;
             let g = grads.consume::<Flex>(&ops.node).to_contiguous();
-            let views = (causal_view(&s.q), causal_view(&s.k), causal_view(&s.v));
+            let views = (view4(&s.q), view4(&s.k), view4(&s.v));
             let (Some(q), Some(k), Some(v)) = views else { unreachable!("the forward took these views") };
             let (dq, dk, dv) = crate::causal::backward(contiguous_f32(&g), q, k, v, &s.visible, s.scale, &s.probs)
                 .unwrap_or_else(|| unreachable!("the forward checked these shapes"));
@@ -693,13 +693,6 @@ mod imp {
                 }
             }
         }
-    }
-
-    /// A 4-d f32 tensor as [`crate::causal::View`] (non-negative strides, contiguous last
-    /// dimension; the pass checks that it stays in its buffer).
-    fn causal_view(t: &FlexTensor) -> Option<crate::causal::View<'_>> {
-        let v = view4(t)?;
-        Some(crate::causal::View { data: v.data, start: v.start, shape: v.shape, strides: v.strides })
     }
 
     /// A 4-d f32 tensor as [`crate::attend::View4`]: only with non-negative strides and
