@@ -146,6 +146,9 @@ impl RowPass {
 
 /// Which keys each query sees: key `j` of row `r` is visible to query `i` when
 /// `valid[r · keys + j]` and `j ≤ past + i` (the mask [`Context::new`] builds for burn).
+// Read only by flex's fused attention (`causal.rs`), which the wasm build and builds without
+// flex leave out.
+#[cfg_attr(not(all(feature = "flex", not(target_arch = "wasm32"))), allow(dead_code))]
 #[derive(Debug, Clone)]
 pub(crate) struct Visible {
     pub past: usize,
@@ -153,6 +156,7 @@ pub(crate) struct Visible {
     pub valid: Vec<bool>,
 }
 
+#[cfg_attr(not(all(feature = "flex", not(target_arch = "wasm32"))), allow(dead_code))]
 impl Visible {
     /// `None` when some query would see no key at all (a left-padded row's padding): burn's
     /// masked softmax gives such a query a uniform average, which this path does not reproduce.

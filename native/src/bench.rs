@@ -111,6 +111,10 @@ pub struct BenchVerifyArgs {
     /// tokens per pass: each drafted token is kept with this probability until one is not.
     #[arg(long, default_value_t = 0.8)]
     acceptance: f64,
+    /// Logits of this many vocabulary tokens only (spread over the vocabulary), as copy mode
+    /// computes them when a pass's allowed tokens are few; default: the whole output layer.
+    #[arg(long)]
+    gather: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -243,9 +247,13 @@ fn bench_verify<B: Backend>(device: &B::Device, backend: BackendName, args: &Ben
     if args.cache + longest > cfg.max_position_embeddings {
         bail!("--cache {} + {longest} positions exceed the model's context ({})", args.cache, cfg.max_position_embeddings);
     }
+    if args.gather.is_some_and(|g| g == 0 || g > cfg.vocab_size) {
+        bail!("--gather must be from 1 to the vocabulary's {} tokens", cfg.vocab_size);
+    }
     let model: Qwen3ForCausalLM<B> = args.quant.random_model(&cfg, device)?;
     let dtype = model.dtype();
     let (b, vocab) = (args.batch, cfg.vocab_size as u32);
+    let gathered: Option<Vec<u32>> = args.gather.map(|g| (0..g).map(|i| (i * cfg.vocab_size / g) as u32).collect());
     let mut rng = StdRng::seed_from_u64(7);
     let mut cache = model.new_cache(b, args.cache + longest)?;
     // The prompt, in the engine's chunks.
@@ -265,7 +273,11 @@ fn bench_verify<B: Backend>(device: &B::Device, backend: BackendName, args: &Ben
         let start = Instant::now();
         let hidden = model.hidden_rows(&ids, &pass, &mut cache)?;
         let d = hidden.dims()[2];
-        let logits = model.logits(hidden.reshape([b * n, d]));
+        let hidden = hidden.reshape([b * n, d]);
+        let logits = match &gathered {
+            Some(ids) => model.logits_of(hidden, ids),
+            None => model.logits(hidden),
+        };
         logits.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?;
         Ok(start.elapsed().as_secs_f64())
     };
@@ -302,6 +314,7 @@ fn bench_verify<B: Backend>(device: &B::Device, backend: BackendName, args: &Ben
         "batch": b,
         "cache": args.cache,
         "acceptance": a,
+        "gathered_logits": args.gather,
         "sizes": rows,
         "peak_rss_mb": peak_rss_mb(),
     });
