@@ -33,13 +33,15 @@ pub const PREFILL_CHUNK: usize = 256;
 /// Prompt tokens per prefill pass over all the rows it takes, which bounds the pass's
 /// activations whatever `max_seqs` is.
 pub const PREFILL_TOKENS: usize = 1024;
-/// At most this many decoding rows feed a pick and its forced tokens (and `auto` drafts) in one
-/// pass: with few rows a pass is bound by reading the weights, so 1 or 5 tokens cost about the
-/// same. With more rows a pass costs what its tokens cost (passes are packed: no row pays for
-/// another's columns), so feeding them sooner saves passes but not work; measured on the
-/// quickstart model at batch 32, every row feeding everything with drafts of 4 or 8 ran at
-/// 0.94–1.1× this (BENCHMARKS.md), within the machine's noise.
-const FEED_ALL_ROWS: usize = 4;
+/// Tokens a decode pass feeds in all when its rows have more than one each to feed (a pick's
+/// forced tokens, then `auto`'s drafts); every decoding row feeds at least its pick. Below this
+/// a pass is bound by reading the weights and extra tokens cost little; above it they cost what
+/// they compute, so feeding them sooner saves passes, not work. On the 0.6B shape (random
+/// weights, 200 cached tokens, logits of 2,000 tokens: `tiqu bench verify`, AMD EPYC, 2 cores)
+/// passes of 8 and 16 tokens took 99–118 ms, of 32 tokens 158–167 ms and of 64 279–307 ms. On
+/// the quickstart model a pass's fixed cost is small and this is about neutral (BENCHMARKS.md).
+/// A GPU's bound lies much higher; not measured.
+const PASS_TOKENS: usize = 16;
 
 /// One text to extract from, with the schema and constraint its row decodes under.
 #[derive(Debug, Clone)]
@@ -292,20 +294,12 @@ impl<'a, B: Backend> Engine<'a, B> {
             }
             return Some((first, lens));
         }
-        let busy = self.rows_in_use();
-        let cap = if busy <= FEED_ALL_ROWS { usize::MAX } else { 1 };
-        let limit = self.ex.model().max_position_embeddings;
-        let feeds = |s: &Slot| s.pending.len().min(cap) + s.draft.len();
+        let ex = self.ex;
+        let limit = ex.model().max_position_embeddings;
         // A row whose next tokens would reach the context ends as the lock-step loop ended it:
         // truncated, with the grammar state its last pick left (what is pending changes nothing).
-        // A draft is only a guess: near the end it is dropped first.
-        for slot in self.slots.iter_mut().flatten() {
-            if slot.len + feeds(slot) >= limit {
-                slot.draft.clear();
-            }
-        }
         for r in 0..self.max_seqs {
-            if self.slots[r].as_ref().is_some_and(|s| s.len + s.pending.len().min(cap) >= limit) {
+            if self.slots[r].as_ref().is_some_and(|s| s.len + s.pending.len() >= limit) {
                 let mut slot = self.slots[r].take().expect("checked");
                 slot.truncated = true;
                 let out = self.finish(&slot);
@@ -314,7 +308,33 @@ impl<'a, B: Backend> Engine<'a, B> {
         }
         let first = self.slots.iter().position(Option::is_some)?;
         let last = self.slots.iter().rposition(Option::is_some)?;
-        let lens = (first..=last).map(|r| self.slots[r].as_ref().map_or(0, feeds)).collect();
+        // Every row its pick; what the budget leaves goes to pending (forced) tokens first, which
+        // are certain, then to drafts, row by row (drafted here, so that a row the budget leaves
+        // out does not tokenize a draft for nothing). A fixed `--speculate K` drafts K whatever the
+        // budget.
+        let rows = self.slots[first..=last].iter().flatten().count();
+        let mut left = PASS_TOKENS.saturating_sub(rows);
+        let mut lens: Vec<usize> = self.slots[first..=last].iter().map(|s| usize::from(s.is_some())).collect();
+        for (slot, n) in self.slots[first..=last].iter().zip(&mut lens) {
+            let Some(slot) = slot else { continue };
+            let more = slot.pending.len().saturating_sub(1).min(left);
+            *n += more;
+            left -= more;
+        }
+        for (slot, n) in self.slots[first..=last].iter_mut().zip(&mut lens) {
+            let Some(slot) = slot else { continue };
+            let (Some(grammar), Some(state)) = (&slot.grammar, &slot.state) else { continue };
+            // Drafts follow a lone pick: forced tokens end at a literal, where nothing is copied.
+            // A draft is only a guess: it stays clear of the context's end.
+            let wanted = if slot.draft_len.is_auto() { slot.draft_len.get().min(left) } else { slot.draft_len.get() };
+            let k = wanted.min(limit.saturating_sub(slot.len + 2));
+            if slot.pending.len() != 1 || k == 0 {
+                continue;
+            }
+            slot.draft = draft(grammar, state, ex.tokenizer(), ex.table(), k);
+            *n += slot.draft.len();
+            left = left.saturating_sub(slot.draft.len());
+        }
         Some((first, lens))
     }
 
@@ -448,14 +468,6 @@ impl<'a, B: Backend> Engine<'a, B> {
         slot.draft_len.update(proposed.len(), kept);
         match outcome {
             Ok(chunk) if !chunk.is_empty() => {
-                // With FEED_ALL_ROWS rows or more decoding, `auto` leaves drafts out: they save
-                // passes, not work (see FEED_ALL_ROWS).
-                let crowded = self.rows_in_use() >= FEED_ALL_ROWS && slot.draft_len.is_auto();
-                if chunk.len() == 1 && !crowded {
-                    if let (Some(grammar), Some(state)) = (&slot.grammar, &slot.state) {
-                        slot.draft = draft(grammar, state, self.ex.tokenizer(), self.ex.table(), slot.draft_len.get());
-                    }
-                }
                 slot.pending.extend(chunk);
                 self.slots[r] = Some(slot);
             }
@@ -662,6 +674,49 @@ mod tests {
         let scores = rows.iter().map(|r| Scores { values: r, ids: None, allowed: None }).collect();
         engine.settle(0, slot, scores);
         (engine.slots[0].take().expect("the row goes on"), drafted)
+    }
+
+    /// A decode pass's budget: every row feeds its pick; forced tokens fill what is left before
+    /// any draft, so rows beyond the budget feed one token; a lone pick inside a copied value gets
+    /// the rest as its draft under `auto`, and a fixed `K` drafts K whatever the budget.
+    #[test]
+    fn a_decode_pass_feeds_picks_then_forced_tokens_then_drafts_within_its_budget() {
+        let text = "王小明 上海市浦东新区世纪大道100号 xm@example.org";
+        let plan_for = |speculate: Speculate, rows: usize, forced: usize| {
+            let ex = extractor().with_options(crate::ExtractOptions { speculate, ..Default::default() });
+            let mut engine = ex.engine(rows);
+            for r in 0..rows {
+                let mut slot = engine.prepare(r, ex.request(text)).unwrap();
+                // Row 0 is inside the name's value after "王" with its pick alone pending; the
+                // others are before the value (nothing to draft) with a pick and `forced` forced
+                // tokens pending.
+                if r == 0 {
+                    let (grammar, state) = (slot.grammar.as_ref().unwrap(), slot.state.as_ref().unwrap());
+                    slot.state = Some(grammar.step_bytes(state, " \"王".as_bytes()).unwrap());
+                }
+                slot.prefilling = false;
+                slot.len = 100;
+                slot.pending = (0..if r == 0 { 1 } else { 1 + forced } as u32).collect();
+                engine.slots[r] = Some(slot);
+            }
+            let (first, lens) = engine.plan().expect("rows to feed");
+            let drafts: Vec<usize> = engine.slots.iter().flatten().map(|s| s.draft.len()).collect();
+            (first, lens, drafts)
+        };
+        // 3 rows, 2 forced tokens each after rows 1 and 2's picks: 3 + 4 = 7 of 16, row 0 drafts.
+        let (first, lens, drafts) = plan_for(Speculate::Auto, 3, 2);
+        assert_eq!((first, &lens[1..]), (0, &[3, 3][..]));
+        assert!(drafts[0] > 0 && lens[0] == 1 + drafts[0] && lens.iter().sum::<usize>() <= PASS_TOKENS, "{lens:?} {drafts:?}");
+        // 6 rows with 4 forced tokens each after row 0: 6 picks, then 10 forced tokens in row order.
+        let (_, lens, drafts) = plan_for(Speculate::Auto, 6, 4);
+        assert_eq!(lens, [1, 5, 5, 3, 1, 1]);
+        assert_eq!(drafts[0], 0, "nothing left for a draft");
+        // As many rows as the budget: one token each, no draft under auto; a fixed 3 still drafts 3.
+        let (_, lens, drafts) = plan_for(Speculate::Auto, PASS_TOKENS, 0);
+        assert!(lens.iter().all(|&n| n == 1) && drafts[0] == 0, "{lens:?}");
+        let (_, lens, drafts) = plan_for(Speculate::Fixed(3), PASS_TOKENS, 0);
+        assert_eq!((lens[0], drafts[0]), (4, 3));
+        assert!(lens[1..].iter().all(|&n| n == 1));
     }
 
     /// Sampling with a draft: each drafted token is kept with the probability the model gives it
