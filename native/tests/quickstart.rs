@@ -56,6 +56,12 @@ fn a_reduced_quickstart_learns_to_extract() {
     assert_eq!(by_style.values().map(|s| s["records"].as_u64().unwrap()).sum::<u64>(), 20);
     assert!(!trained["styles"].as_object().unwrap().contains_key("row"));
     assert!(trained["seed_example"]["exact"].is_boolean());
+    // And on complaints written by hand, with the share of their value tokens the restricted
+    // vocabulary lacks.
+    let hand = &trained["handwritten"];
+    assert_eq!(hand["records"], 24);
+    let (outside, total) = (hand["value_tokens_outside_vocabulary"].as_u64().unwrap(), hand["value_tokens"].as_u64().unwrap());
+    assert!(outside > 0 && outside < total && total > 24 * 4, "{hand}");
     assert!(t >= u + MARGIN, "mean field exact: trained {t} vs untrained {u}");
     assert!(trained["all_fields_exact"].as_f64() >= untrained["all_fields_exact"].as_f64());
 
