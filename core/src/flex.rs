@@ -1104,10 +1104,14 @@ mod imp {
         }
 
         fn close<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) {
+            close_n(a, b, 1e-5);
+        }
+
+        fn close_n<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, tol: f32) {
             let (a, b) = (a.into_data().to_vec::<f32>().unwrap(), b.into_data().to_vec::<f32>().unwrap());
             assert_eq!(a.len(), b.len());
             for (x, y) in a.iter().zip(&b) {
-                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+                assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{x} vs {y}");
             }
         }
 
@@ -1164,14 +1168,6 @@ mod imp {
                 let g_ours = x.grad(&ours.mul(upstream.clone()).sum().backward()).unwrap();
                 let g_theirs = x.grad(&theirs.mul(upstream).sum().backward()).unwrap();
                 close4(g_ours, g_theirs);
-            }
-        }
-
-        fn close_n<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, tol: f32) {
-            let (a, b) = (a.into_data().to_vec::<f32>().unwrap(), b.into_data().to_vec::<f32>().unwrap());
-            assert_eq!(a.len(), b.len());
-            for (x, y) in a.iter().zip(&b) {
-                assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{x} vs {y}");
             }
         }
 
