@@ -287,3 +287,15 @@ fn serve_demo_refuses_folders_that_are_not_models() {
     let out = tiqu(&["serve", "--demo", "--model", model.to_str().unwrap(), "--adapter", d, "--port", "0"]);
     assert_clean_error(&out, &["adapter_config.json", "not an adapter folder"]);
 }
+
+/// `bench verify --gather N` takes 1 to the vocabulary's size; anything else is one line naming
+/// the flag and the vocabulary, before any model is built.
+#[test]
+fn bench_verify_refuses_a_gather_outside_the_vocabulary() {
+    let config = fixture("tiny-untied").join("config.json");
+    let config = config.to_str().unwrap();
+    for n in ["0", "100000000"] {
+        let out = tiqu(&["--backend", "cpu", "bench", "verify", "--config", config, "--gather", n]);
+        assert_clean_error(&out, &["--gather", "vocabulary"]);
+    }
+}
