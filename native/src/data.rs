@@ -47,6 +47,9 @@ pub struct SynthArgs {
     /// Only these text styles (comma-separated: seed, form, free, letter, english, bracket, row).
     #[arg(long, default_value = "all")]
     styles: String,
+    /// Replace --out (and the held-out file) when they exist.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(cmd: &DataCommand) -> Result<()> {
@@ -87,6 +90,10 @@ fn synth(args: &SynthArgs) -> Result<()> {
     if styles.is_empty() {
         bail!("--styles: name at least one style");
     }
+    files::check_target(&args.out, &[], args.force, "--out")?;
+    if train < args.n {
+        files::check_target(&heldout_path(&args.out), &[], args.force, "the held-out file")?;
+    }
     let mut records = Synth::with_styles(args.seed, &styles).map(|r| r.to_sft());
     write(&args.out, records.by_ref().take(train))?;
     println!("wrote {train} records to {}", args.out.display());
@@ -98,13 +105,10 @@ fn synth(args: &SynthArgs) -> Result<()> {
     Ok(())
 }
 
+/// Writes `records` as JSONL to `path` through a temporary file beside it, renamed when
+/// complete: a killed or failed run leaves the file as it was, never a clean-looking prefix.
 pub fn write(path: &Path, records: impl Iterator<Item = tiqu_core::sft::SftRecord>) -> Result<()> {
-    let fail = |e: std::io::Error| {
-        // "Permission denied (os error 13)" → "Permission denied".
-        let msg = e.to_string();
-        let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
-        anyhow::anyhow!("cannot write {}: {msg}", path.display())
-    };
+    let fail = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {}", path.display(), files::short(&e));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // create_dir_all says "File exists" when a file stands in the way: name it instead.
         if let Some(file) = dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
@@ -112,12 +116,21 @@ pub fn write(path: &Path, records: impl Iterator<Item = tiqu_core::sft::SftRecor
         }
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
-    let mut w = BufWriter::new(File::create(path).map_err(fail)?);
-    for rec in records {
-        let line = serde_json::to_string(&rec)?;
-        writeln!(w, "{line}").map_err(fail)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut w = BufWriter::new(File::create(&tmp).map_err(fail)?);
+        for rec in records {
+            let line = serde_json::to_string(&rec)?;
+            writeln!(w, "{line}").map_err(fail)?;
+        }
+        w.into_inner().map_err(|e| fail(e.into_error()))?.sync_all().map_err(fail)?;
+        std::fs::rename(&tmp, path).map_err(fail)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    w.flush().map_err(fail)
+    result
 }
 
 #[cfg(test)]

@@ -81,12 +81,40 @@ fn default_mistakes(data: &Path) -> PathBuf {
     data.with_file_name(format!("{stem}.mistakes.jsonl"))
 }
 
+/// The mistakes file is rewritten by every eval, so only an earlier eval's mistakes file (or
+/// nothing) may stand at its path: never the data, a model file or anything else a typo names.
+fn check_replaceable(mistakes: &Path, data: &Path) -> Result<()> {
+    let Ok(meta) = fs::metadata(mistakes) else { return Ok(()) };
+    let shown = mistakes.display();
+    if meta.is_dir() {
+        bail!("--mistakes {shown} is a folder");
+    }
+    if fs::canonicalize(mistakes).ok() == fs::canonicalize(data).ok() {
+        bail!("--mistakes {shown} is the --data file: it would be overwritten");
+    }
+    let first = fs::read(mistakes).map_err(|e| anyhow!("{shown}: {e}"))?;
+    let first = first.split(|&b| b == b'\n').next().unwrap_or_default();
+    let is_mistakes = first.is_empty()
+        || serde_json::from_slice::<Value>(first).is_ok_and(|v| v.get("line").is_some() && (v.get("expected").is_some() || v.get("error").is_some()));
+    if !is_mistakes {
+        bail!("refusing to replace {shown}: it is not a mistakes file from an earlier eval (name another --mistakes)");
+    }
+    Ok(())
+}
+
 /// Runs the evaluation and returns its JSON result.
 pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) -> Result<Value> {
     let source = args.data.display().to_string();
     let text = fs::read_to_string(&args.data).map_err(|e| anyhow!("{source}: {e}"))?;
     // The loss alone needs every record: a bad line is an error there. Extraction counts it.
     let (records, bad_lines) = if args.loss_only { (parse_records(&text, &source)?, Vec::new()) } else { parse_records_lenient(&text, &source)? };
+    if records.is_empty() {
+        bail!("{source}: no usable record to evaluate ({} unusable)", bad_lines.len());
+    }
+    let mistakes_path = args.mistakes.clone().unwrap_or_else(|| default_mistakes(&args.data));
+    if !args.loss_only {
+        check_replaceable(&mistakes_path, &args.data)?;
+    }
     let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
     let opts = SftEvalOptions {
         extract: ExtractOptions { constrain: args.constrain, max_new_tokens: args.max_new_tokens, batch: args.batch, ..Default::default() },
@@ -98,7 +126,6 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} records  ETA {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
-    let mistakes_path = args.mistakes.clone().unwrap_or_else(|| default_mistakes(&args.data));
     // Opened before the work, so an unwritable path is known at once.
     let mut file = if args.loss_only {
         None

@@ -95,6 +95,19 @@ fn synth_bad_input_is_one_line() {
     let under_file = under_file.to_str().unwrap();
     assert_clean_error(&tiqu(&["data", "synth", "--n", "3", "--out", under_file]), &["cannot write", under_file, "is not a folder"]);
     assert_clean_error(&tiqu(&["data", "synth", "--n", "3", "--out", "/proc/x/y.jsonl"]), &["cannot write", "/proc/x"]);
+
+    // An existing output, or held-out file, is left as it was unless --force says otherwise.
+    let kept = dir.path().join("kept.jsonl");
+    fs::write(&kept, "keep\n").unwrap();
+    let kept_str = kept.to_str().unwrap();
+    assert_clean_error(&tiqu(&["data", "synth", "--n", "3", "--out", kept_str]), &["--out", kept_str, "exists", "--force"]);
+    assert_eq!(fs::read_to_string(&kept).unwrap(), "keep\n");
+    let fresh = dir.path().join("fresh.jsonl");
+    fs::write(dir.path().join("fresh.heldout.jsonl"), "keep\n").unwrap();
+    assert_clean_error(&tiqu(&["data", "synth", "--n", "4", "--split", "0.5", "--out", fresh.to_str().unwrap()]), &["held-out", "exists", "--force"]);
+    assert!(!fresh.exists(), "nothing is written when one of the files is refused");
+    assert!(tiqu(&["data", "synth", "--n", "3", "--out", kept_str, "--force"]).status.success());
+    assert_eq!(check_records(&fs::read_to_string(&kept).unwrap()), 3);
 }
 
 /// The hand-written complaints `tiqu quickstart` measures its model on are usable records:

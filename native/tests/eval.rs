@@ -65,3 +65,42 @@ fn eval_without_a_readable_data_file_is_one_line() {
     assert_eq!(stderr.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{stderr}");
     assert!(stderr.contains("/nonexistent/x.jsonl"), "{stderr}");
 }
+
+/// The mistakes file is rewritten by every eval: a path naming the data, or any file that is not
+/// an earlier eval's mistakes, is refused before anything is read or written; an earlier
+/// mistakes file is replaced. A file with no usable record is an error, not a table of NaNs.
+#[test]
+fn eval_never_writes_its_mistakes_over_another_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("records.jsonl");
+    let good = fs::read_to_string(repo().join("tests/fixtures/sft_small.jsonl")).unwrap();
+    let first = good.lines().next().unwrap();
+    fs::write(&data, format!("{first}\n")).unwrap();
+    let model = repo().join("tests/fixtures/tiny-untied").display().to_string();
+    let eval = |mistakes: &Path| {
+        tiqu(&["--backend", "cpu", "eval", "--model", &model, "--data", data.to_str().unwrap(), "--max-new-tokens", "4", "--mistakes", mistakes.to_str().unwrap()])
+    };
+    let refused = |out: &Output, needle: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+    };
+    refused(&eval(&data), "is the --data file");
+    assert_eq!(fs::read_to_string(&data).unwrap(), format!("{first}\n"));
+    let notes = dir.path().join("notes.txt");
+    fs::write(&notes, "my notes\n").unwrap();
+    refused(&eval(&notes), "not a mistakes file");
+    assert_eq!(fs::read_to_string(&notes).unwrap(), "my notes\n");
+
+    let mistakes = dir.path().join("m.jsonl");
+    for _ in 0..2 {
+        let out = eval(&mistakes);
+        assert!(out.status.success(), "an earlier mistakes file is replaced: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    let unusable = dir.path().join("bad.jsonl");
+    fs::write(&unusable, "{oops\n").unwrap();
+    let out = tiqu(&["--backend", "cpu", "eval", "--model", &model, "--data", unusable.to_str().unwrap()]);
+    refused(&out, "no usable record");
+}
