@@ -142,11 +142,16 @@ pub struct Engine<'a, B: Backend> {
     passes: usize,
 }
 
+/// Most rows an engine decodes at once: far past what any machine runs well (the CPU's best is a
+/// few dozen, a GPU's a few hundred), low enough that a typo in `--batch` gets an error instead
+/// of an allocation that aborts the process.
+pub const MAX_ROWS: usize = 1 << 16;
+
 impl<'a, B: Backend> Engine<'a, B> {
-    /// An engine over `ex`'s model with `max_seqs` rows (at least 1). The cache is allocated on
-    /// the first pass and grows with the longest row up to the model's context.
+    /// An engine over `ex`'s model with `max_seqs` rows (1 to [`MAX_ROWS`]). The cache is
+    /// allocated on the first pass and grows with the longest row up to the model's context.
     pub fn new(ex: &'a Extractor<B>, max_seqs: usize) -> Self {
-        let max_seqs = max_seqs.max(1);
+        let max_seqs = max_seqs.clamp(1, MAX_ROWS);
         Self {
             ex,
             max_seqs,

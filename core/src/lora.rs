@@ -73,6 +73,9 @@ impl LoraConfig {
         if self.r == 0 {
             return Err(Error::Unsupported("LoRA r must be at least 1".into()));
         }
+        if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
+            return Err(Error::Unsupported(format!("lora_alpha {} must be a finite number above 0", self.lora_alpha)));
+        }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(Error::Unsupported(format!("lora_dropout {} must be in [0, 1)", self.lora_dropout)));
         }
@@ -129,16 +132,27 @@ impl LoraConfig {
     pub fn from_peft_json(bytes: &[u8], source: &str) -> Result<Self> {
         let v: Value = serde_json::from_slice(bytes).map_err(|e| Error::Format(format!("{source}: not valid JSON: {e}")))?;
         let bad = |why: String| Error::Unsupported(format!("{source}: {why}"));
-        let peft_type = v.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
+        // A key that is there with the wrong type is an error, never its default: `"lora_alpha":
+        // "32"` read as absent would scale the update by a quarter of what was trained.
+        fn typed<'v, T>(v: &'v Value, key: &str, kind: &str, read: impl Fn(&'v Value) -> Option<T>, source: &str) -> Result<Option<T>> {
+            match v.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) => read(x).map(Some).ok_or_else(|| Error::Format(format!("{source}: `{key}` must be {kind}, got {x}"))),
+            }
+        }
+        let flag = |key: &str| typed(&v, key, "true or false", Value::as_bool, source);
+        let number = |key: &str| typed(&v, key, "a number", Value::as_f64, source);
+        let text = |key: &str| typed(&v, key, "a string", Value::as_str, source);
+        let peft_type = text("peft_type")?.unwrap_or("LORA");
         if peft_type != "LORA" {
             return Err(bad(format!("peft_type {peft_type} is not supported (only LORA)")));
         }
-        for flag in ["use_dora", "fan_in_fan_out"] {
-            if v.get(flag).and_then(Value::as_bool).unwrap_or(false) {
-                return Err(bad(format!("{flag} = true is not supported")));
+        for key in ["use_dora", "fan_in_fan_out"] {
+            if flag(key)?.unwrap_or(false) {
+                return Err(bad(format!("{key} = true is not supported")));
             }
         }
-        if let Some(bias) = v.get("bias").and_then(Value::as_str) {
+        if let Some(bias) = text("bias")? {
             if bias != "none" {
                 return Err(bad(format!("bias = \"{bias}\" is not supported (only \"none\")")));
             }
@@ -154,18 +168,22 @@ impl LoraConfig {
             }
         }
         let target_modules = match v.get("target_modules") {
-            Some(Value::Array(items)) => items.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|x| x.as_str().map(String::from).ok_or_else(|| bad(format!("target_modules holds {x}, not a module name"))))
+                .collect::<Result<Vec<_>>>()?,
             Some(Value::String(s)) if TARGETS.contains(&s.as_str()) => vec![s.clone()],
             Some(Value::String(s)) => return Err(bad(format!("target_modules as a regex (`{s}`) is not supported; list the modules"))),
             _ => return Err(bad("no target_modules".into())),
         };
-        let r = v.get("r").and_then(Value::as_u64).ok_or_else(|| bad("no r".into()))? as usize;
+        let r = typed(&v, "r", "a whole number of at least 1", Value::as_u64, source)?.ok_or_else(|| bad("no r".into()))? as usize;
         let cfg = Self {
             r,
-            lora_alpha: v.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0),
-            lora_dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
+            // PEFT's defaults for keys an adapter leaves out.
+            lora_alpha: number("lora_alpha")?.unwrap_or(8.0),
+            lora_dropout: number("lora_dropout")?.unwrap_or(0.0),
             target_modules,
-            use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+            use_rslora: flag("use_rslora")?.unwrap_or(false),
         };
         cfg.validate().map_err(|e| bad(e.to_string()))?;
         Ok(cfg)
@@ -219,6 +237,19 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
     /// Adds fresh LoRA pairs (PEFT's init, seeded) to the targeted projections.
     pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
         cfg.validate()?;
+        // A product of rank r needs r ≤ both sides; a larger r only costs memory (and a typo's
+        // r would abort the process allocating it).
+        for (_, name, linear) in self.projections_mut() {
+            let [out, inp] = linear.weight.dims();
+            if cfg.target_modules.iter().any(|t| t == name.name()) && cfg.r > out.min(inp) {
+                return Err(Error::Unsupported(format!(
+                    "LoRA r {} is more than {}'s smaller side ({}): its update cannot have that rank",
+                    cfg.r,
+                    name.name(),
+                    out.min(inp)
+                )));
+            }
+        }
         let device = self.device();
         let mut rng = StdRng::seed_from_u64(seed);
         for (tag, (layer, name, linear)) in self.projections_mut().into_iter().enumerate() {
@@ -357,6 +388,14 @@ mod tests {
             (serde_json::json!({"target_modules": ".*proj"}), "regex"),
             (serde_json::json!({"target_modules": ["embed_tokens"]}), "embed_tokens"),
             (serde_json::json!({"fan_in_fan_out": true}), "fan_in_fan_out"),
+            // A value of the wrong type is named, never taken as PEFT's default.
+            (serde_json::json!({"lora_alpha": "32"}), "`lora_alpha` must be a number"),
+            (serde_json::json!({"use_rslora": "yes"}), "`use_rslora` must be true or false"),
+            (serde_json::json!({"use_dora": "true"}), "`use_dora` must be true or false"),
+            (serde_json::json!({"r": "8"}), "`r` must be a whole number"),
+            (serde_json::json!({"r": -1}), "`r` must be a whole number"),
+            (serde_json::json!({"target_modules": ["q_proj", 3]}), "target_modules holds 3"),
+            (serde_json::json!({"lora_alpha": 0}), "lora_alpha 0 must be a finite number above 0"),
         ] {
             let err = peft(extra).unwrap_err().to_string();
             assert!(err.starts_with("adapter_config.json: ") && err.contains(needle), "{err}");

@@ -168,7 +168,11 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     if args.batch == 0 || args.prompt_len == 0 {
         bail!("--batch and --prompt-len must be at least 1");
     }
+    crate::check_rows("--batch", args.batch)?;
     let cfg = load_bench_config(&args.config)?;
+    if args.prompt_len.saturating_add(args.new_tokens) > cfg.max_position_embeddings {
+        bail!("--prompt-len {} + --new-tokens {} exceed the config's max_position_embeddings ({})", args.prompt_len, args.new_tokens, cfg.max_position_embeddings);
+    }
     let load_start = Instant::now();
     let model: Qwen3ForCausalLM<B> = args.quant.random_model(&cfg, device)?;
     let dtype = model.dtype();
@@ -240,6 +244,7 @@ fn bench_verify<B: Backend>(device: &B::Device, backend: BackendName, args: &Ben
     if args.batch == 0 || args.cache == 0 || args.repeats == 0 || args.positions.contains(&0) || longest == 0 {
         bail!("--batch, --cache, --repeats and every --positions entry must be at least 1");
     }
+    crate::check_rows("--batch", args.batch)?;
     if !(0.0..=1.0).contains(&args.acceptance) {
         bail!("--acceptance must be a share from 0 to 1, got {}", args.acceptance);
     }
@@ -333,6 +338,7 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
     if args.batch == 0 || args.seq < 2 || args.steps == 0 || threads == 0 || !args.batch.is_multiple_of(threads) {
         bail!("--batch, --steps and --threads must be at least 1, --seq at least 2, and --threads must divide --batch");
     }
+    crate::check_rows("--batch", args.batch)?;
     if threads > 1 && backend == BackendName::Cpu {
         crate::backend::single_threaded_kernels();
     }
@@ -385,6 +391,11 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
     use tiqu_core::{ExtractOptions, Extractor, Schema};
     if args.batch == 0 || args.text_chars == 0 {
         bail!("--batch and --text-chars must be at least 1");
+    }
+    crate::check_rows("--batch", args.batch)?;
+    // The texts are made up front: bounded so that a typo is an error, not an abort.
+    if args.records.is_some_and(|n| n > 1_000_000) || args.text_chars > 1_000_000 {
+        bail!("--records and --text-chars are at most 1000000");
     }
     let cfg = load_bench_config(&args.config)?;
     let tokenizer = tiqu_core::Checkpoint::tokenizer_in(&tiqu_core::Folder::new(&args.tokenizer))?;

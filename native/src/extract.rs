@@ -192,9 +192,7 @@ fn parse_record(raw: &[u8], line: usize, jsonl: bool) -> Record {
 }
 
 pub fn run(backend: BackendName, args: &ExtractArgs) -> Result<()> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
+    crate::check_rows("--batch", args.batch)?;
     if args.max_input_tokens == 0 {
         bail!("--max-input-tokens must be at least 1");
     }

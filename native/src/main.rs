@@ -110,6 +110,15 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
 }
 
+/// Refuses a rows-at-once flag (`--batch`, `--max-batch`) outside 1..=[`tiqu_core::engine::MAX_ROWS`].
+pub fn check_rows(flag: &str, rows: usize) -> anyhow::Result<()> {
+    let max = tiqu_core::engine::MAX_ROWS;
+    if rows == 0 || rows > max {
+        anyhow::bail!("{flag} must be between 1 and {max} rows, got {rows}");
+    }
+    Ok(())
+}
+
 fn doctor() -> anyhow::Result<()> {
     println!("tiqu {}", env!("CARGO_PKG_VERSION"));
     for name in [BackendName::Cpu, BackendName::Wgpu, BackendName::Cuda] {

@@ -299,3 +299,26 @@ fn bench_verify_refuses_a_gather_outside_the_vocabulary() {
         assert_clean_error(&out, &["--gather", "vocabulary"]);
     }
 }
+
+/// Rows decoded at once and a benchmark's sizes are bounded before anything is allocated: a
+/// typo's `--batch` used to abort with "capacity overflow" (exit 101) or an out-of-memory abort.
+#[test]
+fn huge_batches_and_lengths_are_refused_before_any_allocation() {
+    let model = fixture("tiny-tied");
+    let (model, config) = (model.to_str().unwrap(), model.join("config.json"));
+    let config = config.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    fs::write(&input, "张三 zs@x.com 噪音\n").unwrap();
+    let out = dir.path().join("out.jsonl");
+    let huge = "18446744073709551615";
+    for batch in [huge, "10000000"] {
+        let o = tiqu(&["--backend", "cpu", "extract", "--model", model, "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--batch", batch]);
+        assert_clean_error(&o, &["--batch", "between 1 and 65536"]);
+        assert!(!out.exists());
+        let o = tiqu(&["--backend", "cpu", "bench", "generate", "--config", config, "--batch", batch, "--prompt-len", "4", "--new-tokens", "2"]);
+        assert_clean_error(&o, &["--batch", "65536"]);
+    }
+    let o = tiqu(&["--backend", "cpu", "bench", "generate", "--config", config, "--batch", "1", "--prompt-len", huge, "--new-tokens", "2"]);
+    assert_clean_error(&o, &["--prompt-len", "max_position_embeddings"]);
+}

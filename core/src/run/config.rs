@@ -160,6 +160,26 @@ impl RunConfig {
         if !(self.optimizer.learning_rate.is_finite() && self.optimizer.learning_rate >= 0.0) {
             return Err(Error::Unsupported(format!("learning_rate {} must be a finite number, at least 0", self.optimizer.learning_rate)));
         }
+        let adamw = &self.optimizer.adamw;
+        for (name, value) in [("adam_beta1", adamw.beta1), ("adam_beta2", adamw.beta2)] {
+            if !(0.0..1.0).contains(&value) {
+                return Err(Error::Unsupported(format!("{name} {value} must be in [0, 1)")));
+            }
+        }
+        if !(adamw.eps.is_finite() && adamw.eps > 0.0) {
+            return Err(Error::Unsupported(format!("adam_epsilon {} must be a finite number above 0", adamw.eps)));
+        }
+        for (name, value) in [("weight_decay", adamw.weight_decay), ("max_grad_norm (0: no clipping)", self.optimizer.max_grad_norm), ("init_std", self.init_std)] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(Error::Unsupported(format!("{name} {value} must be a finite number, at least 0")));
+            }
+        }
+        if !self.qk_norm_init.is_finite() {
+            return Err(Error::Unsupported(format!("qk_norm_init {} must be a finite number", self.qk_norm_init)));
+        }
+        if self.num_train_epochs == 0 && self.max_steps == 0 {
+            return Err(Error::Unsupported("num_train_epochs must be at least 1 (or max_steps set): 0 trains nothing".into()));
+        }
         if self.method == Method::Lora {
             self.lora.validate()?;
         }
@@ -211,6 +231,21 @@ mod tests {
         assert!(err.starts_with("run.toml: ") && err.contains("half") && !err.contains('\n'), "{err}");
         let err = RunConfig::from_layers(&[("run.toml", table("r = 0"))]).unwrap_err().to_string();
         assert!(err.contains("r must be at least 1"), "{err}");
+        // Settings that would train nothing, or NaN, are refused by name before a run starts.
+        for (text, needle) in [
+            ("adam_beta1 = 1.5", "adam_beta1 1.5 must be in [0, 1)"),
+            ("adam_beta2 = nan", "adam_beta2 NaN"),
+            ("adam_epsilon = 0.0", "adam_epsilon 0 must be"),
+            ("weight_decay = -1.0", "weight_decay -1"),
+            ("max_grad_norm = nan", "max_grad_norm"),
+            ("init_std = -1.0", "init_std -1"),
+            ("lora_alpha = -5.0", "lora_alpha -5"),
+            ("num_train_epochs = 0", "num_train_epochs must be at least 1"),
+        ] {
+            let err = RunConfig::from_layers(&[("run.toml", table(text))]).unwrap_err().to_string();
+            assert!(err.contains(needle) && !err.contains('\n'), "{text}: {err}");
+        }
+        assert!(RunConfig::from_layers(&[("run.toml", table("num_train_epochs = 0\nmax_steps = 5"))]).is_ok());
     }
 
     #[test]

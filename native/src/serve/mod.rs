@@ -102,9 +102,7 @@ impl ServeArgs {
         if self.max_queue == 0 {
             bail!("--max-queue must be at least 1");
         }
-        if self.max_batch == 0 {
-            bail!("--max-batch must be at least 1");
-        }
+        crate::check_rows("--max-batch", self.max_batch)?;
         if self.max_new_tokens == 0 {
             bail!("--max-new-tokens must be at least 1");
         }
