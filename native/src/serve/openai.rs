@@ -90,6 +90,30 @@ fn text_of(content: &Value, at: &str) -> Result<String, String> {
     }
 }
 
+/// Refuses a top-level key this server would not read. OpenAI answers an unrecognised argument
+/// with a 400 too; here it matters more, since a misspelt `response_format` or an `extra_body`
+/// sent literally would turn a constrained answer into free text.
+pub fn check_keys(body: &Value) -> Result<(), String> {
+    const READ: [&str; 15] = [
+        "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stream", "stream_options", "response_format",
+        "seed", "n", "stop", "tools", "logprobs", "constrain",
+        // Names the served model or the caller: neither changes the answer.
+        "model",
+    ];
+    let Some(obj) = body.as_object() else { return Ok(()) };
+    for (key, value) in obj {
+        match key.as_str() {
+            k if READ.contains(&k) => {}
+            "user" => {}
+            // Sent as 0 by some clients; any other value would change the answer.
+            "frequency_penalty" | "presence_penalty" if value.is_null() || value.as_f64() == Some(0.0) => {}
+            "extra_body" => return Err("extra_body is the Python client's argument: its keys (`constrain`) go at the top level of the body".into()),
+            other => return Err(format!("{other}: not a parameter this server supports")),
+        }
+    }
+    Ok(())
+}
+
 impl ChatRequest {
     /// Everything checked; `default_schema` serves `json_object`.
     pub fn plan(self, default_schema: &Schema) -> Result<ChatPlan, String> {
@@ -166,6 +190,15 @@ impl ChatRequest {
 /// `response_format` as a schema: `None` for plain text.
 fn response_format(rf: &Value, default_schema: &Schema) -> Result<Option<Schema>, String> {
     let kind = rf.get("type").and_then(Value::as_str).ok_or("response_format.type must be text, json_object or json_schema")?;
+    // A key the decoder would not read (a schema beside `"type": "text"`, a misspelt one) is an
+    // error: the client would otherwise get free text where it asked for a constraint.
+    let allowed: &[&str] = if kind == "json_schema" { &["type", "json_schema"] } else { &["type"] };
+    if let Some(key) = rf.as_object().and_then(|o| o.keys().find(|k| !allowed.contains(&k.as_str()))) {
+        return Err(format!("response_format.{key} is not read with type `{kind}`"));
+    }
+    if let Some(key) = rf.get("json_schema").and_then(Value::as_object).and_then(|o| o.keys().find(|k| !["name", "schema", "strict", "description"].contains(&k.as_str()))) {
+        return Err(format!("response_format.json_schema.{key} is not a json_schema key (name, schema, strict, description)"));
+    }
     match kind {
         "text" => Ok(None),
         // Any object is valid JSON-object output; the served schema's is the one the decoder knows.
@@ -359,5 +392,23 @@ mod tests {
         let (schema, mode, text) = ok.format.unwrap();
         assert_eq!((schema, mode, text.as_str()), (Schema::default(), Constrain::Copy, "ab"));
         assert!(ok.prompt.starts_with("<|im_start|>system\ns<|im_end|>"));
+        // A constraint the decoder would not read is refused, not answered with free text.
+        let schema = json!({"name": "c", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}});
+        assert!(plan(json!({"messages": user, "response_format": {"type": "text", "json_schema": schema}})).err().unwrap().contains("response_format.json_schema is not read"));
+        assert!(plan(json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": {}, "strct": true}}})).err().unwrap().contains("json_schema.strct"));
+    }
+
+    /// Keys this server would not read are refused by name; the ones clients send that do not
+    /// change the answer pass.
+    #[test]
+    fn unread_keys_are_refused_by_name() {
+        let user = json!([{"role": "user", "content": "hi"}]);
+        assert!(check_keys(&json!({"messages": user, "model": "m", "user": "u", "presence_penalty": 0, "frequency_penalty": null, "constrain": "copy"})).is_ok());
+        assert!(check_keys(&json!({"messages": user, "extra_body": {"constrain": "copy"}})).unwrap_err().contains("top level"));
+        assert_eq!(check_keys(&json!({"messages": user, "response_fromat": {}})).unwrap_err(), "response_fromat: not a parameter this server supports");
+        for key in ["guided_json", "functions", "logit_bias", "top_logprobs"] {
+            assert!(check_keys(&json!({"messages": user, key: 1})).unwrap_err().starts_with(key));
+        }
+        assert!(check_keys(&json!({"messages": user, "presence_penalty": 0.5})).is_err());
     }
 }

@@ -194,8 +194,10 @@ fn event_error(status: u16, message: String) -> ApiError {
 
 async fn chat(State(state): Shared, Extension(at): Extension<Deadline>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let arrived = std::time::Instant::now();
+    let body = parse_json(body)?;
     let request: ChatRequest =
-        serde_json::from_value(parse_json(body)?).map_err(|e| ApiError::bad_request(format!("not a chat completion request: {e}")))?;
+        serde_json::from_value(body.clone()).map_err(|e| ApiError::bad_request(format!("not a chat completion request: {e}")))?;
+    super::openai::check_keys(&body).map_err(ApiError::bad_request)?;
     let plan = request.plan(&state.settings.schema).map_err(ApiError::bad_request)?;
     let (events, mut rx) = mpsc::unbounded_channel();
     let (stream, include_usage) = (plan.stream, plan.include_usage);
