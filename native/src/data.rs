@@ -7,8 +7,7 @@ mod files;
 mod import;
 mod split;
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
@@ -108,29 +107,13 @@ fn synth(args: &SynthArgs) -> Result<()> {
 /// Writes `records` as JSONL to `path` through a temporary file beside it, renamed when
 /// complete: a killed or failed run leaves the file as it was, never a clean-looking prefix.
 pub fn write(path: &Path, records: impl Iterator<Item = tiqu_core::sft::SftRecord>) -> Result<()> {
-    let fail = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {}", path.display(), files::short(&e));
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // create_dir_all says "File exists" when a file stands in the way: name it instead.
-        if let Some(file) = dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
-            bail!("cannot write {}: {} is not a folder", path.display(), file.display());
-        }
-        std::fs::create_dir_all(dir).map_err(fail)?;
-    }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut w = BufWriter::new(File::create(&tmp).map_err(fail)?);
+    files::write_with(path, |w| {
         for rec in records {
-            let line = serde_json::to_string(&rec)?;
-            writeln!(w, "{line}").map_err(fail)?;
+            serde_json::to_writer(&mut *w, &rec)?;
+            w.write_all(b"\n")?;
         }
-        w.into_inner().map_err(|e| fail(e.into_error()))?.sync_all().map_err(fail)?;
-        std::fs::rename(&tmp, path).map_err(fail)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        Ok(())
+    })
 }
 
 #[cfg(test)]

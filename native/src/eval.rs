@@ -92,8 +92,12 @@ fn check_replaceable(mistakes: &Path, data: &Path) -> Result<()> {
     if fs::canonicalize(mistakes).ok() == fs::canonicalize(data).ok() {
         bail!("--mistakes {shown} is the --data file: it would be overwritten");
     }
-    let first = fs::read(mistakes).map_err(|e| anyhow!("{shown}: {e}"))?;
-    let first = first.split(|&b| b == b'\n').next().unwrap_or_default();
+    // Only the first line decides; a large file (or one without newlines) is not read whole.
+    let mut first = Vec::new();
+    let file = fs::File::open(mistakes).map_err(|e| anyhow!("{shown}: {e}"))?;
+    std::io::BufRead::read_until(&mut std::io::BufReader::new(std::io::Read::take(file, 1 << 24)), b'\n', &mut first)
+        .map_err(|e| anyhow!("{shown}: {e}"))?;
+    let first = first.strip_suffix(b"\n").unwrap_or(&first);
     let is_mistakes = first.is_empty()
         || serde_json::from_slice::<Value>(first).is_ok_and(|v| v.get("line").is_some() && (v.get("expected").is_some() || v.get("error").is_some()));
     if !is_mistakes {

@@ -48,6 +48,21 @@ pub fn check_target(out: &Path, inputs: &[&Path], replace: bool, flag: &str) -> 
 
 /// Writes `lines` (each followed by a newline) to `path` through a temporary file beside it.
 pub fn write_lines<S: AsRef<str>>(path: &Path, lines: &[S]) -> Result<()> {
+    write_with(path, |w| {
+        for line in lines {
+            w.write_all(line.as_ref().as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes whatever `fill` writes to a file beside `path`, then renames it over `path`: a failure
+/// (or a kill) at any point leaves `path` as it was.
+pub fn write_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
     let fail = |e: std::io::Error| anyhow!("cannot write {}: {}", path.display(), short(&e));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // create_dir_all says "File exists" when a file stands in the way: name it instead.
@@ -60,10 +75,7 @@ pub fn write_lines<S: AsRef<str>>(path: &Path, lines: &[S]) -> Result<()> {
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut w = std::io::BufWriter::new(fs::File::create(&tmp)?);
-        for line in lines {
-            w.write_all(line.as_ref().as_bytes())?;
-            w.write_all(b"\n")?;
-        }
+        fill(&mut w)?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         fs::rename(&tmp, path)
     })();
