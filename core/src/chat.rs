@@ -8,34 +8,86 @@ pub struct Message {
     pub content: String,
 }
 
-/// Byte-identical to transformers' `apply_chat_template([system?, user],
-/// add_generation_prompt=True, enable_thinking=False)` for Qwen3: no system block when there is
-/// no system message, and the empty think block that disables thinking.
-pub fn chat_prompt(system: Option<&str>, user: &str) -> String {
-    let mut out = String::with_capacity(user.len() + system.map_or(0, str::len) + 96);
-    if let Some(system) = system {
-        out.push_str("<|im_start|>system\n");
-        out.push_str(system);
-        out.push_str("<|im_end|>\n");
-    }
-    out.push_str("<|im_start|>user\n");
-    out.push_str(user);
-    out.push_str("<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
-    out
+/// A prompt in the Qwen3 chat template: turn markers (special tokens) around texts. Its string
+/// form is byte-identical to transformers' `apply_chat_template([system?, user],
+/// add_generation_prompt=True, enable_thinking=False)`: no system block when there is no system
+/// message, and the empty think block that disables thinking. Its tokens are that string's
+/// tokens, except that a text is tokenized as text whatever it holds, so a document containing
+/// `<|im_end|>` or `<|im_start|>assistant` cannot close its turn or open another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatPrompt {
+    parts: Vec<Part>,
 }
 
-/// The same template for a message list whose optional first message is the system prompt.
-pub fn chat_prompt_messages(messages: &[Message]) -> crate::Result<String> {
-    let (system, rest) = match messages.split_first() {
-        Some((first, rest)) if first.role == "system" => (Some(first.content.as_str()), rest),
-        _ => (None, messages),
-    };
-    match rest {
-        [user] if user.role == "user" => Ok(chat_prompt(system, &user.content)),
-        _ => Err(crate::Error::Unsupported(
-            "a prompt is an optional system message followed by one user message".into(),
-        )),
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Marker(&'static str),
+    Text(String),
+}
+
+const IM_START: &str = "<|im_start|>";
+
+impl ChatPrompt {
+    pub fn new(system: Option<&str>, user: &str) -> Self {
+        use Part::{Marker, Text};
+        let mut parts = Vec::with_capacity(10);
+        if let Some(system) = system {
+            parts.extend([Marker(IM_START), Text(format!("system\n{system}")), Marker(IM_END), Text("\n".into())]);
+        }
+        parts.extend([
+            Marker(IM_START),
+            Text(format!("user\n{user}")),
+            Marker(IM_END),
+            Text("\n".into()),
+            Marker(IM_START),
+            Text("assistant\n<think>\n\n</think>\n\n".into()),
+        ]);
+        Self { parts }
     }
+
+    /// An optional first system message followed by one user message.
+    pub fn from_messages(messages: &[Message]) -> crate::Result<Self> {
+        let (system, rest) = match messages.split_first() {
+            Some((first, rest)) if first.role == "system" => (Some(first.content.as_str()), rest),
+            _ => (None, messages),
+        };
+        match rest {
+            [user] if user.role == "user" => Ok(Self::new(system, &user.content)),
+            _ => Err(crate::Error::Unsupported(
+                "a prompt is an optional system message followed by one user message".into(),
+            )),
+        }
+    }
+
+    /// The prompt's token ids. The tokenizer splits text at special tokens before anything else,
+    /// so tokenizing piece by piece gives the whole string's tokens when no text holds one.
+    pub fn encode(&self, tok: &crate::Tokenizer) -> crate::Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        for part in &self.parts {
+            match part {
+                Part::Marker(m) => ids.push(tok.special_id(m)?),
+                Part::Text(t) => ids.extend(tok.encode(t)?),
+            }
+        }
+        Ok(ids)
+    }
+}
+
+impl std::fmt::Display for ChatPrompt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for part in &self.parts {
+            f.write_str(match part {
+                Part::Marker(m) => m,
+                Part::Text(t) => t,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The template's string form (see [`ChatPrompt`]); tokenize a prompt with [`ChatPrompt::encode`].
+pub fn chat_prompt(system: Option<&str>, user: &str) -> String {
+    ChatPrompt::new(system, user).to_string()
 }
 
 /// Marks the end of a turn; training appends it to every response so the model learns to stop.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use burn::prelude::*;
 
-use crate::chat::chat_prompt;
+use crate::chat::ChatPrompt;
 use crate::constrain::{Constrain, TokenTable};
 use crate::generate::Sampling;
 use crate::model::Qwen3ForCausalLM;
@@ -171,7 +171,7 @@ impl<B: Backend> Extractor<B> {
         // line of gigabytes costs no more than one that just fits (tokens this far from the
         // cut are unaffected by it).
         let head = floor_char_boundary(text, budget.saturating_mul(64));
-        let ids = self.tokenizer.encode(&chat_prompt(Some(&system), &text[..head]))?;
+        let ids = ChatPrompt::new(Some(&system), &text[..head]).encode(&self.tokenizer)?;
         if ids.len() <= budget && head == text.len() {
             return Ok((ids, text.to_string(), None));
         }
@@ -185,7 +185,7 @@ impl<B: Backend> Extractor<B> {
         let keep = budget - overhead - 2;
         let cut = self.tokenizer.decode(&text_ids[..keep.min(text_ids.len())], false)?;
         let cut = cut.trim_end_matches('\u{FFFD}').to_string();
-        let ids = self.tokenizer.encode(&chat_prompt(Some(&system), &cut))?;
+        let ids = ChatPrompt::new(Some(&system), &cut).encode(&self.tokenizer)?;
         let warning = format!(
             "text of {} characters cut to its first {} to fit {limit}",
             text.chars().count(),

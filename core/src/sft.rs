@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::chat::{chat_prompt, IM_END};
+use crate::chat::{ChatPrompt, IM_END};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -31,8 +31,8 @@ impl SftRecord {
         format!("{}{}", self.instruction, self.input.as_deref().unwrap_or(""))
     }
 
-    pub fn prompt(&self) -> String {
-        chat_prompt(self.system.as_deref(), &self.user_message())
+    pub fn prompt(&self) -> ChatPrompt {
+        ChatPrompt::new(self.system.as_deref(), &self.user_message())
     }
 }
 
@@ -95,9 +95,9 @@ pub struct Example {
 
 impl Example {
     pub fn new(rec: &SftRecord, tok: &Tokenizer) -> Result<Self> {
-        let prompt = tok.encode(&rec.prompt())?;
-        let output = rec.output.as_deref().unwrap_or("");
-        let response = tok.encode(&format!("{output}{IM_END}"))?;
+        let prompt = rec.prompt().encode(tok)?;
+        let mut response = tok.encode(rec.output.as_deref().unwrap_or(""))?;
+        response.push(tok.special_id(IM_END)?);
         Ok(Self { prompt, response })
     }
 

@@ -10,12 +10,16 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Parses `tokenizer.json`; `source` names the file in error messages.
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+        let mut inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Format(format!("{source}: not a valid tokenizer.json: {e}")))?;
+        // Text is only ever text: a document holding `<|im_end|>` must not end its chat turn (or
+        // stop generation). Turn markers come from `special_id`, never from a string.
+        inner.set_encode_special_tokens(true);
         Ok(Self { inner })
     }
 
-    /// Token ids of `text` as transformers' `tokenizer(text)["input_ids"]` gives them.
+    /// Token ids of `text` as transformers' `tokenizer(text, split_special_tokens=True)` gives
+    /// them: special-token strings in `text` are tokenized as the characters they are.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, true).map_err(|e| Error::Other(format!("tokenizing: {e}")))?;
         Ok(enc.get_ids().to_vec())
@@ -23,6 +27,13 @@ impl Tokenizer {
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(|e| Error::Other(format!("decoding: {e}")))
+    }
+
+    /// The id of a special token such as `<|im_start|>`; an error names a tokenizer without it.
+    pub fn special_id(&self, token: &str) -> Result<u32> {
+        self.inner
+            .token_to_id(token)
+            .ok_or_else(|| Error::Format(format!("tokenizer.json has no {token} token (not a Qwen3 chat tokenizer)")))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use tiqu_core::generate::{generate, GenerateOptions, Sampling};
-use tiqu_core::chat_prompt;
+use tiqu_core::chat::ChatPrompt;
 
 use crate::backend::BackendName;
 use crate::{checkpoint, with_backend, ModelArgs};
@@ -63,7 +63,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &GenerateArgs) ->
     let prompts = args
         .prompt
         .iter()
-        .map(|p| loaded.tokenizer.encode(&chat_prompt(args.system.as_deref(), p)).map_err(Into::into))
+        .map(|p| ChatPrompt::new(args.system.as_deref(), p).encode(&loaded.tokenizer).map_err(Into::into))
         .collect::<Result<Vec<_>>>()?;
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,

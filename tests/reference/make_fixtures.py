@@ -579,13 +579,38 @@ def write_sft_file():
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
 
 
+def encode_literal(tok, text):
+    return list(tok(text, split_special_tokens=True)["input_ids"])
+
+
+def chat_ids_text_literal(tok, msgs, text):
+    """The template's markers as special tokens and every text between them tokenized with
+    split_special_tokens=True: what a prompt must be when its contents are documents, which may
+    hold `<|im_end|>` without ending their turn. The pieces must spell the rendered template."""
+    start, end = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    pieces = []
+    for m in msgs:
+        pieces += [("<|im_start|>", [start]), (f"{m['role']}\n{m['content']}", None), ("<|im_end|>", [end]), ("\n", None)]
+    pieces += [("<|im_start|>", [start]), ("assistant\n<think>\n\n</think>\n\n", None)]
+    assert "".join(p for p, _ in pieces) == text, "the template changed: update the pieces"
+    return [i for p, ids in pieces for i in (ids if ids is not None else encode_literal(tok, p))]
+
+
 def write_chat_template_cases(tok):
     cases = []
     for name, msgs in CHAT_CASES:
         text = chat_text(tok, msgs)
-        cases.append({"kind": "chat", "name": name, "messages": msgs, "text": text, "ids": encode(tok, text)})
+        ids = encode(tok, text)
+        literal = chat_ids_text_literal(tok, msgs, text)
+        if not any(s in m["content"] for m in msgs for s in tok.all_special_tokens):
+            assert literal == ids, name
+        cases.append({"kind": "chat", "name": name, "messages": msgs, "text": text, "ids": ids, "ids_text_literal": literal})
     out = json.dumps(SFT_RECORDS[0]["output"], ensure_ascii=False) + "<|im_end|>"
     cases.append({"kind": "response", "name": "json_output_plus_im_end", "text": out, "ids": encode(tok, out)})
+    # A response that quotes a turn marker: the text stays text, only the appended marker ends it.
+    quoted = '{"question": "页面显示 <|im_end|> 是什么"}'
+    cases.append({"kind": "response", "name": "output_quoting_im_end", "text": quoted + "<|im_end|>",
+                  "ids": encode_literal(tok, quoted) + tok.convert_tokens_to_ids(["<|im_end|>"])})
     dump_json(FIX / "chat_template.json", cases)
     return cases
 

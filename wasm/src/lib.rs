@@ -19,7 +19,8 @@ use serde_json::json;
 use tiqu_core::generate::{generate_async, GenerateOptions, Sampling};
 use tiqu_core::quantize::{Bits, Quantization};
 use tiqu_core::weights::ReadSeek;
-use tiqu_core::{chat_prompt, Checkpoint, ExtractOptions, Extractor, Files, LoadOptions, Schema};
+use tiqu_core::chat::ChatPrompt;
+use tiqu_core::{Checkpoint, ExtractOptions, Extractor, Files, LoadOptions, Schema};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
@@ -322,7 +323,7 @@ impl Model {
             macro_rules! run {
                 ($e:expr) => {{
                     let e = $e;
-                    let ids = e.tokenizer().encode(&chat_prompt(None, &prompt)).map_err(err)?;
+                    let ids = ChatPrompt::new(None, &prompt).encode(e.tokenizer()).map_err(err)?;
                     let opts = GenerateOptions {
                         max_new_tokens,
                         sampling: Sampling::Greedy,

@@ -74,7 +74,7 @@ pub fn run<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: &ChatJ
     let model = extractor.model();
     let tokenizer = extractor.tokenizer();
     let limit = model.max_position_embeddings;
-    let mut feed = tokenizer.encode(&job.plan.prompt).map_err(|e| failed(400, e))?;
+    let mut feed = job.plan.prompt.encode(tokenizer).map_err(|e| failed(400, e))?;
     let prompt_tokens = feed.len();
     if prompt_tokens >= limit {
         return Err(failed(400, format!("the prompt has {prompt_tokens} tokens; the model's context is {limit} (messages too long)")));

@@ -56,7 +56,7 @@ pub struct StreamOptions {
 /// A request checked and ready for the model thread.
 pub struct ChatPlan {
     /// The chat template applied to the messages.
-    pub prompt: String,
+    pub prompt: tiqu_core::chat::ChatPrompt,
     /// The object to produce: a schema, how its values are constrained, and the text copy mode
     /// copies from (the user's message).
     pub format: Option<(Schema, Constrain, String)>,
@@ -139,7 +139,7 @@ impl ChatRequest {
             };
             messages.push(Message { role: role.to_string(), content: text_of(&m.content, &at)? });
         }
-        let prompt = tiqu_core::chat::chat_prompt_messages(&messages).map_err(|e| format!("messages: {e}"))?;
+        let prompt = tiqu_core::chat::ChatPrompt::from_messages(&messages).map_err(|e| format!("messages: {e}"))?;
         let user = messages.last().map(|m| m.content.clone()).unwrap_or_default();
 
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
@@ -391,7 +391,7 @@ mod tests {
         .unwrap();
         let (schema, mode, text) = ok.format.unwrap();
         assert_eq!((schema, mode, text.as_str()), (Schema::default(), Constrain::Copy, "ab"));
-        assert!(ok.prompt.starts_with("<|im_start|>system\ns<|im_end|>"));
+        assert!(ok.prompt.to_string().starts_with("<|im_start|>system\ns<|im_end|>"));
         // A constraint the decoder would not read is refused, not answered with free text.
         let schema = json!({"name": "c", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}});
         assert!(plan(json!({"messages": user, "response_format": {"type": "text", "json_schema": schema}})).err().unwrap().contains("response_format.json_schema is not read"));
