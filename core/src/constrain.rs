@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use crate::format::Format;
 use crate::schema::Schema;
 use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Constrain {
@@ -249,7 +250,8 @@ pub struct Grammar {
 }
 
 impl Grammar {
-    pub fn new(schema: &Schema, mode: Constrain, text: &str) -> Self {
+    /// An error when the text cannot give a valid answer (a required email field and no address).
+    pub fn new(schema: &Schema, mode: Constrain, text: &str) -> Result<Self> {
         let key = |name: &str| serde_json::to_string(name).expect("a string serialises");
         let n = schema.fields.len();
         let mut literals: Vec<Vec<u8>> = schema
@@ -264,21 +266,23 @@ impl Grammar {
             .fields
             .iter()
             .map(|f| match (f.format, mode) {
-                (None, _) => Rule::Any,
+                (None, _) => Ok(Rule::Any),
                 (Some(Format::Email), Constrain::Copy) => {
                     let found: Vec<Vec<u8>> = crate::format::emails(text).into_iter().map(String::into_bytes).collect();
                     match (found.is_empty(), f.nullable) {
-                        (false, _) => Rule::OneOf(found),
-                        (true, true) => Rule::NullOnly,
-                        // A required value must be some string: with no address in the text the
-                        // copy constraint alone applies.
-                        (true, false) => Rule::Any,
+                        (false, _) => Ok(Rule::OneOf(found)),
+                        (true, true) => Ok(Rule::NullOnly),
+                        // Any string would break the format, null the schema: no answer is right.
+                        (true, false) => Err(Error::Unsupported(format!(
+                            "the text holds no email address for the required field `{}` (format email, copy mode): make it nullable",
+                            f.name
+                        ))),
                     }
                 }
-                (Some(Format::Email), _) => Rule::EmailShape,
+                (Some(Format::Email), _) => Ok(Rule::EmailShape),
             })
-            .collect();
-        Self {
+            .collect::<Result<_>>()?;
+        Ok(Self {
             mode,
             literals,
             nullable: schema.fields.iter().map(|f| f.nullable).collect(),
@@ -291,7 +295,7 @@ impl Grammar {
                 c.dedup();
                 c
             },
-        }
+        })
     }
 
     pub fn start(&self) -> State {
@@ -614,7 +618,7 @@ mod tests {
         let schema = Schema::default();
         let at_email = |g: &Grammar| g.step_bytes(&g.start(), br#"{"name": null, "address": null, "email": "#).unwrap();
         let text = "甘信喜｜linjun807@outlook.com｜水压太低 n@x";
-        let g = Grammar::new(&schema, Constrain::Copy, text);
+        let g = Grammar::new(&schema, Constrain::Copy, text).unwrap();
         let open = g.step(&at_email(&g), b'"').unwrap();
         let n = g.step(&open, b'l').unwrap();
         assert!(g.step(&n, b'"').is_none(), "a letter of the address is not the address");
@@ -623,14 +627,15 @@ mod tests {
         let whole = g.step_bytes(&open, b"linjun807@outlook.com").unwrap();
         assert!(g.step_bytes(&whole, b"\", ").is_some());
         assert!(g.step_bytes(&at_email(&g), b"null, ").is_some());
-        let none = Grammar::new(&schema, Constrain::Copy, "没有邮箱，只有 a@b");
+        let none = Grammar::new(&schema, Constrain::Copy, "没有邮箱，只有 a@b").unwrap();
         assert!(none.step(&at_email(&none), b'"').is_none(), "nothing to copy: null only");
         assert!(none.step_bytes(&at_email(&none), b"null").is_some());
         let mut required = Schema::default();
         required.fields[2].nullable = false;
-        let g = Grammar::new(&required, Constrain::Copy, "没有邮箱");
-        assert!(g.step_bytes(&at_email(&g), b"\"\xe9\x82\xae\"").is_some(), "required and none in the text: any substring");
-        let g = Grammar::new(&schema, Constrain::Json, "x");
+        let Err(e) = Grammar::new(&required, Constrain::Copy, "没有邮箱") else { panic!("required and no address: no valid answer") };
+        assert!(e.to_string().contains("no email address for the required field `email`"), "{e}");
+        assert!(Grammar::new(&required, Constrain::Json, "没有邮箱").is_ok(), "json mode shapes an address instead");
+        let g = Grammar::new(&schema, Constrain::Json, "x").unwrap();
         let open = g.step(&at_email(&g), b'"').unwrap();
         assert!(g.step_bytes(&open, b"ab\"").is_none());
         assert!(g.step_bytes(&open, b"ab@c.d\"").is_some());
@@ -653,7 +658,7 @@ mod tests {
         for mode in [Constrain::Json, Constrain::Copy] {
             for round in 0..24 {
                 let text = texts[round % texts.len()];
-                let g = Grammar::new(&schema, mode, text);
+                let g = Grammar::new(&schema, mode, text).unwrap();
                 let mut s = g.start();
                 let mut out: Vec<u8> = Vec::new();
                 for _ in 0..200 {

@@ -267,7 +267,7 @@ impl<'a, B: Backend> Engine<'a, B> {
             },
         };
         if request.constrain != Constrain::None {
-            let grammar = Grammar::new(&slot.schema, request.constrain, &text);
+            let grammar = Grammar::new(&slot.schema, request.constrain, &text)?;
             let mut state = grammar.start();
             let forced = grammar.forced(&state);
             if !forced.is_empty() {

@@ -179,7 +179,7 @@ mod tests {
         let tok = tokenizer();
         let table = TokenTable::new(&tok, 151936);
         let text = "龙琳，宁夏回族自治区璐市城东林街g座 955491，邮箱 nafan@example.com \"quoted\"";
-        let g = Grammar::new(&Schema::default(), Constrain::Copy, text);
+        let g = Grammar::new(&Schema::default(), Constrain::Copy, text).unwrap();
         let start = g.step_bytes(&g.start(), b"{\"name\": ").unwrap();
         assert!(draft(&g, &start, &tok, &table, 8).is_empty(), "before the value");
         let opened = g.step_bytes(&start, b"\"").unwrap();
@@ -193,7 +193,7 @@ mod tests {
         let d = draft(&g, &s, &tok, &table, 16);
         let bytes: Vec<u8> = d.iter().flat_map(|&t| table.bytes(t).unwrap().to_vec()).collect();
         assert!(bytes.is_empty(), "the next byte is a quote: {:?}", String::from_utf8_lossy(&bytes));
-        let json = Grammar::new(&Schema::default(), Constrain::Json, text);
+        let json = Grammar::new(&Schema::default(), Constrain::Json, text).unwrap();
         let s = json.step_bytes(&json.start(), "{\"name\": \"宁夏".as_bytes()).unwrap();
         assert!(draft(&json, &s, &tok, &table, 4).is_empty());
     }

@@ -354,6 +354,11 @@ fn chat_completions_with_a_json_schema_whole_and_streamed() {
         None => assert!(content["email"].is_null(), "{content}"),
         Some(e) => assert!(tiqu_core::format::is_email(e.as_bytes()), "{content}"),
     }
+    // A required (non-null) email and a message without an address: no answer can be right.
+    let mut required = email.clone();
+    required["response_format"]["json_schema"]["schema"]["properties"]["email"]["type"] = json!("string");
+    required["messages"][1]["content"] = json!("没有邮箱的投诉：水压太低");
+    assert_error(server.post("/v1/chat/completions", &required), 422, &["no email address for the required field `email`"]);
     assert_error(
         server.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]})),
         400,

@@ -80,7 +80,7 @@ pub fn run<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: &ChatJ
         return Err(failed(400, format!("the prompt has {prompt_tokens} tokens; the model's context is {limit} (messages too long)")));
     }
     let budget = job.plan.max_tokens.unwrap_or(usize::MAX).min(limit - prompt_tokens);
-    let grammar = job.plan.format.as_ref().map(|(schema, mode, text)| Grammar::new(schema, *mode, text));
+    let grammar = job.plan.format.as_ref().map(|(schema, mode, text)| Grammar::new(schema, *mode, text)).transpose().map_err(|e| failed(422, e))?;
     let mut state = grammar.as_ref().map(Grammar::start);
     // Constrained content is the bytes the grammar consumed; free content is the decoded tokens.
     let mut bytes: Vec<u8> = Vec::new();
