@@ -93,6 +93,30 @@ impl LoraConfig {
         Ok(())
     }
 
+    /// The first setting that makes weights trained under `self` mean something else under
+    /// `other` (rank, scaling, targets, rsLoRA), as `(key, ours, theirs)`; dropout is free.
+    pub fn differs_from(&self, other: &Self) -> Option<(&'static str, String, String)> {
+        let set = |t: &[String]| {
+            let mut t = t.to_vec();
+            t.sort();
+            t.dedup();
+            t
+        };
+        if self.r != other.r {
+            return Some(("r", self.r.to_string(), other.r.to_string()));
+        }
+        if self.lora_alpha != other.lora_alpha {
+            return Some(("lora_alpha", self.lora_alpha.to_string(), other.lora_alpha.to_string()));
+        }
+        if set(&self.target_modules) != set(&other.target_modules) {
+            return Some(("target_modules", self.target_modules.join(","), other.target_modules.join(",")));
+        }
+        if self.use_rslora != other.use_rslora {
+            return Some(("use_rslora", self.use_rslora.to_string(), other.use_rslora.to_string()));
+        }
+        None
+    }
+
     /// LoRA parameters this config adds to a model of shape `model` (no weights needed).
     pub fn trainable_params(&self, model: &crate::Qwen3Config) -> u64 {
         let per_layer: u64 = PROJECTIONS

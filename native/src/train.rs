@@ -139,7 +139,14 @@ impl TrainArgs {
         let file = self.config.as_ref().map(|p| Ok::<_, anyhow::Error>((p.display().to_string(), RunConfig::parse_file(p)?))).transpose()?;
         let mut layers: Vec<(&str, toml::Table)> = file.iter().map(|(s, t)| (s.as_str(), t.clone())).collect();
         layers.push(("flags", self.flags()?));
-        Ok(RunConfig::from_layers(&layers)?)
+        match &self.adapter {
+            Some(dir) => {
+                let adapter = tiqu_core::checkpoint::Adapter::open(&tiqu_core::Folder::new(dir))?;
+                let source = dir.join("adapter_config.json").display().to_string();
+                Ok(RunConfig::from_layers_continuing(&layers, &adapter.config, &source)?)
+            }
+            None => Ok(RunConfig::from_layers(&layers)?),
+        }
     }
 }
 

@@ -222,6 +222,29 @@ fn adapter_that_does_not_fit_the_base_is_refused() {
     assert_error(&out, &["lora_A.weight", "shape"]);
 }
 
+/// Continuing a PEFT adapter (r 8 on three projections, rsLoRA) saves an adapter whose
+/// adapter_config.json describes its weights, so that it loads again; a setting that contradicts
+/// the adapter is refused by name before anything is written.
+#[test]
+fn continuing_an_adapter_keeps_its_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data, adapter) = (fixture("tiny-tied"), fixture("sft_small.jsonl"), fixture("peft-adapter-tied"));
+    let run = dir.path().join("more");
+    let base = ["--backend", "cpu", "train", "--model", &model, "--data", &data, "--adapter", &adapter, "--max-steps", "1", "--batch-size", "2", "--grad-accum", "1"];
+    let conflicting = dir.path().join("conflicting");
+    let out = tiqu(&[&base[..], &["--out", conflicting.to_str().unwrap(), "--r", "16"]].concat());
+    assert_error(&out, &["r 16", "adapter_config.json has 8"]);
+    assert!(!conflicting.exists(), "refused runs create nothing");
+    ok(tiqu(&[&base[..], &["--out", run.to_str().unwrap()]].concat()));
+    let cfg: Value = serde_json::from_slice(&fs::read(run.join("adapter_config.json")).unwrap()).unwrap();
+    let mut targets: Vec<&str> = cfg["target_modules"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    targets.sort();
+    assert_eq!((targets, cfg["use_rslora"].as_bool(), cfg["r"].as_u64()), (vec!["down_proj", "q_proj", "v_proj"], Some(true), Some(8)));
+    // It loads (a config of seven modules would name tensors the file does not hold).
+    let loss = eval_loss(&model, Some(&run));
+    assert!(loss.is_finite(), "{loss}");
+}
+
 #[test]
 fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();

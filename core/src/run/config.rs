@@ -144,6 +144,31 @@ impl RunConfig {
         Ok(config)
     }
 
+    /// [`Self::from_layers`] for a run that continues training `adapter` (read from `source`):
+    /// its rank, alpha, targets and rsLoRA are the run's, because its weights were trained under
+    /// them and the adapter the run saves must say so; a layer that sets one of them otherwise is
+    /// refused by name. Its dropout is a default a layer may change.
+    pub fn from_layers_continuing(layers: &[(&str, Table)], adapter: &LoraConfig, source: &str) -> Result<Self> {
+        let asked = Self::from_layers(layers)?;
+        for (layer, table) in layers {
+            let mut only = Self::default();
+            only.lora = adapter.clone();
+            let mut merged = only.to_table()?;
+            merged.extend(table.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let theirs: Self = Value::Table(merged).try_into().map_err(|e: toml::de::Error| Error::Format(format!("{layer}: {}", e.message())))?;
+            if let Some((key, ours, theirs)) = adapter.differs_from(&theirs.lora) {
+                return Err(Error::Unsupported(format!(
+                    "{layer}: {key} {theirs} differs from the adapter being continued ({source} has {ours}); leave {key} out"
+                )));
+            }
+        }
+        let dropout_set = layers.iter().any(|(_, t)| t.contains_key("lora_dropout"));
+        let mut config = asked;
+        config.lora = LoraConfig { lora_dropout: if dropout_set { config.lora.lora_dropout } else { adapter.lora_dropout }, ..adapter.clone() };
+        config.validate()?;
+        Ok(config)
+    }
+
     /// A `config.toml` (or `--config` file) as a layer.
     pub fn parse_file(path: &Path) -> Result<Table> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))?;

@@ -216,7 +216,17 @@ impl Run {
         }
         if cfg.method == Method::Lora {
             match adapter {
-                Some(dir) => Adapter::open(&Folder::new(dir))?.attach(&mut model)?,
+                Some(dir) => {
+                    let adapter = Adapter::open(&Folder::new(dir))?;
+                    // The run saves its adapter under cfg.lora: it must be what these weights mean.
+                    if let Some((key, theirs, ours)) = adapter.config.differs_from(&cfg.lora) {
+                        return Err(Error::Unsupported(format!(
+                            "{}: the adapter has {key} {theirs}, the run's settings {ours} (RunConfig::from_layers_continuing takes the adapter's)",
+                            dir.display()
+                        )));
+                    }
+                    adapter.attach(&mut model)?
+                }
                 None => model.add_lora(&cfg.lora, cfg.seed)?,
             }
         }
