@@ -255,6 +255,23 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     assert!(!run.join("checkpoint-2").exists());
 }
 
+/// A run that fails before its first checkpoint can be started over with `--resume`, under
+/// other settings (it trained nothing to keep), and its metrics hold the new attempt only.
+#[test]
+fn a_run_that_failed_before_any_checkpoint_resumes_from_step_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("nan");
+    let out = train(&run, &["--lr", "1e30", "--max-grad-norm", "0", "--save-steps", "50"]);
+    assert_error(&out, &["loss became", "no checkpoint was saved yet", "--resume starts the run over"]);
+    let again = tiqu(&["--backend", "cpu", "train", "--out", run.to_str().unwrap(), "--resume", "--lr", "1e-2", "--max-grad-norm", "1"]);
+    let stderr = String::from_utf8_lossy(&ok(again).stderr).to_string();
+    assert!(stderr.contains("no checkpoint yet; starting the run over from step 0"), "{stderr}");
+    let steps: Vec<u64> = metrics(&run).iter().filter_map(|m| m["step"].as_u64().filter(|_| m.get("loss").is_some())).collect();
+    assert_eq!(steps, (1..=6).collect::<Vec<_>>(), "one line per step of the new attempt");
+    assert!(losses(&run).iter().all(|(_, l)| l.is_finite()));
+    assert!(fs::read_to_string(run.join("config.toml")).unwrap().contains("learning_rate = 0.01"));
+}
+
 /// Unused rows of a saved restricted-vocabulary model all hold the unknown row.
 fn embedding_rows(model: &Path, name: &str, ids: &[usize]) -> Vec<Vec<f32>> {
     let bytes = fs::read(model.join("model.safetensors")).unwrap();

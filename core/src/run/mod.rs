@@ -131,10 +131,13 @@ impl Run {
                 )));
             }
         }
+        // Before its first checkpoint a run has trained nothing to keep: it starts over, under
+        // any settings (a loss that became NaN at step 3 wants a lower learning rate).
+        let started = !checkpoints(dir).is_empty();
         let mut table = stored.to_table()?;
         let mut refused = Vec::new();
         for (key, value) in changes {
-            if table.get(key) != Some(value) && !RESUMABLE.contains(&key.as_str()) {
+            if started && table.get(key) != Some(value) && !RESUMABLE.contains(&key.as_str()) {
                 refused.push(key.clone());
             }
             table.insert(key.clone(), value.clone());
@@ -287,7 +290,7 @@ impl Run {
         if self.resume {
             let found = checkpoints(run);
             if found.is_empty() {
-                return Err(Error::Format(format!("{}: no checkpoint to resume from", run.display())));
+                observer.event(&Event::Note(&format!("{}: no checkpoint yet; starting the run over from step 0", run.display())))?;
             }
             let mut first_error = None;
             for (step, dir) in found {
@@ -310,7 +313,7 @@ impl Run {
                     }
                 }
             }
-            if trainer.is_none() {
+            if trainer.is_none() && first_error.is_some() {
                 return Err(Error::Format(format!(
                     "{}: no checkpoint restores ({})",
                     run.display(),
@@ -351,7 +354,8 @@ impl Run {
             let text = toml::to_string_pretty(cfg).map_err(|e| Error::Other(e.to_string()))?;
             write_atomically(&run.join("config.toml"), text.as_bytes())?;
         }
-        let mut metrics = MetricsFile::open(&run.join("metrics.jsonl"), resumed.as_ref().map(|(s, _, _)| *s))?;
+        // A resumed run keeps the lines up to its checkpoint: none when it starts over.
+        let mut metrics = MetricsFile::open(&run.join("metrics.jsonl"), self.resume.then_some(start_step))?;
         let mut observer = Both(&mut metrics, observer);
         observer.event(&Event::Started { start_step, total_steps: total, trainable: &line, resumed: resumed.is_some() })?;
 
@@ -384,7 +388,7 @@ impl Run {
             let stats = match trainer.step(&refs, lr) {
                 Ok(s) => s,
                 Err(Error::NonFinite { step, loss }) => {
-                    let kept = last_saved.as_ref().map_or("no checkpoint was saved yet".to_string(), |d| format!("the last good checkpoint is {}", d.display()));
+                    let kept = last_saved.as_ref().map_or("no checkpoint was saved yet (--resume starts the run over, and may change its settings)".to_string(), |d| format!("the last good checkpoint is {}", d.display()));
                     return Err(Error::Other(format!("loss became {loss} at step {step}; stopped, {kept}")));
                 }
                 Err(e) => return Err(e),
