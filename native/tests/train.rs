@@ -191,13 +191,18 @@ fn bad_training_input_gets_one_clear_line() {
     let out1 = dir.path().join("r1").display().to_string();
     assert_error(&run(&[], &out1), &["bad.jsonl:7", "--skip-bad-records"]);
     let out2 = dir.path().join("r2").display().to_string();
-    let skipped = ok(run(&["--skip-bad-records", "--max-length", "64"], &out2));
+    // Prompts of 83 to 93 tokens: all six cut, four of them to no response token at all.
+    let skipped = ok(run(&["--skip-bad-records", "--max-length", "88"], &out2));
     let stderr = String::from_utf8_lossy(&skipped.stderr);
     assert!(stderr.contains("skipped 1 record"), "{stderr}");
-    assert!(stderr.contains("records longer than 64 tokens were cut"), "{stderr}");
+    assert!(stderr.contains("records longer than 88 tokens were cut"), "{stderr}");
+    assert!(stderr.contains("4 records keep no response token under max_length 88"), "{stderr}");
     let summary: Value = serde_json::from_slice(&fs::read(Path::new(&out2).join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["records_skipped"], 1);
     assert_eq!(summary["records_cut"], 6);
+    // A max_length that the prompts alone fill leaves nothing to learn: refused, not 0 labels.
+    let out5 = dir.path().join("r5").display().to_string();
+    assert_error(&run(&["--skip-bad-records", "--max-length", "8"], &out5), &["no record keeps a response token under max_length 8", "raise max_length"]);
 
     fs::write(&data, "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"no output here\"}\n").unwrap();
     let out3 = dir.path().join("r3").display().to_string();

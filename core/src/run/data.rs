@@ -12,6 +12,8 @@ pub struct Examples {
     pub examples: Vec<Example>,
     /// Records longer than `max_length` tokens, cut at the end.
     pub cut: usize,
+    /// Of those, records whose prompt alone fills `max_length`: they teach nothing.
+    pub unlabelled: usize,
     /// Lines that are not valid records, skipped.
     pub skipped: usize,
 }
@@ -45,5 +47,12 @@ pub fn load_examples(path: &Path, tok: &Tokenizer, max_length: usize, skip_bad: 
     if examples.is_empty() {
         return Err(Error::Format(format!("{source}: no usable records")));
     }
-    Ok(Examples { records, examples, cut, skipped: bad.len() })
+    if examples.iter().all(|e| e.response.is_empty()) {
+        let shortest = examples.iter().map(|e| e.prompt.len()).min().unwrap_or(0);
+        return Err(Error::Limit(format!(
+            "{source}: no record keeps a response token under max_length {max_length} (the shortest prompt takes {shortest} tokens); raise max_length"
+        )));
+    }
+    let unlabelled = examples.iter().filter(|e| e.response.is_empty()).count();
+    Ok(Examples { records, examples, cut, unlabelled, skipped: bad.len() })
 }

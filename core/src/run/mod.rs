@@ -256,6 +256,12 @@ impl Run {
         if train_data.cut > 0 {
             observer.event(&Event::Note(&format!("{} records longer than {} tokens were cut at the end", train_data.cut, cfg.max_length)))?;
         }
+        if train_data.unlabelled > 0 {
+            observer.event(&Event::Note(&format!(
+                "warning: {} records keep no response token under max_length {} (their prompts fill it): they teach nothing",
+                train_data.unlabelled, cfg.max_length
+            )))?;
+        }
         if train_data.skipped > 0 {
             observer.event(&Event::Note(&format!("skipped {} records that are not valid JSON", train_data.skipped)))?;
         }
