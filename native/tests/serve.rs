@@ -490,6 +490,24 @@ fn a_timed_out_request_stops_between_batches() {
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
 
+/// Proves: requests share the rows in turn: a one-text request sent while a long one is
+/// decoding is answered long before the long one, not after its last text.
+#[test]
+fn a_long_request_does_not_hold_every_row() {
+    let server = Server::start(&["--timeout-s", "600", "--max-batch", "2"]);
+    let job = busy(&server, 200);
+    let (status, one) = server.post("/v1/extract", &json!({"text": TEXT}));
+    assert_eq!(status, 200, "{one}");
+    assert!(!job.is_finished(), "the long request should still be decoding");
+    assert_eq!(job.join().unwrap().0, 200);
+    // Between requests the gauge falls back to 0.
+    let started = Instant::now();
+    while metric(&server.metrics(), "tiqu_rows_in_use") != 0.0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "tiqu_rows_in_use stays above 0 with nothing to decode");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Proves: a client that disconnects frees its place: a queued request is skipped when the model
 /// gets to it (long before its deadline), and a streamed completion stops decoding; the model
 /// then serves the next request.

@@ -1,9 +1,9 @@
 //! The model thread and the bounded queue into it. burn models are not meant to be shared
 //! across threads, so one thread loads the model and owns the [`Extractor`]; handlers submit
 //! [`Job`]s and await their replies. Extraction texts run on core's continuous-batching engine
-//! (`--max-batch` rows): a text takes a row as soon as one is free, whatever request it came
-//! with, and each request is answered when its last text finishes; rows carry each request's own
-//! schema and constraint. Chats run one by one between engine passes (`chat.rs`). The handlers see jobs and
+//! (`--max-batch` rows): a text takes a row as soon as one is free, the requests with texts
+//! waiting taking turns, and each request is answered when its last text finishes; rows carry
+//! each request's own schema and constraint. Chats run one by one between engine passes (`chat.rs`). The handlers see jobs and
 //! replies, never the model.
 
 use std::panic::AssertUnwindSafe;
@@ -138,13 +138,15 @@ fn serve_on<B: Backend>(device: &B::Device, model: &ModelArgs, state: &AppState,
         // Block for a job only when nothing is decoding or waiting for a row; otherwise take
         // what has arrived, as long as rows would be free for it, and decode one more pass.
         // Jobs left in the channel keep it full, which is what answers 503 under overload.
-        if engine.is_idle() && work.pending.is_empty() {
+        if engine.is_idle() && work.waiting == 0 {
             match jobs.rx.blocking_recv() {
                 Some(job) => work.accept(job, &extractor, &table, state),
                 None => break,
             }
         }
-        while engine.in_flight() + work.pending.len() < settings.max_batch {
+        // Up to --max-batch requests share the rows in turn (see `Extracts`); beyond that, jobs
+        // stay in the channel, whose bound answers 503.
+        while engine.in_flight() + work.waiting < settings.max_batch || work.pending.len() < settings.max_batch {
             match jobs.rx.try_recv() {
                 Ok(job) => work.accept(job, &extractor, &table, state),
                 Err(_) => break,
@@ -160,6 +162,8 @@ fn serve_on<B: Backend>(device: &B::Device, model: &ModelArgs, state: &AppState,
                 for (id, result) in done {
                     work.finish(id, result.map_err(|e| e.to_string().replace('\n', " ")), state);
                 }
+                // Also before blocking on an empty queue: the gauge must not keep a past batch.
+                state.metrics.rows_in_use.set(engine.rows_in_use() as i64);
             }
             Err(_) => {
                 // The engine's rows are in an unknown state: every text in it fails, and a new
@@ -180,14 +184,20 @@ struct Open {
     cancelled: Arc<AtomicBool>,
     results: Vec<Option<std::result::Result<Extraction, String>>>,
     left: usize,
+    /// The next of its texts to take a row.
+    next: usize,
 }
 
-/// The extraction jobs in progress: texts wait in `pending` until a row is free; `in_engine`
-/// maps the engine's request ids back to (job, text).
+/// The extraction jobs in progress: jobs with texts still waiting for a row are in `pending`,
+/// served in turn one text at a time, so a request of a thousand texts does not hold every row
+/// until it is done while a one-text request behind it waits; `in_engine` maps the engine's
+/// request ids back to (job, text).
 #[derive(Default)]
 struct Extracts {
     open: HashMap<usize, Open>,
-    pending: VecDeque<(usize, usize)>,
+    pending: VecDeque<usize>,
+    /// Texts waiting for a row, over all pending jobs.
+    waiting: usize,
     in_engine: HashMap<usize, (usize, usize)>,
     next_key: usize,
 }
@@ -207,11 +217,13 @@ impl Extracts {
                 let key = self.next_key;
                 self.next_key += 1;
                 let n = e.texts.len();
-                self.pending.extend((0..n).map(|t| (key, t)));
                 let schema = Arc::new(e.schema.clone());
-                self.open.insert(key, Open { job: e, schema, cancelled: job.cancelled, results: vec![None; n], left: n });
+                self.open.insert(key, Open { job: e, schema, cancelled: job.cancelled, results: vec![None; n], left: n, next: 0 });
                 if n == 0 {
                     self.close(key, state);
+                } else {
+                    self.pending.push_back(key);
+                    self.waiting += n;
                 }
             }
         }
@@ -221,8 +233,14 @@ impl Extracts {
     /// dropped instead, so a request that timed out stops taking rows.
     fn feed<B: Backend>(&mut self, engine: &mut tiqu_core::engine::Engine<'_, B>, rows: usize, state: &AppState) {
         while engine.in_flight() < rows {
-            let Some((key, t)) = self.pending.pop_front() else { break };
+            let Some(key) = self.pending.pop_front() else { break };
             let Some(open) = self.open.get_mut(&key) else { continue };
+            let t = open.next;
+            open.next += 1;
+            self.waiting -= 1;
+            if open.next < open.job.texts.len() {
+                self.pending.push_back(key);
+            }
             if open.cancelled.load(Ordering::Relaxed) {
                 open.results[t] = Some(Err("the client has gone".into()));
                 open.left -= 1;
