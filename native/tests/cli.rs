@@ -286,6 +286,9 @@ fn serve_demo_refuses_folders_that_are_not_models() {
     let model = fixture("tiny-untied");
     let out = tiqu(&["serve", "--demo", "--model", model.to_str().unwrap(), "--adapter", d, "--port", "0"]);
     assert_clean_error(&out, &["adapter_config.json", "not an adapter folder"]);
+    // The page's files are served without a key: a key would guard the API but not the weights.
+    let out = tiqu(&["serve", "--demo", "--model", model.to_str().unwrap(), "--api-key", "k", "--port", "0"]);
+    assert_clean_error(&out, &["--demo", "API key"]);
 }
 
 /// `bench verify --gather N` takes 1 to the vocabulary's size; anything else is one line naming

@@ -236,6 +236,9 @@ fn api_key_guards_v1() {
         assert_eq!((status, models["data"][0]["id"].as_str()), (200, Some("tiny-untied")));
         let (status, _) = read(client().post(server.url("/v1/extract")).bearer_auth("s3cret").json(&json!({"text": TEXT})).send().unwrap());
         assert_eq!(status, 200);
+        // The scheme's name is case-insensitive.
+        let r = client().get(server.url("/v1/models")).header("authorization", "bearer s3cret").send().unwrap();
+        assert_eq!(r.status(), 200);
         assert_eq!(server.get("/health").0, 200);
     }
 }

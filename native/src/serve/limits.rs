@@ -92,7 +92,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// `Authorization: Bearer KEY` on the routes it wraps, when a key is set.
 pub async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let Some(key) = &state.settings.api_key else { return next.run(request).await };
-    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // The scheme's name is case-insensitive (RFC 9110 §11.1): `bearer KEY` is the same header.
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (scheme, rest) = v.trim_start().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+    });
     match given {
         Some(g) if same(g.trim().as_bytes(), key.as_bytes()) => next.run(request).await,
         Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong API key").into_response(),

@@ -123,6 +123,11 @@ impl ServeArgs {
             Some(key) => Some(key.to_string()),
             None => None,
         };
+        if self.demo && api_key.is_some() {
+            // The page downloads the weights (and adapter) without a key: the key would guard the
+            // API while the model itself is free to take.
+            bail!("--demo serves the model's files to anyone, which an API key cannot guard: drop --demo or the key (--api-key / TIQU_API_KEY)");
+        }
         let schema = match &self.schema {
             Some(p) => Schema::from_json(&fs::read(p).map_err(|e| anyhow!("{}: {e}", p.display()))?, &p.display().to_string())?,
             None => Schema::default(),
