@@ -340,6 +340,13 @@ fn chat_completions_with_a_json_schema_whole_and_streamed() {
     let (status, free) = server.post("/v1/chat/completions", &long_chat(5));
     assert_eq!(status, 200, "{free}");
     assert!(free["usage"]["completion_tokens"].as_u64().unwrap() <= 5, "{free}");
+    // Constrained too: the keys the grammar writes are completion tokens that max_tokens caps.
+    for n in [1, 3] {
+        let (status, cut) = server.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": TEXT}], "response_format": {"type": "json_object"}, "max_tokens": n}));
+        assert_eq!(status, 200, "{cut}");
+        assert_eq!(cut["usage"]["completion_tokens"].as_u64(), Some(n), "{cut}");
+        assert_eq!(cut["choices"][0]["finish_reason"], "length", "{cut}");
+    }
 
     let mut bad = schema_chat(false);
     bad["response_format"]["json_schema"]["schema"]["properties"]["age"] = json!({"type": "integer"});

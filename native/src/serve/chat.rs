@@ -9,10 +9,10 @@ use std::time::Instant;
 use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tiqu_core::constrain::{Grammar, TokenTable};
+use tiqu_core::constrain::{Grammar, State, TokenTable};
 use tiqu_core::generate::sample_row;
 use tiqu_core::model::Positions;
-use tiqu_core::Extractor;
+use tiqu_core::{Extractor, Tokenizer};
 use tokio::sync::mpsc;
 
 use super::metrics::Metrics;
@@ -70,6 +70,25 @@ fn whole_utf8(bytes: &[u8]) -> &str {
     }
 }
 
+/// The tokens of what the grammar forces next (a key, a separator), at most `room` of them: they
+/// count as completion tokens, so `max_tokens` caps them too. The grammar and `bytes` advance
+/// over the tokens kept.
+fn force(g: &Grammar, s: &mut State, room: usize, tokenizer: &Tokenizer, table: &TokenTable, bytes: &mut Vec<u8>) -> Result<Vec<u32>, ChatEvent> {
+    let forced = g.forced(s);
+    if forced.is_empty() || room == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tokens = tokenizer.encode(whole_utf8(&forced)).map_err(|e| failed(500, e))?;
+    tokens.truncate(room);
+    let mut kept = Vec::new();
+    for &t in &tokens {
+        kept.extend_from_slice(table.bytes(t).ok_or_else(|| failed(500, "a forced token has no bytes"))?);
+    }
+    *s = g.step_bytes(s, &kept).ok_or_else(|| failed(500, "the grammar rejected its own literal"))?;
+    bytes.extend_from_slice(&kept);
+    Ok(tokens)
+}
+
 pub fn run<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: &ChatJob, cancelled: &AtomicBool, metrics: &Metrics) -> Result<(), ChatEvent> {
     let model = extractor.model();
     let tokenizer = extractor.tokenizer();
@@ -87,14 +106,9 @@ pub fn run<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: &ChatJ
     let mut free: Vec<u32> = Vec::new();
     let mut generated = 0usize;
     if let (Some(g), Some(s)) = (&grammar, &mut state) {
-        let forced = g.forced(s);
-        if !forced.is_empty() {
-            let tokens = tokenizer.encode(whole_utf8(&forced)).map_err(|e| failed(500, e))?;
-            *s = g.step_bytes(s, &forced).ok_or_else(|| failed(500, "the grammar rejected its own literal"))?;
-            generated += tokens.len();
-            feed.extend(tokens);
-            bytes.extend_from_slice(&forced);
-        }
+        let tokens = force(g, s, budget, tokenizer, table, &mut bytes)?;
+        generated += tokens.len();
+        feed.extend(tokens);
     }
     // The forced opening goes out with the first picked token, so that the time to the first
     // content includes the prompt's forward pass.
@@ -140,14 +154,9 @@ pub fn run<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: &ChatJ
                 if g.is_done(s) {
                     done = true;
                 } else {
-                    let forced = g.forced(s);
-                    if !forced.is_empty() {
-                        let tokens = tokenizer.encode(whole_utf8(&forced)).map_err(|e| failed(500, e))?;
-                        *s = g.step_bytes(s, &forced).ok_or_else(|| failed(500, "the grammar rejected its own literal"))?;
-                        bytes.extend_from_slice(&forced);
-                        generated += tokens.len();
-                        chunk.extend(tokens);
-                    }
+                    let tokens = force(g, s, budget - generated, tokenizer, table, &mut bytes)?;
+                    generated += tokens.len();
+                    chunk.extend(tokens);
                 }
                 content.update(whole_utf8(&bytes));
             }
