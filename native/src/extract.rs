@@ -216,7 +216,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
                 None => return Ok(()),
             }
         }
-        None => open_whole(args)?,
+        None => open_whole(args, &schema.names())?,
     };
     let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
     let options = ExtractOptions {
@@ -372,7 +372,7 @@ impl Sink {
 }
 
 /// The whole input and a plain output (a file, resumable, or stdout).
-fn open_whole(args: &ExtractArgs) -> Result<(Input, Sink, usize)> {
+fn open_whole(args: &ExtractArgs, names: &[&str]) -> Result<(Input, Sink, usize)> {
     let mut input = Input::open(&args.input)?;
     let mut done = 0usize;
     let out: Box<dyn Write> = if args.out == "-" {
@@ -384,7 +384,10 @@ fn open_whole(args: &ExtractArgs) -> Result<(Input, Sink, usize)> {
         if args.resume {
             // Each answered line is checked against the input record at its place, which is read
             // (and so skipped) as it is checked.
-            done = answered_lines(&args.out, &mut || Ok(input.next_record()?.map(|r| r.id)))?;
+            let copy = args.constrain == Constrain::Copy;
+            done = answered_lines(&args.out, names, &mut || {
+                Ok(input.next_record()?.map(|r| Expected { id: r.id, copied_from: r.text.ok().filter(|_| copy) }))
+            })?;
         } else if fs::metadata(&args.out).is_ok_and(|m| m.len() > 0) {
             bail!("{}: exists; pass --resume to continue it, or choose another --out", args.out);
         }
@@ -481,26 +484,44 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Whether `line` is one `tiqu extract` wrote for the record with id `expected`: an object of
-/// `id` and exactly one of `fields` (an object) or `error` (a string).
-fn is_answer(line: &[u8], expected: &Value) -> bool {
+/// The input record an answered line is checked against: its id, and in copy mode its text
+/// (every value copied must be in it).
+struct Expected {
+    id: Value,
+    copied_from: Option<String>,
+}
+
+/// Whether `line` is one `tiqu extract` wrote for `expected` under a schema of `names`: an
+/// object of `id` and exactly one of `fields` (the schema's keys, in order) or `error` (a
+/// string). In copy mode a value that is not in the record's text means another input.
+fn is_answer(line: &[u8], expected: &Expected, names: &[&str]) -> bool {
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(line) else { return false };
-    let answer = matches!((obj.get("fields"), obj.get("error")), (Some(Value::Object(_)), None) | (None, Some(Value::String(_))));
-    obj.len() == 2 && answer && obj.get("id") == Some(expected)
+    let fields_fit = match (obj.get("fields"), obj.get("error")) {
+        (Some(Value::Object(fields)), None) => {
+            fields.keys().map(String::as_str).eq(names.iter().copied())
+                && expected.copied_from.as_ref().is_none_or(|text| fields.values().all(|v| v.as_str().is_none_or(|v| text.contains(v))))
+        }
+        (None, Some(Value::String(_))) => true,
+        _ => false,
+    };
+    obj.len() == 2 && fields_fit && obj.get("id") == Some(&expected.id)
 }
 
 /// Complete lines already in a partial output, each checked to be this command's answer to the
 /// input record at its place (ids as `next_id` reads them): a file that is not (an unrelated
 /// file, another input's output) is refused and left as it is. Only then is a torn last line
 /// (a crash mid-write) cut off.
-fn answered_lines(path: &str, next_id: &mut dyn FnMut() -> Result<Option<Value>>) -> Result<usize> {
+fn answered_lines(path: &str, names: &[&str], next: &mut dyn FnMut() -> Result<Option<Expected>>) -> Result<usize> {
     let foreign = "not tiqu extract's output; refusing to resume into it (choose another --out)";
     let done = crate::parts::kept_lines(Path::new(path), &["{\"id\"", "{\"fields\"", "{\"error\""], foreign, &mut |n, line| {
-        let Some(id) = next_id()? else {
+        let Some(expected) = next()? else {
             bail!("{path}: has more lines than the input; not this input's output (choose another --out)");
         };
-        if !is_answer(line, &id) {
-            bail!("{path}:{n}: not tiqu extract's answer to input record {id}; refusing to resume into it (choose another --out)");
+        if !is_answer(line, &expected, names) {
+            bail!(
+                "{path}:{n}: not tiqu extract's answer to input record {} under this schema and input; refusing to resume into it (choose another --out)",
+                expected.id
+            );
         }
         Ok(())
     })?;

@@ -156,6 +156,25 @@ fn resume_refuses_files_it_did_not_write_and_out_is_never_the_input() {
     assert!(err.contains("other.jsonl:1") && err.contains("input record 1"), "{err}");
     assert_eq!(fs::read_to_string(&other).unwrap(), body);
 
+    // The same ids, but answers under another schema, or with values this input does not hold
+    // (copy mode copies every value from its text): another run's output, left as it is.
+    let schema = dir.path().join("other-schema.jsonl");
+    let body = "{\"id\":1,\"fields\":{\"name\":null,\"city\":null}}\n";
+    fs::write(&schema, body).unwrap();
+    let err = refused(run(&schema, &["--resume"]), "another schema's output");
+    assert!(err.contains("other-schema.jsonl:1") && err.contains("under this schema and input"), "{err}");
+    assert_eq!(fs::read_to_string(&schema).unwrap(), body);
+    let values = dir.path().join("other-values.jsonl");
+    let body = "{\"id\":1,\"fields\":{\"name\":\"张三\",\"address\":null,\"email\":null,\"question\":null}}\n";
+    fs::write(&values, body).unwrap();
+    let err = refused(run(&values, &["--resume"]), "another input's values");
+    assert!(err.contains("other-values.jsonl:1"), "{err}");
+    assert_eq!(fs::read_to_string(&values).unwrap(), body);
+    let fits = dir.path().join("fits.jsonl");
+    fs::write(&fits, "{\"id\":1,\"fields\":{\"name\":\"龙琳\",\"address\":null,\"email\":\"nafan@example.com\",\"question\":null}}\n").unwrap();
+    assert!(run(&fits, &["--resume", "--max-new-tokens", "8"]).status.success(), "an answer this input could have produced resumes");
+    assert_eq!(fs::read_to_string(&fits).unwrap().lines().count(), 3);
+
     // More answers than input lines.
     let long = dir.path().join("long.jsonl");
     let body: String = (1..=4).map(|i| format!("{{\"id\":{i},\"error\":\"empty text\"}}\n")).collect();
