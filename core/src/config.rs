@@ -75,12 +75,17 @@ struct RopeParameters {
 }
 
 /// Token ids from a JSON value that holds one id or a list of ids.
-pub(crate) fn token_ids(value: &Value) -> Vec<u32> {
-    match value {
-        Value::Number(n) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Value::Array(items) => items.iter().filter_map(|v| v.as_u64()).map(|n| n as u32).collect(),
-        _ => Vec::new(),
-    }
+/// `eos_token_id` as transformers takes it: an id, a list of ids, or null (unset). Anything else
+/// is an error naming `source`, never "unset": a quoted id would otherwise make generation run
+/// to the token limit on every record.
+pub(crate) fn token_ids(value: &Value, source: &str) -> Result<Vec<u32>> {
+    let id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    let ids = match value {
+        Value::Null => Some(Vec::new()),
+        Value::Array(items) => items.iter().map(id).collect(),
+        v => id(v).map(|n| vec![n]),
+    };
+    ids.ok_or_else(|| Error::Format(format!("{source}: eos_token_id must be a token id or a list of token ids, got {value}")))
 }
 
 impl Qwen3Config {
@@ -169,7 +174,7 @@ impl Qwen3Config {
             }
         }
         let dtype = raw.dtype.or(raw.torch_dtype).unwrap_or_else(|| "float32".into());
-        let eos_token_ids = raw.eos_token_id.as_ref().map(token_ids).unwrap_or_default();
+        let eos_token_ids = raw.eos_token_id.as_ref().map(|v| token_ids(v, source)).transpose()?.unwrap_or_default();
         Ok(Self {
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
@@ -232,7 +237,7 @@ impl Qwen3Config {
 pub fn generation_eos(bytes: &[u8], source: &str) -> Result<Option<Vec<u32>>> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| Error::Format(format!("{source}: not valid JSON: {e}")))?;
-    Ok(value.get("eos_token_id").map(token_ids).filter(|ids| !ids.is_empty()))
+    Ok(value.get("eos_token_id").map(|v| token_ids(v, source)).transpose()?.filter(|ids| !ids.is_empty()))
 }
 
 #[cfg(test)]

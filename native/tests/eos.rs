@@ -51,3 +51,23 @@ fn a_folder_with_null_eos_ids_loads_and_matches_transformers_loss() {
         assert!(out.status.success(), "generation needs an eos and finds one: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// An eos id of the wrong type (a quoted id, a list holding a name) is an error naming the file,
+/// never "unset" (which would decode every record to the token limit); one outside the
+/// vocabulary is refused before any record.
+#[test]
+fn an_eos_id_that_is_not_an_id_is_refused_by_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = null_eos_folder(dir.path(), true);
+    let m = model.to_str().unwrap();
+    let input = dir.path().join("in.txt");
+    fs::write(&input, "龙琳，邮箱 nafan@example.com\n").unwrap();
+    let extract = || tiqu(&["--backend", "cpu", "extract", "--model", m, "--input", input.to_str().unwrap(), "--out", "-", "--max-new-tokens", "4"]);
+    for (value, needle) in [("\"151645\"", "generation_config.json: eos_token_id"), ("[151645, \"<|im_end|>\"]", "generation_config.json: eos_token_id"), ("200000", "eos token id 200000")] {
+        fs::write(model.join("generation_config.json"), format!("{{\"eos_token_id\": {value}}}")).unwrap();
+        let out = extract();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && out.stdout.is_empty(), "{value}: {stderr}");
+        assert!(stderr.lines().count() == 1 && stderr.contains(needle), "{value}: {stderr}");
+    }
+}

@@ -184,6 +184,22 @@ fn resume_refuses_files_it_did_not_write_and_out_is_never_the_input() {
     assert_eq!(fs::read_to_string(&long).unwrap(), body);
 }
 
+/// A schema whose prompt alone fills the context fails every record: one error, before any
+/// output, instead of an error line per record and exit 0.
+#[test]
+fn a_schema_too_long_for_the_context_is_one_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.json");
+    let fields: Vec<Value> = (0..40).map(|i| serde_json::json!({"name": format!("field_{i}"), "description": "一段很长的说明文字，".repeat(8)})).collect();
+    fs::write(&schema, serde_json::json!({"fields": fields}).to_string()).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let m = model();
+    let got = tiqu(&["extract", "--model", &m, "--schema", schema.to_str().unwrap(), "--out", out.to_str().unwrap()], Some(TEXTS[0].as_bytes()));
+    let stderr = String::from_utf8_lossy(&got.stderr);
+    assert!(!got.status.success() && stderr.lines().count() == 1 && stderr.contains("before any text"), "{stderr}");
+    assert!(fs::metadata(&out).map_or(true, |m| m.len() == 0), "no line written");
+}
+
 #[test]
 fn streaming_keeps_input_order_with_fewer_rows_than_records() {
     // Short and long texts mixed, so rows finish out of submission order, and error lines

@@ -17,7 +17,7 @@ pub fn eos_token_ids(files: &dyn Files, tokenizer_files: Option<&dyn Files>, con
     if files.exists("generation_config.json") {
         let path = files.path("generation_config.json");
         let value: Value = serde_json::from_slice(&files.read("generation_config.json")?).map_err(|e| Error::json(&path, e))?;
-        let ids = value.get("eos_token_id").map(token_ids).unwrap_or_default();
+        let ids = value.get("eos_token_id").map(|v| token_ids(v, &path)).transpose()?.unwrap_or_default();
         if !ids.is_empty() {
             return Ok(ids);
         }
