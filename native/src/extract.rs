@@ -243,7 +243,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     let mut ready: BTreeMap<usize, Answer> = BTreeMap::new();
     let mut lines_of: HashMap<usize, (usize, Value, bool)> = HashMap::new();
     let (mut read, mut written) = (done, done);
-    let (mut drafted, mut accepted) = (0, 0);
+    let (mut drafted, mut accepted, mut cut) = (0, 0, 0usize);
     let mut at_end = false;
     let mut flushed = Instant::now();
     loop {
@@ -288,6 +288,11 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
                     if let Some(w) = &ex.warning {
                         bar.suspend(|| eprintln!("warning: record {rec_id}: {w}"));
                     }
+                    if ex.truncated {
+                        // Its last value may be cut short: the line is written, the user told.
+                        cut += 1;
+                        bar.suspend(|| eprintln!("warning: record {rec_id}: the answer reached --max-new-tokens {} before it closed", args.max_new_tokens));
+                    }
                     ("fields", ex.fields.to_json())
                 }
                 Err(e) => ("error", json!(e.to_string())),
@@ -300,6 +305,9 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     let n = written - done;
     let secs = start.elapsed().as_secs_f64();
     eprintln!("{n} records in {secs:.1}s ({:.2} records/s)", n as f64 / secs.max(1e-9));
+    if cut > 0 {
+        eprintln!("{cut} answers reached --max-new-tokens {} (their last value may be cut short; raise it)", args.max_new_tokens);
+    }
     if drafted > 0 {
         eprintln!(
             "speculation {}: {accepted} of {drafted} drafted tokens kept ({:.0}%); {} forward passes",

@@ -200,6 +200,20 @@ fn a_schema_too_long_for_the_context_is_one_error() {
     assert!(fs::metadata(&out).map_or(true, |m| m.len() == 0), "no line written");
 }
 
+/// An answer cut by --max-new-tokens is still a line (an object with every key), and the user is
+/// told: a warning naming the record and a count at the end.
+#[test]
+fn answers_cut_by_the_token_limit_are_reported() {
+    let m = model();
+    let input = format!("{}\n{}\n", TEXTS[0], TEXTS[2]);
+    let out = tiqu(&["extract", "--model", &m, "--max-new-tokens", "2"], Some(input.as_bytes()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(lines(&out.stdout).len(), 2);
+    assert!(stderr.contains("warning: record 1: the answer reached --max-new-tokens 2"), "{stderr}");
+    assert!(stderr.contains("2 answers reached --max-new-tokens 2"), "{stderr}");
+}
+
 #[test]
 fn streaming_keeps_input_order_with_fewer_rows_than_records() {
     // Short and long texts mixed, so rows finish out of submission order, and error lines
