@@ -191,6 +191,27 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// clap's usage error on one line: its message and tips, without the usage block (`--help`
+/// has it), so a script's log holds one line per failure like every other error.
+fn one_line(rendered: &str) -> String {
+    let mut out = String::new();
+    for line in rendered.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(if out.ends_with(':') { " " } else { "; " });
+        }
+        out.push_str(line);
+    }
+    if let Some(rest) = out.split("unexpected argument '-").nth(1) {
+        if rest.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+            out.push_str(" (a negative value is written as --flag=-1)");
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
     // A panic is a bug or a device failure, but the user still gets one line, not a backtrace:
@@ -204,7 +225,17 @@ fn main() -> ExitCode {
             *last = Some(format!("{}{at}", first.join(": ")));
         }
     }));
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind::{DisplayHelp, DisplayHelpOnMissingArgumentOrSubcommand, DisplayVersion};
+            if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+                e.exit();
+            }
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
     let hint = memory_hint(&cli.command);
     let (message, panicked) = match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => return ExitCode::SUCCESS,

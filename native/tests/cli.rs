@@ -325,3 +325,21 @@ fn huge_batches_and_lengths_are_refused_before_any_allocation() {
     let o = tiqu(&["--backend", "cpu", "bench", "generate", "--config", config, "--batch", "1", "--prompt-len", huge, "--new-tokens", "2"]);
     assert_clean_error(&o, &["--prompt-len", "max_position_embeddings"]);
 }
+
+/// Usage errors (a flag that does not exist, a value that does not parse, a missing required
+/// flag, a negative number after a space) are one line like every other error, exit 2.
+#[test]
+fn usage_errors_are_one_line() {
+    for (args, needles) in [
+        (&["extract", "--temperature", "-1"][..], &["unexpected argument '-1'", "--flag=-1"][..]),
+        (&["train", "--bogus"][..], &["--bogus"][..]),
+        (&["serve", "--max-batch", "x"][..], &["--max-batch", "'x'"][..]),
+        (&["merge"][..], &["required", "--model", "--out"][..]),
+    ] {
+        let out = tiqu(args);
+        assert_clean_error(&out, needles);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    let help = tiqu(&["--help"]);
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("Usage:"));
+}
