@@ -5,6 +5,9 @@
 //! `metrics.jsonl`), so a report can be rewritten for any run, old or unfinished, and this
 //! module does not depend on the training code's types.
 
+/// The title of `runs compare --html` pages, by which an earlier one is recognised.
+pub const COMPARE_TITLE: &str = "tiqu runs compared";
+
 mod chart;
 mod compare;
 mod page;

@@ -17,9 +17,13 @@ pub enum RunsCommand {
     Compare {
         runs: Vec<PathBuf>,
         /// Also write one HTML page with the runs' curves on the same axes and their settings
-        /// side by side, differences highlighted (a name ending in .html; replaced if it exists).
+        /// side by side, differences highlighted (a name ending in .html; an earlier compare
+        /// page there is replaced, any other file only with --force).
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
+        /// Replace an existing --html file that is not an earlier compare page.
+        #[arg(long, requires = "html")]
+        force: bool,
     },
     /// Write a run folder's report.html again from its config.toml, metrics.jsonl and
     /// summary.json (an older or an unfinished run).
@@ -27,8 +31,9 @@ pub enum RunsCommand {
 }
 
 /// Refuses an `--html` target that is not an .html file name, so that a slip of the keyboard
-/// cannot replace a run's config or metrics.
-fn check_html_target(path: &Path) -> Result<()> {
+/// cannot replace a run's config or metrics, and an existing page that `runs compare` did not
+/// write (a run's report.html, the user's own page) unless `force`.
+fn check_html_target(path: &Path, force: bool) -> Result<()> {
     let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     if path.is_dir() {
         bail!("--html {}: is a folder; give a file name ending in .html", path.display());
@@ -40,7 +45,18 @@ fn check_html_target(path: &Path) -> Result<()> {
     if !parent.is_dir() {
         bail!("--html {}: the folder {} does not exist", path.display(), parent.display());
     }
+    if path.exists() && !force && !is_compare_page(path) {
+        bail!("--html {}: exists and is not a page `runs compare` wrote; pass --force to replace it", path.display());
+    }
     Ok(())
+}
+
+/// Whether the file starts as the pages `runs compare` writes (their title is in the head).
+fn is_compare_page(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(4096).read_to_end(&mut head));
+    read.is_ok() && String::from_utf8_lossy(&head).contains(&format!("<title>{}</title>", report::COMPARE_TITLE))
 }
 
 fn summary_cell(v: Option<&Value>) -> String {
@@ -78,12 +94,12 @@ fn print_table(runs: &[PathBuf], loaded: &[report::Run]) {
 
 pub fn run(cmd: &RunsCommand) -> Result<()> {
     match cmd {
-        RunsCommand::Compare { runs, html } => {
+        RunsCommand::Compare { runs, html, force } => {
             if runs.len() < 2 {
                 bail!("runs compare takes at least two run folders");
             }
             if let Some(path) = html {
-                check_html_target(path)?;
+                check_html_target(path, *force)?;
             }
             let loaded = runs.iter().map(|r| report::load_run(r)).collect::<Result<Vec<_>>>()?;
             print_table(runs, &loaded);

@@ -76,14 +76,19 @@ fn runs_report_and_compare_html_write_self_contained_pages() {
     assert!(page.contains("id='chart-loss'") && page.contains("id='chart-eval'") && page.contains("0.25"), "charts and the rounded final loss");
 
     let html = dir.path().join("compare.html");
-    fs::write(&html, "an older comparison").unwrap();
-    let out = ok(tiqu(&["runs", "compare", a.to_str().unwrap(), b.to_str().unwrap(), "--html", html.to_str().unwrap()]));
+    fs::write(&html, "the user's own page").unwrap();
+    let compare = |extra: &[&str]| tiqu(&[&["runs", "compare", a.to_str().unwrap(), b.to_str().unwrap(), "--html", html.to_str().unwrap()][..], extra].concat());
+    assert_error(&compare(&[]), &["compare.html", "--force"]);
+    assert_eq!(fs::read_to_string(&html).unwrap(), "the user's own page");
+    ok(compare(&["--force"]));
+    // An earlier compare page is replaced without --force.
+    let out = ok(compare(&[]));
     let table = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(table.lines().any(|l| l.starts_with("*learning_rate") && l.contains("1e-4") && l.contains("3e-4")), "{table}");
     assert!(table.lines().any(|l| l.starts_with("*r ") && l.trim_end().ends_with('-')), "a full run has no LoRA rank: {table}");
     assert!(table.lines().any(|l| l.starts_with(" seed")), "{table}");
     let page = fs::read_to_string(&html).unwrap();
-    assert!(page.starts_with("<!doctype html>") && page.contains("<tr class='differs'><td>learning_rate</td>"), "an existing .html is replaced");
+    assert!(page.starts_with("<!doctype html>") && page.contains("<tr class='differs'><td>learning_rate</td>"), "the page is written");
     assert!(!page.contains("src=") && !page.contains("href="), "nothing to fetch");
     assert!(snapshot(dir.path()).iter().all(|(p, _)| !p.ends_with(".tmp")), "no temporary file left");
 }
@@ -102,13 +107,18 @@ fn bad_inputs_are_refused_in_one_line_and_touch_nothing() {
     let metrics = a.join("metrics.jsonl");
     let missing = dir.path().join("no/such/folder/c.html");
     let nothing = dir.path().join("nothing");
+    let report = a.join("report.html");
+    let fresh = dir.path().join("new.html");
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         // A slip that would overwrite a run's metrics.
         (vec!["runs", "compare", sa, sb, "--html", metrics.to_str().unwrap()], vec!["metrics.jsonl", "not an .html file name"]),
         (vec!["runs", "compare", sa, sb, "--html", sa], vec!["is a folder"]),
         (vec!["runs", "compare", sa, sb, "--html", missing.to_str().unwrap()], vec!["does not exist"]),
-        (vec!["runs", "compare", sa, dir.path().to_str().unwrap(), "--html", html.to_str().unwrap()], vec!["config.toml", "not a tiqu run folder"]),
-        (vec!["runs", "compare", sa, "--html", html.to_str().unwrap()], vec!["at least two run folders"]),
+        (vec!["runs", "compare", sa, dir.path().to_str().unwrap(), "--html", fresh.to_str().unwrap()], vec!["config.toml", "not a tiqu run folder"]),
+        (vec!["runs", "compare", sa, "--html", fresh.to_str().unwrap()], vec!["at least two run folders"]),
+        // Existing pages `runs compare` did not write: the user's, a run's report.
+        (vec!["runs", "compare", sa, sb, "--html", html.to_str().unwrap()], vec!["old.html", "--force"]),
+        (vec!["runs", "compare", sa, sb, "--html", report.to_str().unwrap()], vec!["report.html", "--force"]),
         (vec!["runs", "report", nothing.to_str().unwrap()], vec!["config.toml", "not a tiqu run folder"]),
     ];
     for (args, needles) in &cases {
@@ -121,7 +131,7 @@ fn bad_inputs_are_refused_in_one_line_and_touch_nothing() {
     fs::write(b.join("config.toml"), "model = \"m\"\nlearning_rate = = 3\n").unwrap();
     let before = snapshot(dir.path());
     assert_error(&tiqu(&["runs", "report", sb]), &["config.toml:2:"]);
-    assert_error(&tiqu(&["runs", "compare", sa, sb, "--html", html.to_str().unwrap()]), &["config.toml:2:"]);
+    assert_error(&tiqu(&["runs", "compare", sa, sb, "--html", fresh.to_str().unwrap()]), &["config.toml:2:"]);
     assert_eq!(snapshot(dir.path()), before);
     fs::write(b.join("config.toml"), cfg).unwrap();
     fs::write(b.join("summary.json"), "{\"steps\": ").unwrap();

@@ -92,7 +92,7 @@ pub fn compare_html(runs: &[Run]) -> String {
         .collect();
     body.push_str("<h2>Results</h2>");
     body.push_str(&page::table("results", &header, &cells, &[]));
-    page::page("tiqu runs compared", &body)
+    page::page(super::COMPARE_TITLE, &body)
 }
 
 #[cfg(test)]
