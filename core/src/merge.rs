@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use crate::layout::PROJECTIONS;
 use crate::lora::LoraConfig;
+use crate::Qwen3Config;
 use crate::weights::{encode, write_safetensors, SafetensorsFile};
 use crate::{Error, Result};
 
@@ -27,14 +28,28 @@ pub fn add_low_rank(w: &mut [f32], a: &[f32], b: &[f32], out: usize, inp: usize,
 
 /// Writes the merged weights of `base` + adapter to `out` as one safetensors file.
 /// Returns how many weight matrices were changed.
+///
+/// Refused before anything is written: a base tensor whose shape is not what `config` says, an
+/// adapter holding LoRA tensors the config does not target (generation refuses those too);
+/// while writing, an adapter tensor that is not finite.
 pub fn merge_into<W: std::io::Write>(
     base: &mut SafetensorsFile,
+    config: &Qwen3Config,
     lora: &LoraConfig,
     adapter: &mut SafetensorsFile,
-    num_layers: usize,
     out: &mut W,
 ) -> Result<usize> {
     lora.validate()?;
+    let num_layers = config.num_hidden_layers;
+    for (name, shape) in config.tensor_shapes() {
+        match base.info(&name) {
+            None => return Err(Error::Tensor(format!("base tensor `{name}` is missing (config.json expects {shape:?})"))),
+            Some(info) if info.shape != shape => {
+                return Err(Error::Tensor(format!("base tensor `{name}` has shape {:?}, but config.json says {shape:?}", info.shape)));
+            }
+            Some(_) => {}
+        }
+    }
     // Base weight name → adapter (A, B) keys.
     let mut targets: HashMap<String, (String, String)> = HashMap::new();
     for layer in 0..num_layers {
@@ -47,6 +62,14 @@ pub fn merge_into<W: std::io::Write>(
             };
             targets.insert(format!("{path}.weight"), (key("lora_A"), key("lora_B")));
         }
+    }
+    let lora_keys = adapter.names().filter(|n| n.contains(".lora_")).count();
+    if lora_keys != 2 * targets.len() {
+        return Err(Error::Tensor(format!(
+            "the adapter holds {lora_keys} LoRA tensors but the base ({num_layers} layers, targets {}) uses {}; adapter made for another model?",
+            lora.target_modules.join(","),
+            2 * targets.len()
+        )));
     }
     let entries = base.entries();
     let scaling = lora.scaling() as f32;
@@ -63,6 +86,9 @@ pub fn merge_into<W: std::io::Write>(
                     "adapter tensors `{a_key}` {a_shape:?} / `{b_key}` {b_shape:?} do not fit `{}` {:?} with r={}",
                     e.name, e.shape, lora.r
                 )));
+            }
+            if let Some(key) = [(a_key, &a), (b_key, &b)].into_iter().find(|(_, v)| v.iter().any(|x| !x.is_finite())).map(|(k, _)| k) {
+                return Err(Error::Tensor(format!("adapter tensor `{key}` holds NaN or infinite values; refusing to fold it in")));
             }
             add_low_rank(&mut w, &a, &b, out_dim, inp, lora.r, scaling);
             merged += 1;

@@ -168,6 +168,56 @@ fn merged_folder_gives_the_loss_of_base_plus_adapter() {
     }
 }
 
+/// `tiqu merge` refuses what loading refuses, before any folder appears: an adapter with LoRA
+/// tensors its config does not target, an adapter holding NaN, a base whose tensors are not
+/// what its config.json says.
+#[test]
+fn merge_refuses_what_loading_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = Path::new(&fixture("peft-train/after3")).to_path_buf();
+    let bytes = fs::read(adapter.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let write_adapter = |name: &str, tensors: &[(String, Vec<usize>, Vec<u8>)]| {
+        let folder = dir.path().join(name);
+        fs::create_dir_all(&folder).unwrap();
+        fs::copy(adapter.join("adapter_config.json"), folder.join("adapter_config.json")).unwrap();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+            .iter()
+            .map(|(n, shape, data)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &folder.join("adapter_model.safetensors")).unwrap();
+        folder
+    };
+    let merge = |base: &str, adapter: &Path, out: &str| tiqu(&["merge", "--model", base, "--adapter", adapter.to_str().unwrap(), "--out", dir.path().join(out).to_str().unwrap()]);
+    let base = fixture("tiny-untied");
+
+    let mut extra = tensors.clone();
+    let (name, shape, data) = tensors[0].clone();
+    extra.push((name.replace("layers.0.", "layers.7."), shape, data));
+    assert_error(&merge(&base, &write_adapter("extra", &extra), "m1"), &["LoRA tensors", "another model"]);
+
+    let mut nan = tensors.clone();
+    nan[1].2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    assert_error(&merge(&base, &write_adapter("nan", &nan), "m2"), &[&nan[1].0, "NaN"]);
+
+    let wrong = dir.path().join("wrong-base");
+    fs::create_dir_all(&wrong).unwrap();
+    for f in fs::read_dir(&base).unwrap() {
+        let f = f.unwrap().path();
+        fs::copy(&f, wrong.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut cfg: Value = serde_json::from_slice(&fs::read(wrong.join("config.json")).unwrap()).unwrap();
+    cfg["intermediate_size"] = serde_json::json!(cfg["intermediate_size"].as_u64().unwrap() * 2);
+    fs::write(wrong.join("config.json"), cfg.to_string()).unwrap();
+    assert_error(&merge(wrong.to_str().unwrap(), &adapter, "m3"), &["gate_proj", "config.json says"]);
+    for out in ["m1", "m2", "m3"] {
+        assert!(!dir.path().join(out).exists(), "{out}: a refused merge leaves no folder");
+    }
+    assert!(fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("partial")), "no partial folder left");
+}
+
 #[test]
 fn peft_adapter_loads_with_peft_eval_loss() {
     let reference: Value = serde_json::from_slice(&fs::read(repo().join("tests/fixtures/peft-train/reference.json")).unwrap()).unwrap();

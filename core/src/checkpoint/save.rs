@@ -233,7 +233,7 @@ pub fn merge_folder(base: &Checkpoint, adapter: &dyn Files, out: &Path) -> Resul
     let target = tmp.path().join(WEIGHTS);
     let file = fs::File::create(&target).map_err(|e| Error::io(target.display(), e))?;
     let mut writer = std::io::BufWriter::new(file);
-    let merged = crate::merge::merge_into(&mut weights, &lora, &mut adapter_weights, base.config().num_hidden_layers, &mut writer)?;
+    let merged = crate::merge::merge_into(&mut weights, base.config(), &lora, &mut adapter_weights, &mut writer)?;
     writer.flush().map_err(|e| Error::io(target.display(), e))?;
     drop(writer);
     let files = base.files();
