@@ -20,7 +20,7 @@ pub struct SftRecord {
 /// A record and where it came from, for messages.
 #[derive(Debug, Clone)]
 pub struct Located<T> {
-    /// 1-based line for JSONL, 1-based index for a JSON array.
+    /// 1-based line: of the record in JSONL, of its first character in a JSON array.
     pub line: usize,
     pub value: T,
 }
@@ -52,16 +52,27 @@ pub type Lenient = (Vec<Located<SftRecord>>, Vec<(usize, String)>);
 /// Like [`parse_records`], but JSONL lines that are not valid records are returned as
 /// `(line, reason)` instead of stopping the parse. A record without `output` is still an error.
 pub fn parse_records_lenient(text: &str, source: &str) -> Result<Lenient> {
+    // Editors on Windows write a byte-order mark; `data check` reads past it, and so does this.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
     let mut out = Vec::new();
     let mut bad = Vec::new();
     if trimmed.starts_with('[') {
-        let items: Vec<serde_json::Value> = serde_json::from_str(text)
+        let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(text)
             .map_err(|e| Error::Format(format!("{source}:{}: invalid JSON array: {e}", e.line())))?;
         for (i, item) in items.into_iter().enumerate() {
-            match serde_json::from_value::<SftRecord>(item) {
-                Ok(rec) => out.push(Located { line: i + 1, value: rec }),
-                Err(e) => bad.push((i + 1, format!("record {}: {e}", i + 1))),
+            // Records are located by the line they start on, as in JSONL (the raw value is a
+            // slice of `text`), with their index in the array beside it.
+            let offset = item.get().as_ptr() as usize - text.as_ptr() as usize;
+            let line = text[..offset].matches('\n').count() + 1;
+            match serde_json::from_str::<SftRecord>(item.get()) {
+                Ok(rec) => out.push(Located { line, value: rec }),
+                Err(e) => {
+                    // serde's position is within the record: made the file's line instead.
+                    let message = e.to_string();
+                    let message = message.rsplit_once(" at line ").map_or(message.as_str(), |(m, _)| m);
+                    bad.push((line + e.line().saturating_sub(1), format!("record {} of the array: {message}", i + 1)));
+                }
             }
         }
     } else {

@@ -123,16 +123,22 @@ impl serde::Serialize for Checkpointing {
 
 impl<'de> serde::Deserialize<'de> for Checkpointing {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Given {
-            Flag(bool),
-            Name(String),
+        // A visitor rather than an untagged enum, whose error ("did not match any variant")
+        // names neither the choices nor what was given.
+        struct Choice;
+        impl serde::de::Visitor<'_> for Choice {
+            type Value = Checkpointing;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("none, balanced, layer, true or false")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> std::result::Result<Checkpointing, E> {
+                Ok(if on { Checkpointing::Balanced } else { Checkpointing::None })
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> std::result::Result<Checkpointing, E> {
+                name.parse().map_err(E::custom)
+            }
         }
-        match Given::deserialize(d)? {
-            Given::Flag(on) => Ok(if on { Self::Balanced } else { Self::None }),
-            Given::Name(name) => name.parse().map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Choice)
     }
 }
 

@@ -215,6 +215,9 @@ pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
         if args.settings.model.is_none() && args.config.is_none() {
             bail!("--model is required (or --resume with --out)");
         }
+        if out.exists() && !out.is_dir() {
+            bail!("{}: is a file, not a run folder; choose another --out", out.display());
+        }
         if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
             bail!("{}: run folder exists and is not empty; pass --resume to continue it, or another --out", out.display());
         }

@@ -270,6 +270,51 @@ fn bad_training_input_gets_one_clear_line() {
     assert!(!out4.exists(), "refused runs create nothing");
 }
 
+/// Inputs as editors and other tools write them: a JSONL with a byte-order mark trains (as
+/// `data check` reads it); a bad record of a pretty-printed JSON array is named by its line in
+/// the file; a setting of the wrong type in a TOML file is named by key; `--out` naming a file is
+/// said so. No refused run leaves a folder behind.
+#[test]
+fn inputs_from_other_tools_and_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, good) = (fixture("tiny-untied"), fs::read_to_string(fixture("sft_small.jsonl")).unwrap());
+    let train = |data: &Path, out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec!["--backend", "cpu", "train", "--model", &model, "--data", data.to_str().unwrap(), "--max-steps", "1"];
+        let o = out.to_str().unwrap().to_string();
+        args.extend(["--out", &o]);
+        args.extend_from_slice(extra);
+        (tiqu(&args), out)
+    };
+    let bom = dir.path().join("bom.jsonl");
+    fs::write(&bom, format!("\u{feff}{good}")).unwrap();
+    ok(train(&bom, "bom-run", &[]).0);
+
+    let mut records: Vec<Value> = good.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    records[2]["output"] = serde_json::json!(5);
+    let pretty = dir.path().join("pretty.json");
+    let text = serde_json::to_string_pretty(&records).unwrap();
+    fs::write(&pretty, &text).unwrap();
+    let line = text.lines().position(|l| l.contains("\"output\": 5")).unwrap() + 1;
+    let (out, run) = train(&pretty, "pretty-run", &[]);
+    assert_error(&out, &[&format!("pretty.json:{line}: record 3 of the array"), "expected a string"]);
+    assert!(!run.exists(), "a refused run leaves no folder");
+
+    let toml = dir.path().join("run.toml");
+    for (text, needles) in [
+        ("learning_rate = \"fast\"\n", &["run.toml", "`learning_rate`", "expected f64"][..]),
+        ("gradient_checkpointing = 5\n", &["`gradient_checkpointing`", "none, balanced, layer, true or false"][..]),
+    ] {
+        fs::write(&toml, text).unwrap();
+        let (out, run) = train(Path::new(&fixture("sft_small.jsonl")), "toml-run", &["--config", toml.to_str().unwrap()]);
+        assert_error(&out, needles);
+        assert!(!out.stderr.is_empty() && !String::from_utf8_lossy(&out.stderr).contains("untagged"));
+        assert!(!run.exists());
+    }
+    fs::write(dir.path().join("a-file"), "x").unwrap();
+    assert_error(&train(Path::new(&fixture("sft_small.jsonl")), "a-file", &[]).0, &["a-file: is a file, not a run folder"]);
+}
+
 #[test]
 fn adapter_that_does_not_fit_the_base_is_refused() {
     let data = fixture("sft_small.jsonl");

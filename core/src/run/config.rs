@@ -137,6 +137,16 @@ impl RunConfig {
             }
         }
         let config: Self = Value::Table(merged.clone()).try_into().map_err(|e: toml::de::Error| {
+            // The error of a whole table names no key: find the value that fails on its own.
+            for (source, layer) in layers.iter().rev() {
+                for (key, value) in layer {
+                    let Ok(mut alone) = Self::default().to_table() else { continue };
+                    alone.insert(key.clone(), value.clone());
+                    if let Err(e) = Value::Table(alone).try_into::<Self>() {
+                        return Error::Format(format!("{source}: `{key}` = {value}: {}", e.message().replace('\n', " ")));
+                    }
+                }
+            }
             let what = layers.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ");
             Error::Format(format!("{}: {}", if what.is_empty() { "settings" } else { &what }, e.message().replace('\n', " ")))
         })?;

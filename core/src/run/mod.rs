@@ -94,6 +94,9 @@ impl Run {
     /// A new run in `dir`, which must not exist or be empty. Data paths (and a model given as
     /// a folder) are stored absolute.
     pub fn create(dir: &Path, mut config: RunConfig) -> Result<Self> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::Format(format!("{}: is a file, not a run folder; choose another folder", dir.display())));
+        }
         if dir.exists() && fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
             return Err(Error::Format(format!("{}: run folder exists and is not empty; resume it, or use another folder", dir.display())));
         }
@@ -239,7 +242,6 @@ impl Run {
     fn train<B: AutodiffBackend>(&self, device: &B::Device, more: &[B::Device], opts: &RunOptions, observer: &mut dyn Observer) -> Result<Finished> {
         let cfg = &self.config;
         let run = self.dir.as_path();
-        fs::create_dir_all(run).map_err(|e| Error::io(run.display(), e))?;
         let base = Checkpoint::resolve(&cfg.model)?;
         let tokenizer_dir = opts.tokenizer.as_ref().map(Folder::new);
         let tokenizer_files: &dyn Files = match &tokenizer_dir {
@@ -265,6 +267,8 @@ impl Run {
         if train_data.skipped > 0 {
             observer.event(&Event::Note(&format!("skipped {} records that are not valid JSON", train_data.skipped)))?;
         }
+        // Created once the model and the data have been read: a refused run leaves no folder.
+        fs::create_dir_all(run).map_err(|e| Error::io(run.display(), e))?;
         let mut train = train_data.examples;
         let mut eval = eval_data.as_ref().map(|e| e.examples.clone());
         let vocab = if cfg.restrict_vocab {
