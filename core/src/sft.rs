@@ -49,6 +49,45 @@ pub fn parse_records(text: &str, source: &str) -> Result<Vec<Located<SftRecord>>
 /// Parsed records, and `(line, reason)` for each line that is not a valid record.
 pub type Lenient = (Vec<Located<SftRecord>>, Vec<(usize, String)>);
 
+/// [`parse_records_lenient`] over a file's bytes: a JSONL line that is not UTF-8 is a bad line
+/// like any other (as `data check` counts it), not the whole file's error; a JSON array must be
+/// UTF-8 throughout.
+pub fn parse_records_bytes_lenient(bytes: &[u8], source: &str) -> Result<Lenient> {
+    let Err(e) = std::str::from_utf8(bytes) else {
+        return parse_records_lenient(std::str::from_utf8(bytes).unwrap_or_default(), source);
+    };
+    let line_at = |at: usize| bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+    let body = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(Error::Format(format!("{source}:{}: not valid UTF-8", line_at(e.valid_up_to()))));
+    }
+    let mut text = String::with_capacity(bytes.len());
+    let mut bad = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        match std::str::from_utf8(line) {
+            Ok(l) => text.push_str(l),
+            Err(_) => bad.push((i + 1, "not valid UTF-8".to_string())),
+        }
+        text.push('\n');
+    }
+    let (records, mut more) = match parse_records_lenient(&text, source) {
+        Err(_) if text.trim().is_empty() => (Vec::new(), Vec::new()),
+        other => other?,
+    };
+    more.extend(bad);
+    more.sort_by_key(|b| b.0);
+    Ok((records, more))
+}
+
+/// [`parse_records`] over a file's bytes: the first bad line, a non-UTF-8 one included, is the error.
+pub fn parse_records_bytes(bytes: &[u8], source: &str) -> Result<Vec<Located<SftRecord>>> {
+    let (records, bad) = parse_records_bytes_lenient(bytes, source)?;
+    match bad.first() {
+        Some((line, why)) => Err(Error::Format(format!("{source}:{line}: {why}"))),
+        None => Ok(records),
+    }
+}
+
 /// Like [`parse_records`], but JSONL lines that are not valid records are returned as
 /// `(line, reason)` instead of stopping the parse. A record without `output` is still an error.
 pub fn parse_records_lenient(text: &str, source: &str) -> Result<Lenient> {

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use tiqu_core::eval::{evaluate_sft, SftEvalOptions};
-use tiqu_core::sft::{parse_records, parse_records_lenient};
+use tiqu_core::sft::{parse_records_bytes, parse_records_bytes_lenient};
 use tiqu_core::{Constrain, ExtractOptions};
 
 use crate::backend::BackendName;
@@ -109,9 +109,9 @@ fn check_replaceable(mistakes: &Path, data: &Path) -> Result<()> {
 /// Runs the evaluation and returns its JSON result.
 pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) -> Result<Value> {
     let source = args.data.display().to_string();
-    let text = fs::read_to_string(&args.data).map_err(|e| anyhow!("{source}: {e}"))?;
+    let text = fs::read(&args.data).map_err(|e| anyhow!("{source}: {e}"))?;
     // The loss alone needs every record: a bad line is an error there. Extraction counts it.
-    let (records, bad_lines) = if args.loss_only { (parse_records(&text, &source)?, Vec::new()) } else { parse_records_lenient(&text, &source)? };
+    let (records, bad_lines) = if args.loss_only { (parse_records_bytes(&text, &source)?, Vec::new()) } else { parse_records_bytes_lenient(&text, &source)? };
     if records.is_empty() {
         bail!("{source}: no usable record to evaluate ({} unusable)", bad_lines.len());
     }

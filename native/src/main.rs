@@ -191,6 +191,22 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// The error and its causes on one line, each cause once: core's I/O errors already show their
+/// source, which `{:#}` would repeat ("x: stream did not contain valid UTF-8: stream did not…").
+fn error_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out.replace('\n', " ")
+}
+
 /// clap's usage error on one line: its message and tips, without the usage block (`--help`
 /// has it), so a script's log holds one line per failure like every other error.
 fn one_line(rendered: &str) -> String {
@@ -239,7 +255,7 @@ fn main() -> ExitCode {
     let hint = memory_hint(&cli.command);
     let (message, panicked) = match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => return ExitCode::SUCCESS,
-        Ok(Err(e)) => (format!("{e:#}").replace('\n', " "), false),
+        Ok(Err(e)) => (error_line(&e), false),
         Err(_) => (format!("internal failure: {}", LAST_PANIC.lock().ok().and_then(|l| l.clone()).unwrap_or_default()), true),
     };
     if is_out_of_memory(&message) {

@@ -311,6 +311,16 @@ fn inputs_from_other_tools_and_their_errors() {
         assert!(!out.stderr.is_empty() && !String::from_utf8_lossy(&out.stderr).contains("untagged"));
         assert!(!run.exists());
     }
+    // A line that is not UTF-8 is a bad record like any other: named by line (once, not the
+    // whole file's error repeated), skipped with --skip-bad-records.
+    let mut bytes = good.lines().take(3).map(|l| format!("{l}\n")).collect::<String>().into_bytes();
+    bytes.extend_from_slice(b"\xff\xfe not text\n");
+    bytes.extend_from_slice(good.lines().skip(3).map(|l| format!("{l}\n")).collect::<String>().as_bytes());
+    let latin = dir.path().join("latin.jsonl");
+    fs::write(&latin, &bytes).unwrap();
+    let (out, _) = train(&latin, "latin-run", &[]);
+    assert_error(&out, &["latin.jsonl:4: not valid UTF-8", "--skip-bad-records"]);
+    ok(train(&latin, "latin-run", &["--skip-bad-records"]).0);
     fs::write(dir.path().join("a-file"), "x").unwrap();
     assert_error(&train(Path::new(&fixture("sft_small.jsonl")), "a-file", &[]).0, &["a-file: is a file, not a run folder"]);
 }

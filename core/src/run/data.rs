@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::sft::{parse_records_lenient, Example, Located, SftRecord};
+use crate::sft::{parse_records_bytes_lenient, Example, Located, SftRecord};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -22,8 +22,8 @@ pub struct Examples {
 /// [`Error::Record`] unless `skip_bad` (then counted).
 pub fn load_examples(path: &Path, tok: &Tokenizer, max_length: usize, skip_bad: bool) -> Result<Examples> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(&source, e))?;
-    let (records, bad) = parse_records_lenient(&text, &source)?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(&source, e))?;
+    let (records, bad) = parse_records_bytes_lenient(&bytes, &source)?;
     if let Some((line, why)) = bad.first() {
         if !skip_bad {
             return Err(Error::Record { path: source, line: *line, message: why.clone() });
