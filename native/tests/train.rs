@@ -482,6 +482,24 @@ fn resume_refuses_changed_settings_and_edited_configs_and_finds_its_data_from_an
     ok(out);
     assert!(fs::read_to_string(run.join("config.toml")).unwrap().contains(&fixture("sft_small.jsonl")));
     assert!(before.iter().any(|(p, _)| p.ends_with("checkpoint-2/optimizer.safetensors")));
+
+    // The data file edited since the checkpoint (one record dropped): refused, nothing changed.
+    let data = dir.path().join("data.jsonl");
+    let records = fs::read_to_string(fixture("sft_small.jsonl")).unwrap();
+    fs::write(&data, &records).unwrap();
+    let moved = dir.path().join("moved");
+    let mut args = train_args(moved.to_str().unwrap(), &["--max-steps", "4", "--save-steps", "2"]);
+    let model = fixture("tiny-untied");
+    args[4] = &model;
+    args[6] = data.to_str().unwrap();
+    ok(tiqu(&args));
+    fs::remove_dir_all(moved.join("checkpoint-4")).unwrap();
+    fs::write(&data, records.lines().skip(1).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let kept = snapshot(&moved);
+    assert_error(&resume(&moved), &["data.jsonl", "differ from those checkpoint-2 was trained on"]);
+    assert_eq!(snapshot(&moved), kept, "a refused resume changes nothing");
+    fs::write(&data, &records).unwrap();
+    ok(resume(&moved));
 }
 
 #[test]

@@ -269,6 +269,17 @@ impl Run {
         }
         // Created once the model and the data have been read: a refused run leaves no folder.
         fs::create_dir_all(run).map_err(|e| Error::io(run.display(), e))?;
+        // Of the ids before the vocabulary narrows them; checked before anything is written.
+        let digest = data::digest(&train_data.examples);
+        if self.resume {
+            let saved = checkpoints(run).into_iter().find_map(|(step, dir)| Some((step, TrainerState::read(&dir).ok()?.data_digest?)));
+            if let Some((step, _)) = saved.filter(|(_, was)| *was != digest) {
+                return Err(Error::Unsupported(format!(
+                    "{}: the training records differ from those checkpoint-{step} was trained on; restore the file, or start a new run",
+                    cfg.data
+                )));
+            }
+        }
         let mut train = train_data.examples;
         let mut eval = eval_data.as_ref().map(|e| e.examples.clone());
         let vocab = if cfg.restrict_vocab {
@@ -355,6 +366,7 @@ impl Run {
             }
         };
         let start_step = resumed.as_ref().map_or(0, |(s, _, _)| *s);
+
         let elapsed_before = resumed.as_ref().map_or(0.0, |(_, _, st)| st.elapsed_s);
         if !self.resume {
             let text = toml::to_string_pretty(cfg).map_err(|e| Error::Other(e.to_string()))?;
@@ -419,7 +431,7 @@ impl Run {
             };
             observer.event(&Event::Step(&record))?;
             if done % cfg.save_steps.max(1) == 0 || done == total {
-                let state = TrainerState { global_step: done, total_steps: total, elapsed_s: record.elapsed_s, config: Some(cfg.clone()) };
+                let state = TrainerState { global_step: done, total_steps: total, elapsed_s: record.elapsed_s, config: Some(cfg.clone()), data_digest: Some(digest.clone()) };
                 let dir = state::save(run, &trainer, cfg, &folder, &state)?;
                 observer.event(&Event::Saved { step: done, dir: &dir })?;
                 last_saved = Some(dir);

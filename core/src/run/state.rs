@@ -31,6 +31,10 @@ pub struct TrainerState {
     /// The settings the checkpoint was trained under (absent in checkpoints of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<RunConfig>,
+    /// [`super::data::digest`] of the training examples (absent in older checkpoints): a resume
+    /// over other data, or the same file under another tokenizer, is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_digest: Option<String>,
 }
 
 impl TrainerState {
