@@ -205,18 +205,12 @@ fn floor_char_boundary(s: &str, at: usize) -> usize {
 
 impl<B: Backend> crate::checkpoint::Loaded<B> {
     /// An extractor over the loaded model (which needs an eos token).
-    /// Whatever would fail every record is an error here, once: a tokenizer whose ids the model
-    /// has no rows for, an eos id outside the vocabulary, a schema whose prompt leaves no room
-    /// for text.
+    /// Whatever would fail every record is an error here, once: an eos id outside the
+    /// vocabulary, a schema whose prompt leaves no room for text.
     pub fn into_extractor(self, schema: Schema, options: ExtractOptions) -> Result<Extractor<B>> {
         self.require_eos()?;
+        // (A tokenizer larger than the vocabulary was refused as the checkpoint loaded.)
         let vocab = self.model.vocab_size();
-        let tokens = self.tokenizer.vocab_size();
-        if tokens > vocab {
-            return Err(Error::Format(format!(
-                "the tokenizer has {tokens} tokens but the model's vocabulary only {vocab}: not this model's tokenizer"
-            )));
-        }
         if let Some(id) = self.eos_token_ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(Error::Format(format!("eos token id {id} is outside the model's vocabulary of {vocab}")));
         }

@@ -72,6 +72,22 @@ pub fn layer_norms(cfg: &Qwen3Config) -> [(&'static str, usize); 4] {
 }
 
 impl Qwen3Config {
+    /// Refuses a tensor of a layer this config does not have: a deeper model's weights under a
+    /// shallower config.json would otherwise load their first layers and drop the rest silently.
+    pub fn check_layer_indices<S: AsRef<str>>(&self, names: impl IntoIterator<Item = S>, source: &str) -> crate::Result<()> {
+        for name in names {
+            let name = name.as_ref();
+            let layer = name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
+            if let Some(n) = layer.filter(|&n| n >= self.num_hidden_layers) {
+                return Err(crate::Error::Tensor(format!(
+                    "{source}: tensor `{name}` is of layer {n}, but config.json says num_hidden_layers = {}",
+                    self.num_hidden_layers
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Every checkpoint tensor of this config, as transformers names and shapes it.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let h = self.hidden_size;

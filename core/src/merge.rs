@@ -41,6 +41,7 @@ pub fn merge_into<W: std::io::Write>(
 ) -> Result<usize> {
     lora.validate()?;
     let num_layers = config.num_hidden_layers;
+    config.check_layer_indices(base.names(), "the base")?;
     for (name, shape) in config.tensor_shapes() {
         match base.info(&name) {
             None => return Err(Error::Tensor(format!("base tensor `{name}` is missing (config.json expects {shape:?})"))),

@@ -343,3 +343,49 @@ fn usage_errors_are_one_line() {
     let help = tiqu(&["--help"]);
     assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("Usage:"));
 }
+
+/// A checkpoint whose tensors hold more layers than its config.json says (a deeper model's
+/// weights under a shallower config) is refused by tensor name, by every loader and by merge,
+/// instead of loading the first layers and dropping the rest.
+#[test]
+fn tensors_of_layers_the_config_lacks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("tiny-untied");
+    let short = dir.path().join("short");
+    fs::create_dir_all(&short).unwrap();
+    for f in fs::read_dir(&base).unwrap() {
+        let f = f.unwrap().path();
+        fs::copy(&f, short.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(short.join("config.json")).unwrap()).unwrap();
+    let layers = cfg["num_hidden_layers"].as_u64().unwrap();
+    cfg["num_hidden_layers"] = serde_json::json!(layers - 1);
+    fs::write(short.join("config.json"), cfg.to_string()).unwrap();
+    let data = fixture("sft_small.jsonl");
+    let needle = format!("is of layer {}, but config.json says num_hidden_layers = {}", layers - 1, layers - 1);
+    let out = tiqu(&["--backend", "cpu", "eval", "--model", short.to_str().unwrap(), "--data", data.to_str().unwrap(), "--loss-only"]);
+    assert_clean_error(&out, &[&needle]);
+    let merged = dir.path().join("merged");
+    let adapter = fixture("peft-train/after3");
+    let out = tiqu(&["merge", "--model", short.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    assert_clean_error(&out, &[&needle]);
+    assert!(!merged.exists());
+}
+
+/// A tokenizer with more tokens than the model's vocabulary (another model's) is refused as the
+/// checkpoint loads, naming both sizes, instead of failing each record that uses a high id.
+#[test]
+fn a_tokenizer_larger_than_the_vocabulary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small-vocab");
+    fs::create_dir_all(&small).unwrap();
+    for f in fs::read_dir(fixture("tiny-untied")).unwrap() {
+        let f = f.unwrap().path();
+        fs::copy(&f, small.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(small.join("config.json")).unwrap()).unwrap();
+    cfg["vocab_size"] = serde_json::json!(1000);
+    fs::write(small.join("config.json"), cfg.to_string()).unwrap();
+    let out = tiqu(&["--backend", "cpu", "generate", "--model", small.to_str().unwrap(), "--prompt", "hi", "--max-new-tokens", "2"]);
+    assert_clean_error(&out, &["tokenizer has", "vocab_size is 1000", "not this model's tokenizer"]);
+}

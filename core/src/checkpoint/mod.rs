@@ -169,7 +169,11 @@ impl Checkpoint {
     pub fn load_model<B: Backend>(&self, opts: &LoadOptions, device: &B::Device) -> Result<Qwen3ForCausalLM<B>> {
         let mut model = match opts.random_weights {
             Some(random) => Qwen3ForCausalLM::load_with(&self.config, &mut random.source(&self.config), device, opts)?,
-            None => Qwen3ForCausalLM::load_with(&self.config, &mut self.weights()?, device, opts)?,
+            None => {
+                let mut weights = self.weights()?;
+                self.config.check_layer_indices(weights.names(), &self.files.label())?;
+                Qwen3ForCausalLM::load_with(&self.config, &mut weights, device, opts)?
+            }
         };
         if let Some(files) = opts.adapter {
             Adapter::open(files)?.attach(&mut model)?;
@@ -180,6 +184,14 @@ impl Checkpoint {
     /// Model, tokenizer and eos ids.
     pub fn load<B: Backend>(&self, opts: &LoadOptions, device: &B::Device) -> Result<Loaded<B>> {
         let tokenizer = self.tokenizer(opts.tokenizer)?;
+        // Checked before the weights load: ids past the embedding would fail every record.
+        let (tokens, vocab) = (tokenizer.vocab_size(), self.config.vocab_size);
+        if tokens > vocab {
+            return Err(Error::Format(format!(
+                "{}: the tokenizer has {tokens} tokens but config.json's vocab_size is {vocab}: not this model's tokenizer",
+                self.files.label()
+            )));
+        }
         let eos_token_ids = self.eos_token_ids(&tokenizer, opts.tokenizer)?;
         let model = self.load_model(opts, device)?;
         Ok(Loaded { config: self.config.clone(), model, tokenizer, eos_token_ids })
