@@ -12,8 +12,12 @@ pub struct Message {
 /// form is byte-identical to transformers' `apply_chat_template([system?, user],
 /// add_generation_prompt=True, enable_thinking=False)`: no system block when there is no system
 /// message, and the empty think block that disables thinking. Its tokens are that string's
-/// tokens, except that a text is tokenized as text whatever it holds, so a document containing
-/// `<|im_end|>` or `<|im_start|>assistant` cannot close its turn or open another.
+/// tokens, except that special tokens in a text are tokenized as the characters they are
+/// (transformers' `split_special_tokens=True`), so a document containing `<|im_end|>` or
+/// `<|im_start|>assistant` cannot close its turn or open another. Added tokens that are not
+/// special (`<think>`, `<tool_call>`…) are matched in text as transformers matches them. Encode
+/// with [`ChatPrompt::encode`], never the string form: the tokenizer reads markers in a string
+/// as text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatPrompt {
     parts: Vec<Part>,
@@ -83,11 +87,6 @@ impl std::fmt::Display for ChatPrompt {
         }
         Ok(())
     }
-}
-
-/// The template's string form (see [`ChatPrompt`]); tokenize a prompt with [`ChatPrompt::encode`].
-pub fn chat_prompt(system: Option<&str>, user: &str) -> String {
-    ChatPrompt::new(system, user).to_string()
 }
 
 /// Marks the end of a turn; training appends it to every response so the model learns to stop.

@@ -52,7 +52,7 @@ pub mod train;
 pub mod vocab;
 pub mod weights;
 
-pub use chat::{chat_prompt, ChatPrompt, Message};
+pub use chat::{ChatPrompt, Message};
 pub use config::Qwen3Config;
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generated, Sampling};

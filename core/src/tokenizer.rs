@@ -12,8 +12,9 @@ impl Tokenizer {
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self> {
         let mut inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Format(format!("{source}: not a valid tokenizer.json: {e}")))?;
-        // Text is only ever text: a document holding `<|im_end|>` must not end its chat turn (or
-        // stop generation). Turn markers come from `special_id`, never from a string.
+        // Special tokens in text are text: a document holding `<|im_end|>` must not end its chat
+        // turn (or stop generation). Turn markers come from `special_id`, never from a string.
+        // Added tokens that are not special (`<think>`…) are still matched, as in transformers.
         inner.set_encode_special_tokens(true);
         Ok(Self { inner })
     }

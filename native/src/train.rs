@@ -131,6 +131,9 @@ impl TrainArgs {
         if self.random_weights {
             t.insert("random_weights".into(), true.into());
         }
+        if let Some(a) = &self.adapter {
+            t.insert("adapter".into(), a.display().to_string().into());
+        }
         Ok(t)
     }
 
@@ -139,13 +142,16 @@ impl TrainArgs {
         let file = self.config.as_ref().map(|p| Ok::<_, anyhow::Error>((p.display().to_string(), RunConfig::parse_file(p)?))).transpose()?;
         let mut layers: Vec<(&str, toml::Table)> = file.iter().map(|(s, t)| (s.as_str(), t.clone())).collect();
         layers.push(("flags", self.flags()?));
-        match &self.adapter {
+        let plain = RunConfig::from_layers(&layers)?;
+        match &plain.adapter {
+            // From --adapter or the file: the adapter's LoRA settings are the run's.
             Some(dir) => {
+                let dir = Path::new(dir);
                 let adapter = tiqu_core::checkpoint::Adapter::open(&tiqu_core::Folder::new(dir))?;
                 let source = dir.join("adapter_config.json").display().to_string();
                 Ok(RunConfig::from_layers_continuing(&layers, &adapter.config, &source)?)
             }
-            None => Ok(RunConfig::from_layers(&layers)?),
+            None => Ok(plain),
         }
     }
 }
@@ -199,7 +205,7 @@ pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
             bail!("--config cannot be given with --resume: the run keeps the settings in {}", out.join("config.toml").display());
         }
         // Paths given again are compared as the run stored them: absolute.
-        for key in ["data", "eval_data", "model"] {
+        for key in ["data", "eval_data", "model", "adapter"] {
             if let Some(toml::Value::String(p)) = flags.get(key) {
                 if Path::new(p).exists() {
                     let abs = std::path::absolute(p).map_err(|e| anyhow!("{p}: {e}"))?;
@@ -227,7 +233,7 @@ pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
     if args.devices.len() > accumulation {
         bail!("--devices: {} devices need --grad-accum {} or more (each device takes whole micro-batches of a step)", args.devices.len(), args.devices.len());
     }
-    let opts = RunOptions { tokenizer: args.tokenizer.clone(), adapter: args.adapter.clone(), skip_bad_records: args.skip_bad_records, threads: args.threads.unwrap_or(0), ..Default::default() };
+    let opts = RunOptions { tokenizer: args.tokenizer.clone(), skip_bad_records: args.skip_bad_records, threads: args.threads.unwrap_or(0), ..Default::default() };
     let done = execute(backend, &run, opts, &args.devices)?;
     let what = if run.config().method == Method::Full { "model" } else { "adapter" };
     println!("{what}: {}", done.output.display());

@@ -369,6 +369,13 @@ fn chat_completions_with_a_json_schema_whole_and_streamed() {
     required["response_format"]["json_schema"]["schema"]["properties"]["email"]["type"] = json!("string");
     required["messages"][1]["content"] = json!("没有邮箱的投诉：水压太低");
     assert_error(server.post("/v1/chat/completions", &required), 422, &["no email address for the required field `email`"]);
+    // A key the decoder cannot write byte for byte (it holds an added token): 422, not 500.
+    let mut think = schema_chat(false);
+    let props = think["response_format"]["json_schema"]["schema"]["properties"].as_object_mut().unwrap();
+    let name = props.remove("name").unwrap();
+    props.insert("<think>".into(), name);
+    think["response_format"]["json_schema"]["schema"]["required"] = json!(["<think>", "email"]);
+    assert_error(server.post("/v1/chat/completions", &think), 422, &["<think>", "cannot be written"]);
     assert_error(
         server.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]})),
         400,

@@ -252,7 +252,7 @@ fn bad_training_input_gets_one_clear_line() {
     assert_eq!(summary["records_cut"], 6);
     // A max_length that the prompts alone fill leaves nothing to learn: refused, not 0 labels.
     let out5 = dir.path().join("r5").display().to_string();
-    assert_error(&run(&["--skip-bad-records", "--max-length", "8"], &out5), &["no record keeps a response token under max_length 8", "raise max_length"]);
+    assert_error(&run(&["--skip-bad-records", "--max-length", "8"], &out5), &["no record keeps a response token under max_length 8", "the shortest prompt takes 83 tokens", "raise max_length"]);
 
     fs::write(&data, "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"no output here\"}\n").unwrap();
     let out3 = dir.path().join("r3").display().to_string();
@@ -353,6 +353,23 @@ fn continuing_an_adapter_keeps_its_settings() {
     // It loads (a config of seven modules would name tensors the file does not hold).
     let loss = eval_loss(&model, Some(&run));
     assert!(loss.is_finite(), "{loss}");
+    assert!(fs::read_to_string(run.join("config.toml")).unwrap().contains("adapter = "), "the run records what it continues");
+
+    // Stopped before its first checkpoint, it starts over from the adapter (not fresh pairs):
+    // at a learning rate of 1e-12 the saved pairs are the adapter's own.
+    let nan = dir.path().join("nan");
+    let out = tiqu(&[&base[..9], &["--max-steps", "3", "--out", nan.to_str().unwrap(), "--lr", "1e30", "--max-grad-norm", "0", "--save-steps", "50"]].concat());
+    assert_error(&out, &["loss became", "no checkpoint was saved yet"]);
+    ok(tiqu(&["--backend", "cpu", "train", "--out", nan.to_str().unwrap(), "--resume", "--lr", "1e-12", "--max-grad-norm", "1"]));
+    let read = |dir: &Path| {
+        let bytes = fs::read(dir.join("adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight").unwrap();
+        t.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<f32>>()
+    };
+    let (theirs, ours) = (read(Path::new(&adapter)), read(&nan));
+    assert!(theirs.iter().any(|&x| x != 0.0), "the fixture's B is trained");
+    assert!(theirs.iter().zip(&ours).all(|(a, b)| (a - b).abs() < 1e-5), "started over from the adapter");
 }
 
 #[test]

@@ -57,6 +57,10 @@ pub struct RunConfig {
     pub eval_data: Option<String>,
     /// Held-out records extracted and scored at each checkpoint (0: the eval loss alone).
     pub eval_sample: usize,
+    /// A PEFT adapter folder (stored absolute) whose pairs training continues instead of fresh
+    /// ones; its r, alpha, targets and rsLoRA are the run's ([`RunConfig::from_layers_continuing`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
     #[serde(flatten)]
     pub lora: LoraConfig,
     #[serde(flatten)]
@@ -84,6 +88,7 @@ impl Default for RunConfig {
             previous_token_init: false,
             data: String::new(),
             eval_data: None,
+            adapter: None,
             eval_sample: 32,
             lora: LoraConfig::default(),
             optimizer: OptimizerConfig::default(),
@@ -120,6 +125,7 @@ impl RunConfig {
     pub fn keys() -> Vec<String> {
         let mut keys: Vec<String> = Self::default().to_table().map(|t| t.keys().cloned().collect()).unwrap_or_default();
         keys.push("eval_data".into());
+        keys.push("adapter".into());
         keys
     }
 

@@ -31,8 +31,10 @@ pub fn load_examples(path: &Path, tok: &Tokenizer, max_length: usize, skip_bad: 
     }
     let mut cut = 0;
     let mut examples = Vec::with_capacity(records.len());
+    let mut shortest_prompt = usize::MAX;
     for rec in &records {
         let mut ex = Example::new(&rec.value, tok)?;
+        shortest_prompt = shortest_prompt.min(ex.prompt.len());
         if ex.len() > max_length {
             cut += 1;
             if ex.prompt.len() >= max_length {
@@ -48,9 +50,8 @@ pub fn load_examples(path: &Path, tok: &Tokenizer, max_length: usize, skip_bad: 
         return Err(Error::Format(format!("{source}: no usable records")));
     }
     if examples.iter().all(|e| e.response.is_empty()) {
-        let shortest = examples.iter().map(|e| e.prompt.len()).min().unwrap_or(0);
         return Err(Error::Limit(format!(
-            "{source}: no record keeps a response token under max_length {max_length} (the shortest prompt takes {shortest} tokens); raise max_length"
+            "{source}: no record keeps a response token under max_length {max_length} (the shortest prompt takes {shortest_prompt} tokens); raise max_length"
         )));
     }
     let unlabelled = examples.iter().filter(|e| e.response.is_empty()).count();

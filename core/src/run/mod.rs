@@ -54,8 +54,6 @@ use crate::{Error, Result};
 pub struct RunOptions {
     /// Read tokenizer.json (and tokenizer_config.json) from this folder instead of the model's.
     pub tokenizer: Option<PathBuf>,
-    /// Continue training this LoRA adapter instead of starting fresh pairs.
-    pub adapter: Option<PathBuf>,
     /// Skip records that are not valid JSON (counted) instead of stopping.
     pub skip_bad_records: bool,
     /// Micro-batches computed at once on their own threads (at least 1).
@@ -110,6 +108,9 @@ impl Run {
         }
         if Path::new(&config.model).is_dir() {
             config.model = absolute(&config.model)?;
+        }
+        if let Some(a) = &config.adapter {
+            config.adapter = Some(absolute(a)?);
         }
         Ok(Self { dir: dir.to_path_buf(), config, resume: false })
     }
@@ -227,7 +228,7 @@ impl Run {
                     // The run saves its adapter under cfg.lora: it must be what these weights mean.
                     if let Some((key, theirs, ours)) = adapter.config.differs_from(&cfg.lora) {
                         return Err(Error::Unsupported(format!(
-                            "{}: the adapter has {key} {theirs}, the run's settings {ours} (RunConfig::from_layers_continuing takes the adapter's)",
+                            "{}: the adapter has {key} {theirs}, the run's settings {ours}; leave {key} out (it comes from the adapter)",
                             dir.display()
                         )));
                     }
@@ -345,7 +346,7 @@ impl Run {
         let mut trainer = match trainer {
             Some(t) => t,
             None => {
-                let model = self.initial_model::<B>(&base, vocab.as_ref(), None, opts.adapter.as_deref(), opts.dtype, device)?;
+                let model = self.initial_model::<B>(&base, vocab.as_ref(), None, cfg.adapter.as_deref().map(Path::new), opts.dtype, device)?;
                 Trainer::new(model, cfg.method, cfg.optimizer.adamw, cfg.optimizer.max_grad_norm, cfg.seed)?
             }
         };

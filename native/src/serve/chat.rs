@@ -80,11 +80,14 @@ fn force(g: &Grammar, s: &mut State, room: usize, tokenizer: &Tokenizer, table: 
     }
     let mut tokens = tokenizer.encode(whole_utf8(&forced)).map_err(|e| failed(500, e))?;
     tokens.truncate(room);
+    // The literal is the schema's keys: a key holding an added token (`<think>`) or text the
+    // tokenizer normalises (not NFC) cannot be written byte for byte, which is the client's to fix.
+    let unwritable = || failed(422, format!("response_format: `{}` cannot be written as given (a key holding a special token, or not in Unicode NFC)", whole_utf8(&forced).trim()));
     let mut kept = Vec::new();
     for &t in &tokens {
-        kept.extend_from_slice(table.bytes(t).ok_or_else(|| failed(500, "a forced token has no bytes"))?);
+        kept.extend_from_slice(table.bytes(t).ok_or_else(unwritable)?);
     }
-    *s = g.step_bytes(s, &kept).ok_or_else(|| failed(500, "the grammar rejected its own literal"))?;
+    *s = g.step_bytes(s, &kept).ok_or_else(unwritable)?;
     bytes.extend_from_slice(&kept);
     Ok(tokens)
 }
@@ -93,7 +96,8 @@ pub fn run<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: &ChatJ
     let model = extractor.model();
     let tokenizer = extractor.tokenizer();
     let limit = model.max_position_embeddings;
-    let mut feed = job.plan.prompt.encode(tokenizer).map_err(|e| failed(400, e))?;
+    // Only a tokenizer without the chat markers fails here: the server's fault, not the request's.
+    let mut feed = job.plan.prompt.encode(tokenizer).map_err(|e| failed(500, e))?;
     let prompt_tokens = feed.len();
     if prompt_tokens >= limit {
         return Err(failed(400, format!("the prompt has {prompt_tokens} tokens; the model's context is {limit} (messages too long)")));

@@ -140,7 +140,9 @@ fn serve_on<B: Backend>(device: &B::Device, model: &ModelArgs, state: &AppState,
         // Jobs left in the channel keep it full, which is what answers 503 under overload.
         if engine.is_idle() && work.waiting == 0 {
             match jobs.rx.blocking_recv() {
-                Some(job) => work.accept(job, &extractor, &table, state),
+                Some(job) => {
+                    work.accept(job, &extractor, &table, state);
+                }
                 None => break,
             }
         }
@@ -148,7 +150,13 @@ fn serve_on<B: Backend>(device: &B::Device, model: &ModelArgs, state: &AppState,
         // stay in the channel, whose bound answers 503.
         while engine.in_flight() + work.waiting < settings.max_batch || work.pending.len() < settings.max_batch {
             match jobs.rx.try_recv() {
-                Ok(job) => work.accept(job, &extractor, &table, state),
+                // A chat runs whole inside `accept`: one per pass, so that chats arriving
+                // steadily cannot hold the texts already decoding.
+                Ok(job) => {
+                    if work.accept(job, &extractor, &table, state) {
+                        break;
+                    }
+                }
                 Err(_) => break,
             }
         }
@@ -204,15 +212,18 @@ struct Extracts {
 
 impl Extracts {
     /// Takes a job off the queue: a chat runs now (on its own, as before the engine: its sampling
-    /// loop is not the engine's), an extraction's texts join `pending`.
-    fn accept<B: Backend>(&mut self, job: Job, extractor: &Extractor<B>, table: &TokenTable, state: &AppState) {
+    /// loop is not the engine's), an extraction's texts join `pending`. True when a chat ran.
+    fn accept<B: Backend>(&mut self, job: Job, extractor: &Extractor<B>, table: &TokenTable, state: &AppState) -> bool {
         state.metrics.queue_depth.dec();
         if job.cancelled.load(Ordering::Relaxed) {
             state.metrics.cancelled.inc();
-            return;
+            return false;
         }
         match job.work {
-            Work::Chat(chat) => run_chat(extractor, table, chat, &job.cancelled, state),
+            Work::Chat(chat) => {
+                run_chat(extractor, table, chat, &job.cancelled, state);
+                return true;
+            }
             Work::Extract(e) => {
                 let key = self.next_key;
                 self.next_key += 1;
@@ -225,6 +236,7 @@ impl Extracts {
                     self.pending.push_back(key);
                     self.waiting += n;
                 }
+                false
             }
         }
     }
