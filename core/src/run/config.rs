@@ -167,9 +167,7 @@ impl RunConfig {
     pub fn from_layers_continuing(layers: &[(&str, Table)], adapter: &LoraConfig, source: &str) -> Result<Self> {
         let asked = Self::from_layers(layers)?;
         for (layer, table) in layers {
-            let mut only = Self::default();
-            only.lora = adapter.clone();
-            let mut merged = only.to_table()?;
+            let mut merged = Self { lora: adapter.clone(), ..Self::default() }.to_table()?;
             merged.extend(table.iter().map(|(k, v)| (k.clone(), v.clone())));
             let theirs: Self = Value::Table(merged).try_into().map_err(|e: toml::de::Error| Error::Format(format!("{layer}: {}", e.message())))?;
             if let Some((key, ours, theirs)) = adapter.differs_from(&theirs.lora) {

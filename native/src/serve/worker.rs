@@ -222,7 +222,7 @@ impl Extracts {
         match job.work {
             Work::Chat(chat) => {
                 run_chat(extractor, table, chat, &job.cancelled, state);
-                return true;
+                true
             }
             Work::Extract(e) => {
                 let key = self.next_key;
