@@ -50,6 +50,14 @@ impl Tokenizer {
     }
 }
 
+/// `text` in Unicode NFC, as Qwen3's tokenizer normalises what it encodes: a text cut to fit a
+/// prompt is decoded from its tokens, so what is copied from it is in this form.
+pub fn nfc(text: &str) -> String {
+    let mut n = tokenizers::NormalizedString::from(text);
+    n.nfc();
+    n.get().to_string()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::Tokenizer;

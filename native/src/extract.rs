@@ -507,7 +507,13 @@ fn is_answer(line: &[u8], expected: &Expected, names: &[&str]) -> bool {
     let fields_fit = match (obj.get("fields"), obj.get("error")) {
         (Some(Value::Object(fields)), None) => {
             fields.keys().map(String::as_str).eq(names.iter().copied())
-                && expected.copied_from.as_ref().is_none_or(|text| fields.values().all(|v| v.as_str().is_none_or(|v| text.contains(v))))
+                && expected.copied_from.as_ref().is_none_or(|text| {
+                    // A text cut to fit is copied from in NFC (it was decoded from its tokens).
+                    let mut normalized = None;
+                    fields.values().all(|v| {
+                        v.as_str().is_none_or(|v| text.contains(v) || normalized.get_or_insert_with(|| tiqu_core::tokenizer::nfc(text)).contains(v))
+                    })
+                })
         }
         (None, Some(Value::String(_))) => true,
         _ => false,
@@ -534,4 +540,25 @@ fn answered_lines(path: &str, names: &[&str], next: &mut dyn FnMut() -> Result<O
         Ok(())
     })?;
     Ok(done as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An earlier answer is recognised by its keys and, in copy mode, by values its record's
+    /// text holds as written or in NFC (a text cut to fit is copied from in NFC).
+    #[test]
+    fn answers_are_checked_against_their_record() {
+        let decomposed = "Jose\u{301} 投诉".to_string();
+        let expected = Expected { id: json!(1), copied_from: Some(decomposed) };
+        let names = ["name", "city"];
+        let line = |v: &str| json!({"id": 1, "fields": {"name": v, "city": null}}).to_string().into_bytes();
+        assert!(is_answer(&line("Jose\u{301}"), &expected, &names));
+        assert!(is_answer(&line("Jos\u{e9}"), &expected, &names), "the NFC form of the text");
+        assert!(!is_answer(&line("Maria"), &expected, &names), "not in this record's text");
+        assert!(!is_answer(&json!({"id": 1, "fields": {"city": null, "name": null}}).to_string().into_bytes(), &expected, &names), "keys out of order");
+        assert!(is_answer(&json!({"id": 1, "error": "empty text"}).to_string().into_bytes(), &expected, &names));
+        assert!(!is_answer(&line("Jose\u{301}"), &Expected { id: json!(2), copied_from: None }, &names), "another id");
+    }
 }
