@@ -365,7 +365,7 @@ impl WeightSource for RandomInit {
 }
 
 /// `MemAvailable` of /proc/meminfo in bytes, where there is one (Linux).
-pub(crate) fn available_memory() -> Option<u64> {
+pub fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -145,6 +145,26 @@ pub fn load_bench_config(spec: &str) -> Result<Qwen3Config> {
     Ok(Qwen3Config::from_json(&bytes, spec)?)
 }
 
+/// Refuses a size whose host memory is known, before anything is built, to exceed what the
+/// machine has (asked of the allocator, it aborts the process instead); `at_least` is a lower
+/// bound of what the run needs, so nothing that would fit is refused.
+fn check_host_memory(backend: BackendName, at_least: u128, what: &str, flags: &str) -> Result<()> {
+    if backend != BackendName::Cpu {
+        return Ok(());
+    }
+    let Some(available) = tiqu_core::weights::available_memory() else { return Ok(()) };
+    if at_least > u128::from(available) {
+        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        bail!("{what} takes at least {:.1} GiB; this machine has {:.1} GiB available (lower {flags})", gib(at_least), gib(u128::from(available)));
+    }
+    Ok(())
+}
+
+/// Bytes of a KV cache of `rows` × `positions` at 2 bytes a value, the smallest dtype.
+fn kv_cache_bytes(cfg: &Qwen3Config, rows: usize, positions: usize) -> u128 {
+    2 * (cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim) as u128 * rows as u128 * positions as u128 * 2
+}
+
 pub fn run(backend: BackendName, cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Generate(args) => with_backend!(backend, |B, device| bench_generate::<B>(&device, backend, args)),
@@ -173,6 +193,8 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     if args.prompt_len.saturating_add(args.new_tokens) > cfg.max_position_embeddings {
         bail!("--prompt-len {} + --new-tokens {} exceed the config's max_position_embeddings ({})", args.prompt_len, args.new_tokens, cfg.max_position_embeddings);
     }
+    let positions = args.prompt_len + args.new_tokens;
+    check_host_memory(backend, kv_cache_bytes(&cfg, args.batch, positions), &format!("a KV cache of {} rows × {positions} positions", args.batch), "--batch or --prompt-len")?;
     let load_start = Instant::now();
     let model: Qwen3ForCausalLM<B> = args.quant.random_model(&cfg, device)?;
     let dtype = model.dtype();
@@ -252,6 +274,8 @@ fn bench_verify<B: Backend>(device: &B::Device, backend: BackendName, args: &Ben
     if args.cache + longest > cfg.max_position_embeddings {
         bail!("--cache {} + {longest} positions exceed the model's context ({})", args.cache, cfg.max_position_embeddings);
     }
+    let positions = args.cache + longest;
+    check_host_memory(backend, kv_cache_bytes(&cfg, args.batch, positions), &format!("a KV cache of {} rows × {positions} positions", args.batch), "--batch or --cache")?;
     if args.gather.is_some_and(|g| g == 0 || g > cfg.vocab_size) {
         bail!("--gather must be from 1 to the vocabulary's {} tokens", cfg.vocab_size);
     }
@@ -343,6 +367,14 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
         crate::backend::single_threaded_kernels();
     }
     let cfg = load_bench_config(&args.config)?;
+    if args.seq > cfg.max_position_embeddings {
+        bail!("--seq {} exceeds the config's max_position_embeddings ({})", args.seq, cfg.max_position_embeddings);
+    }
+    // Far below what training keeps (a handful of f32 activations of every layer per token, and
+    // the weights at 2 bytes), so only what cannot fit is refused.
+    let tokens = args.batch as u128 * args.seq as u128;
+    let at_least = tokens * (4 * cfg.num_hidden_layers * cfg.hidden_size * 4) as u128 + 2 * u128::from(cfg.num_parameters());
+    check_host_memory(backend, at_least, &format!("training on {} rows × {} tokens", args.batch, args.seq), "--batch or --seq")?;
     let dtype = crate::backend::dtype::<B>(device, crate::backend::Use::TrainLora)?;
     let load = tiqu_core::LoadOptions { dtype: Some(dtype), ..Default::default() };
     let mut model = Qwen3ForCausalLM::<B>::load_with(&cfg, &mut RandomInit::new(42, 0.02), device, &load)?;

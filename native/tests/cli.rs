@@ -324,6 +324,18 @@ fn huge_batches_and_lengths_are_refused_before_any_allocation() {
     }
     let o = tiqu(&["--backend", "cpu", "bench", "generate", "--config", config, "--batch", "1", "--prompt-len", huge, "--new-tokens", "2"]);
     assert_clean_error(&o, &["--prompt-len", "max_position_embeddings"]);
+    // Within the row limit but far beyond any machine's memory: refused from arithmetic, before
+    // weights are built (an allocation that large aborts the process).
+    for args in [
+        &["bench", "train", "--config", "qwen3-0.6b", "--batch", "4096", "--seq", "4096", "--steps", "1"][..],
+        &["bench", "generate", "--config", "qwen3-0.6b", "--batch", "65536", "--prompt-len", "40000", "--new-tokens", "1"][..],
+        &["bench", "verify", "--config", "qwen3-0.6b", "--batch", "65536", "--cache", "40000"][..],
+    ] {
+        let o = tiqu(&[&["--backend", "cpu"][..], args].concat());
+        assert_clean_error(&o, &["takes at least", "GiB available"]);
+    }
+    let o = tiqu(&["--backend", "cpu", "bench", "train", "--config", "qwen3-0.6b", "--seq", "100000000"]);
+    assert_clean_error(&o, &["--seq", "max_position_embeddings"]);
 }
 
 /// Usage errors (a flag that does not exist, a value that does not parse, a missing required
