@@ -74,6 +74,20 @@ pub fn run_merge(args: &MergeArgs) -> Result<()> {
         None => shard::merge(&mut source, args.shards, size, None)?,
         Some(out) => {
             let dest = Location::parse(out)?;
+            // Never, even with --force: the merge reads these while it writes.
+            if let (Location::Local(o), Location::Local(i)) = (&dest, &input) {
+                if fs::canonicalize(o).ok().is_some_and(|o| fs::canonicalize(i).ok() == Some(o)) {
+                    bail!("--out {out} is the --input file; choose another --out");
+                }
+            }
+            if let (Location::Local(o), Location::Local(parts)) = (&dest, &source.0) {
+                let out_dir = o.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                if let (Ok(out_dir), Ok(parts)) = (out_dir.canonicalize(), parts.canonicalize()) {
+                    if out_dir.starts_with(&parts) {
+                        bail!("--out {out} is inside the --parts folder; choose another --out");
+                    }
+                }
+            }
             if dest.size()?.is_some() && !args.force {
                 bail!("{out}: exists; pass --force to replace it");
             }

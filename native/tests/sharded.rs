@@ -117,6 +117,15 @@ fn killed_and_restarted_shards_merge_to_the_single_process_output() {
         .unwrap());
     assert!(report.contains("4 parts complete: 2000 lines"), "{report}");
     assert_eq!(fs::read(&merged).unwrap(), fs::read(&single).unwrap(), "byte-identical to one process");
+    // --out may never be the input or a file among the parts, --force or not.
+    let part0 = parts.join("part-00000-of-00004.jsonl");
+    let (input_before, part_before) = (fs::read(&inp).unwrap(), fs::read(&part0).unwrap());
+    for (out, needle) in [(inp.clone(), "is the --input file"), (part0.display().to_string(), "inside the --parts folder")] {
+        let o = tiqu().args(["parts", "merge", "--input", &inp, "--parts", &parts_s, "--shards", "4", "--out", &out, "--force"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.lines().count() == 1 && stderr.contains(needle), "{stderr}");
+    }
+    assert_eq!((fs::read(&inp).unwrap(), fs::read(&part0).unwrap()), (input_before, part_before), "nothing replaced");
 
     // A retried task whose part is complete exits at once, changing nothing.
     let before = fs::read(parts.join("part-00000-of-00004.jsonl")).unwrap();
