@@ -19,7 +19,10 @@ pub enum Sampling {
 impl Sampling {
     /// A positive, finite temperature and a top-p in (0, 1].
     pub fn check(&self) -> Result<()> {
-        if let Sampling::Sample { temperature, top_p, .. } = self {
+        if let Sampling::Sample { temperature, top_p, top_k, .. } = self {
+            if *top_k == Some(0) {
+                return Err(Error::Other("top_k must be at least 1".into()));
+            }
             if !(*temperature > 0.0 && temperature.is_finite()) {
                 return Err(Error::Other(format!("temperature must be positive, got {temperature}")));
             }

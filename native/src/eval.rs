@@ -108,6 +108,9 @@ fn check_replaceable(mistakes: &Path, data: &Path) -> Result<()> {
 
 /// Runs the evaluation and returns its JSON result.
 pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) -> Result<Value> {
+    if args.max_new_tokens == 0 && !args.loss_only {
+        bail!("--max-new-tokens must be at least 1 (every answer would be empty)");
+    }
     let source = args.data.display().to_string();
     let text = fs::read(&args.data).map_err(|e| anyhow!("{source}: {e}"))?;
     // The loss alone needs every record: a bad line is an error there. Extraction counts it.

@@ -193,8 +193,8 @@ fn parse_record(raw: &[u8], line: usize, jsonl: bool) -> Record {
 
 pub fn run(backend: BackendName, args: &ExtractArgs) -> Result<()> {
     crate::check_rows("--batch", args.batch)?;
-    if args.max_input_tokens == 0 {
-        bail!("--max-input-tokens must be at least 1");
+    if args.max_input_tokens == 0 || args.max_new_tokens == 0 {
+        bail!("--max-input-tokens and --max-new-tokens must be at least 1");
     }
     args.sampling.sampling(args.model.seed).check()?;
     let schema = match &args.schema {

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use tiqu_core::generate::{generate, GenerateOptions, Sampling};
 use tiqu_core::chat::ChatPrompt;
@@ -58,8 +58,12 @@ pub fn run(backend: BackendName, args: &GenerateArgs) -> Result<()> {
 }
 
 fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &GenerateArgs) -> Result<()> {
-    let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
     let sampling = args.sampling.sampling(args.model.seed);
+    sampling.check()?;
+    let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
     let prompts = args
         .prompt
         .iter()
@@ -71,6 +75,15 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &GenerateArgs) ->
         pad_token_id: loaded.require_eos()?[0],
         eos_token_ids: loaded.eos_token_ids.clone(),
     };
+    let context = loaded.model.max_position_embeddings;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest + args.max_new_tokens > context {
+        eprintln!(
+            "warning: the context ({context} positions) leaves the longest prompt ({longest} tokens) {} new tokens, not --max-new-tokens {}",
+            context.saturating_sub(longest),
+            args.max_new_tokens
+        );
+    }
     let start = Instant::now();
     let outputs = generate(&loaded.model, &prompts, &opts)?;
     let secs = start.elapsed().as_secs_f64();

@@ -401,3 +401,23 @@ fn a_tokenizer_larger_than_the_vocabulary_is_refused() {
     let out = tiqu(&["--backend", "cpu", "generate", "--model", small.to_str().unwrap(), "--prompt", "hi", "--max-new-tokens", "2"]);
     assert_clean_error(&out, &["tokenizer has", "vocab_size is 1000", "not this model's tokenizer"]);
 }
+
+/// A token budget of 0 (every answer empty, exit 0 before) and top_k 0 are refused by flag;
+/// a budget past the context is said, not silently capped.
+#[test]
+fn zero_budgets_are_refused_and_capped_ones_said() {
+    let model = fixture("tiny-untied");
+    let (m, data) = (model.to_str().unwrap(), fixture("sft_small.jsonl"));
+    let d = data.to_str().unwrap();
+    for (args, needles) in [
+        (vec!["generate", "--model", m, "--prompt", "hi", "--max-new-tokens", "0"], vec!["--max-new-tokens"]),
+        (vec!["generate", "--model", m, "--prompt", "hi", "--top-k", "0"], vec!["top_k"]),
+        (vec!["eval", "--model", m, "--data", d, "--max-new-tokens", "0"], vec!["--max-new-tokens"]),
+        (vec!["extract", "--model", m, "--max-new-tokens", "0"], vec!["--max-new-tokens"]),
+    ] {
+        assert_clean_error(&tiqu(&[&["--backend", "cpu"][..], &args[..]].concat()), &needles);
+    }
+    let out = tiqu(&["--backend", "cpu", "generate", "--model", m, "--prompt", "hi", "--max-new-tokens", "100000", "--json"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not --max-new-tokens 100000"));
+}
