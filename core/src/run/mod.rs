@@ -367,7 +367,6 @@ impl Run {
             }
         };
         let start_step = resumed.as_ref().map_or(0, |(s, _, _)| *s);
-
         let elapsed_before = resumed.as_ref().map_or(0.0, |(_, _, st)| st.elapsed_s);
         if !self.resume {
             let text = toml::to_string_pretty(cfg).map_err(|e| Error::Other(e.to_string()))?;

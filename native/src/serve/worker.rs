@@ -3,8 +3,8 @@
 //! [`Job`]s and await their replies. Extraction texts run on core's continuous-batching engine
 //! (`--max-batch` rows): a text takes a row as soon as one is free, the requests with texts
 //! waiting taking turns, and each request is answered when its last text finishes; rows carry
-//! each request's own schema and constraint. Chats run one by one between engine passes (`chat.rs`). The handlers see jobs and
-//! replies, never the model.
+//! each request's own schema and constraint. Chats run one by one between engine passes
+//! (`chat.rs`). The handlers see jobs and replies, never the model.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
