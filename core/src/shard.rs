@@ -113,6 +113,46 @@ pub fn line_range<R: Read + Seek>(reader: &mut R, size: u64, spec: ShardSpec) ->
     Ok((start, end.max(start)))
 }
 
+/// FNV-1a (64 bits) of a byte stream: a fingerprint that tells an edited input from the one a
+/// part was made from (not a security measure).
+#[derive(Debug, Clone, Copy)]
+pub struct Fingerprint(u64);
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fingerprint {
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+
+    /// Of bytes `[start, end)` of `reader`.
+    pub fn of_range<R: Read + Seek>(reader: &mut R, (start, end): (u64, u64)) -> std::io::Result<String> {
+        reader.seek(SeekFrom::Start(start))?;
+        let mut f = Self::default();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut left = end.saturating_sub(start);
+        while left > 0 {
+            let n = reader.read(&mut buf[..left.min(1 << 16) as usize])?;
+            if n == 0 {
+                break;
+            }
+            f.update(&buf[..n]);
+            left -= n as u64;
+        }
+        Ok(f.hex())
+    }
+}
+
 /// What a finished part records about itself (`part-….jsonl.done`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartMarker {
@@ -123,6 +163,10 @@ pub struct PartMarker {
     pub end: u64,
     /// Lines answered: one output line per input line in `[start, end)`.
     pub lines: u64,
+    /// The [`Fingerprint`] of input bytes `[start, end)` (absent in older markers): an input
+    /// edited in place, its size kept, is another input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl PartMarker {
@@ -186,6 +230,10 @@ pub trait PartSource {
     fn part(&mut self, spec: ShardSpec) -> Result<Box<dyn BufRead + '_>>;
     /// How a part or marker is named in messages.
     fn label(&self, name: &str) -> String;
+    /// The [`Fingerprint`] of the input's bytes `[start, end)`, where the source can read them.
+    fn input_fingerprint(&mut self, _range: (u64, u64)) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// Checks every part of a `count`-shard run over an input of `input_size` bytes and writes, when
@@ -196,6 +244,7 @@ pub trait PartSource {
 pub fn merge(src: &mut dyn PartSource, count: usize, input_size: u64, mut out: Option<&mut dyn Write>) -> Result<MergeReport> {
     let mut report = MergeReport { shards: count, ..Default::default() };
     let mut next_start = 0u64;
+    let mut schema: Option<Vec<String>> = None;
     for index in 0..count {
         let spec = ShardSpec::new(index, count)?;
         let marker_name = src.label(&spec.done_name());
@@ -214,6 +263,11 @@ pub fn merge(src: &mut dyn PartSource, count: usize, input_size: u64, mut out: O
             return Err(foreign(format!("covers bytes {}..{}, but the previous part ends at {next_start}", marker.start, marker.end)));
         }
         next_start = marker.end;
+        if let Some(was) = &marker.fingerprint {
+            if src.input_fingerprint((marker.start, marker.end))?.is_some_and(|now| now != *was) {
+                return Err(foreign(format!("made from other input bytes {}..{} (the size is the same, the content is not)", marker.start, marker.end)));
+            }
+        }
         let part_name = src.label(&spec.part_name());
         let mut reader = src.part(spec)?;
         let (mut n, mut buf) = (0u64, Vec::new());
@@ -234,6 +288,23 @@ pub fn merge(src: &mut dyn PartSource, count: usize, input_size: u64, mut out: O
             let mut line = Map::new();
             line.insert("id".into(), id);
             if let Some(Value::Object(fields)) = obj.get("fields") {
+                // Every answer under one schema: parts extracted with different ones (or edited)
+                // would make a file whose lines disagree.
+                match &schema {
+                    None => schema = Some(fields.keys().cloned().collect::<Vec<_>>()),
+                    Some(keys) if !fields.keys().eq(keys.iter()) => {
+                        return Err(Error::Record {
+                            path: part_name.clone(),
+                            line: n as usize + 1,
+                            message: format!(
+                                "answered with the keys {} where the parts before have {}: extracted under another schema",
+                                fields.keys().cloned().collect::<Vec<_>>().join(","),
+                                keys.join(",")
+                            ),
+                        });
+                    }
+                    Some(_) => {}
+                }
                 for (name, v) in fields {
                     let at = match report.fields.iter().position(|(f, _, _)| f == name) {
                         Some(at) => at,
@@ -329,7 +400,7 @@ mod tests {
     }
 
     fn part(spec: (usize, usize), range: (u64, u64), lines: &[&str]) -> (Option<Vec<u8>>, Vec<u8>) {
-        let marker = PartMarker { shard: ShardSpec::new(spec.0, spec.1).unwrap(), input_size: 10, start: range.0, end: range.1, lines: lines.len() as u64 };
+        let marker = PartMarker { shard: ShardSpec::new(spec.0, spec.1).unwrap(), input_size: 10, start: range.0, end: range.1, lines: lines.len() as u64, fingerprint: None };
         (Some(marker.to_bytes()), lines.iter().map(|l| format!("{l}\n")).collect::<String>().into_bytes())
     }
 

@@ -19,7 +19,7 @@ use tiqu_core::{Constrain, ExtractOptions, Schema, Speculate};
 use crate::backend::BackendName;
 use crate::parts::{PartState, PartWriter};
 use crate::storage::Location;
-use tiqu_core::shard::ShardSpec;
+use tiqu_core::shard::{Fingerprint, ShardSpec};
 use crate::{checkpoint, with_backend, ModelArgs};
 
 #[derive(Args)]
@@ -337,6 +337,7 @@ enum Sink {
 struct PartFinish {
     input_size: u64,
     range: (u64, u64),
+    fingerprint: String,
     remote: Option<Location>,
 }
 
@@ -366,7 +367,7 @@ impl Sink {
             Self::Part { part, finish } => {
                 let spec = part.spec();
                 let local = part.path().to_path_buf();
-                let marker = part.finish(finish.input_size, finish.range)?;
+                let marker = part.finish(finish.input_size, finish.range, &finish.fingerprint)?;
                 if let Some(remote) = finish.remote {
                     // The part first, its marker last: a marker always means a whole part.
                     remote.join(&spec.part_name()).put_file(&local)?;
@@ -419,20 +420,23 @@ fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink
     // JSONL or text is the whole input's property: decided from its first non-blank line, as a
     // single process does, whatever this shard's first line looks like.
     let jsonl = first_line_is_jsonl(&mut reader).map_err(|e| anyhow!("{}: {e}", args.input))?;
+    // Recorded in the marker and checked against it: an input edited in place, its size kept,
+    // must not pass for the one a finished part answers.
+    let fingerprint = Fingerprint::of_range(&mut reader, range).map_err(|e| anyhow!("{}: {e}", args.input))?;
     let out = Location::parse(&args.out)?;
     let (dir, remote) = match &out {
         Location::Local(dir) => (dir.clone(), None),
         Location::Remote(_) => {
             let done = out.join(&spec.done_name());
             if let Some(bytes) = done.read()? {
-                let marker = crate::parts::finished_marker(&bytes, &done.display(), spec, size, range)?;
+                let marker = crate::parts::finished_marker(&bytes, &done.display(), spec, size, range, &fingerprint)?;
                 eprintln!("shard {}/{}: already complete ({} lines) in {}", spec.index, spec.count, marker.lines, out.display());
                 return Ok(None);
             }
             (crate::storage::spool_dir(&out), Some(out.clone()))
         }
     };
-    let mut part = match PartWriter::open(&dir, spec, size, range)? {
+    let mut part = match PartWriter::open(&dir, spec, size, range, &fingerprint)? {
         PartState::Done(marker) => {
             // Finished here but not uploaded (the upload failed, or the task was killed during
             // it): upload now, the part before its marker.
@@ -455,7 +459,7 @@ fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink
         }
     }
     part.flush()?;
-    Ok(Some((input, Sink::Part { part, finish: PartFinish { input_size: size, range, remote } }, done as usize)))
+    Ok(Some((input, Sink::Part { part, finish: PartFinish { input_size: size, range, fingerprint, remote } }, done as usize)))
 }
 
 /// Whether the input is JSONL, from its first non-blank line (read from the start).

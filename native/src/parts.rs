@@ -43,8 +43,8 @@ pub struct MergeArgs {
     json: bool,
 }
 
-/// The parts' folder, local or on object storage.
-struct Parts(Location);
+/// The parts' folder, local or on object storage, and the input they answer.
+struct Parts(Location, Location);
 
 fn core_error(e: anyhow::Error) -> tiqu_core::Error {
     tiqu_core::Error::Other(format!("{e:#}"))
@@ -63,13 +63,19 @@ impl PartSource for Parts {
     fn label(&self, name: &str) -> String {
         self.0.join(name).display()
     }
+
+    fn input_fingerprint(&mut self, range: (u64, u64)) -> tiqu_core::Result<Option<String>> {
+        let (_, mut reader) = self.1.open().map_err(core_error)?;
+        let label = self.1.display();
+        tiqu_core::shard::Fingerprint::of_range(&mut reader, range).map(Some).map_err(|e| tiqu_core::Error::io(label, e))
+    }
 }
 
 pub fn run_merge(args: &MergeArgs) -> Result<()> {
     ShardSpec::new(0, args.shards)?; // a count of 0 or over the limit, named before any part is read
     let input = Location::parse(&args.input)?;
     let size = input.size()?.ok_or_else(|| anyhow!("{}: no such file", args.input))?;
-    let mut source = Parts(Location::parse(&args.parts)?);
+    let mut source = Parts(Location::parse(&args.parts)?, Location::parse(&args.input)?);
     let report = match &args.out {
         None => shard::merge(&mut source, args.shards, size, None)?,
         Some(out) => {
@@ -153,12 +159,12 @@ impl PartWriter {
     /// Opens shard `spec`'s part in `dir` for a run over `[start, end)` of an input of
     /// `input_size` bytes. A part left by a killed attempt is resumed (each kept line checked to be
     /// this shard's answer, a torn last line cut); a part of another input or split is refused.
-    pub fn open(dir: &Path, spec: ShardSpec, input_size: u64, range: (u64, u64)) -> Result<PartState> {
+    pub fn open(dir: &Path, spec: ShardSpec, input_size: u64, range: (u64, u64), fingerprint: &str) -> Result<PartState> {
         fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
         let path = dir.join(spec.part_name());
         let done_path = dir.join(spec.done_name());
         if let Ok(bytes) = fs::read(&done_path) {
-            return Ok(PartState::Done(finished_marker(&bytes, &done_path.display().to_string(), spec, input_size, range)?));
+            return Ok(PartState::Done(finished_marker(&bytes, &done_path.display().to_string(), spec, input_size, range, fingerprint)?));
         }
         let lines = resume_point(&path)?;
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -184,10 +190,10 @@ impl PartWriter {
     }
 
     /// Syncs the part, then writes its marker: a part without a marker is never taken as done.
-    pub fn finish(mut self, input_size: u64, range: (u64, u64)) -> Result<PartMarker> {
+    pub fn finish(mut self, input_size: u64, range: (u64, u64), fingerprint: &str) -> Result<PartMarker> {
         self.flush()?;
         self.out.get_ref().sync_all().map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
-        let marker = PartMarker { shard: self.spec, input_size, start: range.0, end: range.1, lines: self.lines };
+        let marker = PartMarker { shard: self.spec, input_size, start: range.0, end: range.1, lines: self.lines, fingerprint: Some(fingerprint.to_string()) };
         write_atomically(&self.done_path, &marker.to_bytes())?;
         Ok(marker)
     }
@@ -195,13 +201,16 @@ impl PartWriter {
 
 /// A finished part's marker, checked to be this shard's of this input: a retried task may skip
 /// its work only then; anything else is another job's folder.
-pub fn finished_marker(bytes: &[u8], label: &str, spec: ShardSpec, input_size: u64, range: (u64, u64)) -> Result<PartMarker> {
+pub fn finished_marker(bytes: &[u8], label: &str, spec: ShardSpec, input_size: u64, range: (u64, u64), fingerprint: &str) -> Result<PartMarker> {
     let marker = PartMarker::parse(bytes, label)?;
     if marker.shard != spec || marker.input_size != input_size || (marker.start, marker.end) != range {
         bail!(
             "{label}: made for another input or split (shard {}/{}, bytes {}..{} of {}); choose another --out",
             marker.shard.index, marker.shard.count, marker.start, marker.end, marker.input_size
         );
+    }
+    if marker.fingerprint.as_deref().is_some_and(|f| f != fingerprint) {
+        bail!("{label}: made from other input bytes {}..{} (the size is the same, the content is not); choose another --out", range.0, range.1);
     }
     Ok(marker)
 }

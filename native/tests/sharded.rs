@@ -125,7 +125,28 @@ fn killed_and_restarted_shards_merge_to_the_single_process_output() {
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && stderr.lines().count() == 1 && stderr.contains(needle), "{stderr}");
     }
-    assert_eq!((fs::read(&inp).unwrap(), fs::read(&part0).unwrap()), (input_before, part_before), "nothing replaced");
+    assert_eq!((fs::read(&inp).unwrap(), fs::read(&part0).unwrap()), (input_before.clone(), part_before.clone()), "nothing replaced");
+
+    // The input edited in place, its size kept (u0 -> v0 in shard 0's first line): the finished
+    // parts answer another input; the merge and the retried shard both say so.
+    let mut edited = input_before.clone();
+    let at = edited.windows(3).position(|w| w == b"u0@").unwrap();
+    edited[at] = b'v';
+    fs::write(&inp, &edited).unwrap();
+    let verify = tiqu().args(["parts", "merge", "--input", &inp, "--parts", &parts_s, "--shards", "4"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success() && stderr.contains("part-00000-of-00004.jsonl.done") && stderr.contains("other input bytes"), "{stderr}");
+    let retry = tiqu().args(&args).args(["--shard", "0/4"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&retry.stderr);
+    assert!(!retry.status.success() && stderr.contains("other input bytes"), "{stderr}");
+    fs::write(&inp, &input_before).unwrap();
+    // A part answered under another schema (a key renamed): named by part and line.
+    let renamed = String::from_utf8_lossy(&part_before).replacen("\"email\":", "\"mail\":", 1);
+    fs::write(&part0, renamed.as_bytes()).unwrap();
+    let verify = tiqu().args(["parts", "merge", "--input", &inp, "--parts", &parts_s, "--shards", "4"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success() && stderr.contains("part-00000-of-00004.jsonl:") && stderr.contains("another schema"), "{stderr}");
+    fs::write(&part0, &part_before).unwrap();
 
     // A retried task whose part is complete exits at once, changing nothing.
     let before = fs::read(parts.join("part-00000-of-00004.jsonl")).unwrap();

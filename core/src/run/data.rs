@@ -58,20 +58,15 @@ pub fn load_examples(path: &Path, tok: &Tokenizer, max_length: usize, skip_bad: 
     Ok(Examples { records, examples, cut, unlabelled, skipped: bad.len() })
 }
 
-/// A fingerprint of the tokenized training examples, in order (FNV-1a, 64 bits): equal for the
-/// same records under the same tokenizer, whatever the file's layout; not a security measure.
+/// A fingerprint of the tokenized training examples, in order: equal for the same records under
+/// the same tokenizer, whatever the file's layout; not a security measure.
 pub fn digest(examples: &[Example]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |x: u32| {
-        for b in x.to_le_bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut f = crate::shard::Fingerprint::default();
     for e in examples {
-        eat(e.prompt.len() as u32);
-        e.prompt.iter().for_each(|&t| eat(t));
-        eat(e.response.len() as u32);
-        e.response.iter().for_each(|&t| eat(t));
+        for ids in [&e.prompt, &e.response] {
+            f.update(&(ids.len() as u32).to_le_bytes());
+            ids.iter().for_each(|t| f.update(&t.to_le_bytes()));
+        }
     }
-    format!("{h:016x}")
+    f.hex()
 }
