@@ -166,7 +166,23 @@ impl PartWriter {
         if let Ok(bytes) = fs::read(&done_path) {
             return Ok(PartState::Done(finished_marker(&bytes, &done_path.display().to_string(), spec, input_size, range, fingerprint)?));
         }
+        // A part records, as it starts, the fingerprint of the bytes it answers (the marker only
+        // comes at the end): a killed part must not resume over an input edited in place.
+        let started_path = dir.join(format!("{}.start", spec.part_name()));
+        let has_lines = fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+        if has_lines {
+            if let Ok(bytes) = fs::read(&started_path) {
+                let was: Value = serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: {e}", started_path.display()))?;
+                if was.get("fingerprint").and_then(Value::as_str).is_some_and(|f| f != fingerprint) {
+                    bail!("{}: made from other input bytes {}..{} (the size is the same, the content is not); choose another --out", path.display(), range.0, range.1);
+                }
+            }
+        }
         let lines = resume_point(&path)?;
+        if !has_lines || !started_path.exists() {
+            let record = serde_json::json!({"input_size": input_size, "start": range.0, "end": range.1, "fingerprint": fingerprint});
+            write_atomically(&started_path, format!("{record}\n").as_bytes())?;
+        }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(PartState::Open(PartWriter { spec, path, done_path, out: std::io::BufWriter::new(file), lines }))
     }

@@ -147,6 +147,21 @@ fn killed_and_restarted_shards_merge_to_the_single_process_output() {
     let stderr = String::from_utf8_lossy(&verify.stderr);
     assert!(!verify.status.success() && stderr.contains("part-00000-of-00004.jsonl:") && stderr.contains("another schema"), "{stderr}");
     fs::write(&part0, &part_before).unwrap();
+    // Killed before its marker (three lines short) and the input then edited in place: the part
+    // does not resume over other bytes; with the input back, it does, and merges as before.
+    let marker0 = parts.join("part-00000-of-00004.jsonl.done");
+    let marker_before = fs::read(&marker0).unwrap();
+    fs::remove_file(&marker0).unwrap();
+    let keep = part_before.iter().enumerate().filter(|(_, &b)| b == b'\n').map(|(i, _)| i + 1).rev().nth(3).unwrap();
+    fs::write(&part0, &part_before[..keep]).unwrap();
+    fs::write(&inp, &edited).unwrap();
+    let retry = tiqu().args(&args).args(["--shard", "0/4"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&retry.stderr);
+    assert!(!retry.status.success() && stderr.contains("other input bytes"), "{stderr}");
+    assert_eq!(fs::read(&part0).unwrap(), &part_before[..keep], "the part is left as it was");
+    fs::write(&inp, &input_before).unwrap();
+    ok(tiqu().args(&args).args(["--shard", "0/4"]).output().unwrap());
+    assert_eq!((fs::read(&part0).unwrap(), fs::read(&marker0).unwrap()), (part_before.clone(), marker_before));
 
     // A retried task whose part is complete exits at once, changing nothing.
     let before = fs::read(parts.join("part-00000-of-00004.jsonl")).unwrap();
