@@ -141,47 +141,39 @@ fn resume_refuses_files_it_did_not_write_and_out_is_never_the_input() {
     }
     assert_eq!(fs::read(&input).unwrap(), before, "the input is untouched");
 
-    // An unrelated text file whose last line has no newline: nothing cut, nothing appended.
-    let notes = dir.path().join("notes.txt");
-    fs::write(&notes, "meeting at 10\nbring the draft").unwrap();
-    let err = refused(run(&notes, &["--resume"]), "an unrelated file");
-    assert!(err.contains("notes.txt:1") && err.contains("not tiqu extract's"), "{err}");
-    assert_eq!(fs::read_to_string(&notes).unwrap(), "meeting at 10\nbring the draft");
+    // Each file below is resumed into and refused, and left byte for byte.
+    let foreign = |name: &str, body: &str, what: &str| {
+        let path = dir.path().join(name);
+        fs::write(&path, body).unwrap();
+        let err = refused(run(&path, &["--resume"]), what);
+        assert_eq!(fs::read_to_string(&path).unwrap(), body, "{what}: left as it is");
+        err
+    };
 
-    // Output of another input (other ids at the same places), torn mid-line: left as it is.
-    let other = dir.path().join("other.jsonl");
-    let body = "{\"id\":\"a7\",\"fields\":{\"name\":null}}\n{\"id\":\"a8\",\"fie";
-    fs::write(&other, body).unwrap();
-    let err = refused(run(&other, &["--resume"]), "another input's output");
+    // An unrelated text file whose last line has no newline: nothing cut, nothing appended.
+    let err = foreign("notes.txt", "meeting at 10\nbring the draft", "an unrelated file");
+    assert!(err.contains("notes.txt:1") && err.contains("not tiqu extract's"), "{err}");
+
+    // Output of another input (other ids at the same places), torn mid-line.
+    let err = foreign("other.jsonl", "{\"id\":\"a7\",\"fields\":{\"name\":null}}\n{\"id\":\"a8\",\"fie", "another input's output");
     assert!(err.contains("other.jsonl:1") && err.contains("input record 1"), "{err}");
-    assert_eq!(fs::read_to_string(&other).unwrap(), body);
 
     // The same ids, but answers under another schema, or with values this input does not hold
-    // (copy mode copies every value from its text): another run's output, left as it is.
-    let schema = dir.path().join("other-schema.jsonl");
-    let body = "{\"id\":1,\"fields\":{\"name\":null,\"city\":null}}\n";
-    fs::write(&schema, body).unwrap();
-    let err = refused(run(&schema, &["--resume"]), "another schema's output");
+    // (copy mode copies every value from its text): another run's output.
+    let err = foreign("other-schema.jsonl", "{\"id\":1,\"fields\":{\"name\":null,\"city\":null}}\n", "another schema's output");
     assert!(err.contains("other-schema.jsonl:1") && err.contains("under this schema and input"), "{err}");
-    assert_eq!(fs::read_to_string(&schema).unwrap(), body);
-    let values = dir.path().join("other-values.jsonl");
     let body = "{\"id\":1,\"fields\":{\"name\":\"张三\",\"address\":null,\"email\":null,\"question\":null}}\n";
-    fs::write(&values, body).unwrap();
-    let err = refused(run(&values, &["--resume"]), "another input's values");
+    let err = foreign("other-values.jsonl", body, "another input's values");
     assert!(err.contains("other-values.jsonl:1"), "{err}");
-    assert_eq!(fs::read_to_string(&values).unwrap(), body);
     let fits = dir.path().join("fits.jsonl");
     fs::write(&fits, "{\"id\":1,\"fields\":{\"name\":\"龙琳\",\"address\":null,\"email\":\"nafan@example.com\",\"question\":null}}\n").unwrap();
     assert!(run(&fits, &["--resume", "--max-new-tokens", "8"]).status.success(), "an answer this input could have produced resumes");
     assert_eq!(fs::read_to_string(&fits).unwrap().lines().count(), 3);
 
     // More answers than input lines.
-    let long = dir.path().join("long.jsonl");
     let body: String = (1..=4).map(|i| format!("{{\"id\":{i},\"error\":\"empty text\"}}\n")).collect();
-    fs::write(&long, &body).unwrap();
-    let err = refused(run(&long, &["--resume"]), "more lines than the input");
+    let err = foreign("long.jsonl", &body, "more lines than the input");
     assert!(err.contains("more lines than the input"), "{err}");
-    assert_eq!(fs::read_to_string(&long).unwrap(), body);
 }
 
 /// A schema whose prompt alone fills the context fails every record: one error, before any
