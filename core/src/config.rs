@@ -74,7 +74,6 @@ struct RopeParameters {
     rope_type: Option<String>,
 }
 
-/// Token ids from a JSON value that holds one id or a list of ids.
 /// `eos_token_id` as transformers takes it: an id, a list of ids, or null (unset). Anything else
 /// is an error naming `source`, never "unset": a quoted id would otherwise make generation run
 /// to the token limit on every record.

@@ -204,9 +204,9 @@ fn floor_char_boundary(s: &str, at: usize) -> usize {
 }
 
 impl<B: Backend> crate::checkpoint::Loaded<B> {
-    /// An extractor over the loaded model (which needs an eos token).
-    /// Whatever would fail every record is an error here, once: an eos id outside the
-    /// vocabulary, a schema whose prompt leaves no room for text.
+    /// An extractor over the loaded model (which needs an eos token). Whatever would fail every
+    /// record is an error here, once: an eos id outside the vocabulary, a schema whose prompt
+    /// leaves no room for text.
     pub fn into_extractor(self, schema: Schema, options: ExtractOptions) -> Result<Extractor<B>> {
         self.require_eos()?;
         // (A tokenizer larger than the vocabulary was refused as the checkpoint loaded.)

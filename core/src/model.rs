@@ -395,15 +395,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         if crate::flex::is_cpu::<B>() {
             let per_layer: u128 = self.model.layers.iter().map(|l| 2 * (l.self_attn.num_kv_heads * l.self_attn.head_dim) as u128).sum();
             let bytes = per_layer * batch as u128 * capacity as u128 * dtype.size() as u128;
-            if let Some(available) = crate::weights::available_memory() {
-                if bytes > available as u128 {
-                    return Err(Error::Limit(format!(
-                        "a KV cache of {batch} rows × {capacity} positions takes {:.1} GiB; this machine has {:.1} GiB available (fewer rows: lower --batch)",
-                        bytes as f64 / (1u64 << 30) as f64,
-                        available as f64 / (1u64 << 30) as f64
-                    )));
-                }
-            }
+            crate::weights::check_available(bytes, &format!("a KV cache of {batch} rows × {capacity} positions takes"), " (fewer rows: lower --batch)")?;
         }
         let layers = self
             .model

@@ -39,7 +39,11 @@ impl SftRecord {
 /// Parses a JSON array or JSONL file of records. `source` names the file in errors, which say
 /// `file:line`. A record without `output` is an error.
 pub fn parse_records(text: &str, source: &str) -> Result<Vec<Located<SftRecord>>> {
-    let (records, bad) = parse_records_lenient(text, source)?;
+    strict(parse_records_lenient(text, source)?, source)
+}
+
+/// The records, or the first bad line as the error.
+fn strict((records, bad): Lenient, source: &str) -> Result<Vec<Located<SftRecord>>> {
     match bad.first() {
         Some((line, why)) => Err(Error::Format(format!("{source}:{line}: {why}"))),
         None => Ok(records),
@@ -53,8 +57,9 @@ pub type Lenient = (Vec<Located<SftRecord>>, Vec<(usize, String)>);
 /// like any other (as `data check` counts it), not the whole file's error; a JSON array must be
 /// UTF-8 throughout.
 pub fn parse_records_bytes_lenient(bytes: &[u8], source: &str) -> Result<Lenient> {
-    let Err(e) = std::str::from_utf8(bytes) else {
-        return parse_records_lenient(std::str::from_utf8(bytes).unwrap_or_default(), source);
+    let e = match std::str::from_utf8(bytes) {
+        Ok(text) => return parse_records_lenient(text, source),
+        Err(e) => e,
     };
     let line_at = |at: usize| bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
     let body = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
@@ -81,11 +86,7 @@ pub fn parse_records_bytes_lenient(bytes: &[u8], source: &str) -> Result<Lenient
 
 /// [`parse_records`] over a file's bytes: the first bad line, a non-UTF-8 one included, is the error.
 pub fn parse_records_bytes(bytes: &[u8], source: &str) -> Result<Vec<Located<SftRecord>>> {
-    let (records, bad) = parse_records_bytes_lenient(bytes, source)?;
-    match bad.first() {
-        Some((line, why)) => Err(Error::Format(format!("{source}:{line}: {why}"))),
-        None => Ok(records),
-    }
+    strict(parse_records_bytes_lenient(bytes, source)?, source)
 }
 
 /// Like [`parse_records`], but JSONL lines that are not valid records are returned as

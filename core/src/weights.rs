@@ -351,16 +351,7 @@ impl WeightSource for RandomInit {
 
     fn check(&self, shapes: &[(String, Vec<usize>)]) -> Result<()> {
         let bytes: u64 = shapes.iter().map(|(_, s)| s.iter().map(|&d| d as u64).product::<u64>() * 4).sum();
-        if let Some(available) = available_memory() {
-            if bytes > available {
-                return Err(Error::Limit(format!(
-                    "random weights of this config take {:.1} GiB as f32; this machine has {:.1} GiB available",
-                    bytes as f64 / (1u64 << 30) as f64,
-                    available as f64 / (1u64 << 30) as f64
-                )));
-            }
-        }
-        Ok(())
+        check_available(bytes.into(), "random weights of this config (f32) take", "")
     }
 }
 
@@ -370,6 +361,18 @@ pub fn available_memory() -> Option<u64> {
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Refuses `bytes` of host memory when the machine has less available: asked of the allocator,
+/// that much aborts the process instead of failing. The error reads "{what_takes} N GiB; this
+/// machine has M GiB available{after}" (`what_takes` ends in a verb: "a KV cache of … takes").
+pub fn check_available(bytes: u128, what_takes: &str, after: &str) -> Result<()> {
+    let Some(available) = available_memory() else { return Ok(()) };
+    if bytes > u128::from(available) {
+        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        return Err(Error::Limit(format!("{what_takes} {:.1} GiB; this machine has {:.1} GiB available{after}", gib(bytes), gib(available.into()))));
+    }
+    Ok(())
 }
 
 /// One tensor to write: name, stored dtype, shape.

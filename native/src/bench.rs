@@ -152,12 +152,7 @@ fn check_host_memory(backend: BackendName, at_least: u128, what: &str, flags: &s
     if backend != BackendName::Cpu {
         return Ok(());
     }
-    let Some(available) = tiqu_core::weights::available_memory() else { return Ok(()) };
-    if at_least > u128::from(available) {
-        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
-        bail!("{what} takes at least {:.1} GiB; this machine has {:.1} GiB available (lower {flags})", gib(at_least), gib(u128::from(available)));
-    }
-    Ok(())
+    Ok(tiqu_core::weights::check_available(at_least, &format!("{what} takes at least"), &format!(" (lower {flags})"))?)
 }
 
 /// Bytes of a KV cache of `rows` × `positions` at 2 bytes a value, the smallest dtype.

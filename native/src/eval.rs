@@ -89,7 +89,7 @@ fn check_replaceable(mistakes: &Path, data: &Path) -> Result<()> {
     if meta.is_dir() {
         bail!("--mistakes {shown} is a folder");
     }
-    if fs::canonicalize(mistakes).ok() == fs::canonicalize(data).ok() {
+    if crate::storage::same_file(mistakes, data) {
         bail!("--mistakes {shown} is the --data file: it would be overwritten");
     }
     // Only the first line decides; a large file (or one without newlines) is not read whole.
@@ -112,9 +112,9 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
         bail!("--max-new-tokens must be at least 1 (every answer would be empty)");
     }
     let source = args.data.display().to_string();
-    let text = fs::read(&args.data).map_err(|e| anyhow!("{source}: {e}"))?;
+    let bytes = fs::read(&args.data).map_err(|e| anyhow!("{source}: {e}"))?;
     // The loss alone needs every record: a bad line is an error there. Extraction counts it.
-    let (records, bad_lines) = if args.loss_only { (parse_records_bytes(&text, &source)?, Vec::new()) } else { parse_records_bytes_lenient(&text, &source)? };
+    let (records, bad_lines) = if args.loss_only { (parse_records_bytes(&bytes, &source)?, Vec::new()) } else { parse_records_bytes_lenient(&bytes, &source)? };
     if records.is_empty() {
         bail!("{source}: no usable record to evaluate ({} unusable)", bad_lines.len());
     }

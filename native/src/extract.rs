@@ -205,7 +205,7 @@ pub fn run(backend: BackendName, args: &ExtractArgs) -> Result<()> {
 }
 
 fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, schema: Schema) -> Result<()> {
-    if args.input != "-" && args.out != "-" && same_file(Path::new(&args.input), Path::new(&args.out)) {
+    if args.input != "-" && args.out != "-" && crate::storage::same_file(Path::new(&args.input), Path::new(&args.out)) {
         bail!("{}: --out is the input file; choose another --out", args.out);
     }
     let (mut input, mut sink, done) = match &args.shard {
@@ -480,22 +480,6 @@ fn first_line_is_jsonl(reader: &mut dyn crate::storage::ReadSeekSend) -> std::io
     }
 }
 
-/// Whether two paths name one file (hard links and symlinks included), so `--out` can never
-/// overwrite or append to the input it reads.
-fn same_file(a: &Path, b: &Path) -> bool {
-    let (Ok(ma), Ok(mb)) = (fs::metadata(a), fs::metadata(b)) else { return false };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        (ma.dev(), ma.ino()) == (mb.dev(), mb.ino())
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (ma, mb);
-        fs::canonicalize(a).ok().is_some_and(|ca| fs::canonicalize(b).ok() == Some(ca))
-    }
-}
-
 /// The input record an answered line is checked against: its id, and in copy mode its text
 /// (every value copied must be in it).
 struct Expected {
@@ -526,8 +510,9 @@ fn is_answer(line: &[u8], expected: &Expected, names: &[&str]) -> bool {
 }
 
 /// Complete lines already in a partial output, each checked to be this command's answer to the
-/// input record at its place (ids as `next_id` reads them): a file that is not (an unrelated
-/// file, another input's output) is refused and left as it is. Only then is a torn last line
+/// input record at its place (as `next` reads them: id, and text in copy mode) under a schema of
+/// `names`: a file that is not (an unrelated file, another input's or schema's output) is refused
+/// and left as it is. Only then is a torn last line
 /// (a crash mid-write) cut off.
 fn answered_lines(path: &str, names: &[&str], next: &mut dyn FnMut() -> Result<Option<Expected>>) -> Result<usize> {
     let foreign = "not tiqu extract's output; refusing to resume into it (choose another --out)";

@@ -75,14 +75,14 @@ pub fn run_merge(args: &MergeArgs) -> Result<()> {
     ShardSpec::new(0, args.shards)?; // a count of 0 or over the limit, named before any part is read
     let input = Location::parse(&args.input)?;
     let size = input.size()?.ok_or_else(|| anyhow!("{}: no such file", args.input))?;
-    let mut source = Parts(Location::parse(&args.parts)?, Location::parse(&args.input)?);
+    let mut source = Parts(Location::parse(&args.parts)?, input.clone());
     let report = match &args.out {
         None => shard::merge(&mut source, args.shards, size, None)?,
         Some(out) => {
             let dest = Location::parse(out)?;
             // Never, even with --force: the merge reads these while it writes.
             if let (Location::Local(o), Location::Local(i)) = (&dest, &input) {
-                if fs::canonicalize(o).ok().is_some_and(|o| fs::canonicalize(i).ok() == Some(o)) {
+                if crate::storage::same_file(o, i) {
                     bail!("--out {out} is the --input file; choose another --out");
                 }
             }
@@ -174,7 +174,7 @@ impl PartWriter {
             if let Ok(bytes) = fs::read(&started_path) {
                 let was: Value = serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: {e}", started_path.display()))?;
                 if was.get("fingerprint").and_then(Value::as_str).is_some_and(|f| f != fingerprint) {
-                    bail!("{}: made from other input bytes {}..{} (the size is the same, the content is not); choose another --out", path.display(), range.0, range.1);
+                    return Err(other_bytes(&path.display().to_string(), range));
                 }
             }
         }
@@ -226,9 +226,14 @@ pub fn finished_marker(bytes: &[u8], label: &str, spec: ShardSpec, input_size: u
         );
     }
     if marker.fingerprint.as_deref().is_some_and(|f| f != fingerprint) {
-        bail!("{label}: made from other input bytes {}..{} (the size is the same, the content is not); choose another --out", range.0, range.1);
+        return Err(other_bytes(label, range));
     }
     Ok(marker)
+}
+
+/// A part (or its marker) whose input bytes' fingerprint is not this input's.
+fn other_bytes(label: &str, range: (u64, u64)) -> anyhow::Error {
+    anyhow!("{label}: made from other input bytes {}..{} (the size is the same, the content is not); choose another --out", range.0, range.1)
 }
 
 /// Lines of a part already answered, each checked; a torn last line (a kill mid-write) is cut.

@@ -16,6 +16,22 @@ use object_store::ObjectStore;
 /// Bytes fetched per ranged GET when streaming an object.
 const CHUNK: u64 = 8 << 20;
 
+/// Whether two paths name one file (hard links and symlinks included), so `--out` can never
+/// overwrite or append to the input it reads.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else { return false };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        (ma.dev(), ma.ino()) == (mb.dev(), mb.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (ma, mb);
+        std::fs::canonicalize(a).ok().is_some_and(|ca| std::fs::canonicalize(b).ok() == Some(ca))
+    }
+}
+
 /// Where a file or folder is: on this machine, or in an object store.
 #[derive(Clone)]
 pub enum Location {

@@ -143,13 +143,13 @@ impl TrainArgs {
         let mut layers: Vec<(&str, toml::Table)> = file.iter().map(|(s, t)| (s.as_str(), t.clone())).collect();
         layers.push(("flags", self.flags()?));
         let plain = RunConfig::from_layers(&layers)?;
-        match &plain.adapter {
+        match plain.adapter.clone() {
             // From --adapter or the file: the adapter's LoRA settings are the run's.
             Some(dir) => {
-                let dir = Path::new(dir);
+                let dir = Path::new(&dir);
                 let adapter = tiqu_core::checkpoint::Adapter::open(&tiqu_core::Folder::new(dir))?;
                 let source = dir.join("adapter_config.json").display().to_string();
-                Ok(RunConfig::from_layers_continuing(&layers, &adapter.config, &source)?)
+                Ok(plain.continuing(&layers, &adapter.config, &source)?)
             }
             None => Ok(plain),
         }

@@ -58,7 +58,7 @@ pub struct RunConfig {
     /// Held-out records extracted and scored at each checkpoint (0: the eval loss alone).
     pub eval_sample: usize,
     /// A PEFT adapter folder (stored absolute) whose pairs training continues instead of fresh
-    /// ones; its r, alpha, targets and rsLoRA are the run's ([`RunConfig::from_layers_continuing`]).
+    /// ones; its r, alpha, targets and rsLoRA are the run's ([`RunConfig::continuing`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
     #[serde(flatten)]
@@ -160,12 +160,12 @@ impl RunConfig {
         Ok(config)
     }
 
-    /// [`Self::from_layers`] for a run that continues training `adapter` (read from `source`):
-    /// its rank, alpha, targets and rsLoRA are the run's, because its weights were trained under
-    /// them and the adapter the run saves must say so; a layer that sets one of them otherwise is
-    /// refused by name. Its dropout is a default a layer may change.
-    pub fn from_layers_continuing(layers: &[(&str, Table)], adapter: &LoraConfig, source: &str) -> Result<Self> {
-        let asked = Self::from_layers(layers)?;
+    /// These settings (made by [`Self::from_layers`] from `layers`) for a run that continues
+    /// training `adapter` (read from `source`): its rank, alpha, targets and rsLoRA are the run's,
+    /// because its weights were trained under them and the adapter the run saves must say so; a
+    /// layer that sets one of them otherwise is refused by name. Its dropout is a default a layer
+    /// may change.
+    pub fn continuing(self, layers: &[(&str, Table)], adapter: &LoraConfig, source: &str) -> Result<Self> {
         for (layer, table) in layers {
             let mut merged = Self { lora: adapter.clone(), ..Self::default() }.to_table()?;
             merged.extend(table.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -177,7 +177,7 @@ impl RunConfig {
             }
         }
         let dropout_set = layers.iter().any(|(_, t)| t.contains_key("lora_dropout"));
-        let mut config = asked;
+        let mut config = self;
         config.lora = LoraConfig { lora_dropout: if dropout_set { config.lora.lora_dropout } else { adapter.lora_dropout }, ..adapter.clone() };
         config.validate()?;
         Ok(config)

@@ -272,14 +272,13 @@ impl Run {
         fs::create_dir_all(run).map_err(|e| Error::io(run.display(), e))?;
         // Of the ids before the vocabulary narrows them; checked before anything is written.
         let digest = data::digest(&train_data.examples);
-        if self.resume {
-            let saved = checkpoints(run).into_iter().find_map(|(step, dir)| Some((step, TrainerState::read(&dir).ok()?.data_digest?)));
-            if let Some((step, _)) = saved.filter(|(_, was)| *was != digest) {
-                return Err(Error::Unsupported(format!(
-                    "{}: the training records differ from those checkpoint-{step} was trained on; restore the file, or start a new run",
-                    cfg.data
-                )));
-            }
+        let found = if self.resume { checkpoints(run) } else { Vec::new() };
+        let saved = found.iter().find_map(|(step, dir)| Some((*step, TrainerState::read(dir).ok()?.data_digest?)));
+        if let Some((step, _)) = saved.filter(|(_, was)| *was != digest) {
+            return Err(Error::Unsupported(format!(
+                "{}: the training records differ from those checkpoint-{step} was trained on; restore the file, or start a new run",
+                cfg.data
+            )));
         }
         let mut train = train_data.examples;
         let mut eval = eval_data.as_ref().map(|e| e.examples.clone());
@@ -310,7 +309,6 @@ impl Run {
         let mut resumed: Option<(usize, PathBuf, TrainerState)> = None;
         let mut trainer = None;
         if self.resume {
-            let found = checkpoints(run);
             if found.is_empty() {
                 observer.event(&Event::Note(&format!("{}: no checkpoint yet; starting the run over from step 0", run.display())))?;
             }

@@ -27,14 +27,9 @@ pub fn beside(input: &Path, suffix: &str) -> PathBuf {
     input.with_file_name(format!("{stem}.{suffix}"))
 }
 
-/// Whether two paths name the same existing file.
-pub fn same_file(a: &Path, b: &Path) -> bool {
-    matches!((fs::canonicalize(a), fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
-}
-
 /// Refuses `out` when it is one of `inputs`, or exists and `replace` is false.
 pub fn check_target(out: &Path, inputs: &[&Path], replace: bool, flag: &str) -> Result<()> {
-    if let Some(input) = inputs.iter().find(|i| same_file(out, i)) {
+    if let Some(input) = inputs.iter().find(|i| crate::storage::same_file(out, i)) {
         bail!("{flag} {} is the input {}: choose another path", out.display(), input.display());
     }
     if out.is_dir() {
