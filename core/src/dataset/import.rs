@@ -9,11 +9,14 @@
 //! complaint, swallowing every later row into one field, so the quotes are scanned first and an
 //! unterminated one is an error naming the line it opens on.
 
-use serde_json::Value;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::decode::decode_utf8;
 use super::output::python_json_fields;
-use super::records::read_records;
+use super::records::read_raw_records;
 use super::span::nearest;
 use crate::schema::{Field, Schema};
 use crate::sft::SftRecord;
@@ -113,10 +116,8 @@ pub fn import(bytes: &[u8], format: Format, mapping: &Mapping, source: &str) -> 
 }
 
 fn read_table(text: &str, delimiter: u8, columns: &[&str], source: &str) -> Result<Vec<Row>> {
-    if let Some(line) = unterminated_quote(text, delimiter) {
-        return Err(Error::Format(format!(
-            "{source}:{line}: a quoted field opens here and is never closed (unterminated `\"`)"
-        )));
+    if let Some((line, why)) = quote_error(text, delimiter) {
+        return Err(Error::Format(format!("{source}:{line}: {why}")));
     }
     let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).from_reader(text.as_bytes());
     let header = reader.headers().map_err(|e| csv_error(&e, text, source))?.clone();
@@ -175,9 +176,10 @@ fn csv_error(e: &csv::Error, text: &str, source: &str) -> Error {
     }
 }
 
-/// The line on which a quoted field opens that never closes, reading quotes as the `csv` crate
-/// does: a quote opens a field only at its start, a doubled quote inside is a literal one.
-fn unterminated_quote(text: &str, delimiter: u8) -> Option<usize> {
+/// A quoted field that never closes (the line it opens on), or text after a closing quote before
+/// the next delimiter (`"a"b`, which the `csv` crate silently reads as `ab`), reading quotes as the
+/// crate does: a quote opens a field only at its start, a doubled quote inside is a literal one.
+fn quote_error(text: &str, delimiter: u8) -> Option<(usize, &'static str)> {
     let b = text.as_bytes();
     let (mut i, mut line, mut field_start) = (0, 1, true);
     while i < b.len() {
@@ -187,9 +189,12 @@ fn unterminated_quote(text: &str, delimiter: u8) -> Option<usize> {
             let opened = line;
             loop {
                 match (b.get(i), b.get(i + 1)) {
-                    (None, _) => return Some(opened),
+                    (None, _) => return Some((opened, "a quoted field opens here and is never closed (unterminated `\"`)")),
                     (Some(b'"'), Some(b'"')) => i += 2,
-                    (Some(b'"'), _) => {
+                    (Some(b'"'), next) => {
+                        if next.is_some_and(|&c| c != delimiter && c != b'\r' && c != b'\n') {
+                            return Some((line, "text after a closing quote (quote the whole value and double quotes inside it: \"a \"\"b\"\" c\")"));
+                        }
                         i += 1;
                         break;
                     }
@@ -211,28 +216,34 @@ fn unterminated_quote(text: &str, delimiter: u8) -> Option<usize> {
     None
 }
 
-/// JSON records: each key a column.
+/// JSON records: each key a column. A number or boolean is taken as written (`4.50` stays
+/// `4.50`, as it reads in the text), hence the records' raw text.
 fn read_objects(bytes: &[u8], columns: &[&str], source: &str) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let mut keys: Vec<String> = Vec::new();
-    for raw in read_records(bytes, source)? {
+    for raw in read_raw_records(bytes, source)? {
         let line = raw.line;
-        let value = raw.value.map_err(|p| Error::Format(format!("{source}:{line}: {}", p.message)))?;
-        let Value::Object(obj) = value else {
-            return Err(Error::Format(format!("{source}:{line}: the record is not a JSON object")));
+        let raw = raw.value.map_err(|p| Error::Format(format!("{source}:{line}: {}", p.message)))?;
+        let Members(obj) = match raw.get().trim_start().starts_with('{') {
+            true => serde_json::from_str(raw.get()).map_err(|e| Error::Format(format!("{source}:{line}: {e}")))?,
+            false => return Err(Error::Format(format!("{source}:{line}: the record is not a JSON object"))),
         };
-        for k in obj.keys() {
+        for (k, _) in &obj {
             if !keys.contains(k) {
                 keys.push(k.clone());
             }
         }
         let cells = columns
             .iter()
-            .map(|&col| match obj.get(col) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v.to_string())),
-                Some(_) => Err(Error::Format(format!("{source}:{line}: `{col}` holds an array or object, not text"))),
+            .map(|&col| {
+                let Some((_, cell)) = obj.iter().find(|(k, _)| k == col) else { return Ok(None) };
+                let text = cell.get().trim();
+                match text.as_bytes().first() {
+                    Some(b'"') => serde_json::from_str::<String>(text).map(Some).map_err(|e| Error::Format(format!("{source}:{line}: `{col}`: {e}"))),
+                    Some(b'[' | b'{') => Err(Error::Format(format!("{source}:{line}: `{col}` holds an array or object, not text"))),
+                    _ if text == "null" => Ok(None),
+                    _ => Ok(Some(text.to_string())),
+                }
             })
             .collect::<Result<Vec<_>>>()?;
         rows.push((line, cells));
@@ -242,6 +253,33 @@ fn read_objects(bytes: &[u8], columns: &[&str], source: &str) -> Result<Vec<Row>
         return Err(no_column(col, &names, source));
     }
     Ok(rows)
+}
+
+/// An object's members in the file's order, each value's text as written; a repeated key keeps
+/// its first place and its last value, as `serde_json::Map` does.
+struct Members(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Walk;
+        impl<'de> Visitor<'de> for Walk {
+            type Value = Members;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Members, A::Error> {
+                let mut out: Vec<(String, Box<RawValue>)> = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                    match out.iter_mut().find(|(k, _)| *k == key) {
+                        Some(slot) => slot.1 = value,
+                        None => out.push((key, value)),
+                    }
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(Walk)
+    }
 }
 
 #[cfg(test)]
@@ -266,13 +304,29 @@ mod tests {
         assert_eq!(got.not_verbatim, 0);
     }
 
+    /// A number label is the digits in the file (`4.50`, as the text has it), not serde's reprint
+    /// (`4.5`, which no longer occurs in the text); strings are unescaped; members keep their order.
+    #[test]
+    fn json_numbers_are_taken_as_written() {
+        let json = "{\"text\": \"价格 4.50 元, 1E3 件\", \"price\": 4.50, \"n\": 1E3, \"ok\": true, \"note\": \"a\\u00e9\", \"gone\": null}\n";
+        let got = import(json.as_bytes(), Format::Json, &mapping("text", &["price", "n", "ok", "note", "gone"]), "t.jsonl").unwrap();
+        assert_eq!(got.records[0].output.as_deref(), Some(r#"{"price": "4.50", "n": "1E3", "ok": "true", "note": "aé", "gone": null}"#));
+        assert_eq!(got.not_verbatim, 2, "`true` and `aé` are not in the text; the numbers are");
+        let e = import(b"{\"text\": \"x\", \"name\": [1]}", Format::Json, &mapping("text", &["name"]), "t.jsonl").unwrap_err().to_string();
+        assert_eq!(e, "t.jsonl:1: `name` holds an array or object, not text");
+    }
+
     #[test]
     fn unterminated_quotes_are_found_where_they_open() {
-        assert_eq!(unterminated_quote("a,b\n\"x\"\"y\",z\n", b','), None);
-        assert_eq!(unterminated_quote("a,b\n1,\"ok\nstill\"\n2,\"never\n3,x\n", b','), Some(4));
+        let line = |text: &str, delimiter: u8| quote_error(text, delimiter).map(|(line, _)| line);
+        assert_eq!(line("a,b\n\"x\"\"y\",z\r\n\"q\"\n", b','), None);
+        assert_eq!(line("a,b\n1,\"ok\nstill\"\n2,\"never\n3,x\n", b','), Some(4));
         // A quote inside an unquoted field is a literal character, as the csv crate reads it.
-        assert_eq!(unterminated_quote("a,b\n1,他说\"好\n", b','), None);
-        assert_eq!(unterminated_quote("a\tb\n1\t\"x\n", b'\t'), Some(2));
+        assert_eq!(line("a,b\n1,他说\"好\n", b','), None);
+        assert_eq!(line("a\tb\n1\t\"x\n", b'\t'), Some(2));
+        // Text after the closing quote (the crate would read `"a"b` as `ab`), on the line it is on.
+        assert_eq!(quote_error("a,b\n1,\"x\ny\"z,2\n", b','), Some((3, quote_error("\"a\"b", b',').unwrap().1)));
+        assert!(quote_error("\"a\"b", b',').unwrap().1.starts_with("text after a closing quote"));
     }
 
     #[test]
@@ -288,6 +342,8 @@ mod tests {
         assert_eq!(e, "t.json: no column `name` (columns: `text`, `nom`)");
         let e = import(b"{\"text\": \"x\"}\n[1]\n", Format::Json, &m, "t.jsonl").unwrap_err().to_string();
         assert_eq!(e, "t.jsonl:2: the record is not a JSON object");
+        let e = import(b"text,name\n\"x\" y,z\n", Format::Csv, &m, "t.csv").unwrap_err().to_string();
+        assert!(e.starts_with("t.csv:2: text after a closing quote"), "{e}");
         let e = import(b"text,name\nx,y\n", Format::Csv, &mapping("text", &[]), "t.csv").unwrap_err().to_string();
         assert!(e.contains("--field"), "{e}");
     }

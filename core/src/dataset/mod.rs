@@ -18,5 +18,5 @@ pub mod split;
 pub use check::{check, CheckOptions, Finding, Kind, Report};
 #[cfg(feature = "import")]
 pub use import::{import, Format, Imported, Mapping};
-pub use records::{read_records, RawRecord};
+pub use records::{read_raw_records, read_records, RawRecord};
 pub use split::{split, Split};

@@ -3,17 +3,20 @@
 //! problem of that line instead of ending the read, so that a check can list every bad line.
 //! A broken JSON array cannot be resumed after its error, so that is an error of the file.
 
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::decode::{decode_line, decode_utf8};
 use crate::{Error, Result};
 
-/// One record of the file, or why its line is not one.
+/// One record of the file, or why its line is not one. `T` is the record as parsed: a [`Value`],
+/// or the record's own text ([`RawValue`]) where numbers must keep their digits as written.
 #[derive(Debug, Clone)]
-pub struct RawRecord {
+pub struct RawRecord<T = Value> {
     /// 1-based line on which the record starts.
     pub line: usize,
-    pub value: std::result::Result<Value, Problem>,
+    pub value: std::result::Result<T, Problem>,
 }
 
 /// A line that is not a record.
@@ -27,6 +30,15 @@ pub struct Problem {
 /// The file's records in order. Errors: an empty file, a JSON array that is broken or not
 /// UTF-8 (naming the line).
 pub fn read_records(bytes: &[u8], source: &str) -> Result<Vec<RawRecord>> {
+    read_records_as(bytes, source)
+}
+
+/// [`read_records`] with each record's text kept as written.
+pub fn read_raw_records(bytes: &[u8], source: &str) -> Result<Vec<RawRecord<Box<RawValue>>>> {
+    read_records_as(bytes, source)
+}
+
+fn read_records_as<T: DeserializeOwned>(bytes: &[u8], source: &str) -> Result<Vec<RawRecord<T>>> {
     let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let first = body.iter().find(|b| !b" \t\r\n".contains(b));
     let records = if first == Some(&b'[') {
@@ -40,14 +52,14 @@ pub fn read_records(bytes: &[u8], source: &str) -> Result<Vec<RawRecord>> {
     Ok(records)
 }
 
-fn read_jsonl(bytes: &[u8]) -> Vec<RawRecord> {
+fn read_jsonl<T: DeserializeOwned>(bytes: &[u8]) -> Vec<RawRecord<T>> {
     let mut out = Vec::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let value = match decode_line(line, i == 0) {
             Err(why) => Err(Problem { kind: "encoding", message: why }),
             Ok(text) if text.trim().is_empty() => continue,
-            Ok(text) => serde_json::from_str::<Value>(text)
+            Ok(text) => serde_json::from_str::<T>(text)
                 .map_err(|e| Problem { kind: "invalid_json", message: format!("not valid JSON: {e}") }),
         };
         out.push(RawRecord { line: i + 1, value });
@@ -56,7 +68,7 @@ fn read_jsonl(bytes: &[u8]) -> Vec<RawRecord> {
 }
 
 /// Walks the array element by element so that each record knows its line.
-fn read_array(text: &str, source: &str) -> Result<Vec<RawRecord>> {
+fn read_array<T: DeserializeOwned>(text: &str, source: &str) -> Result<Vec<RawRecord<T>>> {
     let line_at = |pos: usize| text[..pos].bytes().filter(|&b| b == b'\n').count() + 1;
     let skip_ws = |mut pos: usize| {
         while pos < text.len() && text.as_bytes()[pos].is_ascii_whitespace() {
@@ -74,7 +86,7 @@ fn read_array(text: &str, source: &str) -> Result<Vec<RawRecord>> {
             Some(b']') if out.is_empty() => break,
             _ => {}
         }
-        let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<Value>();
+        let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<T>();
         match stream.next() {
             Some(Ok(value)) => out.push(RawRecord { line: line_at(pos), value: Ok(value) }),
             Some(Err(e)) => {

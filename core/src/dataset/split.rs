@@ -31,7 +31,7 @@ impl Split {
 /// groups of identical texts in a seeded random order, each taken whole while it still fits.
 pub fn split(texts: &[&str], fraction: f64, seed: u64) -> Result<Split> {
     if !(fraction > 0.0 && fraction < 1.0) {
-        return Err(Error::Format(format!("--eval-fraction must be between 0 and 1 (exclusive), got {fraction}")));
+        return Err(Error::Format(format!("--eval-fraction must be between 0 and 1 (exclusive), got {fraction:?}")));
     }
     let target = (fraction * texts.len() as f64).round() as usize;
     let mut index: HashMap<String, usize> = HashMap::new();
@@ -58,7 +58,7 @@ pub fn split(texts: &[&str], fraction: f64, seed: u64) -> Result<Split> {
     if taken == 0 || taken == texts.len() {
         let empty = if taken == 0 { "evaluation" } else { "training" };
         return Err(Error::Format(format!(
-            "--eval-fraction {fraction} of {} records ({} distinct texts) leaves the {empty} set empty",
+            "--eval-fraction {fraction:?} of {} records ({} distinct texts) leaves the {empty} set empty",
             texts.len(),
             groups.len()
         )));
@@ -90,5 +90,8 @@ mod tests {
         assert!(split(&texts, 1.0, 7).unwrap_err().to_string().contains("--eval-fraction"));
         let e = split(&["a", "a"], 0.5, 7).unwrap_err().to_string();
         assert!(e.contains("leaves the evaluation set empty"), "{e}");
+        // A tiny fraction is written as typed, not as 300 digits of decimal expansion.
+        let e = split(&texts, 1e-300, 7).unwrap_err().to_string();
+        assert!(e.contains("--eval-fraction 1e-300 of"), "{e}");
     }
 }

@@ -35,7 +35,7 @@ pub fn run(args: &SplitArgs) -> Result<()> {
     let source = args.file.display().to_string();
     let f = args.eval_fraction;
     if !(f > 0.0 && f < 1.0) {
-        anyhow::bail!("--eval-fraction must be between 0 and 1 (exclusive), got {f}");
+        anyhow::bail!("--eval-fraction must be between 0 and 1 (exclusive), got {f:?}");
     }
     let train_out = args.train_out.clone().unwrap_or_else(|| beside(&args.file, "train.jsonl"));
     let eval_out = args.eval_out.clone().unwrap_or_else(|| beside(&args.file, "eval.jsonl"));
