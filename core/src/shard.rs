@@ -44,7 +44,15 @@ impl ShardSpec {
         }
         let bad = || Error::Format(format!("--shard {spec}: expected I/N (shard I of N, I from 0) or auto"));
         let (i, n) = spec.split_once('/').ok_or_else(bad)?;
-        Self::new(i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?)
+        // A number of digits too long for usize is still a number: say which limit it breaks.
+        let number = |s: &str| -> Result<usize> {
+            let s = s.trim();
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            s.parse().map_err(|_| Error::Limit(format!("--shard {spec}: {s} is beyond the {MAX_SHARDS} shards allowed")))
+        };
+        Self::new(number(i)?, number(n)?)
     }
 
     /// A Kubernetes Indexed Job's `JOB_COMPLETION_INDEX` with its completion count (which
@@ -136,7 +144,13 @@ impl Fingerprint {
     }
 
     /// Of bytes `[start, end)` of `reader`.
-    pub fn of_range<R: Read + Seek>(reader: &mut R, (start, end): (u64, u64)) -> std::io::Result<String> {
+    pub fn of_range<R: Read + Seek>(reader: &mut R, range: (u64, u64)) -> std::io::Result<String> {
+        Self::copy_range(reader, range, &mut std::io::sink())
+    }
+
+    /// Of bytes `[start, end)` of `reader`, written to `copy` as they are read (so that an input
+    /// on object storage is downloaded once, not once for the fingerprint and again for its lines).
+    pub fn copy_range<R: Read + Seek>(reader: &mut R, (start, end): (u64, u64), copy: &mut dyn Write) -> std::io::Result<String> {
         reader.seek(SeekFrom::Start(start))?;
         let mut f = Self::default();
         let mut buf = vec![0u8; 1 << 16];
@@ -147,8 +161,10 @@ impl Fingerprint {
                 break;
             }
             f.update(&buf[..n]);
+            copy.write_all(&buf[..n])?;
             left -= n as u64;
         }
+        copy.flush()?;
         Ok(f.hex())
     }
 }
@@ -198,8 +214,11 @@ pub fn check_part_line(line: &[u8], expected: u64) -> std::result::Result<Map<St
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(line) else {
         return Err("not a JSON object".into());
     };
-    if obj.get("line").and_then(Value::as_u64) != Some(expected) {
-        return Err(format!("expected the answer to line {expected} of the shard"));
+    match obj.get("line").and_then(Value::as_u64) {
+        Some(line) if line == expected => {}
+        Some(line) if line < expected => return Err(format!("answers line {line} again where line {expected} of the shard was expected")),
+        Some(line) => return Err(format!("answers line {line} where line {expected} of the shard was expected (answers are missing)")),
+        None => return Err(format!("has no \"line\" number (expected line {expected} of the shard)")),
     }
     let answer = matches!(
         (obj.get("fields"), obj.get("error")),
@@ -280,6 +299,9 @@ pub fn merge(src: &mut dyn PartSource, count: usize, input_size: u64, mut out: O
             if buf.last() != Some(&b'\n') {
                 return Err(Error::Format(format!("{part_name}:{}: torn last line (no newline)", n + 1)));
             }
+            if n == marker.lines {
+                return Err(Error::Format(format!("{part_name}:{}: a line beyond the {} its marker records", n + 1, marker.lines)));
+            }
             let obj = check_part_line(&buf[..read - 1], n + 1)
                 .map_err(|why| Error::Record { path: part_name.clone(), line: n as usize + 1, message: why })?;
             n += 1;
@@ -295,7 +317,7 @@ pub fn merge(src: &mut dyn PartSource, count: usize, input_size: u64, mut out: O
                     Some(keys) if !fields.keys().eq(keys.iter()) => {
                         return Err(Error::Record {
                             path: part_name.clone(),
-                            line: n as usize + 1,
+                            line: n as usize,
                             message: format!(
                                 "answered with the keys {} where the parts before have {}: extracted under another schema",
                                 fields.keys().cloned().collect::<Vec<_>>().join(","),
@@ -359,6 +381,10 @@ mod tests {
             assert!(err.contains(needle), "{spec}: {err}");
         }
         assert!(ShardSpec::parse("auto", env(&[])).unwrap_err().to_string().contains("neither JOB_COMPLETION_INDEX"));
+        // A count too long for a machine word is named with the limit, not called malformed.
+        let huge = ShardSpec::parse("0/99999999999999999999", env(&[])).unwrap_err().to_string();
+        assert!(huge.contains("99999999999999999999 is beyond the 99999 shards"), "{huge}");
+        assert!(ShardSpec::parse("0/-1", env(&[])).unwrap_err().to_string().contains("expected I/N"));
         assert!(ShardSpec::parse("auto", env(&[("JOB_COMPLETION_INDEX", "1")])).unwrap_err().to_string().contains("JOB_COMPLETIONS"));
         assert_eq!(ShardSpec::new(3, 16).unwrap().part_name(), "part-00003-of-00016.jsonl");
     }
@@ -383,6 +409,18 @@ mod tests {
                 assert_eq!(prev, size, "{text:?} /{count}");
             }
         }
+    }
+
+    /// The copy a shard reads its lines from is exactly the range fingerprinted, and the
+    /// fingerprint is the same whether or not it is copied.
+    #[test]
+    fn a_range_copied_is_the_range_fingerprinted() {
+        let input = b"line one\nline two\nthree\n".to_vec();
+        let mut copy = Vec::new();
+        let copied = Fingerprint::copy_range(&mut Cursor::new(&input), (9, 18), &mut copy).unwrap();
+        assert_eq!(copy, b"line two\n");
+        assert_eq!(copied, Fingerprint::of_range(&mut Cursor::new(&input), (9, 18)).unwrap());
+        assert_ne!(copied, Fingerprint::of_range(&mut Cursor::new(&input), (0, 9)).unwrap());
     }
 
     struct Parts(Vec<(Option<Vec<u8>>, Vec<u8>)>);
@@ -433,11 +471,23 @@ mod tests {
             p.0[1].1.truncate(n - 3);
         };
         assert!(broken(&tear).contains("part-00001-of-00002.jsonl:2: torn"));
-        assert!(broken(&|p| p.0[0].1.extend_from_slice(b"{\"line\":3,\"error\":\"x\"}\n")).contains("has 3 lines; its marker says 2"));
+        let extra = broken(&|p| p.0[0].1.extend_from_slice(b"{\"line\":3,\"error\":\"x\"}\n"));
+        assert!(extra.contains("part-00000-of-00002.jsonl:3: a line beyond the 2 its marker records"), "{extra}");
+        let short = broken(&|p| p.0[0].1 = b"{\"line\":1,\"error\":\"x\"}\n".to_vec());
+        assert!(short.contains("part-00000-of-00002.jsonl: has 1 lines; its marker says 2"), "{short}");
         assert!(broken(&|p| p.0[1] = part((1, 2), (5, 10), &[])).contains("covers bytes 5..10, but the previous part ends at 4"));
         assert!(broken(&|p| p.0[1] = part((1, 3), (4, 10), &[])).contains("made by shard 1/3"));
         assert!(broken(&|p| p.0[1] = part((1, 2), (4, 9), &[])).contains("cover bytes 0..9 of an input of 10"));
-        assert!(broken(&|p| p.0[0].1 = b"{\"line\":2,\"error\":\"x\"}\n{\"line\":2,\"error\":\"x\"}\n".to_vec()).contains("part-00000-of-00002.jsonl:1: expected the answer to line 1"));
+        // Lines out of order are named for what they are: skipped, repeated, unnumbered.
+        let skipped = broken(&|p| p.0[0].1 = b"{\"line\":2,\"error\":\"x\"}\n{\"line\":2,\"error\":\"x\"}\n".to_vec());
+        assert!(skipped.contains("part-00000-of-00002.jsonl:1: answers line 2 where line 1 of the shard was expected (answers are missing)"), "{skipped}");
+        let repeated = broken(&|p| p.0[0].1 = b"{\"line\":1,\"error\":\"x\"}\n{\"line\":1,\"error\":\"x\"}\n".to_vec());
+        assert!(repeated.contains("part-00000-of-00002.jsonl:2: answers line 1 again where line 2"), "{repeated}");
+        let unnumbered = broken(&|p| p.0[0].1 = b"{\"error\":\"x\"}\n".to_vec());
+        assert!(unnumbered.contains(":1: has no \"line\" number"), "{unnumbered}");
+        // The line that breaks the schema is the one named.
+        let schema = broken(&|p| p.0[1].1 = b"{\"line\":1,\"fields\":{\"name\":null,\"email\":null}}\n{\"line\":2,\"fields\":{\"mail\":null}}\n".to_vec());
+        assert!(schema.contains("part-00001-of-00002.jsonl:2: answered with the keys mail"), "{schema}");
         assert!(merge(&mut good(), 2, 11, None).unwrap_err().to_string().contains("made from an input of 10 bytes; this input has 11"));
     }
 }

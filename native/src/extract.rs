@@ -421,8 +421,17 @@ fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink
     // single process does, whatever this shard's first line looks like.
     let jsonl = first_line_is_jsonl(&mut reader).map_err(|e| anyhow!("{}: {e}", args.input))?;
     // Recorded in the marker and checked against it: an input edited in place, its size kept,
-    // must not pass for the one a finished part answers.
-    let fingerprint = Fingerprint::of_range(&mut reader, range).map_err(|e| anyhow!("{}: {e}", args.input))?;
+    // must not pass for the one a finished part answers. An object on storage is fetched once:
+    // its range goes to a local file as it is fingerprinted, and the lines are read from there.
+    let read_err = |e: std::io::Error| anyhow!("{}: {e}", args.input);
+    let (fingerprint, mut reader, lines_at) = match &source {
+        Location::Local(_) => (Fingerprint::of_range(&mut reader, range).map_err(read_err)?, reader, range.0),
+        Location::Remote(_) => {
+            let mut spool = crate::storage::spool_file()?;
+            let fingerprint = Fingerprint::copy_range(&mut reader, range, &mut std::io::BufWriter::new(&mut spool)).map_err(read_err)?;
+            (fingerprint, Box::new(spool) as Box<dyn crate::storage::ReadSeekSend>, 0)
+        }
+    };
     let out = Location::parse(&args.out)?;
     let (dir, remote) = match &out {
         Location::Local(dir) => (dir.clone(), None),
@@ -449,7 +458,7 @@ fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink
         }
         PartState::Open(part) => part,
     };
-    reader.seek(SeekFrom::Start(range.0)).map_err(|e| anyhow!("{}: {e}", args.input))?;
+    reader.seek(SeekFrom::Start(lines_at)).map_err(read_err)?;
     let lines: Box<dyn BufRead> = Box::new(BufReader::with_capacity(1 << 20, reader.take(range.1 - range.0)));
     let mut input = Input::shard(lines, args.input.clone(), jsonl);
     let done = part.lines;

@@ -75,7 +75,17 @@ pub fn run_merge(args: &MergeArgs) -> Result<()> {
     ShardSpec::new(0, args.shards)?; // a count of 0 or over the limit, named before any part is read
     let input = Location::parse(&args.input)?;
     let size = input.size()?.ok_or_else(|| anyhow!("{}: no such file", args.input))?;
-    let mut source = Parts(Location::parse(&args.parts)?, input.clone());
+    let parts = Location::parse(&args.parts)?;
+    if let Location::Local(dir) = &parts {
+        // Named once for the folder, not as each part's OS error.
+        match fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => bail!("--parts {}: not a folder (the shards' --out folder)", args.parts),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("--parts {}: no such folder", args.parts),
+            Err(e) => bail!("--parts {}: {e}", args.parts),
+            Ok(_) => {}
+        }
+    }
+    let mut source = Parts(parts, input.clone());
     let report = match &args.out {
         None => shard::merge(&mut source, args.shards, size, None)?,
         Some(out) => {

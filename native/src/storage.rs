@@ -239,6 +239,14 @@ pub fn model_folder(spec: &str) -> Result<String> {
 
 /// The local folder where a shard writes the part it uploads to `out` when complete: a task
 /// restarted on the same machine resumes from it.
+/// A file deleted on close, in the cache folder (not /tmp, often a small RAM disk): where a shard's
+/// range of an object is kept while it is answered.
+pub fn spool_file() -> Result<std::fs::File> {
+    let dir = cache_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+    tempfile::tempfile_in(&dir).map_err(|e| anyhow!("{}: a spool file: {e}", dir.display()))
+}
+
 pub fn spool_dir(out: &Location) -> PathBuf {
     cache_dir().join("parts").join(sanitize(&out.display()))
 }

@@ -126,6 +126,13 @@ fn killed_and_restarted_shards_merge_to_the_single_process_output() {
         assert!(!o.status.success() && stderr.lines().count() == 1 && stderr.contains(needle), "{stderr}");
     }
     assert_eq!((fs::read(&inp).unwrap(), fs::read(&part0).unwrap()), (input_before.clone(), part_before.clone()), "nothing replaced");
+    // --parts a file or a missing folder: said of the folder, once.
+    let missing_dir = parts.join("nowhere").display().to_string();
+    for (dir, needle) in [(inp.as_str(), "not a folder"), (missing_dir.as_str(), "no such folder")] {
+        let o = tiqu().args(["parts", "merge", "--input", &inp, "--parts", dir, "--shards", "4"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.lines().count() == 1 && stderr.contains(&format!("--parts {dir}: {needle}")), "{stderr}");
+    }
 
     // The input edited in place, its size kept (u0 -> v0 in shard 0's first line): the finished
     // parts answer another input; the merge and the retried shard both say so.
