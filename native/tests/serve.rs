@@ -184,11 +184,11 @@ fn extract_one_text_a_batch_and_per_text_errors() {
 }
 
 /// Proves: malformed JSON, wrong shapes, bad schemas (duplicate or empty names), unknown
-/// constraints, unknown routes, wrong methods, oversize bodies and headers each get their status
-/// with one JSON line, and the server keeps serving after each.
+/// constraints, unknown routes, wrong methods, oversize bodies and headers, more texts than
+/// --max-texts each get their status with one JSON line, and the server keeps serving after each.
 #[test]
 fn bad_requests_get_one_json_line_and_the_server_keeps_serving() {
-    let server = Server::start(&["--max-body-bytes", "65536"]);
+    let server = Server::start(&["--max-body-bytes", "65536", "--max-texts", "3"]);
     let raw = |body: &str| read(client().post(server.url("/v1/extract")).header("content-type", "application/json").body(body.to_string()).send().unwrap());
     assert_error(raw("{\"text\": "), 400, &["malformed JSON"]);
     server.still_serves();
@@ -197,6 +197,7 @@ fn bad_requests_get_one_json_line_and_the_server_keeps_serving() {
     assert_error(raw("[1, 2]"), 400, &["JSON object"]);
     assert_error(server.post("/v1/extract", &json!({"txt": TEXT})), 400, &["unknown field `txt`"]);
     assert_error(server.post("/v1/extract", &json!({"texts": []})), 400, &["non-empty list"]);
+    assert_error(server.post("/v1/extract", &json!({"texts": ["a", "b", "c", "d"]})), 413, &["4 texts in one request; the limit is 3 (--max-texts)"]);
     assert_error(server.post("/v1/extract", &json!({"text": TEXT, "schema": ["a", "b", "a"]})), 400, &["schema", "`a` appears twice"]);
     server.still_serves();
     assert_error(server.post("/v1/extract", &json!({"text": TEXT, "schema": ["a", " "]})), 400, &["empty name"]);
@@ -470,7 +471,7 @@ fn wait_cancelled(server: &Server, before: f64, within: Duration) {
 /// request that timed out while queued is skipped, so the server serves normally afterwards.
 #[test]
 fn deadlines_give_408_and_504() {
-    let server = Server::start(&["--timeout-s", "0.5", "--max-batch", "1000"]);
+    let server = Server::start(&["--timeout-s", "0.5", "--max-batch", "1000", "--max-texts", "3000"]);
     let mut s = TcpStream::connect(server.addr()).unwrap();
     write!(s, "POST /v1/extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"text\":").unwrap();
     let mut answer = String::new();
@@ -498,7 +499,7 @@ fn deadlines_give_408_and_504() {
 /// request after it is answered long before the large one's texts could all have been extracted.
 #[test]
 fn a_timed_out_request_stops_between_batches() {
-    let server = Server::start(&["--timeout-s", "1", "--max-batch", "1"]);
+    let server = Server::start(&["--timeout-s", "1", "--max-batch", "1", "--max-texts", "3000"]);
     let started = Instant::now();
     // About 20 ms per text here: 3000 texts one by one would hold the model for a minute.
     let (status, _) = server.post("/v1/extract", &json!({"texts": vec![TEXT; 3000]}));

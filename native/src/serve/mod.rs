@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// Largest request body accepted (413 beyond).
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
+    /// Most texts in one /v1/extract request (413 beyond): one request cannot queue the work of
+    /// thousands, which would only end at --timeout-s.
+    #[arg(long, default_value_t = 1024)]
+    max_texts: usize,
     /// Default fields for /v1/extract and for `response_format: json_object`: a list of names or
     /// {"fields": [{"name", "description"?, "nullable"?}]} (default: name, address, email, question).
     #[arg(long)]
@@ -89,6 +93,7 @@ pub struct Settings {
     pub max_batch: usize,
     pub timeout: Duration,
     pub max_body_bytes: usize,
+    pub max_texts: usize,
     pub schema: Schema,
     pub constrain: Constrain,
     pub max_new_tokens: usize,
@@ -118,6 +123,9 @@ impl ServeArgs {
         if self.max_body_bytes == 0 {
             bail!("--max-body-bytes must be at least 1");
         }
+        if self.max_texts == 0 {
+            bail!("--max-texts must be at least 1");
+        }
         let api_key = match self.api_key.as_deref().map(str::trim) {
             Some("") => bail!("--api-key (or TIQU_API_KEY) is empty; unset it to serve without a key"),
             Some(key) => Some(key.to_string()),
@@ -143,6 +151,7 @@ impl ServeArgs {
             max_batch: self.max_batch,
             timeout: Duration::from_secs_f64(self.timeout_s),
             max_body_bytes: self.max_body_bytes,
+            max_texts: self.max_texts,
             schema,
             constrain: self.constrain,
             max_new_tokens: self.max_new_tokens,

@@ -124,6 +124,10 @@ fn parse_extract(body: Value, state: &AppState) -> Result<ExtractRequest, ApiErr
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give \"text\" or \"texts\", not both")),
         (Some(Value::String(t)), None) => (vec![Ok(t.clone())], true),
         (Some(_), None) => return Err(ApiError::bad_request("\"text\" must be a string")),
+        (None, Some(Value::Array(list))) if list.len() > state.settings.max_texts => {
+            let message = format!("{} texts in one request; the limit is {} (--max-texts): send them in several", list.len(), state.settings.max_texts);
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message));
+        }
         (None, Some(Value::Array(list))) if !list.is_empty() => {
             let texts = list
                 .iter()
