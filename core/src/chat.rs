@@ -55,11 +55,19 @@ impl ChatPrompt {
             Some((first, rest)) if first.role == "system" => (Some(first.content.as_str()), rest),
             _ => (None, messages),
         };
+        const SHAPE: &str = "a prompt is an optional system message followed by one user message";
+        let offset = messages.len() - rest.len();
         match rest {
             [user] if user.role == "user" => Ok(Self::new(system, &user.content)),
-            _ => Err(crate::Error::Unsupported(
-                "a prompt is an optional system message followed by one user message".into(),
-            )),
+            [] => Err(crate::Error::Unsupported(format!("no user message: {SHAPE}"))),
+            [first, ..] if first.role != "user" => {
+                Err(crate::Error::Unsupported(format!("messages[{offset}] has role `{}` where the user message belongs: {SHAPE}", first.role)))
+            }
+            _ => Err(crate::Error::Unsupported(format!(
+                "messages[{}] ({}) follows the user message: {SHAPE} (no multi-turn history)",
+                offset + 1,
+                rest[1].role
+            ))),
         }
     }
 

@@ -1,7 +1,7 @@
 //! What to extract: field names in order, optional descriptions, nullable or required, an
 //! optional value format; and the system prompt built from them.
 
-use serde::Deserialize;
+use serde_json::Value;
 
 pub use crate::format::Format;
 use crate::{Error, Result};
@@ -23,39 +23,39 @@ impl Field {
     }
 }
 
-/// A field as a schema file writes it; the format is checked by name for a clear error.
-#[derive(Deserialize)]
-struct FieldFile {
-    name: String,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default = "yes")]
-    nullable: bool,
-    #[serde(default)]
-    format: Option<String>,
-}
 
-fn yes() -> bool {
-    true
+/// One field of a schema file: a name, or `{"name", "description"?, "nullable"?, "format"?}`;
+/// `at` names it in errors (`s.json: fields[2]`).
+fn field_from_json(spec: &Value, at: &str) -> Result<Field> {
+    let obj = match spec {
+        Value::String(name) => return Ok(Field::named(name)),
+        Value::Object(obj) => obj,
+        _ => return Err(Error::Format(format!("{at} must be a name or an object with \"name\""))),
+    };
+    if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "name" | "description" | "nullable" | "format")) {
+        return Err(Error::Format(format!("{at}: unknown key `{k}` (name, description, nullable, format)")));
+    }
+    let text = |key: &str| match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Error::Format(format!("{at}.{key} must be a string"))),
+    };
+    let name = text("name")?.ok_or_else(|| Error::Format(format!("{at} has no \"name\"")))?;
+    let nullable = match obj.get("nullable") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(Error::Format(format!("{at}.nullable must be true or false"))),
+    };
+    let format = match text("format")? {
+        None => None,
+        Some(f) => Some(Format::parse(&f).ok_or_else(|| Error::Format(format!("{at}: field `{name}` has format `{f}`; the formats are {}", Format::names())))?),
+    };
+    Ok(Field { name, description: text("description")?, nullable, format })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schema {
     pub fields: Vec<Field>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SchemaFile {
-    Object { fields: Vec<FieldSpec> },
-    List(Vec<FieldSpec>),
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum FieldSpec {
-    Name(String),
-    Full(FieldFile),
 }
 
 impl Default for Schema {
@@ -90,32 +90,27 @@ impl Schema {
     }
 
     /// A schema file: `{"fields": [...]}` or a list; each field a name or
-    /// `{"name", "description"?, "nullable"?, "format"?}`.
+    /// `{"name", "description"?, "nullable"?, "format"?}`. Read by hand rather than by serde's
+    /// untagged enums, whose one error ("did not match any variant") names neither the field nor
+    /// the key; an unknown key is refused, so that a typo (`nulable`) is not silently dropped.
     pub fn from_json(bytes: &[u8], source: &str) -> Result<Self> {
-        let file: SchemaFile = serde_json::from_slice(bytes)
-            .map_err(|e| Error::Format(format!("{source}: not a schema (a list of fields, or {{\"fields\": [...]}}): {e}")))?;
-        let specs = match file {
-            SchemaFile::Object { fields } | SchemaFile::List(fields) => fields,
-        };
-        let fields = specs
-            .into_iter()
-            .map(|s| match s {
-                FieldSpec::Name(name) => Ok(Field::named(&name)),
-                FieldSpec::Full(f) => {
-                    let format = match f.format.as_deref() {
-                        None => None,
-                        Some(name) => Some(Format::parse(name).ok_or_else(|| {
-                            Error::Format(format!(
-                                "{source}: field `{}` has format `{name}`; the formats are {}",
-                                f.name,
-                                Format::names()
-                            ))
-                        })?),
-                    };
-                    Ok(Field { name: f.name, description: f.description, nullable: f.nullable, format })
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| Error::Format(format!("{source}: not JSON: {e}")))?;
+        let not_schema = || Error::Format(format!("{source}: not a schema: a list of fields, or {{\"fields\": [...]}}"));
+        let specs = match &value {
+            Value::Array(list) => list,
+            Value::Object(obj) => {
+                if let Some(k) = obj.keys().find(|k| *k != "fields") {
+                    return Err(Error::Format(format!("{source}: unknown key `{k}` (a schema object holds only \"fields\")")));
                 }
-            })
-            .collect::<Result<Vec<_>>>()?;
+                match obj.get("fields") {
+                    Some(Value::Array(list)) => list,
+                    Some(_) => return Err(Error::Format(format!("{source}: \"fields\" must be a list"))),
+                    None => return Err(not_schema()),
+                }
+            }
+            _ => return Err(not_schema()),
+        };
+        let fields = specs.iter().enumerate().map(|(i, spec)| field_from_json(spec, &format!("{source}: fields[{i}]"))).collect::<Result<Vec<_>>>()?;
         Self::new(fields, source)
     }
 
@@ -162,6 +157,20 @@ mod tests {
         let s = Schema::from_json(br#"["a", {"name": "mail", "format": "email"}]"#, "s.json").unwrap();
         assert_eq!((s.fields[0].format, s.fields[1].format), (None, Some(Format::Email)));
         let bad = Schema::from_json(br#"[{"name": "d", "format": "date"}]"#, "s.json").unwrap_err().to_string();
-        assert_eq!(bad, "s.json: field `d` has format `date`; the formats are email");
+        assert_eq!(bad, "s.json: fields[0]: field `d` has format `date`; the formats are email");
+        // Each mistake named by field and key; a typo is refused, not dropped.
+        for (json, want) in [
+            (r#"[{"name": "a", "nulable": false}]"#, "s.json: fields[0]: unknown key `nulable` (name, description, nullable, format)"),
+            (r#"{"fields": ["a"], "other": 1}"#, "s.json: unknown key `other` (a schema object holds only \"fields\")"),
+            (r#"["a", {"name": "b", "nullable": "yes"}]"#, "s.json: fields[1].nullable must be true or false"),
+            (r#"[{"nam": "x"}]"#, "s.json: fields[0]: unknown key `nam` (name, description, nullable, format)"),
+            (r#"[{"description": "x"}]"#, "s.json: fields[0] has no \"name\""),
+            (r#"[{"name": "a", "description": 5}]"#, "s.json: fields[0].description must be a string"),
+            (r#"[1, 2]"#, "s.json: fields[0] must be a name or an object with \"name\""),
+            (r#"{"fields": "a"}"#, "s.json: \"fields\" must be a list"),
+            ("5", "s.json: not a schema: a list of fields, or {\"fields\": [...]}"),
+        ] {
+            assert_eq!(Schema::from_json(json.as_bytes(), "s.json").unwrap_err().to_string(), want, "{json}");
+        }
     }
 }

@@ -66,7 +66,14 @@ fn special_tokens_in_a_message_stay_text() {
 fn prompt_must_be_system_then_user() {
     let user = Message { role: "user".into(), content: "hi".into() };
     let assistant = Message { role: "assistant".into(), content: "hello".into() };
-    assert!(ChatPrompt::from_messages(&[user.clone(), assistant]).is_err());
-    assert!(ChatPrompt::from_messages(&[]).is_err());
-    assert!(ChatPrompt::from_messages(&[user]).is_ok());
+    let system = Message { role: "system".into(), content: "s".into() };
+    let err = |m: &[Message]| ChatPrompt::from_messages(m).unwrap_err().to_string();
+    // Each refusal names the message at fault and its role.
+    assert!(err(&[user.clone(), assistant.clone()]).contains("messages[1] (assistant) follows the user message"), "{}", err(&[user.clone(), assistant.clone()]));
+    assert!(err(&[system.clone(), assistant]).contains("messages[1] has role `assistant` where the user message belongs"));
+    assert!(err(&[user.clone(), system.clone()]).contains("messages[1] (system) follows the user message"));
+    assert!(err(&[system.clone()]).contains("no user message"));
+    assert!(err(&[]).contains("no user message"));
+    assert!(ChatPrompt::from_messages(&[user.clone()]).is_ok());
+    assert!(ChatPrompt::from_messages(&[system, user]).is_ok());
 }

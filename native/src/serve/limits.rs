@@ -66,6 +66,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A compressed body would be read as JSON bytes as they are (or pass when it happens to parse):
+/// refused by name instead, since the service does not decode bodies.
+pub async fn identity_encoding(request: Request, next: Next) -> Response {
+    match request.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase()) {
+        Some(e) if !e.is_empty() && e != "identity" => {
+            let message = format!("Content-Encoding `{e}` is not supported: send the body uncompressed");
+            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message).into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
 /// When the request must be answered by; handlers waiting for the model stop there (504).
 #[derive(Clone, Copy)]
 pub struct Deadline(pub Instant);

@@ -100,7 +100,17 @@ pub fn check_keys(body: &Value) -> Result<(), String> {
         // Names the served model or the caller: neither changes the answer.
         "model",
     ];
-    let Some(obj) = body.as_object() else { return Ok(()) };
+    // serde reads a JSON array as a struct's fields in order: `[[{...}]]` would pass for a request.
+    let Some(obj) = body.as_object() else { return Err("the body must be a JSON object with \"messages\"".into()) };
+    match obj.get("messages") {
+        None => return Err("the body needs \"messages\" (a list of {\"role\", \"content\"})".into()),
+        Some(Value::Array(list)) => {
+            if let Some(i) = list.iter().position(|m| !m.get("role").is_some_and(Value::is_string)) {
+                return Err(format!("messages[{i}] must be an object with a \"role\" string and \"content\""));
+            }
+        }
+        Some(_) => return Err("messages must be a list of {\"role\", \"content\"}".into()),
+    }
     for (key, value) in obj {
         match key.as_str() {
             k if READ.contains(&k) => {}
@@ -139,8 +149,12 @@ impl ChatRequest {
             };
             messages.push(Message { role: role.to_string(), content: text_of(&m.content, &at)? });
         }
-        let prompt = tiqu_core::chat::ChatPrompt::from_messages(&messages).map_err(|e| format!("messages: {e}"))?;
+        let prompt = tiqu_core::chat::ChatPrompt::from_messages(&messages).map_err(|e| e.to_string())?;
         let user = messages.last().map(|m| m.content.clone()).unwrap_or_default();
+        if user.trim().is_empty() {
+            // As /v1/extract refuses an empty text: there is nothing to answer.
+            return Err(format!("messages[{}].content is empty: the user message needs text", messages.len() - 1));
+        }
 
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             Some(0) => return Err("max_tokens must be at least 1".into()),
@@ -295,7 +309,12 @@ fn property(name: &str, p: &Value, at: &str) -> Result<Field, String> {
     if !types.iter().any(|t| t == "string") {
         return Err(format!("{at}: a property must allow strings"));
     }
-    let description = p.get("description").and_then(Value::as_str).map(str::to_string);
+    let description = match p.get("description") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) => Some(d.clone()),
+        // The description goes into the prompt: a number or object is a mistake, not a hint.
+        Some(_) => return Err(format!("{at}.description must be a string")),
+    };
     Ok(Field { name: name.to_string(), description, nullable: types.iter().any(|t| t == "null"), format })
 }
 
@@ -374,6 +393,7 @@ mod tests {
         assert!(refused(json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]})).contains("s.required[0] `b`"));
         assert!(refused(json!({"type": "object", "properties": {"": {"type": "string"}}})).contains("empty name"));
         assert!(refused(json!({"type": "object", "properties": {"a": {"type": "string"}}, "oneOf": []})).starts_with("s.oneOf cannot"));
+        assert_eq!(refused(json!({"type": "object", "properties": {"a": {"type": "string", "description": 5}}})), "s.properties.a.description must be a string");
     }
 
     #[test]
@@ -386,6 +406,12 @@ mod tests {
         assert!(plan(json!({"messages": user, "response_format": {"type": "json_object"}, "constrain": "none"})).err().unwrap().contains("unenforced"));
         assert!(plan(json!({"messages": user, "response_format": {"type": "yaml"}})).err().unwrap().contains("`yaml`"));
         assert!(plan(json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})).err().unwrap().contains("messages[0].content[0].type"));
+        // Nothing to answer: a user message without text, however it is written.
+        for content in [json!(null), json!(""), json!(" \n"), json!([])] {
+            let err = plan(json!({"messages": [{"role": "user", "content": content}]})).err().unwrap();
+            assert_eq!(err, "messages[0].content is empty: the user message needs text", "{content}");
+        }
+        assert!(plan(json!({"messages": [{"role": "wizard", "content": "hi"}]})).err().unwrap().contains("messages[0] has role `wizard`"));
         let ok = plan(json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
                              "response_format": {"type": "json_object"}, "constrain": "copy"}))
         .unwrap();
@@ -410,5 +436,10 @@ mod tests {
             assert!(check_keys(&json!({"messages": user, key: 1})).unwrap_err().starts_with(key));
         }
         assert!(check_keys(&json!({"messages": user, "presence_penalty": 0.5})).is_err());
+        // serde would read arrays as the structs' fields in order; the shapes are checked first.
+        assert_eq!(check_keys(&json!([[{"role": "user", "content": "hi"}]])).unwrap_err(), "the body must be a JSON object with \"messages\"");
+        assert_eq!(check_keys(&json!({"messages": [["user", "hi"]]})).unwrap_err(), "messages[0] must be an object with a \"role\" string and \"content\"");
+        assert!(check_keys(&json!({"messages": "hi"})).unwrap_err().starts_with("messages must be a list"));
+        assert!(check_keys(&json!({"model": "m"})).unwrap_err().starts_with("the body needs \"messages\""));
     }
 }

@@ -34,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/extract", post(extract))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn(limits::identity_encoding))
         .route_layer(middleware::from_fn_with_state(state.clone(), limits::require_api_key));
     // The last layer added runs first: errors become JSON around everything, then counting,
     // the deadline, and the body limit closest to the handlers.
@@ -199,9 +200,9 @@ fn event_error(status: u16, message: String) -> ApiError {
 async fn chat(State(state): Shared, Extension(at): Extension<Deadline>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let arrived = std::time::Instant::now();
     let body = parse_json(body)?;
-    let request: ChatRequest =
-        serde_json::from_value(body.clone()).map_err(|e| ApiError::bad_request(format!("not a chat completion request: {e}")))?;
     super::openai::check_keys(&body).map_err(ApiError::bad_request)?;
+    let request: ChatRequest =
+        serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("not a chat completion request: {e}")))?;
     let plan = request.plan(&state.settings.schema).map_err(ApiError::bad_request)?;
     let (events, mut rx) = mpsc::unbounded_channel();
     let (stream, include_usage) = (plan.stream, plan.include_usage);
