@@ -93,22 +93,33 @@ struct Input {
     line_no: usize,
     jsonl: Option<bool>,
     buf: Vec<u8>,
+    /// Whether the reader starts at the file's first byte, where a byte-order mark may stand.
+    at_start: bool,
 }
 
 impl Input {
     fn open(spec: &str) -> Result<Self> {
-        let reader: Box<dyn BufRead> = if spec == "-" {
-            Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()))
-        } else {
-            Box::new(BufReader::with_capacity(1 << 20, File::open(spec).map_err(|e| anyhow!("{spec}: {e}"))?))
-        };
-        let name = if spec == "-" { "stdin".to_string() } else { spec.to_string() };
-        Ok(Self { reader, name, line_no: 0, jsonl: None, buf: Vec::new() })
+        if spec == "-" {
+            let reader = Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()));
+            return Ok(Self { reader, name: "stdin".into(), line_no: 0, jsonl: None, buf: Vec::new(), at_start: true });
+        }
+        let mut file = File::open(spec).map_err(|e| anyhow!("{spec}: {e}"))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            // A pipe cannot be read twice: its form is decided from its first line as it comes.
+            let reader = Box::new(BufReader::with_capacity(1 << 20, file));
+            return Ok(Self { reader, name: spec.to_string(), line_no: 0, jsonl: None, buf: Vec::new(), at_start: true });
+        }
+        // A file's form is decided before any output is opened, so that a first line that
+        // cannot be read leaves no output behind.
+        let jsonl = first_line_is_jsonl(&mut file, spec)?;
+        file.seek(SeekFrom::Start(0)).map_err(|e| anyhow!("{spec}: {e}"))?;
+        let reader = Box::new(BufReader::with_capacity(1 << 20, file));
+        Ok(Self { reader, name: spec.to_string(), line_no: 0, jsonl: Some(jsonl), buf: Vec::new(), at_start: true })
     }
 
     /// Lines of one shard, read as the whole input reads (`jsonl` decided from its first line).
-    fn shard(reader: Box<dyn BufRead>, name: String, jsonl: bool) -> Self {
-        Self { reader, name, line_no: 0, jsonl: Some(jsonl), buf: Vec::new() }
+    fn shard(reader: Box<dyn BufRead>, name: String, jsonl: bool, at_start: bool) -> Self {
+        Self { reader, name, line_no: 0, jsonl: Some(jsonl), buf: Vec::new(), at_start }
     }
 
     /// The next line as a record, `None` at the end of the input.
@@ -128,8 +139,10 @@ impl Input {
         }
         let raw = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        // A spreadsheet's or editor's byte-order mark is not part of the first text.
+        let raw = if self.at_start && line_no == 1 { raw.strip_prefix(BOM).unwrap_or(raw) } else { raw };
         if self.jsonl.is_none() && !raw.iter().all(u8::is_ascii_whitespace) {
-            self.jsonl = Some(is_jsonl_line(raw));
+            self.jsonl = Some(is_jsonl_line(raw).map_err(|why| anyhow!("{}:{line_no}: {why}", self.name))?);
         }
         Ok(Some(parse_record(raw, line_no, self.jsonl.unwrap_or(false))))
     }
@@ -154,9 +167,27 @@ impl Input {
     }
 }
 
-/// Whether the input's first non-blank line makes it JSONL: an object with "text".
-fn is_jsonl_line(raw: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(raw).ok().is_some_and(|v| v.get("text").is_some())
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Whether the input's first non-blank line makes it JSONL: an object with "text". A line that
+/// looks like a JSON object (`{…}`, or `{"` torn before its end) but is not one with "text" is an error: read as plain text,
+/// every line's JSON would go to the model as the text and the file's ids would be lost.
+fn is_jsonl_line(raw: &[u8]) -> std::result::Result<bool, String> {
+    let trimmed = raw.trim_ascii();
+    let key_first = trimmed.strip_prefix(b"{").is_some_and(|rest| rest.trim_ascii_start().starts_with(b"\""));
+    if !(trimmed.starts_with(b"{") && (trimmed.ends_with(b"}") || key_first)) {
+        return Ok(false);
+    }
+    const FORMS: &str = "give one text per line, or JSONL {\"id\", \"text\"}";
+    match serde_json::from_slice::<Value>(trimmed) {
+        Ok(Value::Object(obj)) if obj.contains_key("text") => Ok(true),
+        Ok(Value::Object(obj)) => {
+            let keys: Vec<&str> = obj.keys().map(String::as_str).take(8).collect();
+            Err(format!("a JSON object without \"text\" (its keys: {}); {FORMS}", keys.join(", ")))
+        }
+        Ok(_) => Ok(false),
+        Err(e) => Err(format!("the first line looks like JSON but is not valid JSON ({e}); {FORMS}")),
+    }
 }
 
 /// One line (without its line end) as a record; ids are line numbers unless JSONL gives one.
@@ -419,7 +450,7 @@ fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink
     let range = tiqu_core::shard::line_range(&mut reader, size, spec).map_err(|e| anyhow!("{}: {e}", args.input))?;
     // JSONL or text is the whole input's property: decided from its first non-blank line, as a
     // single process does, whatever this shard's first line looks like.
-    let jsonl = first_line_is_jsonl(&mut reader).map_err(|e| anyhow!("{}: {e}", args.input))?;
+    let jsonl = first_line_is_jsonl(&mut reader, &args.input)?;
     // Recorded in the marker and checked against it: an input edited in place, its size kept,
     // must not pass for the one a finished part answers. An object on storage is fetched once:
     // its range goes to a local file as it is fingerprinted, and the lines are read from there.
@@ -460,7 +491,7 @@ fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink
     };
     reader.seek(SeekFrom::Start(lines_at)).map_err(read_err)?;
     let lines: Box<dyn BufRead> = Box::new(BufReader::with_capacity(1 << 20, reader.take(range.1 - range.0)));
-    let mut input = Input::shard(lines, args.input.clone(), jsonl);
+    let mut input = Input::shard(lines, args.input.clone(), jsonl, range.0 == 0);
     let done = part.lines;
     for seen in 0..done {
         if input.next_record()?.is_none() {
@@ -472,21 +503,24 @@ fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink
 }
 
 /// Whether the input is JSONL, from its first non-blank line (read from the start).
-fn first_line_is_jsonl(reader: &mut dyn crate::storage::ReadSeekSend) -> std::io::Result<bool> {
-    reader.seek(SeekFrom::Start(0))?;
+fn first_line_is_jsonl(reader: &mut dyn crate::storage::ReadSeekSend, name: &str) -> Result<bool> {
+    let io = |e: std::io::Error| anyhow!("{name}: {e}");
+    reader.seek(SeekFrom::Start(0)).map_err(io)?;
     let mut lines = BufReader::new(reader);
     let mut line = Vec::new();
-    loop {
+    for line_no in 1.. {
         line.clear();
-        if (&mut lines).take(MAX_LINE_BYTES as u64).read_until(b'\n', &mut line)? == 0 {
-            return Ok(false);
+        if (&mut lines).take(MAX_LINE_BYTES as u64).read_until(b'\n', &mut line).map_err(io)? == 0 {
+            break;
         }
         let raw = line.strip_suffix(b"\n").unwrap_or(&line);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let raw = if line_no == 1 { raw.strip_prefix(BOM).unwrap_or(raw) } else { raw };
         if !raw.iter().all(u8::is_ascii_whitespace) {
-            return Ok(is_jsonl_line(raw));
+            return is_jsonl_line(raw).map_err(|why| anyhow!("{name}:{line_no}: {why}"));
         }
     }
+    Ok(false)
 }
 
 /// The input record an answered line is checked against: its id, and in copy mode its text

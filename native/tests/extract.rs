@@ -24,7 +24,8 @@ fn tiqu(args: &[&str], stdin: Option<&[u8]>) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.unwrap_or_default()).unwrap();
+    // A run refused before it reads its input closes the pipe: the write may then fail.
+    let _ = child.stdin.take().unwrap().write_all(stdin.unwrap_or_default());
     child.wait_with_output().unwrap()
 }
 
@@ -107,6 +108,39 @@ fn jsonl_ids_resume_and_schema() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.starts_with("error: ") && stderr.contains("`name` appears twice"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// Proves: the input's form is taken from its first line as a user means it: a byte-order mark
+/// before JSONL keeps the file's ids; a first line that looks like JSON but is not a JSONL record
+/// with "text" is one error naming the line, before any output exists (it used to be read as
+/// plain text: each line's JSON went to the model and the ids were lost).
+#[test]
+fn the_first_line_decides_jsonl_and_a_broken_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    let run = |name: &str, body: &[u8]| {
+        let input = dir.path().join(name);
+        fs::write(&input, body).unwrap();
+        let out = dir.path().join(format!("{name}.out"));
+        let o = tiqu(&["extract", "--model", &m, "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-new-tokens", "8"], None);
+        (o, out)
+    };
+    let (o, out) = run("bom.jsonl", format!("\u{feff}{}\n", serde_json::json!({"id": "a1", "text": TEXTS[0]})).as_bytes());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lines(&fs::read(&out).unwrap())[0]["id"], "a1");
+    for (name, body, needle) in [
+        ("torn.jsonl", "\n{\"id\": \"a1\", \"text\": \"x\"\n", "torn.jsonl:2: the first line looks like JSON but is not valid JSON"),
+        ("input-key.jsonl", "{\"id\": \"a1\", \"input\": \"x\"}\n", "input-key.jsonl:1: a JSON object without \"text\" (its keys: id, input)"),
+    ] {
+        let (o, out) = run(name, body.as_bytes());
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.lines().count() == 1 && stderr.contains(needle), "{stderr}");
+        assert!(!out.exists(), "{name}: no output is left behind");
+    }
+    // A text that merely starts with a brace is still a text.
+    let (o, out) = run("brace.txt", "{紧急} 王小明 上海市浦东新区 xm@example.org\n".as_bytes());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lines(&fs::read(&out).unwrap())[0]["id"], 1);
 }
 
 /// Issue 14 case 1: `--resume` appends only to its own output for this input, and `--out` can
