@@ -158,7 +158,9 @@ impl<B: Backend> Extractor<B> {
         if self.options.max_input_tokens < context {
             (self.options.max_input_tokens, format!("max_input_tokens ({})", self.options.max_input_tokens))
         } else {
-            (context, format!("the context ({} positions)", self.model.max_position_embeddings))
+            let ctx = self.model.max_position_embeddings;
+            let kept = ctx - context.min(ctx);
+            (context, format!("the context ({ctx} positions, {kept} of them kept for the answer: --max-new-tokens {} and the fields' keys)", self.options.max_new_tokens))
         }
     }
 
@@ -179,7 +181,7 @@ impl<B: Backend> Extractor<B> {
         let overhead = ids.len().saturating_sub(text_ids.len());
         if overhead + 2 >= budget {
             return Err(Error::Limit(format!(
-                "the prompt takes {overhead} tokens before any text, leaving none under {limit}"
+                "the prompt takes {overhead} tokens before any text, leaving none under {limit}; lower --max-new-tokens or use fewer fields"
             )));
         }
         let keep = budget - overhead - 2;

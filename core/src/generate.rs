@@ -24,7 +24,7 @@ impl Sampling {
                 return Err(Error::Other("top_k must be at least 1".into()));
             }
             if !(*temperature > 0.0 && temperature.is_finite()) {
-                return Err(Error::Other(format!("temperature must be positive, got {temperature}")));
+                return Err(Error::Other(format!("temperature must be positive, got {temperature:?}")));
             }
             if top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
                 return Err(Error::Other("top_p must be in (0, 1]".into()));

@@ -180,8 +180,8 @@ pub fn run(backend: BackendName, cmd: &BenchCommand) -> Result<()> {
 }
 
 fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &BenchGenerateArgs) -> Result<()> {
-    if args.batch == 0 || args.prompt_len == 0 {
-        bail!("--batch and --prompt-len must be at least 1");
+    if args.batch == 0 || args.prompt_len == 0 || args.new_tokens == 0 {
+        bail!("--batch, --prompt-len and --new-tokens must be at least 1");
     }
     crate::check_rows("--batch", args.batch)?;
     let cfg = load_bench_config(&args.config)?;
@@ -263,7 +263,7 @@ fn bench_verify<B: Backend>(device: &B::Device, backend: BackendName, args: &Ben
     }
     crate::check_rows("--batch", args.batch)?;
     if !(0.0..=1.0).contains(&args.acceptance) {
-        bail!("--acceptance must be a share from 0 to 1, got {}", args.acceptance);
+        bail!("--acceptance must be a share from 0 to 1, got {:?}", args.acceptance);
     }
     let cfg = load_bench_config(&args.config)?;
     if args.cache + longest > cfg.max_position_embeddings {
@@ -416,8 +416,8 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
 
 fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &BenchExtractArgs) -> Result<()> {
     use tiqu_core::{ExtractOptions, Extractor, Schema};
-    if args.batch == 0 || args.text_chars == 0 {
-        bail!("--batch and --text-chars must be at least 1");
+    if args.batch == 0 || args.text_chars == 0 || args.max_new_tokens == 0 || args.records == Some(0) {
+        bail!("--batch, --text-chars, --max-new-tokens and --records must be at least 1");
     }
     crate::check_rows("--batch", args.batch)?;
     // The texts are made up front: bounded so that a typo is an error, not an abort.

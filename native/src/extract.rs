@@ -228,6 +228,14 @@ pub fn run(backend: BackendName, args: &ExtractArgs) -> Result<()> {
         bail!("--max-input-tokens and --max-new-tokens must be at least 1");
     }
     args.sampling.sampling(args.model.seed).check()?;
+    for (flag, value) in [("--input", &args.input), ("--out", &args.out)] {
+        if value.trim().is_empty() {
+            bail!("{flag} is empty: give a file, or - for standard {}", if flag == "--input" { "input" } else { "output" });
+        }
+    }
+    if args.shard.is_none() && args.out != "-" && fs::metadata(&args.out).is_ok_and(|m| m.is_dir()) {
+        bail!("--out {} is a folder: --out takes a file (a folder only with --shard)", args.out);
+    }
     let schema = match &args.schema {
         Some(p) => Schema::from_json(&fs::read(p).map_err(|e| anyhow!("{}: {e}", p.display()))?, &p.display().to_string())?,
         None => Schema::default(),

@@ -29,11 +29,22 @@ pub struct GenerateArgs {
     json: bool,
 }
 
+/// A number as f32 that does not round to 0 or infinity on the way (`1e-300` would read as 0,
+/// and then be refused as "not positive, got 0").
+fn positive_f32(s: &str) -> Result<f32, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
+    let f = v as f32;
+    if v > 0.0 && v.is_finite() && !(f > 0.0 && f.is_finite()) {
+        return Err(format!("{v:?} is outside the range of f32 ({:?} to {:?})", f32::MIN_POSITIVE, f32::MAX));
+    }
+    Ok(f)
+}
+
 /// Greedy decoding unless one of these is given.
 #[derive(Args, Clone, Copy)]
 pub struct SamplingArgs {
     /// Sample with this temperature instead of greedy decoding.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_f32)]
     temperature: Option<f32>,
     /// Sample from the k most likely tokens (implies sampling).
     #[arg(long)]
@@ -60,6 +71,9 @@ pub fn run(backend: BackendName, args: &GenerateArgs) -> Result<()> {
 fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &GenerateArgs) -> Result<()> {
     if args.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
+    }
+    if let Some(i) = args.prompt.iter().position(|p| p.trim().is_empty()) {
+        bail!("--prompt number {} is empty: the user message needs text (as /v1/chat/completions asks)", i + 1);
     }
     let sampling = args.sampling.sampling(args.model.seed);
     sampling.check()?;

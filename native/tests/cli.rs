@@ -133,6 +133,7 @@ fn random_weights_need_only_config_and_tokenizer() {
     assert!(out["tokens"].as_array().unwrap().len() <= 3);
     // Without --random-weights the missing weights are named.
     assert_clean_error(&tiqu(&["generate", "--model", model, "--prompt", "hi"]), &["model.safetensors", "--random-weights"]);
+    assert_clean_error(&tiqu(&["generate", "--model", model, "--random-weights", "--prompt", "hi", "--prompt", " "]), &["--prompt number 2 is empty"]);
 }
 
 #[test]
@@ -336,6 +337,17 @@ fn huge_batches_and_lengths_are_refused_before_any_allocation() {
     }
     let o = tiqu(&["--backend", "cpu", "bench", "train", "--config", "qwen3-0.6b", "--seq", "100000000"]);
     assert_clean_error(&o, &["--seq", "max_position_embeddings"]);
+    // Zero work is not a measurement (it printed 0 tokens/s, or records/s of nothing, exit 0).
+    let o = tiqu(&["--backend", "cpu", "bench", "generate", "--config", config, "--new-tokens", "0"]);
+    assert_clean_error(&o, &["--new-tokens must be at least 1"]);
+    let tokenizer = fixture("tiny-tied");
+    for (flag, value) in [("--records", "0"), ("--max-new-tokens", "0")] {
+        let o = tiqu(&["--backend", "cpu", "bench", "extract", "--config", config, "--tokenizer", tokenizer.to_str().unwrap(), flag, value]);
+        assert_clean_error(&o, &["--max-new-tokens and --records must be at least 1"]);
+    }
+    // More client threads than the OS gives: refused by name (was a panic on thread spawn).
+    let o = tiqu(&["bench", "serve", "--url", "http://127.0.0.1:9", "--input", input.to_str().unwrap(), "--clients", "1,100000"]);
+    assert_clean_error(&o, &["--clients 100000: at most 4096"]);
 }
 
 /// Usage errors (a flag that does not exist, a value that does not parse, a missing required
@@ -347,6 +359,8 @@ fn usage_errors_are_one_line() {
         (&["train", "--bogus"][..], &["--bogus"][..]),
         (&["serve", "--max-batch", "x"][..], &["--max-batch", "'x'"][..]),
         (&["merge"][..], &["required", "--model", "--out"][..]),
+        // Not "must be positive, got 0": the value typed is positive, f32 cannot hold it.
+        (&["extract", "--temperature", "1e-300"][..], &["--temperature", "1e-300 is outside the range of f32"][..]),
     ] {
         let out = tiqu(args);
         assert_clean_error(&out, needles);

@@ -213,10 +213,17 @@ fn server_rss_mb(addr: &str) -> Option<f64> {
     (bytes > 0.0).then_some(bytes / (1024.0 * 1024.0))
 }
 
+const MAX_CLIENTS: usize = 4096;
+
 pub fn run(args: &BenchServeArgs) -> Result<()> {
     let addr = authority(&args.url)?;
     if args.clients.contains(&0) {
         bail!("--clients: every level needs at least 1 client");
+    }
+    // A client is a thread with its own connection: far beyond a server's --max-connections
+    // (1024 by default) the threads, not the server, are measured, and the OS runs out of them.
+    if let Some(&c) = args.clients.iter().find(|&&c| c > MAX_CLIENTS) {
+        bail!("--clients {c}: at most {MAX_CLIENTS} clients per level");
     }
     if args.requests == Some(0) {
         bail!("--requests must be at least 1");

@@ -112,10 +112,10 @@ impl ServeArgs {
             bail!("--max-new-tokens must be at least 1");
         }
         if !(self.timeout_s.is_finite() && self.timeout_s > 0.0 && self.timeout_s <= 86_400.0) {
-            bail!("--timeout-s must be a number of seconds in (0, 86400], got {}", self.timeout_s);
+            bail!("--timeout-s must be a number of seconds in (0, 86400], got {:?}", self.timeout_s);
         }
         if !(self.idle_timeout_s.is_finite() && self.idle_timeout_s > 0.0 && self.idle_timeout_s <= 86_400.0) {
-            bail!("--idle-timeout-s must be a number of seconds in (0, 86400], got {}", self.idle_timeout_s);
+            bail!("--idle-timeout-s must be a number of seconds in (0, 86400], got {:?}", self.idle_timeout_s);
         }
         if self.max_connections == 0 {
             bail!("--max-connections must be at least 1");

@@ -163,10 +163,10 @@ impl ChatRequest {
         };
         let temperature = self.temperature.unwrap_or(0.0);
         if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
-            return Err(format!("temperature must be in [0, 2], got {temperature}"));
+            return Err(format!("temperature must be in [0, 2], got {temperature:?}"));
         }
         let top_p = match self.top_p {
-            Some(p) if !(p > 0.0 && p <= 1.0) => return Err(format!("top_p must be in (0, 1], got {p}")),
+            Some(p) if !(p > 0.0 && p <= 1.0) => return Err(format!("top_p must be in (0, 1], got {p:?}")),
             p => p.map(|p| p as f32),
         };
         let constrain = match self.constrain.as_deref() {
