@@ -24,6 +24,12 @@ pub trait Files {
         format!("{}/{name}", self.label())
     }
 
+    /// The error for a file `name` that is not there; `what` says what the set is not then
+    /// ("not an adapter folder").
+    fn missing(&self, name: &str, what: &str) -> Error {
+        Error::Format(format!("{}: missing ({what})", self.path(name)))
+    }
+
     fn read(&self, name: &str) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
         self.open(name)?.read_to_end(&mut bytes).map_err(|e| Error::io(self.path(name), e))?;
@@ -113,6 +119,17 @@ impl Files for Folder {
 
     fn path(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
+    }
+
+    /// A file given where its folder belongs (`--adapter run/adapter_config.json`) or a folder
+    /// that is not there is named as such, not as `…/adapter_config.json/adapter_config.json`.
+    fn missing(&self, name: &str, what: &str) -> Error {
+        let dir = self.dir.display();
+        match std::fs::metadata(&self.dir) {
+            Ok(m) if !m.is_dir() => Error::Format(format!("{dir}: is a file; give the folder that holds {name}")),
+            Err(_) => Error::Format(format!("{dir}: no such folder")),
+            Ok(_) => Error::Format(format!("{}: missing ({what})", self.path(name))),
+        }
     }
 
     fn exists(&self, name: &str) -> bool {

@@ -70,8 +70,11 @@ impl LoraConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.r == 0 {
-            return Err(Error::Unsupported("LoRA r must be at least 1".into()));
+        // Far above any useful rank (the projections of Qwen3-0.6B are 1024 wide): a typo's rank
+        // would be an allocation that aborts the process.
+        const MAX_R: usize = 65_536;
+        if self.r == 0 || self.r > MAX_R {
+            return Err(Error::Unsupported(format!("LoRA r must be between 1 and {MAX_R}, got {}", self.r)));
         }
         if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
             return Err(Error::Unsupported(format!("lora_alpha {} must be a finite number above 0", self.lora_alpha)));
@@ -82,7 +85,10 @@ impl LoraConfig {
         if self.target_modules.is_empty() {
             return Err(Error::Unsupported("target_modules is empty".into()));
         }
-        for t in &self.target_modules {
+        for (i, t) in self.target_modules.iter().enumerate() {
+            if self.target_modules[..i].contains(t) {
+                return Err(Error::Unsupported(format!("target_modules lists `{t}` twice")));
+            }
             if !TARGETS.contains(&t.as_str()) {
                 return Err(Error::Unsupported(format!(
                     "target module `{t}` is not a Qwen3 projection (supported: {})",

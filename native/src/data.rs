@@ -67,12 +67,14 @@ pub fn heldout_path(out: &Path) -> PathBuf {
 }
 
 fn synth(args: &SynthArgs) -> Result<()> {
-    if args.n == 0 {
-        bail!("--n must be at least 1");
+    // Ten million records are some 3 GB: a larger --n is a typo that would fill the disk.
+    const MAX_N: usize = 10_000_000;
+    if args.n == 0 || args.n > MAX_N {
+        bail!("--n must be between 1 and {MAX_N}, got {}", args.n);
     }
     let train = match args.split {
         None => args.n,
-        Some(f) if !(f > 0.0 && f < 1.0) => bail!("--split must be between 0 and 1 (exclusive), got {f}"),
+        Some(f) if !(f > 0.0 && f < 1.0) => bail!("--split must be between 0 and 1 (exclusive), got {f:?}"),
         Some(f) => {
             let train = (f * args.n as f64).round() as usize;
             if train == 0 || train == args.n {

@@ -45,7 +45,7 @@ pub struct EvalArgs {
     pub json: bool,
     /// Batches extracted at once, each on its own thread (default: the cores on the cpu backend,
     /// else 1).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub threads: Option<usize>,
 }
 
@@ -149,6 +149,10 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
         writeln!(file, "{entry}")?;
     }
     result["mistakes"] = json!(mistakes_path.display().to_string());
+    if result["records"].as_u64() == Some(0) {
+        // A score of no records is no score: 0.0% would read as a model that fails everything.
+        bail!("{source}: no record has a usable reference output ({} unusable; why each is, in {})", result["bad_records"], mistakes_path.display());
+    }
     Ok(result)
 }
 

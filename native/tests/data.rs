@@ -82,7 +82,8 @@ fn synth_bad_input_is_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.jsonl");
     let out = out.to_str().unwrap();
-    assert_clean_error(&tiqu(&["data", "synth", "--n", "0", "--out", out]), &["--n must be at least 1"]);
+    assert_clean_error(&tiqu(&["data", "synth", "--n", "0", "--out", out]), &["--n must be between 1 and 10000000, got 0"]);
+    assert_clean_error(&tiqu(&["data", "synth", "--n", "9223372036854775807", "--out", out]), &["--n must be between 1 and 10000000"]);
     assert_clean_error(&tiqu(&["data", "synth", "--n", "5", "--split", "1.5", "--out", out]), &["--split"]);
     assert_clean_error(&tiqu(&["data", "synth", "--n", "1", "--split", "0.9", "--out", out]), &["held-out", "empty"]);
     assert_clean_error(&tiqu(&["data", "synth", "--n", "3", "--styles", "row,tabs", "--out", out]), &["--styles", "`tabs`", "letter"]);
@@ -108,6 +109,25 @@ fn synth_bad_input_is_one_line() {
     assert!(!fresh.exists(), "nothing is written when one of the files is refused");
     assert!(tiqu(&["data", "synth", "--n", "3", "--out", kept_str, "--force"]).status.success());
     assert_eq!(check_records(&fs::read_to_string(&kept).unwrap()), 3);
+
+    // A link (dangling: it passed for "no file yet"; live: --force replaced the link, not its
+    // target) and a pipe are refused, --force or not, and stay what they were.
+    let dangling = dir.path().join("dangling.jsonl");
+    std::os::unix::fs::symlink(dir.path().join("nowhere/z.jsonl"), &dangling).unwrap();
+    let live = dir.path().join("live.jsonl");
+    std::os::unix::fs::symlink(&kept, &live).unwrap();
+    for (link, force) in [(&dangling, false), (&live, true)] {
+        let mut args = vec!["data", "synth", "--n", "2", "--out", link.to_str().unwrap()];
+        if force {
+            args.push("--force");
+        }
+        assert_clean_error(&tiqu(&args), &["is a symbolic link"]);
+        assert!(fs::symlink_metadata(link).unwrap().file_type().is_symlink());
+    }
+    let fifo = dir.path().join("pipe.jsonl");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert_clean_error(&tiqu(&["data", "synth", "--n", "2", "--out", fifo.to_str().unwrap(), "--force"]), &["not a regular file"]);
+    assert!(!fs::metadata(&fifo).unwrap().is_file(), "the pipe is still a pipe");
 }
 
 /// The hand-written complaints `tiqu quickstart` measures its model on are usable records:

@@ -317,6 +317,30 @@ fn check_reports_each_problem_with_its_line_and_fixes_only_safe_ones() {
     assert!(table.contains("not_verbatim") && table.contains("tokens: not measured"), "{table}");
 }
 
+/// Proves: a key written twice, in the record or inside its output, is a finding (it passed
+/// `--strict` while training refused the record and eval kept the last label silently).
+#[test]
+fn check_names_keys_written_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("twice.jsonl");
+    let out = r#"{\"name\": \"龙琳\", \"address\": null, \"email\": null, \"question\": null}"#;
+    let twice_out = r#"{\"name\": \"X\", \"address\": null, \"email\": null, \"question\": null, \"name\": \"龙琳\"}"#;
+    let lines = [
+        format!(r#"{{"instruction": "提取", "input": "{T1}", "output": "{out}"}}"#),
+        format!(r#"{{"instruction": "提取", "input": "{T1}（2）", "input": "{T1}（2b）", "output": "{out}"}}"#),
+        format!(r#"{{"instruction": "提取", "input": "{T1}（3）", "output": "{twice_out}"}}"#),
+    ];
+    fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let findings = dir.path().join("f.jsonl");
+    let o = tiqu(&["data", "check", s(&file), "--findings", s(&findings), "--strict"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let got: Vec<(u64, String, String)> = jsonl(&findings)
+        .iter()
+        .map(|f| (f["line"].as_u64().unwrap(), f["kind"].as_str().unwrap().to_string(), f["field"].as_str().unwrap_or("").to_string()))
+        .collect();
+    assert_eq!(got, [(2, "repeated_key".to_string(), "input".to_string()), (3, "repeated_key".to_string(), "output".to_string())]);
+}
+
 #[test]
 fn check_reads_the_seeds_json_array_and_names_array_lines() {
     let dir = tempfile::tempdir().unwrap();

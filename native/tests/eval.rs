@@ -54,6 +54,13 @@ fn eval_reports_fields_counts_bad_references_and_writes_mistakes() {
     let wrong = lines.iter().filter(|l| l.get("expected").is_some()).count() as u64;
     let exact = (r["all_fields_exact"].as_f64().unwrap() * records as f64).round() as u64;
     assert_eq!(wrong + exact, records);
+
+    // Only unusable references: no score (was "0 records … 0.0%", exit 0), the mistakes say why.
+    fs::write(&data, format!("{bad_output}\n{missing}\n")).unwrap();
+    let out = tiqu(&["--backend", "cpu", "eval", "--model", &model, "--data", data.to_str().unwrap(), "--max-new-tokens", "4", "--mistakes", mistakes.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && stderr.lines().count() == 1 && stderr.contains("no record has a usable reference output (2 unusable"), "{stderr}");
+    assert_eq!(fs::read_to_string(&mistakes).unwrap().lines().count(), 2);
 }
 
 #[test]

@@ -267,6 +267,21 @@ fn bad_training_input_gets_one_clear_line() {
     assert_error(&run(&["--devices", "cpu,cpu", "--grad-accum", "2"], &out4s), &["--devices", "one device"]);
     assert_error(&run(&["--devices", "cpu,cpu", "--grad-accum", "1"], &out4s), &["--devices", "--grad-accum 2"]);
     assert_error(&run(&["--quantize", "int8"], &out4s), &["--quantize", "unquantized"]);
+    // Sizes whose step arithmetic overflowed (a panic after the folder was made), settings that
+    // meant nothing (a checkpoint every 0 steps, a module listed twice, an adapter that full
+    // training would ignore), and 0 threads: refused before anything is made.
+    let adapter = fixture("peft-adapter-tied");
+    for (extra, needles) in [
+        (&["--batch-size", "9223372036854775807"][..], &["--batch-size", "above the limit of 1048576"][..]),
+        (&["--grad-accum", "4294967296"][..], &["--grad-accum", "above the limit"][..]),
+        (&["--save-steps", "0"][..], &["save_steps must be at least 1"][..]),
+        (&["--target-modules", "q_proj,q_proj"][..], &["target_modules lists `q_proj` twice"][..]),
+        (&["--r", "100000000"][..], &["LoRA r must be between 1 and 65536"][..]),
+        (&["--adapter", adapter.as_str(), "--method", "full"][..], &["--method full", "merge the adapter first"][..]),
+        (&["--threads", "0"][..], &["--threads", "0 is not in 1..=4096"][..]),
+    ] {
+        assert_error(&run(extra, &out4s), needles);
+    }
     assert!(!out4.exists(), "refused runs create nothing");
 }
 
@@ -304,6 +319,9 @@ fn inputs_from_other_tools_and_their_errors() {
     for (text, needles) in [
         ("learning_rate = \"fast\"\n", &["run.toml", "`learning_rate`", "expected f64"][..]),
         ("gradient_checkpointing = 5\n", &["`gradient_checkpointing`", "none, balanced, layer, true or false"][..]),
+        // Syntax errors are named by line (the parser's message alone has no position).
+        ("r = 8\n[oops\n", &["run.toml:2: invalid table header"][..]),
+        ("max_steps = 3\nmax_steps = 4\n", &["run.toml:2: duplicate key `max_steps`"][..]),
     ] {
         fs::write(&toml, text).unwrap();
         let (out, run) = train(Path::new(&fixture("sft_small.jsonl")), "toml-run", &["--config", toml.to_str().unwrap()]);

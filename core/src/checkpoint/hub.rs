@@ -15,7 +15,9 @@ pub fn resolve_dir(model: &str) -> Result<PathBuf> {
     if path.exists() {
         return Err(Error::Format(format!("{model}: a model must be a checkpoint folder (or a Hub id), not a file")));
     }
-    let looks_like_id = model.split('/').count() == 2 && !model.starts_with('.') && !model.contains('\\');
+    // `owner/name` of the Hub's characters: `/nonexistent` or `runs/x/` is a path, not an id.
+    let part = |p: &str| !p.is_empty() && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let looks_like_id = model.split_once('/').is_some_and(|(owner, name)| part(owner) && part(name));
     if !looks_like_id {
         return Err(Error::Format(format!("{model}: no such folder (and not a Hub id like Qwen/Qwen3-0.6B)")));
     }
@@ -66,4 +68,19 @@ fn download(model: &str) -> std::result::Result<PathBuf, String> {
         }
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path that does not exist is named as a missing folder, never sent to the Hub (an
+    /// absolute path used to end in a DNS failure for https://huggingface.co//nonexistent).
+    #[test]
+    fn paths_are_not_hub_ids() {
+        for path in ["/nonexistent", "/no/such", "runs/x/", "./a/b", "a/b/c", "a/../b", "a b/c"] {
+            let err = resolve_dir(path).unwrap_err().to_string();
+            assert!(err.contains("no such folder (and not a Hub id"), "{path}: {err}");
+        }
+    }
 }

@@ -89,7 +89,7 @@ impl Checkpoint {
     pub fn open(files: Box<dyn Files>) -> Result<Self> {
         let path = files.path("config.json");
         if !files.exists("config.json") {
-            return Err(Error::Format(format!("{path}: missing (not a model folder)")));
+            return Err(files.missing("config.json", "not a model folder"));
         }
         let config = Qwen3Config::from_json(&files.read("config.json")?, &path)?;
         Ok(Self { files, config })
@@ -125,7 +125,7 @@ impl Checkpoint {
     pub fn tokenizer_in(files: &dyn Files) -> Result<Tokenizer> {
         let path = files.path("tokenizer.json");
         if !files.exists("tokenizer.json") {
-            return Err(Error::Format(format!("{path}: missing (the tokenizer can be read from another folder)")));
+            return Err(files.missing("tokenizer.json", "the tokenizer can be read from another folder"));
         }
         Tokenizer::from_bytes(&files.read("tokenizer.json")?, &path)
     }
@@ -227,7 +227,7 @@ impl Adapter {
     pub fn open(files: &dyn Files) -> Result<Self> {
         let config_path = files.path(ADAPTER_CONFIG);
         if !files.exists(ADAPTER_CONFIG) {
-            return Err(Error::Format(format!("{config_path}: missing (not an adapter folder)")));
+            return Err(files.missing(ADAPTER_CONFIG, "not an adapter folder"));
         }
         let config = LoraConfig::from_peft_json(&files.read(ADAPTER_CONFIG)?, &config_path)?;
         let weights = SafetensorsFile::open(vec![(files.path(ADAPTER_WEIGHTS), files.open(ADAPTER_WEIGHTS)?)])?;

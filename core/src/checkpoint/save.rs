@@ -44,9 +44,24 @@ fn parent_of(path: &Path) -> PathBuf {
     }
 }
 
+/// Refuses to replace what a rename would destroy rather than write to: a symbolic link (the
+/// link would become a file, its target untouched; a dangling one passed for "no file yet") or a
+/// device, pipe or socket (`--out /dev/full --force` left a regular file in /dev).
+pub fn check_replaceable(path: &Path) -> Result<()> {
+    let Ok(meta) = fs::symlink_metadata(path) else { return Ok(()) };
+    if meta.file_type().is_symlink() {
+        return Err(Error::Format(format!("{}: is a symbolic link; give the path of the file itself", path.display())));
+    }
+    if !meta.is_file() && !meta.is_dir() {
+        return Err(Error::Format(format!("{}: is not a regular file (a device, pipe or socket); not replaced", path.display())));
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a unique temporary file in the same folder, synced before
 /// the rename: readers see the old file or the whole new one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    check_replaceable(path)?;
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let tmp = parent_of(path).join(format!(".{name}.tiqu-tmp-{}", unique_suffix()));
     let write = || -> std::io::Result<()> {
@@ -56,7 +71,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     };
     if let Err(e) = write() {
         let _ = fs::remove_file(&tmp);
-        return Err(Error::io(tmp.display(), e));
+        // Named by the file asked for: the temporary name beside it means nothing to the user.
+        return Err(Error::io(path.display(), e));
     }
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
@@ -77,8 +93,9 @@ pub struct PartialFile {
 impl PartialFile {
     pub fn beside(dest: &Path) -> Result<Self> {
         let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+        check_replaceable(dest)?;
         let path = parent_of(dest).join(format!(".{name}.tiqu-tmp-{}", unique_suffix()));
-        let file = fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| Error::io(path.display(), e))?;
+        let file = fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| Error::io(dest.display(), e))?;
         Ok(Self { path, file: std::io::BufWriter::new(file), committed: false })
     }
 
@@ -91,6 +108,7 @@ impl PartialFile {
         let io = |e: std::io::Error| Error::io(self.path.display(), e);
         self.file.flush().map_err(io)?;
         self.file.get_ref().sync_all().map_err(io)?;
+        check_replaceable(dest)?;
         if dest.exists() && !replace {
             return Err(Error::Format(format!("{}: exists; not overwritten", dest.display())));
         }
@@ -119,10 +137,13 @@ impl PartialDir {
     /// Creates `.NAME.tiqu-tmp-…` beside `dest`, failing rather than reusing anything that exists.
     pub fn beside(dest: &Path) -> Result<Self> {
         let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+        if fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::Format(format!("{}: is a symbolic link; give the path of the folder itself", dest.display())));
+        }
         let parent = parent_of(dest);
         fs::create_dir_all(&parent).map_err(|e| Error::io(parent.display(), e))?;
         let path = parent.join(format!(".{name}.tiqu-tmp-{}", unique_suffix()));
-        fs::create_dir(&path).map_err(|e| Error::io(path.display(), e))?;
+        fs::create_dir(&path).map_err(|e| Error::io(dest.display(), e))?;
         Ok(Self { path, committed: false })
     }
 

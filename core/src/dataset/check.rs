@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::output::python_json_value;
-use super::records::{record_text, RawRecord};
+use super::records::{record_text, repeated_key, RawRecord};
 use super::span::{fold, nearest};
 use crate::sft::{Example, SftRecord};
 use crate::tokenizer::Tokenizer;
@@ -50,6 +50,8 @@ pub enum Kind {
     EvalOverlap,
     /// More tokens than training keeps.
     TooLong,
+    /// A key twice in the record or in its `output`: readers keep one value, training refuses it.
+    RepeatedKey,
 }
 
 impl Kind {
@@ -68,6 +70,7 @@ impl Kind {
             Kind::ConflictingLabels => "conflicting_labels",
             Kind::EvalOverlap => "eval_overlap",
             Kind::TooLong => "too_long",
+            Kind::RepeatedKey => "repeated_key",
         }
     }
 }
@@ -218,6 +221,10 @@ impl Checker<'_> {
     /// Checks the labels; returns the output object with fixable labels replaced, the labels as
     /// a comparable key, and how many were replaced.
     fn labels(&mut self, line: usize, output: &str, text: &str, rates: &mut [FieldRates]) -> (Option<Map<String, Value>>, String, usize) {
+        if let Some(key) = repeated_key(output.trim()) {
+            let msg = format!("`output` holds `{key}` twice: which value is the label depends on the reader (eval keeps the last)");
+            self.add(line, Kind::RepeatedKey, Some("output"), msg, None, false);
+        }
         let parsed = serde_json::from_str::<Value>(output.trim());
         let mut obj = match parsed {
             Ok(Value::Object(obj)) => obj,
@@ -296,6 +303,10 @@ pub fn check(records: &[RawRecord], opts: &CheckOptions) -> Result<Report> {
                 continue;
             }
         };
+        if let Some(key) = &raw.repeated_key {
+            let msg = format!("the record holds `{key}` twice (JSON readers keep one of the values; training refuses the record)");
+            c.add(line, Kind::RepeatedKey, Some(key), msg, None, false);
+        }
         let mut out_value = value.clone();
         if let Some((rec, text)) = c.record(line, value) {
             usable += 1;

@@ -255,8 +255,8 @@ fn read_objects(bytes: &[u8], columns: &[&str], source: &str) -> Result<Vec<Row>
     Ok(rows)
 }
 
-/// An object's members in the file's order, each value's text as written; a repeated key keeps
-/// its first place and its last value, as `serde_json::Map` does.
+/// An object's members in the file's order, each value's text as written; a repeated key is an
+/// error.
 struct Members(Vec<(String, Box<RawValue>)>);
 
 impl<'de> Deserialize<'de> for Members {
@@ -270,10 +270,11 @@ impl<'de> Deserialize<'de> for Members {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Members, A::Error> {
                 let mut out: Vec<(String, Box<RawValue>)> = Vec::new();
                 while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
-                    match out.iter_mut().find(|(k, _)| *k == key) {
-                        Some(slot) => slot.1 = value,
-                        None => out.push((key, value)),
+                    if out.iter().any(|(k, _)| *k == key) {
+                        // Which of the two is the label is a guess no import should make.
+                        return Err(serde::de::Error::custom(format!("`{key}` appears twice in the record")));
                     }
+                    out.push((key, value));
                 }
                 Ok(Members(out))
             }
@@ -314,6 +315,8 @@ mod tests {
         assert_eq!(got.not_verbatim, 2, "`true` and `aé` are not in the text; the numbers are");
         let e = import(b"{\"text\": \"x\", \"name\": [1]}", Format::Json, &mapping("text", &["name"]), "t.jsonl").unwrap_err().to_string();
         assert_eq!(e, "t.jsonl:1: `name` holds an array or object, not text");
+        let e = import(b"{\"text\": \"x\", \"text\": \"y\", \"name\": null}", Format::Json, &mapping("text", &["name"]), "t.jsonl").unwrap_err().to_string();
+        assert!(e.starts_with("t.jsonl:1: `text` appears twice in the record"), "{e}");
     }
 
     #[test]

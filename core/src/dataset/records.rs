@@ -17,6 +17,9 @@ pub struct RawRecord<T = Value> {
     /// 1-based line on which the record starts.
     pub line: usize,
     pub value: std::result::Result<T, Problem>,
+    /// A key the record repeats in one object (the first, at any depth): parsed, one of the
+    /// values is silently kept, while training's reader refuses the record.
+    pub repeated_key: Option<String>,
 }
 
 /// A line that is not a record.
@@ -62,7 +65,11 @@ fn read_jsonl<T: DeserializeOwned>(bytes: &[u8]) -> Vec<RawRecord<T>> {
             Ok(text) => serde_json::from_str::<T>(text)
                 .map_err(|e| Problem { kind: "invalid_json", message: format!("not valid JSON: {e}") }),
         };
-        out.push(RawRecord { line: i + 1, value });
+        let repeated_key = match (&value, decode_line(line, i == 0)) {
+            (Ok(_), Ok(text)) => repeated_key(text),
+            _ => None,
+        };
+        out.push(RawRecord { line: i + 1, value, repeated_key });
     }
     out
 }
@@ -88,7 +95,10 @@ fn read_array<T: DeserializeOwned>(text: &str, source: &str) -> Result<Vec<RawRe
         }
         let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<T>();
         match stream.next() {
-            Some(Ok(value)) => out.push(RawRecord { line: line_at(pos), value: Ok(value) }),
+            Some(Ok(value)) => {
+                let repeated_key = repeated_key(&text[pos..pos + stream.byte_offset()]);
+                out.push(RawRecord { line: line_at(pos), value: Ok(value), repeated_key })
+            }
             Some(Err(e)) => {
                 let line = line_at(pos) + e.line().saturating_sub(1);
                 return Err(Error::Format(format!("{source}:{line}: invalid JSON array: {e}")));
@@ -109,6 +119,67 @@ fn read_array<T: DeserializeOwned>(text: &str, source: &str) -> Result<Vec<RawRe
     Ok(out)
 }
 
+/// The first key that an object in the JSON `text` holds twice, at any depth (`None` for text
+/// that is not JSON: its reader says why).
+pub fn repeated_key(text: &str) -> Option<String> {
+    serde_json::from_str::<KeyWalk>(text).ok().and_then(|w| w.0)
+}
+
+/// A JSON value walked for its objects' keys; holds the first key repeated.
+struct KeyWalk(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for KeyWalk {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+    type Value = KeyWalk;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<KeyWalk, E> {
+        Ok(KeyWalk(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<KeyWalk, E> {
+        Ok(KeyWalk(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<KeyWalk, E> {
+        Ok(KeyWalk(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<KeyWalk, E> {
+        Ok(KeyWalk(None))
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<KeyWalk, E> {
+        Ok(KeyWalk(None))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<KeyWalk, E> {
+        Ok(KeyWalk(None))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<KeyWalk, A::Error> {
+        let mut found = None;
+        while let Some(KeyWalk(inner)) = seq.next_element()? {
+            found = found.or(inner);
+        }
+        Ok(KeyWalk(found))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<KeyWalk, A::Error> {
+        let (mut keys, mut found) = (Vec::<String>::new(), None);
+        while let Some(key) = map.next_key::<String>()? {
+            if found.is_none() && keys.contains(&key) {
+                found = Some(key.clone());
+            }
+            keys.push(key);
+            let KeyWalk(inner) = map.next_value()?;
+            found = found.or(inner);
+        }
+        Ok(KeyWalk(found))
+    }
+}
+
 /// The text a record's values are copied from: `input` when it holds text, else `instruction`
 /// (the user message is instruction + input, and in the seed's records `input` is the text).
 pub fn record_text(record: &Value) -> Option<&str> {
@@ -119,6 +190,20 @@ pub fn record_text(record: &Value) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A repeated key is found at the top and inside, in JSONL and in arrays; distinct keys in
+    /// sibling objects are not repeats.
+    #[test]
+    fn repeated_keys_are_found() {
+        assert_eq!(repeated_key(r#"{"a": 1, "b": {"c": 1, "c": 2}}"#), Some("c".into()));
+        assert_eq!(repeated_key(r#"{"input": "x", "input": "y"}"#), Some("input".into()));
+        assert_eq!(repeated_key(r#"[{"a": 1}, {"a": 2}]"#), None);
+        assert_eq!(repeated_key("{oops"), None);
+        let recs = read_records(b"{\"a\": 1}\n{\"a\": 1, \"a\": 2}\n", "f").unwrap();
+        assert_eq!(recs.iter().map(|r| r.repeated_key.clone()).collect::<Vec<_>>(), [None, Some("a".to_string())]);
+        let recs = read_records(b"[{\"a\": 1, \"b\": 2}, {\"b\": 1, \"b\": 2}]", "f").unwrap();
+        assert_eq!(recs.iter().map(|r| r.repeated_key.clone()).collect::<Vec<_>>(), [None, Some("b".to_string())]);
+    }
 
     #[test]
     fn array_records_know_their_lines() {

@@ -186,12 +186,39 @@ impl RunConfig {
     /// A `config.toml` (or `--config` file) as a layer.
     pub fn parse_file(path: &Path) -> Result<Table> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))?;
-        text.parse::<Table>().map_err(|e| Error::Format(format!("{}: {}", path.display(), e.message().replace('\n', " "))))
+        text.parse::<Table>().map_err(|e| {
+            // The parser's message has no position of its own; its span gives the line.
+            let line = e.span().map_or(String::new(), |s| format!(":{}", 1 + text[..s.start.min(text.len())].matches('\n').count()));
+            Error::Format(format!("{}{line}: {}", path.display(), e.message().replace('\n', " ")))
+        })
     }
 
     pub fn validate(&self) -> Result<()> {
         if self.per_device_train_batch_size == 0 || self.gradient_accumulation_steps == 0 {
             return Err(Error::Unsupported("batch size and gradient accumulation must be at least 1".into()));
+        }
+        // Bounds far above any real run, so that the step arithmetic cannot overflow (a typo's
+        // batch size panicked in the middle of the first step).
+        const MAX_COUNT: usize = 1 << 20;
+        for (name, value) in [
+            ("per_device_train_batch_size (--batch-size)", self.per_device_train_batch_size),
+            ("gradient_accumulation_steps (--grad-accum)", self.gradient_accumulation_steps),
+            ("num_train_epochs (--epochs)", self.num_train_epochs),
+        ] {
+            if value > MAX_COUNT {
+                return Err(Error::Unsupported(format!("{name} {value} is above the limit of {MAX_COUNT}")));
+            }
+        }
+        if self.max_steps > 1 << 40 || self.max_length > 1 << 24 {
+            return Err(Error::Unsupported(format!("max_steps {} or max_length {} is beyond any run (at most 2^40 steps, 2^24 tokens)", self.max_steps, self.max_length)));
+        }
+        if self.save_steps == 0 {
+            return Err(Error::Unsupported("save_steps must be at least 1 (a checkpoint every N optimizer steps)".into()));
+        }
+        if self.adapter.is_some() && self.method != Method::Lora {
+            return Err(Error::Unsupported(
+                "an adapter is continued by LoRA training; --method full trains the base weights and would ignore it: merge the adapter first (tiqu merge) or drop --method full".into(),
+            ));
         }
         if self.max_length < 2 {
             return Err(Error::Unsupported("max_length must be at least 2".into()));

@@ -383,7 +383,16 @@ impl Run {
         let sample: Vec<Labelled> = match (&eval_data, cfg.eval_sample) {
             (Some(e), n) if n > 0 => {
                 let schema = Schema::default();
-                labelled(&e.records, &schema.names()).0.into_iter().take(n).collect()
+                let sample: Vec<Labelled> = labelled(&e.records, &schema.names()).0.into_iter().take(n).collect();
+                if sample.is_empty() {
+                    // Said, not dropped in silence: the report would just lack the extraction score.
+                    let note = format!(
+                        "warning: no eval record has an output with the fields {} as a JSON object: checkpoints get the eval loss only (tiqu data check lists why)",
+                        schema.names().join(", ")
+                    );
+                    observer.event(&Event::Note(&note))?;
+                }
+                sample
             }
             _ => Vec::new(),
         };

@@ -35,6 +35,7 @@ pub fn check_target(out: &Path, inputs: &[&Path], replace: bool, flag: &str) -> 
     if out.is_dir() {
         bail!("{flag} {} is a folder", out.display());
     }
+    tiqu_core::checkpoint::save::check_replaceable(out).map_err(|e| anyhow!("{flag} {e}"))?;
     if out.exists() && !replace {
         bail!("{flag} {} exists; pass --force to replace it", out.display());
     }
@@ -59,6 +60,7 @@ pub fn write_with(
     fill: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> std::io::Result<()>,
 ) -> Result<()> {
     let fail = |e: std::io::Error| anyhow!("cannot write {}: {}", path.display(), short(&e));
+    tiqu_core::checkpoint::save::check_replaceable(path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // create_dir_all says "File exists" when a file stands in the way: name it instead.
         if let Some(file) = dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
