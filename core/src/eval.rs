@@ -143,6 +143,9 @@ pub fn evaluate_sft<B: Backend>(
     let loss = if tokens > 0 { nll / tokens as f64 } else { f64::NAN };
     // A NaN loss is a broken model (or config), not a measurement: it must not pass as one.
     if tokens > 0 && !loss.is_finite() {
+        if let Some(name) = crate::params::first_non_finite(&loaded.model) {
+            return Err(crate::Error::Tensor(format!("the model's loss on {source} is {loss}: the weight `{name}` holds NaN or infinite values")));
+        }
         return Err(crate::Error::Other(format!("{source}: the model's loss is {loss} (broken weights or config.json?)")));
     }
     if opts.loss_only {

@@ -200,7 +200,17 @@ fn merge_refuses_what_loading_refuses() {
 
     let mut nan = tensors.clone();
     nan[1].2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
-    assert_error(&merge(&base, &write_adapter("nan", &nan), "m2"), &[&nan[1].0, "NaN"]);
+    let nan_adapter = write_adapter("nan", &nan);
+    assert_error(&merge(&base, &nan_adapter, "m2"), &[&nan[1].0, "NaN"]);
+    // Training and eval on it name the same tensor (they said "loss became NaN", or blamed the
+    // data file). PEFT's key `base_model.model.X.lora_A.weight` is the model's `X.lora_A.weight`.
+    let key = nan[1].0.trim_start_matches("base_model.model.").to_string();
+    let (a, data) = (nan_adapter.to_str().unwrap(), fixture("sft_small.jsonl"));
+    let run_out = dir.path().join("nan-run");
+    let out = tiqu(&["--backend", "cpu", "train", "--model", &base, "--adapter", a, "--data", &data, "--max-steps", "1", "--out", run_out.to_str().unwrap()]);
+    assert_error(&out, &["loss became NaN at step 1", &format!("the weight `{key}` holds NaN")]);
+    let out = tiqu(&["--backend", "cpu", "eval", "--model", &base, "--adapter", a, "--data", &data, "--loss-only"]);
+    assert_error(&out, &[&format!("the weight `{key}` holds NaN")]);
 
     let wrong = dir.path().join("wrong-base");
     fs::create_dir_all(&wrong).unwrap();

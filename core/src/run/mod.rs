@@ -417,6 +417,10 @@ impl Run {
             let stats = match trainer.step(&refs, lr) {
                 Ok(s) => s,
                 Err(Error::NonFinite { step, loss }) => {
+                    // Weights that were never finite are the cause to name, not the step.
+                    if let Some(name) = crate::params::first_non_finite(&trainer.model) {
+                        return Err(Error::Tensor(format!("loss became {loss} at step {step}: the weight `{name}` holds NaN or infinite values (a damaged checkpoint or adapter?)")));
+                    }
                     let kept = last_saved.as_ref().map_or("no checkpoint was saved yet (--resume starts the run over, and may change its settings)".to_string(), |d| format!("the last good checkpoint is {}", d.display()));
                     return Err(Error::Other(format!("loss became {loss} at step {step}; stopped, {kept}")));
                 }
