@@ -293,6 +293,22 @@ fn bad_training_input_gets_one_clear_line() {
         assert_error(&run(extra, &out4s), needles);
     }
     assert!(!out4.exists(), "refused runs create nothing");
+
+    // A model whose context is shorter than the records after the cut to max_length: the first
+    // such record is named by file and line before the run starts.
+    let short = dir.path().join("short-context");
+    fs::create_dir_all(&short).unwrap();
+    for f in fs::read_dir(&model).unwrap() {
+        let f = f.unwrap().path();
+        fs::copy(&f, short.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut cfg: Value = serde_json::from_slice(&fs::read(short.join("config.json")).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 64.into();
+    fs::write(short.join("config.json"), cfg.to_string()).unwrap();
+    let sft = fixture("sft_small.jsonl");
+    let out = tiqu(&["train", "--model", short.to_str().unwrap(), "--data", &sft, "--out", &out4s, "--max-steps", "1"]);
+    assert_error(&out, &["sft_small.jsonl:1", "under max_length 1024, more than the model's max_position_embeddings (64)", "--max-length 64"]);
+    assert!(!out4.exists(), "refused runs create nothing");
 }
 
 /// Inputs as editors and other tools write them: a JSONL with a byte-order mark trains (as

@@ -256,6 +256,22 @@ impl Run {
             Some(p) => Some(load_examples(Path::new(p), &tokenizer, cfg.max_length, opts.skip_bad_records)?),
             None => None,
         };
+        // A record the model cannot hold even after the cut to max_length, named where it is
+        // before anything is written (it failed inside the first step that met it, unnamed).
+        let positions = base.config().max_position_embeddings;
+        for (data, path) in std::iter::once((&train_data, &cfg.data)).chain(eval_data.as_ref().zip(cfg.eval_data.as_ref())) {
+            if let Some((rec, ex)) = data.records.iter().zip(&data.examples).find(|(_, ex)| ex.len() > positions) {
+                return Err(Error::Record {
+                    path: path.clone(),
+                    line: rec.line,
+                    message: format!(
+                        "the record keeps {} tokens under max_length {}, more than the model's max_position_embeddings ({positions}): set --max-length {positions} or less",
+                        ex.len(),
+                        cfg.max_length
+                    ),
+                });
+            }
+        }
         if train_data.cut > 0 {
             observer.event(&Event::Note(&format!("{} records longer than {} tokens were cut at the end", train_data.cut, cfg.max_length)))?;
         }
