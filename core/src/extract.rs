@@ -151,23 +151,24 @@ impl<B: Backend> Extractor<B> {
     }
 
     /// The tokens a prompt may take: `max_input_tokens`, and at most the context minus the
-    /// answer's budget.
-    fn prompt_budget(&self, schema: &Schema) -> (usize, String) {
+    /// answer's budget; with the limit's name and what would give a prompt more room.
+    fn prompt_budget(&self, schema: &Schema) -> (usize, String, String) {
         let answer = self.options.max_new_tokens + 8 * schema.fields.len() + 8;
         let context = self.model.max_position_embeddings.saturating_sub(answer).max(16);
         if self.options.max_input_tokens < context {
-            (self.options.max_input_tokens, format!("max_input_tokens ({})", self.options.max_input_tokens))
+            (self.options.max_input_tokens, format!("max_input_tokens ({})", self.options.max_input_tokens), "raise --max-input-tokens or use fewer fields".into())
         } else {
             let ctx = self.model.max_position_embeddings;
             let kept = ctx - context.min(ctx);
-            (context, format!("the context ({ctx} positions, {kept} of them kept for the answer: --max-new-tokens {} and the fields' keys)", self.options.max_new_tokens))
+            let room = format!("{kept} positions are kept for the answer (--max-new-tokens {} and the fields' keys): lower --max-new-tokens or use fewer fields", self.options.max_new_tokens);
+            (context, format!("the context ({ctx} positions)"), room)
         }
     }
 
     /// The chat prompt for `text` under `schema`, with the text cut at the end if it would not
     /// fit; also the text the prompt holds and a warning when it was cut.
     pub(crate) fn prompt(&self, schema: &Schema, text: &str) -> Result<(Vec<u32>, String, Option<String>)> {
-        let (budget, limit) = self.prompt_budget(schema);
+        let (budget, limit, room) = self.prompt_budget(schema);
         let system = schema.system_prompt();
         // A token is at least one byte: past this many, the text is cut before tokenizing so a
         // line of gigabytes costs no more than one that just fits (tokens this far from the
@@ -181,7 +182,7 @@ impl<B: Backend> Extractor<B> {
         let overhead = ids.len().saturating_sub(text_ids.len());
         if overhead + 2 >= budget {
             return Err(Error::Limit(format!(
-                "the prompt takes {overhead} tokens before any text, leaving none under {limit}; lower --max-new-tokens or use fewer fields"
+                "the prompt takes {overhead} tokens before any text, leaving none under {limit}; {room}"
             )));
         }
         let keep = budget - overhead - 2;

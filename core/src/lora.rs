@@ -85,10 +85,7 @@ impl LoraConfig {
         if self.target_modules.is_empty() {
             return Err(Error::Unsupported("target_modules is empty".into()));
         }
-        for (i, t) in self.target_modules.iter().enumerate() {
-            if self.target_modules[..i].contains(t) {
-                return Err(Error::Unsupported(format!("target_modules lists `{t}` twice")));
-            }
+        for t in &self.target_modules {
             if !TARGETS.contains(&t.as_str()) {
                 return Err(Error::Unsupported(format!(
                     "target module `{t}` is not a Qwen3 projection (supported: {})",

@@ -130,7 +130,7 @@ fn an_over_long_record_gets_its_own_warning_or_error_and_the_rest_continue() {
     let tiny = extractor("tiny-untied", ExtractOptions { max_new_tokens: 24, batch: 2, max_input_tokens: 8, ..Default::default() });
     for r in tiny.extract_batch(&[TEXTS[1], &long]) {
         let err = r.unwrap_err().to_string();
-        assert!(err.contains("max_input_tokens (8)") && !err.contains('\n'), "{err}");
+        assert!(err.contains("max_input_tokens (8)") && err.contains("raise --max-input-tokens") && !err.contains('\n'), "{err}");
     }
 }
 

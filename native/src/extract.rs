@@ -170,17 +170,23 @@ impl Input {
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Whether the input's first non-blank line makes it JSONL: an object with "text". A line that
-/// looks like a JSON object (`{…}`, or `{"` torn before its end) but is not one with "text" is an error: read as plain text,
-/// every line's JSON would go to the model as the text and the file's ids would be lost.
+/// plainly means to be a JSONL record (`{"key": …`) but is not one with "text" is an error: read
+/// as plain text, every line's JSON would go to the model as the text and the file's ids would be
+/// lost. Any other line, braces or not (`{紧急} 订单未到`), is a text.
 fn is_jsonl_line(raw: &[u8]) -> std::result::Result<bool, String> {
     let trimmed = raw.trim_ascii();
+    let parsed = serde_json::from_slice::<Value>(trimmed);
+    if let Ok(Value::Object(obj)) = &parsed {
+        if obj.contains_key("text") {
+            return Ok(true);
+        }
+    }
     let key_first = trimmed.strip_prefix(b"{").is_some_and(|rest| rest.trim_ascii_start().starts_with(b"\""));
-    if !(trimmed.starts_with(b"{") && (trimmed.ends_with(b"}") || key_first)) {
+    if !(key_first && trimmed.contains(&b':')) {
         return Ok(false);
     }
     const FORMS: &str = "give one text per line, or JSONL {\"id\", \"text\"}";
-    match serde_json::from_slice::<Value>(trimmed) {
-        Ok(Value::Object(obj)) if obj.contains_key("text") => Ok(true),
+    match parsed {
         Ok(Value::Object(obj)) => {
             let keys: Vec<&str> = obj.keys().map(String::as_str).take(8).collect();
             Err(format!("a JSON object without \"text\" (its keys: {}); {FORMS}", keys.join(", ")))
@@ -518,8 +524,28 @@ fn first_line_is_jsonl(reader: &mut dyn crate::storage::ReadSeekSend, name: &str
     let mut line = Vec::new();
     for line_no in 1.. {
         line.clear();
-        if (&mut lines).take(MAX_LINE_BYTES as u64).read_until(b'\n', &mut line).map_err(io)? == 0 {
+        if (&mut lines).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut line).map_err(io)? == 0 {
             break;
+        }
+        if line.last() != Some(&b'\n') && line.len() > MAX_LINE_BYTES {
+            // A line over the limit is an error line of its own whatever the form: the next one decides.
+            loop {
+                let chunk = lines.fill_buf().map_err(io)?;
+                if chunk.is_empty() {
+                    return Ok(false);
+                }
+                match chunk.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        lines.consume(i + 1);
+                        break;
+                    }
+                    None => {
+                        let n = chunk.len();
+                        lines.consume(n);
+                    }
+                }
+            }
+            continue;
         }
         let raw = line.strip_suffix(b"\n").unwrap_or(&line);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);

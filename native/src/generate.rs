@@ -34,8 +34,11 @@ pub struct GenerateArgs {
 fn positive_f32(s: &str) -> Result<f32, String> {
     let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
     let f = v as f32;
-    if v > 0.0 && v.is_finite() && !(f > 0.0 && f.is_finite()) {
-        return Err(format!("{v:?} is outside the range of f32 ({:?} to {:?})", f32::MIN_POSITIVE, f32::MAX));
+    if v > 0.0 && v.is_finite() && f == 0.0 {
+        return Err(format!("{v:?} is too small for f32 (it rounds to 0)"));
+    }
+    if v.is_finite() && f.is_infinite() {
+        return Err(format!("{v:?} is too large for f32 (at most {:?})", f32::MAX));
     }
     Ok(f)
 }

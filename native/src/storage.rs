@@ -237,8 +237,6 @@ pub fn model_folder(spec: &str) -> Result<String> {
     Ok(Location::parse(spec)?.local_folder(&cache_dir().join("models"))?.display().to_string())
 }
 
-/// The local folder where a shard writes the part it uploads to `out` when complete: a task
-/// restarted on the same machine resumes from it.
 /// A file deleted on close, in the cache folder (not /tmp, often a small RAM disk): where a shard's
 /// range of an object is kept while it is answered.
 pub fn spool_file() -> Result<std::fs::File> {
@@ -247,6 +245,8 @@ pub fn spool_file() -> Result<std::fs::File> {
     tempfile::tempfile_in(&dir).map_err(|e| anyhow!("{}: a spool file: {e}", dir.display()))
 }
 
+/// The local folder where a shard writes the part it uploads to `out` when complete: a task
+/// restarted on the same machine resumes from it.
 pub fn spool_dir(out: &Location) -> PathBuf {
     cache_dir().join("parts").join(sanitize(&out.display()))
 }

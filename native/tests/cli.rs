@@ -273,7 +273,7 @@ fn nan_loss_in_eval_is_an_error() {
     poison(&dir.path().join("model.safetensors"), "model.norm.weight");
     let data = fixture("sft_small.jsonl");
     let out = tiqu(&["eval", "--model", dir.path().to_str().unwrap(), "--data", data.to_str().unwrap(), "--loss-only"]);
-    assert_clean_error(&out, &["sft_small.jsonl", "loss is NaN"]);
+    assert_clean_error(&out, &["sft_small.jsonl is NaN", "the weight `model.norm.weight` holds NaN"]);
 }
 
 /// Issue 14 case 8: `serve --demo` shows a folder's files to the network, so it serves only a
@@ -360,7 +360,7 @@ fn usage_errors_are_one_line() {
         (&["serve", "--max-batch", "x"][..], &["--max-batch", "'x'"][..]),
         (&["merge"][..], &["required", "--model", "--out"][..]),
         // Not "must be positive, got 0": the value typed is positive, f32 cannot hold it.
-        (&["extract", "--temperature", "1e-300"][..], &["--temperature", "1e-300 is outside the range of f32"][..]),
+        (&["extract", "--temperature", "1e-300"][..], &["--temperature", "1e-300 is too small for f32 (it rounds to 0)"][..]),
     ] {
         let out = tiqu(args);
         assert_clean_error(&out, needles);

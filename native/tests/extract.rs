@@ -139,17 +139,19 @@ fn the_first_line_decides_jsonl_and_a_broken_one_is_named() {
     }
     // Empty paths and a folder as --out are named as such (were ": No such file or directory"
     // and "exists; pass --resume", which then failed on the folder).
-    let input = dir.path().join("brace.txt");
+    let input = dir.path().join("brace0.txt");
     let folder = dir.path().display().to_string();
     for (input, out, needle) in [("", "o.jsonl", "--input is empty"), (input.to_str().unwrap(), "", "--out is empty"), (input.to_str().unwrap(), folder.as_str(), "is a folder: --out takes a file")] {
         let o = tiqu(&["extract", "--model", &m, "--input", input, "--out", out], None);
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && stderr.lines().count() == 1 && stderr.contains(needle), "{stderr}");
     }
-    // A text that merely starts with a brace is still a text.
-    let (o, out) = run("brace.txt", "{紧急} 王小明 上海市浦东新区 xm@example.org\n".as_bytes());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(lines(&fs::read(&out).unwrap())[0]["id"], 1);
+    // Texts that merely have braces are still texts.
+    for (i, text) in ["{紧急} 王小明 上海市浦东新区 xm@example.org", "{紧急} 订单未到 {补发}", "{\"急\"} 没收到货", "{}"].iter().enumerate() {
+        let (o, out) = run(&format!("brace{i}.txt"), format!("{text}\n").as_bytes());
+        assert!(o.status.success(), "{text}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(lines(&fs::read(&out).unwrap())[0]["id"], 1, "{text}");
+    }
 }
 
 /// Issue 14 case 1: `--resume` appends only to its own output for this input, and `--out` can
@@ -233,7 +235,7 @@ fn a_schema_too_long_for_the_context_is_one_error() {
     let stderr = String::from_utf8_lossy(&got.stderr);
     assert!(!got.status.success() && stderr.lines().count() == 1 && stderr.contains("before any text"), "{stderr}");
     // The room the answer takes is said, with what frees it: 512 positions were "none" otherwise.
-    assert!(stderr.contains("kept for the answer: --max-new-tokens 256") && stderr.contains("lower --max-new-tokens or use fewer fields"), "{stderr}");
+    assert!(stderr.contains("kept for the answer (--max-new-tokens 256") && stderr.contains("lower --max-new-tokens or use fewer fields"), "{stderr}");
     assert!(fs::metadata(&out).map_or(true, |m| m.len() == 0), "no line written");
 }
 

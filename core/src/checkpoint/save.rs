@@ -105,7 +105,7 @@ impl PartialFile {
 
     /// Renames the file to `dest`, which must not exist unless `replace`.
     pub fn commit(mut self, dest: &Path, replace: bool) -> Result<()> {
-        let io = |e: std::io::Error| Error::io(self.path.display(), e);
+        let io = |e: std::io::Error| Error::io(dest.display(), e);
         self.file.flush().map_err(io)?;
         self.file.get_ref().sync_all().map_err(io)?;
         check_replaceable(dest)?;

@@ -304,7 +304,14 @@ pub fn check(records: &[RawRecord], opts: &CheckOptions) -> Result<Report> {
             }
         };
         if let Some(key) = &raw.repeated_key {
-            let msg = format!("the record holds `{key}` twice (JSON readers keep one of the values; training refuses the record)");
+            if ["system", "instruction", "input", "output"].contains(&key.as_str()) {
+                // Training refuses such a record: so does the check, and --fix leaves it out.
+                let msg = format!("the record holds `{key}` twice; training refuses it (which value is meant?)");
+                c.add(line, Kind::RepeatedKey, Some(key), msg, None, false);
+                dropped += 1;
+                continue;
+            }
+            let msg = format!("the record holds `{key}` twice (JSON readers keep one of the values)");
             c.add(line, Kind::RepeatedKey, Some(key), msg, None, false);
         }
         let mut out_value = value.clone();

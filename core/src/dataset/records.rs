@@ -119,64 +119,39 @@ fn read_array<T: DeserializeOwned>(text: &str, source: &str) -> Result<Vec<RawRe
     Ok(out)
 }
 
-/// The first key that an object in the JSON `text` holds twice, at any depth (`None` for text
-/// that is not JSON: its reader says why).
+/// The first key that the JSON object `text` holds twice at its top level (`None` for text that
+/// is not a JSON object: its reader says why). Nested objects are not a record's or an output's
+/// fields, so they are not looked into.
 pub fn repeated_key(text: &str) -> Option<String> {
-    serde_json::from_str::<KeyWalk>(text).ok().and_then(|w| w.0)
+    serde_json::from_str::<TopKeys>(text).ok().and_then(|w| w.0)
 }
 
-/// A JSON value walked for its objects' keys; holds the first key repeated.
-struct KeyWalk(Option<String>);
+/// A JSON value walked for its top-level keys; holds the first key repeated.
+struct TopKeys(Option<String>);
 
-impl<'de> serde::Deserialize<'de> for KeyWalk {
+impl<'de> serde::Deserialize<'de> for TopKeys {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_any(KeyVisitor)
+        d.deserialize_map(KeyVisitor)
     }
 }
 
 struct KeyVisitor;
 
 impl<'de> serde::de::Visitor<'de> for KeyVisitor {
-    type Value = KeyWalk;
+    type Value = TopKeys;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
+        f.write_str("a JSON object")
     }
-    fn visit_bool<E>(self, _: bool) -> std::result::Result<KeyWalk, E> {
-        Ok(KeyWalk(None))
-    }
-    fn visit_i64<E>(self, _: i64) -> std::result::Result<KeyWalk, E> {
-        Ok(KeyWalk(None))
-    }
-    fn visit_u64<E>(self, _: u64) -> std::result::Result<KeyWalk, E> {
-        Ok(KeyWalk(None))
-    }
-    fn visit_f64<E>(self, _: f64) -> std::result::Result<KeyWalk, E> {
-        Ok(KeyWalk(None))
-    }
-    fn visit_str<E>(self, _: &str) -> std::result::Result<KeyWalk, E> {
-        Ok(KeyWalk(None))
-    }
-    fn visit_unit<E>(self) -> std::result::Result<KeyWalk, E> {
-        Ok(KeyWalk(None))
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<KeyWalk, A::Error> {
-        let mut found = None;
-        while let Some(KeyWalk(inner)) = seq.next_element()? {
-            found = found.or(inner);
-        }
-        Ok(KeyWalk(found))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<KeyWalk, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<TopKeys, A::Error> {
         let (mut keys, mut found) = (Vec::<String>::new(), None);
         while let Some(key) = map.next_key::<String>()? {
+            map.next_value::<serde::de::IgnoredAny>()?;
             if found.is_none() && keys.contains(&key) {
                 found = Some(key.clone());
             }
             keys.push(key);
-            let KeyWalk(inner) = map.next_value()?;
-            found = found.or(inner);
         }
-        Ok(KeyWalk(found))
+        Ok(TopKeys(found))
     }
 }
 
@@ -191,11 +166,11 @@ pub fn record_text(record: &Value) -> Option<&str> {
 mod tests {
     use super::*;
 
-    /// A repeated key is found at the top and inside, in JSONL and in arrays; distinct keys in
+    /// A key repeated at the top level is found, in JSONL and in arrays; keys of nested or
     /// sibling objects are not repeats.
     #[test]
     fn repeated_keys_are_found() {
-        assert_eq!(repeated_key(r#"{"a": 1, "b": {"c": 1, "c": 2}}"#), Some("c".into()));
+        assert_eq!(repeated_key(r#"{"a": 1, "b": {"c": 1, "c": 2}}"#), None, "nested objects are not fields");
         assert_eq!(repeated_key(r#"{"input": "x", "input": "y"}"#), Some("input".into()));
         assert_eq!(repeated_key(r#"[{"a": 1}, {"a": 2}]"#), None);
         assert_eq!(repeated_key("{oops"), None);

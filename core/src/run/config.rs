@@ -212,14 +212,7 @@ impl RunConfig {
         if self.max_steps > 1 << 40 || self.max_length > 1 << 24 {
             return Err(Error::Unsupported(format!("max_steps {} or max_length {} is beyond any run (at most 2^40 steps, 2^24 tokens)", self.max_steps, self.max_length)));
         }
-        if self.save_steps == 0 {
-            return Err(Error::Unsupported("save_steps must be at least 1 (a checkpoint every N optimizer steps)".into()));
-        }
-        if self.adapter.is_some() && self.method != Method::Lora {
-            return Err(Error::Unsupported(
-                "an adapter is continued by LoRA training; --method full trains the base weights and would ignore it: merge the adapter first (tiqu merge) or drop --method full".into(),
-            ));
-        }
+
         if self.max_length < 2 {
             return Err(Error::Unsupported("max_length must be at least 2".into()));
         }
@@ -248,6 +241,24 @@ impl RunConfig {
         }
         if self.method == Method::Lora {
             self.lora.validate()?;
+        }
+        Ok(())
+    }
+
+    /// What a new run refuses beyond [`RunConfig::validate`]: settings that runs started before
+    /// these checks may hold (a resume must still read them: save_steps 0 ran as 1).
+    pub fn check_new(&self) -> Result<()> {
+        if self.save_steps == 0 {
+            return Err(Error::Unsupported("save_steps must be at least 1 (a checkpoint every N optimizer steps)".into()));
+        }
+        if self.adapter.is_some() && self.method != Method::Lora {
+            return Err(Error::Unsupported(
+                "an adapter is continued by LoRA training; --method full trains the base weights and would ignore it: merge the adapter first (tiqu merge) or drop --method full".into(),
+            ));
+        }
+        let targets = &self.lora.target_modules;
+        if let Some((_, t)) = targets.iter().enumerate().find(|(i, t)| targets[..*i].contains(t)) {
+            return Err(Error::Unsupported(format!("target_modules lists `{t}` twice")));
         }
         Ok(())
     }
@@ -296,7 +307,7 @@ mod tests {
         let err = RunConfig::from_layers(&[("run.toml", table("method = \"half\""))]).unwrap_err().to_string();
         assert!(err.starts_with("run.toml: ") && err.contains("half") && !err.contains('\n'), "{err}");
         let err = RunConfig::from_layers(&[("run.toml", table("r = 0"))]).unwrap_err().to_string();
-        assert!(err.contains("r must be at least 1"), "{err}");
+        assert!(err.contains("r must be between 1 and 65536, got 0"), "{err}");
         // Settings that would train nothing, or NaN, are refused by name before a run starts.
         for (text, needle) in [
             ("adam_beta1 = 1.5", "adam_beta1 1.5 must be in [0, 1)"),

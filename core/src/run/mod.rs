@@ -102,6 +102,7 @@ impl Run {
             return Err(Error::Format("no training data: set `data`".into()));
         }
         config.validate()?;
+        config.check_new()?;
         config.data = absolute(&config.data)?;
         if let Some(e) = &config.eval_data {
             config.eval_data = Some(absolute(e)?);
