@@ -13,6 +13,7 @@ pub mod config;
 pub mod constrain;
 pub mod dataset;
 pub mod dtype;
+pub mod entries;
 pub mod engine;
 pub mod error;
 pub mod eval;

@@ -9,6 +9,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use serde_json::Value;
 
+use crate::entries::Entries;
 use crate::previous_token::PreviousTokenHead;
 use crate::{Error, Result};
 
@@ -221,7 +222,7 @@ fn read_header(name: &str, reader: &mut Box<dyn ReadSeek>, shard: usize) -> Resu
     }
     let mut header = vec![0u8; header_len as usize];
     reader.read_exact(&mut header).map_err(|e| corrupt(e.to_string()))?;
-    let header = serde_json::from_slice::<Entries>(&header)
+    let header = serde_json::from_slice::<Entries<Value>>(&header)
         .map_err(|e| corrupt(format!("header is not a JSON object of tensors: {e}")))?
         .0;
     let data_start = 8 + header_len;
@@ -281,29 +282,6 @@ fn read_header(name: &str, reader: &mut Box<dyn ReadSeek>, shard: usize) -> Resu
 /// A list of non-negative integers at `value[field]`; `None` if any entry is something else.
 fn integers(value: &Value, field: &str) -> Option<Vec<u64>> {
     value.get(field)?.as_array()?.iter().map(Value::as_u64).collect()
-}
-
-/// The header's entries in file order, duplicates kept (a map would silently keep the last).
-struct Entries(Vec<(String, Value)>);
-
-impl<'de> serde::Deserialize<'de> for Entries {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Entries;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = map.next_entry()? {
-                    out.push(entry);
-                }
-                Ok(Entries(out))
-            }
-        }
-        d.deserialize_map(Visit)
-    }
 }
 
 /// Seeded random parameters, like transformers' `_init_weights` for Qwen3: normal(0, std) for

@@ -68,6 +68,18 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
     metrics(run).iter().filter_map(|m| Some((m["step"].as_u64()?, m["loss"].as_f64()?))).collect()
 }
 
+/// A copy of the model folder `from` at `to`, its config.json edited by `edit`.
+fn copy_with_config(from: &str, to: &Path, edit: impl FnOnce(&mut Value)) {
+    fs::create_dir_all(to).unwrap();
+    for f in fs::read_dir(from).unwrap() {
+        let f = f.unwrap().path();
+        fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut cfg: Value = serde_json::from_slice(&fs::read(to.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    fs::write(to.join("config.json"), cfg.to_string()).unwrap();
+}
+
 fn eval_loss(model: &str, adapter: Option<&Path>) -> f64 {
     let data = fixture("sft_small.jsonl");
     let mut args = vec!["eval", "--model", model, "--data", &data, "--loss-only", "--json"];
@@ -213,14 +225,7 @@ fn merge_refuses_what_loading_refuses() {
     assert_error(&out, &[&format!("the weight `{key}` holds NaN")]);
 
     let wrong = dir.path().join("wrong-base");
-    fs::create_dir_all(&wrong).unwrap();
-    for f in fs::read_dir(&base).unwrap() {
-        let f = f.unwrap().path();
-        fs::copy(&f, wrong.join(f.file_name().unwrap())).unwrap();
-    }
-    let mut cfg: Value = serde_json::from_slice(&fs::read(wrong.join("config.json")).unwrap()).unwrap();
-    cfg["intermediate_size"] = serde_json::json!(cfg["intermediate_size"].as_u64().unwrap() * 2);
-    fs::write(wrong.join("config.json"), cfg.to_string()).unwrap();
+    copy_with_config(&base, &wrong, |cfg| cfg["intermediate_size"] = serde_json::json!(cfg["intermediate_size"].as_u64().unwrap() * 2));
     assert_error(&merge(wrong.to_str().unwrap(), &adapter, "m3"), &["gate_proj", "config.json says"]);
     for out in ["m1", "m2", "m3"] {
         assert!(!dir.path().join(out).exists(), "{out}: a refused merge leaves no folder");
@@ -297,14 +302,7 @@ fn bad_training_input_gets_one_clear_line() {
     // A model whose context is shorter than the records after the cut to max_length: the first
     // such record is named by file and line before the run starts.
     let short = dir.path().join("short-context");
-    fs::create_dir_all(&short).unwrap();
-    for f in fs::read_dir(&model).unwrap() {
-        let f = f.unwrap().path();
-        fs::copy(&f, short.join(f.file_name().unwrap())).unwrap();
-    }
-    let mut cfg: Value = serde_json::from_slice(&fs::read(short.join("config.json")).unwrap()).unwrap();
-    cfg["max_position_embeddings"] = 64.into();
-    fs::write(short.join("config.json"), cfg.to_string()).unwrap();
+    copy_with_config(&model, &short, |cfg| cfg["max_position_embeddings"] = 64.into());
     let sft = fixture("sft_small.jsonl");
     let out = tiqu(&["train", "--model", short.to_str().unwrap(), "--data", &sft, "--out", &out4s, "--max-steps", "1"]);
     assert_error(&out, &["sft_small.jsonl:1", "under max_length 1024, more than the model's max_position_embeddings (64)", "--max-length 64"]);

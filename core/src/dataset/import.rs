@@ -9,15 +9,13 @@
 //! complaint, swallowing every later row into one field, so the quotes are scanned first and an
 //! unterminated one is an error naming the line it opens on.
 
-use std::fmt;
-
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::decode::decode_utf8;
 use super::output::python_json_fields;
 use super::records::read_raw_records;
 use super::span::nearest;
+use crate::entries::Entries;
 use crate::schema::{Field, Schema};
 use crate::sft::SftRecord;
 use crate::{Error, Result};
@@ -224,10 +222,15 @@ fn read_objects(bytes: &[u8], columns: &[&str], source: &str) -> Result<Vec<Row>
     for raw in read_raw_records(bytes, source)? {
         let line = raw.line;
         let raw = raw.value.map_err(|p| Error::Format(format!("{source}:{line}: {}", p.message)))?;
-        let Members(obj) = match raw.get().trim_start().starts_with('{') {
+        let entries: Entries<Box<RawValue>> = match raw.get().trim_start().starts_with('{') {
             true => serde_json::from_str(raw.get()).map_err(|e| Error::Format(format!("{source}:{line}: {e}")))?,
             false => return Err(Error::Format(format!("{source}:{line}: the record is not a JSON object"))),
         };
+        if let Some(key) = entries.repeated() {
+            // Which of the two is the label is a guess no import should make.
+            return Err(Error::Format(format!("{source}:{line}: `{key}` appears twice in the record")));
+        }
+        let obj = entries.0;
         for (k, _) in &obj {
             if !keys.contains(k) {
                 keys.push(k.clone());
@@ -253,34 +256,6 @@ fn read_objects(bytes: &[u8], columns: &[&str], source: &str) -> Result<Vec<Row>
         return Err(no_column(col, &names, source));
     }
     Ok(rows)
-}
-
-/// An object's members in the file's order, each value's text as written; a repeated key is an
-/// error.
-struct Members(Vec<(String, Box<RawValue>)>);
-
-impl<'de> Deserialize<'de> for Members {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Walk;
-        impl<'de> Visitor<'de> for Walk {
-            type Value = Members;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Members, A::Error> {
-                let mut out: Vec<(String, Box<RawValue>)> = Vec::new();
-                while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
-                    if out.iter().any(|(k, _)| *k == key) {
-                        // Which of the two is the label is a guess no import should make.
-                        return Err(serde::de::Error::custom(format!("`{key}` appears twice in the record")));
-                    }
-                    out.push((key, value));
-                }
-                Ok(Members(out))
-            }
-        }
-        d.deserialize_map(Walk)
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::decode::{decode_line, decode_utf8};
+use crate::entries::Entries;
 use crate::{Error, Result};
 
 /// One record of the file, or why its line is not one. `T` is the record as parsed: a [`Value`],
@@ -123,36 +124,8 @@ fn read_array<T: DeserializeOwned>(text: &str, source: &str) -> Result<Vec<RawRe
 /// is not a JSON object: its reader says why). Nested objects are not a record's or an output's
 /// fields, so they are not looked into.
 pub fn repeated_key(text: &str) -> Option<String> {
-    serde_json::from_str::<TopKeys>(text).ok().and_then(|w| w.0)
-}
-
-/// A JSON value walked for its top-level keys; holds the first key repeated.
-struct TopKeys(Option<String>);
-
-impl<'de> serde::Deserialize<'de> for TopKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_map(KeyVisitor)
-    }
-}
-
-struct KeyVisitor;
-
-impl<'de> serde::de::Visitor<'de> for KeyVisitor {
-    type Value = TopKeys;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<TopKeys, A::Error> {
-        let (mut keys, mut found) = (Vec::<String>::new(), None);
-        while let Some(key) = map.next_key::<String>()? {
-            map.next_value::<serde::de::IgnoredAny>()?;
-            if found.is_none() && keys.contains(&key) {
-                found = Some(key.clone());
-            }
-            keys.push(key);
-        }
-        Ok(TopKeys(found))
-    }
+    let entries = serde_json::from_str::<Entries<serde::de::IgnoredAny>>(text).ok()?;
+    entries.repeated().map(str::to_string)
 }
 
 /// The text a record's values are copied from: `input` when it holds text, else `instruction`
