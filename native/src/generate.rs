@@ -31,7 +31,7 @@ pub struct GenerateArgs {
 
 /// A number as f32 that does not round to 0 or infinity on the way (`1e-300` would read as 0,
 /// and then be refused as "not positive, got 0").
-fn positive_f32(s: &str) -> Result<f32, String> {
+fn f32_as_typed(s: &str) -> Result<f32, String> {
     let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
     let f = v as f32;
     if v > 0.0 && v.is_finite() && f == 0.0 {
@@ -47,7 +47,7 @@ fn positive_f32(s: &str) -> Result<f32, String> {
 #[derive(Args, Clone, Copy)]
 pub struct SamplingArgs {
     /// Sample with this temperature instead of greedy decoding.
-    #[arg(long, value_parser = positive_f32)]
+    #[arg(long, value_parser = f32_as_typed)]
     temperature: Option<f32>,
     /// Sample from the k most likely tokens (implies sampling).
     #[arg(long)]

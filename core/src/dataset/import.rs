@@ -221,12 +221,14 @@ fn read_objects(bytes: &[u8], columns: &[&str], source: &str) -> Result<Vec<Row>
     let mut keys: Vec<String> = Vec::new();
     for raw in read_raw_records(bytes, source)? {
         let line = raw.line;
+        // The reader has found any key written twice.
+        let raw_key = raw.repeated_key;
         let raw = raw.value.map_err(|p| Error::Format(format!("{source}:{line}: {}", p.message)))?;
         let entries: Entries<Box<RawValue>> = match raw.get().trim_start().starts_with('{') {
             true => serde_json::from_str(raw.get()).map_err(|e| Error::Format(format!("{source}:{line}: {e}")))?,
             false => return Err(Error::Format(format!("{source}:{line}: the record is not a JSON object"))),
         };
-        if let Some(key) = entries.repeated() {
+        if let Some(key) = &raw_key {
             // Which of the two is the label is a guess no import should make.
             return Err(Error::Format(format!("{source}:{line}: `{key}` appears twice in the record")));
         }

@@ -18,8 +18,8 @@ pub struct RawRecord<T = Value> {
     /// 1-based line on which the record starts.
     pub line: usize,
     pub value: std::result::Result<T, Problem>,
-    /// A key the record repeats in one object (the first, at any depth): parsed, one of the
-    /// values is silently kept, while training's reader refuses the record.
+    /// A key the record's object holds twice (the first such): parsed, one of the values is
+    /// silently kept, while training's reader refuses the record.
     pub repeated_key: Option<String>,
 }
 
@@ -60,15 +60,13 @@ fn read_jsonl<T: DeserializeOwned>(bytes: &[u8]) -> Vec<RawRecord<T>> {
     let mut out = Vec::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let value = match decode_line(line, i == 0) {
-            Err(why) => Err(Problem { kind: "encoding", message: why }),
+        let (value, repeated_key) = match decode_line(line, i == 0) {
+            Err(why) => (Err(Problem { kind: "encoding", message: why }), None),
             Ok(text) if text.trim().is_empty() => continue,
-            Ok(text) => serde_json::from_str::<T>(text)
-                .map_err(|e| Problem { kind: "invalid_json", message: format!("not valid JSON: {e}") }),
-        };
-        let repeated_key = match (&value, decode_line(line, i == 0)) {
-            (Ok(_), Ok(text)) => repeated_key(text),
-            _ => None,
+            Ok(text) => (
+                serde_json::from_str::<T>(text).map_err(|e| Problem { kind: "invalid_json", message: format!("not valid JSON: {e}") }),
+                repeated_key(text),
+            ),
         };
         out.push(RawRecord { line: i + 1, value, repeated_key });
     }
