@@ -63,8 +63,19 @@ fn eval_loss<B: Backend>(model: &Qwen3ForCausalLM<B>, examples: &[Example]) -> f
 
 #[test]
 fn one_backward_matches_peft_gradients() {
+    one_backward_matches::<Train>();
+}
+
+/// The same gradients computed on an NVIDIA GPU (f32): the CUDA kernels of every op training uses.
+#[cfg(feature = "cuda")]
+#[test]
+fn one_backward_on_cuda_matches_peft_gradients() {
+    one_backward_matches::<Autodiff<burn::backend::Cuda>>();
+}
+
+fn one_backward_matches<B: burn::tensor::backend::AutodiffBackend>() {
     let r = reference("peft-train");
-    let (model, tok, _) = with_adapter::<Train>("tiny-untied", "peft-train/initial");
+    let (model, tok, _) = with_adapter::<B>("tiny-untied", "peft-train/initial");
     let ex = examples(&tok);
     let mut trainer = Trainer::new(model, Method::Lora, AdamWConfig::default(), 0.0, 0).unwrap();
     let (loss, tokens, grads) = trainer.gradients(&[&ex[0..2]]).unwrap();
@@ -85,9 +96,19 @@ fn one_backward_matches_peft_gradients() {
 
 #[test]
 fn three_adamw_steps_with_accumulation_match_peft() {
+    three_adamw_steps_match::<Train>();
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn three_adamw_steps_on_cuda_match_peft() {
+    three_adamw_steps_match::<Autodiff<burn::backend::Cuda>>();
+}
+
+fn three_adamw_steps_match<B: burn::tensor::backend::AutodiffBackend>() {
     let r = reference("peft-train");
     let steps = &r["three_steps"];
-    let (model, tok, _) = with_adapter::<Train>("tiny-untied", "peft-train/initial");
+    let (model, tok, _) = with_adapter::<B>("tiny-untied", "peft-train/initial");
     let ex = examples(&tok);
     let mut trainer = Trainer::new(model, Method::Lora, AdamWConfig::default(), 0.0, 0).unwrap();
     let lr = steps["lr"].as_f64().unwrap();

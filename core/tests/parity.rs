@@ -327,3 +327,5 @@ macro_rules! backend_tests {
 backend_tests!(flex, burn::backend::Flex);
 #[cfg(feature = "wgpu")]
 backend_tests!(wgpu, burn::backend::Wgpu);
+#[cfg(feature = "cuda")]
+backend_tests!(cuda, burn::backend::Cuda);

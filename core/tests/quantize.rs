@@ -71,6 +71,14 @@ fn int8_on_wgpu_costs_what_it_costs_on_the_cpu() {
     assert!((cpu8 - gpu8).abs() < 1e-4 && (cpu4 - gpu4).abs() < 1e-3, "cpu {cpu8:.2e}/{cpu4:.2e}, wgpu {gpu8:.2e}/{gpu4:.2e}");
 }
 
+#[cfg(feature = "cuda")]
+#[test]
+fn int8_on_cuda_costs_what_it_costs_on_the_cpu() {
+    let (cpu8, cpu4) = deltas::<Flex>("tiny-untied");
+    let (gpu8, gpu4) = deltas::<burn::backend::Cuda>("tiny-untied");
+    assert!((cpu8 - gpu8).abs() < 1e-4 && (cpu4 - gpu4).abs() < 1e-3, "cpu {cpu8:.2e}/{cpu4:.2e}, cuda {gpu8:.2e}/{gpu4:.2e}");
+}
+
 #[test]
 fn quantizing_while_loading_equals_quantizing_after() {
     let dir = fixtures().join("tiny-tied");
