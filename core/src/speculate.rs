@@ -48,7 +48,7 @@ impl std::str::FromStr for Speculate {
             k => match k.parse::<usize>() {
                 Ok(0) => Ok(Self::Off),
                 Ok(k) if k <= MAX_DRAFT => Ok(Self::Fixed(k)),
-                _ => Err(format!("`{s}` is not off, auto or a draft length from 1 to {MAX_DRAFT}")),
+                _ => Err(format!("`{s}` is not off, auto or a draft length from 0 (off) to {MAX_DRAFT}")),
             },
         }
     }

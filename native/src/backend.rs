@@ -260,6 +260,12 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The parser of every `--threads`: a thread count clap bounds, so that a mistake is one line
+/// naming the range, not a spawn failure later.
+pub fn threads_arg() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096)
+}
+
 /// Work tiqu splits over threads itself (micro-batches, extraction batches) runs best with
 /// single-threaded CPU kernels: kernels that also split themselves over the cores only contend.
 /// Harmless when the kernels' thread pool already exists.

@@ -25,7 +25,7 @@ pub struct QuantArgs {
     #[arg(long, value_enum, default_value = "none")]
     pub quantize: QuantizeName,
     /// Weights per quantization scale; must divide every projection's input size.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, requires = "quantize")]
     pub quantize_block: usize,
 }
 

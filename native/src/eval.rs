@@ -45,7 +45,7 @@ pub struct EvalArgs {
     pub json: bool,
     /// Batches extracted at once, each on its own thread (default: the cores on the cpu backend,
     /// else 1).
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    #[arg(long, value_parser = crate::backend::threads_arg())]
     pub threads: Option<usize>,
 }
 

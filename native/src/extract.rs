@@ -100,14 +100,11 @@ struct Input {
 impl Input {
     fn open(spec: &str) -> Result<Self> {
         if spec == "-" {
-            let reader = Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()));
-            return Ok(Self { reader, name: "stdin".into(), line_no: 0, jsonl: None, buf: Vec::new(), at_start: true });
+            return Self::stream(Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())), "stdin".into());
         }
         let mut file = File::open(spec).map_err(|e| anyhow!("{spec}: {e}"))?;
         if !file.metadata().is_ok_and(|m| m.is_file()) {
-            // A pipe cannot be read twice: its form is decided from its first line as it comes.
-            let reader = Box::new(BufReader::with_capacity(1 << 20, file));
-            return Ok(Self { reader, name: spec.to_string(), line_no: 0, jsonl: None, buf: Vec::new(), at_start: true });
+            return Self::stream(Box::new(BufReader::with_capacity(1 << 20, file)), spec.to_string());
         }
         // A file's form is decided before any output is opened, so that a first line that
         // cannot be read leaves no output behind.
@@ -115,6 +112,35 @@ impl Input {
         file.seek(SeekFrom::Start(0)).map_err(|e| anyhow!("{spec}: {e}"))?;
         let reader = Box::new(BufReader::with_capacity(1 << 20, file));
         Ok(Self { reader, name: spec.to_string(), line_no: 0, jsonl: Some(jsonl), buf: Vec::new(), at_start: true })
+    }
+
+    /// A pipe cannot be read twice: its lines up to the first non-blank one are read and kept to
+    /// be read again, so that its form is decided, and a first line that cannot be read stops
+    /// the run, before any output is opened. After many blank lines, or an over-long first line,
+    /// the form is decided as the lines come.
+    fn stream(mut reader: Box<dyn BufRead>, name: String) -> Result<Self> {
+        let mut kept = Vec::new();
+        let mut jsonl = None;
+        for line_no in 1.. {
+            let start = kept.len();
+            let n = (&mut reader).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut kept).map_err(|e| anyhow!("{name}: {e}"))?;
+            let line = &kept[start..];
+            if n == 0 || (line.last() != Some(&b'\n') && line.len() > MAX_LINE_BYTES) {
+                break;
+            }
+            let raw = line.strip_suffix(b"\n").unwrap_or(line);
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            let raw = if line_no == 1 { raw.strip_prefix(BOM).unwrap_or(raw) } else { raw };
+            if !raw.iter().all(u8::is_ascii_whitespace) {
+                jsonl = Some(is_jsonl_line(raw).map_err(|why| anyhow!("{name}:{line_no}: {why}"))?);
+                break;
+            }
+            if kept.len() > MAX_LINE_BYTES {
+                break;
+            }
+        }
+        let reader = Box::new(std::io::Cursor::new(kept).chain(reader));
+        Ok(Self { reader, name, line_no: 0, jsonl, buf: Vec::new(), at_start: true })
     }
 
     /// Lines of one shard, read as the whole input reads (`jsonl` decided from its first line).

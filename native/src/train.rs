@@ -114,7 +114,7 @@ pub struct TrainArgs {
     skip_bad_records: bool,
     /// Micro-batches (of --grad-accum) computed at once, each on its own thread; the numbers do
     /// not change. Default: the CPU's cores (up to --grad-accum) on the cpu backend, else 1.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    #[arg(long, value_parser = crate::backend::threads_arg())]
     threads: Option<usize>,
     /// Data-parallel training over these devices of --backend, comma-separated: cuda:0,cuda:1 or
     /// wgpu:0,wgpu:1 (discrete GPUs), wgpu:default, wgpu:cpu. Default: one.

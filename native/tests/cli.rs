@@ -361,6 +361,8 @@ fn usage_errors_are_one_line() {
         (&["merge"][..], &["required", "--model", "--out"][..]),
         // Not "must be positive, got 0": the value typed is positive, f32 cannot hold it.
         (&["extract", "--temperature", "1e-300"][..], &["--temperature", "1e-300 is too small for f32 (it rounds to 0)"][..]),
+        // A block size alone quantized nothing, in silence.
+        (&["generate", "--model", "m", "--prompt", "p", "--quantize-block", "16"][..], &["--quantize"][..]),
     ] {
         let out = tiqu(args);
         assert_clean_error(&out, needles);

@@ -136,7 +136,20 @@ fn the_first_line_decides_jsonl_and_a_broken_one_is_named() {
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && stderr.lines().count() == 1 && stderr.contains(needle), "{stderr}");
         assert!(!out.exists(), "{name}: no output is left behind");
+        // The same from a pipe, which cannot be read twice (an empty --out was left behind).
+        let out = dir.path().join(format!("{name}.piped.out"));
+        let o = tiqu(&["extract", "--model", &m, "--input", "-", "--out", out.to_str().unwrap()], Some(body.as_bytes()));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        let needle = needle.replacen(name, "stdin", 1);
+        assert!(!o.status.success() && stderr.lines().count() == 1 && stderr.contains(&needle), "{stderr}");
+        assert!(!out.exists(), "{name} from stdin: no output is left behind");
     }
+    // A pipe's kept first lines are read again: blank lines, a BOM and JSONL ids all survive.
+    let piped = format!("\u{feff}\n\n{}\n", serde_json::json!({"id": "a1", "text": TEXTS[0]}));
+    let o = tiqu(&["extract", "--model", &m, "--input", "-", "--max-new-tokens", "8"], Some(piped.as_bytes()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = lines(&o.stdout);
+    assert_eq!((got.len(), &got[2]["id"]), (3, &serde_json::json!("a1")), "{got:?}");
     // Empty paths and a folder as --out are named as such (were ": No such file or directory"
     // and "exists; pass --resume", which then failed on the folder).
     let input = dir.path().join("brace0.txt");
