@@ -69,9 +69,15 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
 
 /// The first line of a backend's failure, short enough for one line of error.
 fn short_reason(message: &str) -> String {
-    let line = message.lines().next().unwrap_or_default();
+    // cubecl's message for a missing toolkit starts with a line break.
+    let line = message.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
+    if line.starts_with("CUDA installation not found") {
+        // The driver loaded; the first kernel's compilation needs the toolkit's headers.
+        return "the CUDA toolkit was not found: burn compiles its kernels with NVRTC against its headers; install it, or set CUDA_PATH to it".into();
+    }
     // cudarc's missing-library message goes on to list 34 file names.
     match line.split_once(" - searched for library names") {
+        Some((what, _)) if what.contains("\"nvrtc\"") => format!("{what}: is the CUDA toolkit's libnvrtc.so on LD_LIBRARY_PATH?"),
         Some((what, _)) => format!("{what}: is the NVIDIA driver installed, libcuda.so on LD_LIBRARY_PATH?"),
         None => line.chars().take(300).collect(),
     }
@@ -87,6 +93,18 @@ mod tests {
         assert!(short.contains(r#"load the "cuda" shared library"#) && short.contains("NVIDIA driver"), "{short}");
         assert!(!short.contains("libcuda64") && short.len() < 160, "{short}");
         assert_eq!(super::short_reason("no adapter\nsecond line"), "no adapter");
+    }
+
+    #[test]
+    fn a_missing_cuda_toolkit_or_nvrtc_is_named_not_the_driver() {
+        // cubecl-cuda 0.10's `expect` when neither CUDA_PATH nor /usr/local/cuda exists: the
+        // driver loaded, the first kernel cannot be compiled. Its first line is empty.
+        let cubecl = "\n        CUDA installation not found.\n        Please ensure that CUDA is installed and the CUDA_PATH environment variable is set correctly.\n        Note: Default paths are used for Linux (/usr/local/cuda) and Windows (C:/Program Files/NVIDIA GPU Computing Toolkit/CUDA/), which may not be correct.\n    ";
+        let short = super::short_reason(cubecl);
+        assert!(short.contains("toolkit was not found") && short.contains("CUDA_PATH"), "{short}");
+        let nvrtc = r#"Unable to dynamically load the "nvrtc" shared library - searched for library names: ["libnvrtc.so"]."#;
+        let short = super::short_reason(nvrtc);
+        assert!(short.contains("libnvrtc.so on LD_LIBRARY_PATH") && !short.contains("driver"), "{short}");
     }
 }
 
@@ -105,7 +123,7 @@ pub fn probe(name: BackendName) -> Result<String, String> {
         #[cfg(feature = "cuda")]
         BackendName::Cuda => quietly(|| smoke::<burn::backend::Cuda>(&Default::default()))
             .map(|_| "cuda:0".into())
-            .map_err(|e| format!("no usable CUDA driver or GPU ({e})")),
+            .map_err(|e| format!("CUDA is not usable here ({e})")),
         #[allow(unreachable_patterns)]
         _ => Err("not compiled in".into()),
     }
