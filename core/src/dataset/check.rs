@@ -6,7 +6,11 @@
 //!
 //! Labels are checked for what copy-constrained decoding can produce: a string that is a
 //! substring of the record's text, or null. A label that differs from its text only in
-//! whitespace or punctuation width gets the text's span as a fix, which [`Report::fixed`] applies.
+//! whitespace or punctuation width gets the text's span as a fix, which [`check`] applies to the
+//! fixed copy it writes when asked.
+//!
+//! Records come one at a time (a file of millions is not held whole): what stays in memory are
+//! the texts seen (for duplicates), the findings and the token lengths.
 
 use std::collections::HashMap;
 
@@ -85,7 +89,7 @@ pub struct Finding {
     pub message: String,
     /// What to write instead (for `not_verbatim`: the nearest span of the text).
     pub suggestion: Option<String>,
-    /// Whether [`Report::fixed`] replaced the value by `suggestion`.
+    /// Whether the fixed copy [`check`] writes replaces the value by `suggestion`.
     pub fixable: bool,
 }
 
@@ -96,8 +100,21 @@ pub struct CheckOptions<'a> {
     /// For token lengths; without one there are no length statistics.
     pub tokenizer: Option<&'a Tokenizer>,
     pub max_length: usize,
-    /// The evaluation set, whose texts must not be in the checked file.
-    pub eval: Option<&'a [RawRecord]>,
+    /// The evaluation set's texts ([`eval_texts`]), which must not be in the checked file.
+    pub eval: Option<&'a HashMap<String, usize>>,
+}
+
+/// The texts of an evaluation file's records, folded as the check compares them, each with the
+/// first line it is on.
+pub fn eval_texts(records: impl IntoIterator<Item = Result<RawRecord>>) -> Result<HashMap<String, usize>> {
+    let mut texts = HashMap::new();
+    for raw in records {
+        let raw = raw?;
+        if let Some(text) = raw.value.as_ref().ok().and_then(record_text) {
+            texts.entry(fold(text)).or_insert(raw.line);
+        }
+    }
+    Ok(texts)
 }
 
 /// Token lengths of the usable records.
@@ -134,13 +151,9 @@ pub struct Report {
     pub fields: Vec<FieldRates>,
     pub lengths: Option<Lengths>,
     pub findings: Vec<Finding>,
-    /// The file as JSONL with every fixable label replaced by its span; lines that are not JSON
-    /// are left out.
-    #[serde(skip)]
-    pub fixed: Vec<String>,
-    /// Labels replaced in `fixed`.
+    /// Labels replaced in the fixed copy.
     pub fixes: usize,
-    /// Lines left out of `fixed`.
+    /// Lines left out of the fixed copy.
     pub dropped: usize,
 }
 
@@ -275,24 +288,29 @@ impl Checker<'_> {
     }
 }
 
-/// Checks every record of `records` (as [`super::read_records`] reads a file).
-pub fn check(records: &[RawRecord], opts: &CheckOptions) -> Result<Report> {
+/// Where [`check`] hands each line of the fixed copy.
+pub type FixedLine<'a> = dyn FnMut(&str) -> Result<()> + 'a;
+
+/// Checks every record of `records` (as [`super::read_records`] or [`super::JsonlRecords`] read
+/// a file). With `fixed`, each record is handed to it as a JSONL line with every fixable label
+/// replaced by its span (lines that are not JSON, and records holding a key twice, left out).
+pub fn check(
+    records: impl IntoIterator<Item = Result<RawRecord>>,
+    opts: &CheckOptions,
+    mut fixed: Option<&mut FixedLine>,
+) -> Result<Report> {
     let mut c = Checker { opts, findings: Vec::new() };
     let mut rates: Vec<FieldRates> =
         opts.fields.iter().map(|f| FieldRates { field: f.to_string(), null: 0, empty: 0 }).collect();
-    let eval_texts: HashMap<String, usize> = opts
-        .eval
-        .unwrap_or_default()
-        .iter()
-        .rev() // the first line of a text wins
-        .filter_map(|r| Some((fold(record_text(r.value.as_ref().ok()?)?), r.line)))
-        .collect();
+    let no_eval = HashMap::new();
+    let eval_texts = opts.eval.unwrap_or(&no_eval);
     let mut seen: HashMap<String, (usize, String)> = HashMap::new();
-    let (mut usable, mut labelled, mut fixes, mut dropped) = (0, 0, 0, 0);
+    let (mut read, mut usable, mut labelled, mut fixes, mut dropped) = (0, 0, 0, 0, 0);
     let mut lengths = Vec::new();
     let mut over = 0;
-    let mut fixed_lines = Vec::with_capacity(records.len());
     for raw in records {
+        let raw = raw?;
+        read += 1;
         let line = raw.line;
         let value = match &raw.value {
             Ok(v) => v,
@@ -314,7 +332,7 @@ pub fn check(records: &[RawRecord], opts: &CheckOptions) -> Result<Report> {
             let msg = format!("the record holds `{key}` twice (JSON readers keep one of the values)");
             c.add(line, Kind::RepeatedKey, Some(key), msg, None, false);
         }
-        let mut out_value = value.clone();
+        let mut out_value = fixed.is_some().then(|| value.clone());
         if let Some((rec, text)) = c.record(line, value) {
             usable += 1;
             let output = rec.output.as_deref().unwrap_or("");
@@ -323,7 +341,9 @@ pub fn check(records: &[RawRecord], opts: &CheckOptions) -> Result<Report> {
                 labelled += 1;
                 if fixed > 0 {
                     fixes += fixed;
-                    out_value["output"] = Value::String(python_json_value(&Value::Object(obj)));
+                    if let Some(v) = &mut out_value {
+                        v["output"] = Value::String(python_json_value(&Value::Object(obj)));
+                    }
                 }
             }
             let key = fold(&text);
@@ -358,17 +378,18 @@ pub fn check(records: &[RawRecord], opts: &CheckOptions) -> Result<Report> {
                 lengths.push(n);
             }
         }
-        fixed_lines.push(serde_json::to_string(&out_value).map_err(|e| crate::Error::Other(e.to_string()))?);
+        if let (Some(sink), Some(v)) = (fixed.as_mut(), &out_value) {
+            sink(&serde_json::to_string(v).map_err(|e| crate::Error::Other(e.to_string()))?)?;
+        }
     }
     c.findings.sort_by_key(|f| f.line);
     Ok(Report {
-        records: records.len(),
+        records: read,
         usable,
         labelled,
         fields: rates,
         lengths: stats(&mut lengths, over, opts.max_length),
         findings: c.findings,
-        fixed: fixed_lines,
         fixes,
         dropped,
     })

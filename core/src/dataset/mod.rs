@@ -3,8 +3,9 @@
 //! ([`import`]), and split records into training and evaluation sets without a text on both sides
 //! ([`split`]).
 //!
-//! Everything here takes bytes or `&str` (no files), so it builds for wasm32 like the rest of
-//! core; errors are one line, `source:line: what`.
+//! Everything here takes bytes, `&str` or a reader (no files), so it builds for wasm32 like the
+//! rest of core; errors are one line, `source:line: what`. JSONL is read a record at a time
+//! ([`JsonlRecords`]) by the check, so a file of millions of records is never held whole.
 
 pub mod check;
 pub mod decode;
@@ -18,5 +19,5 @@ pub mod split;
 pub use check::{check, CheckOptions, Finding, Kind, Report};
 #[cfg(feature = "import")]
 pub use import::{import, Format, Imported, Mapping};
-pub use records::{read_raw_records, read_records, RawRecord};
+pub use records::{read_raw_records, read_records, JsonlRecords, RawRecord};
 pub use split::{split, Split};

@@ -57,20 +57,57 @@ fn read_records_as<T: DeserializeOwned>(bytes: &[u8], source: &str) -> Result<Ve
 }
 
 fn read_jsonl<T: DeserializeOwned>(bytes: &[u8]) -> Vec<RawRecord<T>> {
-    let mut out = Vec::new();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let (value, repeated_key) = match decode_line(line, i == 0) {
-            Err(why) => (Err(Problem { kind: "encoding", message: why }), None),
-            Ok(text) if text.trim().is_empty() => continue,
-            Ok(text) => (
-                serde_json::from_str::<T>(text).map_err(|e| Problem { kind: "invalid_json", message: format!("not valid JSON: {e}") }),
-                repeated_key(text),
-            ),
-        };
-        out.push(RawRecord { line: i + 1, value, repeated_key });
+    bytes.split(|&b| b == b'\n').enumerate().filter_map(|(i, line)| jsonl_record(line, i)).collect()
+}
+
+/// Line `i` (0-based, without its `\n`) of a JSONL file as a record; `None` for a blank line.
+fn jsonl_record<T: DeserializeOwned>(line: &[u8], i: usize) -> Option<RawRecord<T>> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let (value, repeated_key) = match decode_line(line, i == 0) {
+        Err(why) => (Err(Problem { kind: "encoding", message: why }), None),
+        Ok(text) if text.trim().is_empty() => return None,
+        Ok(text) => (
+            serde_json::from_str::<T>(text).map_err(|e| Problem { kind: "invalid_json", message: format!("not valid JSON: {e}") }),
+            repeated_key(text),
+        ),
+    };
+    Some(RawRecord { line: i + 1, value, repeated_key })
+}
+
+/// The records of a JSONL stream, read a line at a time, as [`read_records`] reads them: a file
+/// of millions of records is never held whole. (A JSON array has to be parsed whole: use
+/// [`read_records`] for one.)
+pub struct JsonlRecords<R> {
+    reader: R,
+    source: String,
+    index: usize,
+    line: Vec<u8>,
+}
+
+impl<R: std::io::BufRead> JsonlRecords<R> {
+    pub fn new(reader: R, source: &str) -> Self {
+        Self { reader, source: source.to_string(), index: 0, line: Vec::new() }
     }
-    out
+}
+
+impl<R: std::io::BufRead> Iterator for JsonlRecords<R> {
+    type Item = Result<RawRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.line.clear();
+            match self.reader.read_until(b'\n', &mut self.line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(Error::io(&self.source, e))),
+            }
+            let i = self.index;
+            self.index += 1;
+            if let Some(record) = jsonl_record(self.line.strip_suffix(b"\n").unwrap_or(&self.line), i) {
+                return Some(Ok(record));
+            }
+        }
+    }
 }
 
 /// Walks the array element by element so that each record knows its line.
@@ -172,6 +209,17 @@ mod tests {
         assert!(e.contains("expected `,` or `]`"), "{e}");
         let e = read_records(b"[{\"a\": 1}]\n[]", "f").unwrap_err().to_string();
         assert!(e.starts_with("f:2:") && e.contains("after the closing"), "{e}");
+    }
+
+    /// The streaming reader gives what the whole-file reader gives, line for line.
+    #[test]
+    fn streamed_jsonl_equals_whole() {
+        let bytes = b"\xEF\xBB\xBF{\"a\": 1}\n\n{oops\r\n\xC4\xE3\n  \n{\"a\": 2, \"a\": 3}";
+        let whole = read_records(bytes, "f").unwrap();
+        let streamed: Vec<RawRecord> = JsonlRecords::new(&bytes[..], "f").collect::<Result<_>>().unwrap();
+        let view = |rs: &[RawRecord]| rs.iter().map(|r| (r.line, r.value.clone().map_err(|p| p.kind), r.repeated_key.clone())).collect::<Vec<_>>();
+        assert_eq!(view(&streamed), view(&whole));
+        assert_eq!(streamed.len(), 4);
     }
 
     #[test]

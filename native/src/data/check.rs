@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::json;
-use tiqu_core::dataset::{check, read_records, CheckOptions, Report};
+use std::io::Write;
+
+use tiqu_core::dataset::check::eval_texts;
+use tiqu_core::dataset::{check, CheckOptions, Report};
 use tiqu_core::{Schema, Tokenizer};
 
 use super::files::{self, beside, check_target};
@@ -80,20 +83,28 @@ pub fn run(args: &CheckArgs) -> Result<()> {
         None => Schema::default(),
     };
     let tokenizer = load_tokenizer(args)?;
-    let records = read_records(&files::read(&args.file)?, &source)?;
+    let records = files::records(&args.file)?;
     let eval = match &args.eval {
-        Some(p) => Some(read_records(&files::read(p)?, &p.display().to_string())?),
+        Some(p) => Some(eval_texts(files::records(p)?)?),
         None => None,
     };
     let names = schema.names();
-    let opts = CheckOptions { fields: &names, tokenizer: tokenizer.as_ref(), max_length: args.max_length, eval: eval.as_deref() };
-    let report = check(&records, &opts)?;
+    let opts = CheckOptions { fields: &names, tokenizer: tokenizer.as_ref(), max_length: args.max_length, eval: eval.as_ref() };
+    let report = match out {
+        None => check(records, &opts, None)?,
+        Some(out) => {
+            // The fixed copy is written as the records are checked; a failure leaves `out` as it was.
+            files::write_checked(out, |w| {
+                let mut sink = |line: &str| -> tiqu_core::Result<()> {
+                    w.write_all(line.as_bytes()).and_then(|()| w.write_all(b"\n")).map_err(|e| tiqu_core::Error::io(out.display(), e))
+                };
+                Ok(check(records, &opts, Some(&mut sink))?)
+            })?
+        }
+    };
 
     let lines: Vec<String> = report.findings.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
     files::write_lines(&findings_path, &lines)?;
-    if let Some(out) = out {
-        files::write_lines(out, &report.fixed)?;
-    }
     if args.json {
         println!("{}", summary_json(&report, &findings_path, out));
     } else {

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
+use tiqu_core::dataset::{read_records, JsonlRecords, RawRecord};
 
 /// `Permission denied (os error 13)` → `Permission denied`.
 pub fn short(e: &std::io::Error) -> String {
@@ -19,6 +20,46 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
         bail!("{}: is a folder, not a file", path.display());
     }
     fs::read(path).map_err(|e| anyhow!("cannot read {}: {}", path.display(), short(&e)))
+}
+
+/// The SFT records of `path`: JSONL a line at a time (never held whole), a JSON array (which
+/// must be parsed whole) read whole. A file without a record is an error here, before anything
+/// is written.
+pub fn records(path: &Path) -> Result<Box<dyn Iterator<Item = tiqu_core::Result<RawRecord>>>> {
+    use std::io::{BufRead, Seek};
+    let source = path.display().to_string();
+    if path.is_dir() {
+        bail!("{source}: is a folder, not a file");
+    }
+    let cannot = |e: std::io::Error| anyhow!("cannot read {source}: {}", short(&e));
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, fs::File::open(path).map_err(cannot)?);
+    // The first byte that is not whitespace (after a byte-order mark) says which form it is.
+    let mut at_start = true;
+    let first = loop {
+        let buf = reader.fill_buf().map_err(cannot)?;
+        if buf.is_empty() {
+            break None;
+        }
+        let skip = if at_start && buf.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+        at_start = false;
+        match buf[skip..].iter().position(|b| !b" \t\r\n".contains(b)) {
+            Some(i) => break Some(buf[skip + i]),
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    };
+    if first == Some(b'[') {
+        let bytes = read(path)?;
+        return Ok(Box::new(read_records(&bytes, &source)?.into_iter().map(Ok)));
+    }
+    reader.rewind().map_err(cannot)?;
+    let mut records = JsonlRecords::new(reader, &source).peekable();
+    if records.peek().is_none() {
+        bail!("{source}: no records");
+    }
+    Ok(Box::new(records))
 }
 
 /// `dir/name.ext` → `dir/name.<suffix>`.
@@ -80,4 +121,19 @@ pub fn write_with(
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(fail)
+}
+
+/// [`write_with`] for work that can fail on its own (a record read, a check): its error is
+/// returned as it is, not as a write error of `path`, and `path` is left as it was.
+pub fn write_checked<T>(path: &Path, fill: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> Result<T>) -> Result<T> {
+    let mut result = None;
+    let written = write_with(path, |w| {
+        let r = fill(w);
+        let failed = r.is_err();
+        result = Some(r);
+        if failed { Err(std::io::Error::other("not written")) } else { Ok(()) }
+    });
+    let value = result.transpose()?;
+    written?;
+    value.ok_or_else(|| anyhow!("{}: nothing was written", path.display()))
 }

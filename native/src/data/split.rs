@@ -1,12 +1,13 @@
 //! `tiqu data split`: records into a training and an evaluation file by a seed, with no text on
 //! both sides.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
 use clap::Args;
 use tiqu_core::dataset::records::record_text;
-use tiqu_core::dataset::{read_records, split};
+use tiqu_core::dataset::split;
 
 use super::files::{self, beside, check_target};
 
@@ -44,25 +45,38 @@ pub fn run(args: &SplitArgs) -> Result<()> {
     }
     check_target(&train_out, &[args.file.as_path()], args.force, "--train-out")?;
     check_target(&eval_out, &[args.file.as_path()], args.force, "--eval-out")?;
-    let records = read_records(&files::read(&args.file)?, &source)?;
-    let mut values = Vec::with_capacity(records.len());
-    for raw in &records {
+    // Two readings, so that the file is never held whole: its texts decide the split, then each
+    // record goes to its side as it is read again.
+    let mut texts = Vec::new();
+    for raw in files::records(&args.file)? {
+        let raw = raw?;
         let line = raw.line;
         let value = raw.value.as_ref().map_err(|p| anyhow!("{source}:{line}: {} (tiqu data check lists every bad line)", p.message))?;
-        record_text(value).ok_or_else(|| anyhow!("{source}:{line}: the record has no text (`input` or `instruction`)"))?;
-        values.push(value);
+        let text = record_text(value).ok_or_else(|| anyhow!("{source}:{line}: the record has no text (`input` or `instruction`)"))?;
+        texts.push(text.to_string());
     }
-    let texts: Vec<&str> = values.iter().filter_map(|v| record_text(v)).collect();
-    let split = split(&texts, args.eval_fraction, args.seed)?;
-    let (mut train, mut eval) = (Vec::new(), Vec::new());
-    for (value, &is_eval) in values.iter().zip(&split.eval) {
-        let line = serde_json::to_string(value)?;
-        if is_eval { eval.push(line) } else { train.push(line) }
-    }
-    files::write_lines(&train_out, &train)?;
-    files::write_lines(&eval_out, &eval)?;
-    println!("wrote {} training records to {}", train.len(), train_out.display());
-    println!("wrote {} evaluation records to {}", eval.len(), eval_out.display());
+    let split = split(&texts.iter().map(String::as_str).collect::<Vec<_>>(), args.eval_fraction, args.seed)?;
+    drop(texts);
+    let changed = || anyhow!("{source}: changed while it was being split; run again");
+    let (train, eval) = files::write_checked(&train_out, |train_w| {
+        files::write_checked(&eval_out, |eval_w| {
+            let mut records = files::records(&args.file)?;
+            let (mut train, mut eval) = (0usize, 0usize);
+            for &is_eval in &split.eval {
+                let value = records.next().ok_or_else(changed)??.value.map_err(|_| changed())?;
+                let (w, path, n) = if is_eval { (&mut *eval_w, &eval_out, &mut eval) } else { (&mut *train_w, &train_out, &mut train) };
+                serde_json::to_writer(&mut *w, &value)?;
+                w.write_all(b"\n").map_err(|e| anyhow!("cannot write {}: {}", path.display(), files::short(&e)))?;
+                *n += 1;
+            }
+            if records.next().is_some() {
+                return Err(changed());
+            }
+            Ok((train, eval))
+        })
+    })?;
+    println!("wrote {train} training records to {}", train_out.display());
+    println!("wrote {eval} evaluation records to {}", eval_out.display());
     if split.duplicate_groups > 0 {
         println!("{} text(s) occur more than once; each stays on one side", split.duplicate_groups);
     }
