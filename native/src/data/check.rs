@@ -3,13 +3,12 @@
 //! Exit status: 0 when the file could be read (findings or not), 1 when it could not, and with
 //! `--strict` 2 when there is any finding.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::json;
-use std::io::Write;
-
 use tiqu_core::dataset::check::eval_texts;
 use tiqu_core::dataset::{check, CheckOptions, Report};
 use tiqu_core::{Schema, Tokenizer};

@@ -65,8 +65,10 @@ pub fn run(args: &SplitArgs) -> Result<()> {
             for &is_eval in &split.eval {
                 let value = records.next().ok_or_else(changed)??.value.map_err(|_| changed())?;
                 let (w, path, n) = if is_eval { (&mut *eval_w, &eval_out, &mut eval) } else { (&mut *train_w, &train_out, &mut train) };
-                serde_json::to_writer(&mut *w, &value)?;
-                w.write_all(b"\n").map_err(|e| anyhow!("cannot write {}: {}", path.display(), files::short(&e)))?;
+                let line = serde_json::to_string(&value)?;
+                w.write_all(line.as_bytes())
+                    .and_then(|()| w.write_all(b"\n"))
+                    .map_err(|e| anyhow!("cannot write {}: {}", path.display(), files::short(&e)))?;
                 *n += 1;
             }
             if records.next().is_some() {
