@@ -115,30 +115,11 @@ impl Input {
     }
 
     /// A pipe cannot be read twice: its lines up to the first non-blank one are read and kept to
-    /// be read again, so that its form is decided, and a first line that cannot be read stops
-    /// the run, before any output is opened. After many blank lines, or an over-long first line,
-    /// the form is decided as the lines come.
+    /// be read again ([`first_form`]), so that its form is decided, and a first line that cannot
+    /// be read stops the run, before any output is opened.
     fn stream(mut reader: Box<dyn BufRead>, name: String) -> Result<Self> {
         let mut kept = Vec::new();
-        let mut jsonl = None;
-        for line_no in 1.. {
-            let start = kept.len();
-            let n = (&mut reader).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut kept).map_err(|e| anyhow!("{name}: {e}"))?;
-            let line = &kept[start..];
-            if n == 0 || (line.last() != Some(&b'\n') && line.len() > MAX_LINE_BYTES) {
-                break;
-            }
-            let raw = line.strip_suffix(b"\n").unwrap_or(line);
-            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-            let raw = if line_no == 1 { raw.strip_prefix(BOM).unwrap_or(raw) } else { raw };
-            if !raw.iter().all(u8::is_ascii_whitespace) {
-                jsonl = Some(is_jsonl_line(raw).map_err(|why| anyhow!("{name}:{line_no}: {why}"))?);
-                break;
-            }
-            if kept.len() > MAX_LINE_BYTES {
-                break;
-            }
-        }
+        let jsonl = first_form(&mut reader, &name, Some(&mut kept))?;
         let reader = Box::new(std::io::Cursor::new(kept).chain(reader));
         Ok(Self { reader, name, line_no: 0, jsonl, buf: Vec::new(), at_start: true })
     }
@@ -174,20 +155,25 @@ impl Input {
     }
 
     fn skip_rest_of_line(&mut self) -> Result<()> {
-        loop {
-            let chunk = self.reader.fill_buf().map_err(|e| anyhow!("{}: {e}", self.name))?;
-            if chunk.is_empty() {
+        skip_rest_of_line(&mut self.reader).map_err(|e| anyhow!("{}: {e}", self.name))
+    }
+}
+
+/// Past the next line end (or to the end of the input), without holding the line.
+fn skip_rest_of_line(reader: &mut dyn BufRead) -> std::io::Result<()> {
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
                 return Ok(());
             }
-            match chunk.iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    self.reader.consume(i + 1);
-                    return Ok(());
-                }
-                None => {
-                    let n = chunk.len();
-                    self.reader.consume(n);
-                }
+            None => {
+                let n = chunk.len();
+                reader.consume(n);
             }
         }
     }
@@ -544,43 +530,44 @@ fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink
 
 /// Whether the input is JSONL, from its first non-blank line (read from the start).
 fn first_line_is_jsonl(reader: &mut dyn crate::storage::ReadSeekSend, name: &str) -> Result<bool> {
+    reader.seek(SeekFrom::Start(0)).map_err(|e| anyhow!("{name}: {e}"))?;
+    Ok(first_form(&mut BufReader::new(reader), name, None)?.unwrap_or(false))
+}
+
+/// The form the input's first non-blank line gives (JSONL or not, [`is_jsonl_line`]), read from
+/// `reader`'s start; `None` when no line decides it. A line over the limit is an error line of
+/// its own whatever the form, so the next one decides. With `kept` (a pipe, which cannot be read
+/// twice) every byte read is kept to be read again, and the search stops instead at an over-long
+/// line or once the kept blank lines pass the limit: the lines decide as they come then.
+fn first_form(reader: &mut dyn BufRead, name: &str, mut kept: Option<&mut Vec<u8>>) -> Result<Option<bool>> {
     let io = |e: std::io::Error| anyhow!("{name}: {e}");
-    reader.seek(SeekFrom::Start(0)).map_err(io)?;
-    let mut lines = BufReader::new(reader);
     let mut line = Vec::new();
     for line_no in 1.. {
         line.clear();
-        if (&mut lines).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut line).map_err(io)? == 0 {
+        if reader.take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut line).map_err(io)? == 0 {
             break;
         }
+        if let Some(kept) = kept.as_deref_mut() {
+            kept.extend_from_slice(&line);
+        }
         if line.last() != Some(&b'\n') && line.len() > MAX_LINE_BYTES {
-            // A line over the limit is an error line of its own whatever the form: the next one decides.
-            loop {
-                let chunk = lines.fill_buf().map_err(io)?;
-                if chunk.is_empty() {
-                    return Ok(false);
-                }
-                match chunk.iter().position(|&b| b == b'\n') {
-                    Some(i) => {
-                        lines.consume(i + 1);
-                        break;
-                    }
-                    None => {
-                        let n = chunk.len();
-                        lines.consume(n);
-                    }
-                }
+            if kept.is_some() {
+                break;
             }
+            skip_rest_of_line(reader).map_err(io)?;
             continue;
         }
         let raw = line.strip_suffix(b"\n").unwrap_or(&line);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         let raw = if line_no == 1 { raw.strip_prefix(BOM).unwrap_or(raw) } else { raw };
         if !raw.iter().all(u8::is_ascii_whitespace) {
-            return is_jsonl_line(raw).map_err(|why| anyhow!("{name}:{line_no}: {why}"));
+            return is_jsonl_line(raw).map(Some).map_err(|why| anyhow!("{name}:{line_no}: {why}"));
+        }
+        if kept.as_ref().is_some_and(|k| k.len() > MAX_LINE_BYTES) {
+            break;
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// The input record an answered line is checked against: its id, and in copy mode its text

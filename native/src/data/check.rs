@@ -95,7 +95,9 @@ pub fn run(args: &CheckArgs) -> Result<()> {
             // The fixed copy is written as the records are checked; a failure leaves `out` as it was.
             files::write_checked(out, |w| {
                 let mut sink = |line: &str| -> tiqu_core::Result<()> {
-                    w.write_all(line.as_bytes()).and_then(|()| w.write_all(b"\n")).map_err(|e| tiqu_core::Error::io(out.display(), e))
+                    w.write_all(line.as_bytes())
+                        .and_then(|()| w.write_all(b"\n"))
+                        .map_err(|e| tiqu_core::Error::Other(format!("cannot write {}: {}", out.display(), files::short(&e))))
                 };
                 Ok(check(records, &opts, Some(&mut sink))?)
             })?
