@@ -156,6 +156,9 @@ fn import_bad_tables_are_one_line_naming_the_line() {
     gbk.extend_from_slice(b"\xCD\xB6\xCB\xDF\", \"name\": \"x\"}\n");
     let f = write("gbk.jsonl", &gbk);
     run(import(&f, &[]), &["gbk.jsonl:2:", "not valid UTF-8"]);
+    // A spreadsheet's "Unicode text" export is UTF-16.
+    let f = write("utf16.tsv", &[&b"\xFF\xFE"[..], &"text\tname\n".encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<u8>>()].concat());
+    run(import(&f, &["--format", "tsv"]), &["utf16.tsv:1:", "UTF-16", "iconv"]);
     // A row with an unquoted comma in its text.
     let f = write("fields.tsv", "text\tname\n一\t二\t三\n".as_bytes());
     run(import(&f, &[]), &["fields.tsv:2:", "3 field(s), the header 2"]);

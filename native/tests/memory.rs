@@ -1,9 +1,9 @@
 //! Loading never holds two full copies of the weights: a Qwen3-0.6B-shaped f32 checkpoint
 //! (2.4 GB, written here) loads and generates with the child's peak RSS under 2× its file size.
-//! The data tools never hold a JSONL file whole.
+//! The data tools never hold a data file whole.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 use std::process::Command;
 
@@ -81,26 +81,62 @@ fn peak_rss(args: &[&str]) -> u64 {
     usage.ru_maxrss as u64 * 1024
 }
 
-/// Proves: `data check` (with and without `--fix`) and `data split` read a JSONL file a line at a
-/// time: on 60,000 records (37 MB) each peaks under the file's size plus 32 MiB. Reading it whole
-/// they peaked at 4.6–5.6 times its size (170–209 MB), so ten million records did not fit in 24 GB.
+/// Proves: `data check` (with and without `--fix`), `data split` and `data import` read a file
+/// a record at a time, in every form they take (JSONL, a JSON array, CSV): on 60,000 records
+/// (37 MB) each peaks under the file's size plus 32 MiB. Reading it whole, check and split peaked
+/// at 4.6–5.6 times its size (170–209 MB), so ten million records did not fit in 24 GB.
 #[test]
-fn check_and_split_never_hold_a_jsonl_file_whole() {
+fn data_tools_never_hold_a_file_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("big.jsonl");
     let p = |name: &str| dir.path().join(name).display().to_string();
     let synth = Command::new(env!("CARGO_BIN_EXE_tiqu")).args(["data", "synth", "--n", "60000", "--out", &p("big.jsonl")]).output().unwrap();
     assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
-    let size = fs::metadata(&data).unwrap().len();
-    for args in [
-        vec!["data", "check", &p("big.jsonl"), "--findings", &p("f.jsonl")],
-        vec!["data", "check", &p("big.jsonl"), "--findings", &p("f.jsonl"), "--force", "--fix", "--out", &p("fixed.jsonl")],
-        vec!["data", "split", &p("big.jsonl")],
-    ] {
+    // The same records as a JSON array and as a CSV table, converted a line at a time: this
+    // process's own peak is counted into its children's.
+    let (mut array, mut csv) = (BufWriter::new(File::create(p("big.json")).unwrap()), BufWriter::new(File::create(p("big.csv")).unwrap()));
+    array.write_all(b"[").unwrap();
+    csv.write_all(b"input,output\n").unwrap();
+    let quoted = |v: &serde_json::Value| format!("\"{}\"", v.as_str().unwrap().replace('"', "\"\""));
+    for (i, line) in BufReader::new(File::open(p("big.jsonl")).unwrap()).lines().enumerate() {
+        let line = line.unwrap();
+        array.write_all(if i == 0 { b"\n" } else { b",\n" }).unwrap();
+        array.write_all(line.as_bytes()).unwrap();
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        writeln!(csv, "{},{}", quoted(&record["input"]), quoted(&record["output"])).unwrap();
+    }
+    array.write_all(b"\n]\n").unwrap();
+    (array.flush().unwrap(), csv.flush().unwrap());
+    for name in ["big.jsonl", "big.json"] {
+        let stem = name.replace('.', "-");
+        let (file, findings, fixed) = (p(name), p("f.jsonl"), p(&format!("{stem}.fixed.jsonl")));
+        let (train, eval) = (p(&format!("{stem}.train.jsonl")), p(&format!("{stem}.eval.jsonl")));
+        let runs: [&[&str]; 3] = [
+            &["data", "check", &file, "--findings", &findings, "--force"],
+            &["data", "check", &file, "--findings", &findings, "--force", "--fix", "--out", &fixed],
+            &["data", "split", &file, "--train-out", &train, "--eval-out", &eval],
+        ];
+        let size = fs::metadata(&file).unwrap().len();
+        for args in runs {
+            let peak = peak_rss(args);
+            assert!(peak < size + (32 << 20), "{args:?}: peak RSS {} MB for a {} MB file", peak >> 20, size >> 20);
+        }
+    }
+    for name in ["big.jsonl", "big.json", "big.csv"] {
+        let out = p(&format!("{name}.imported.jsonl"));
+        let args = ["data", "import", &p(name), "--text", "input", "--field", "output", "--out", &out];
+        let size = fs::metadata(p(name)).unwrap().len();
         let peak = peak_rss(&args);
         assert!(peak < size + (32 << 20), "{args:?}: peak RSS {} MB for a {} MB file", peak >> 20, size >> 20);
     }
-    assert_eq!(fs::read(p("fixed.jsonl")).unwrap(), fs::read(&data).unwrap(), "synthetic records need no fix");
-    let lines = |name: &str| fs::read_to_string(p(name)).unwrap().lines().count();
-    assert_eq!((lines("big.train.jsonl"), lines("big.eval.jsonl")), (54000, 6000));
+    // The outputs are read only now: this process's peak would count into a later child's.
+    let read = |name: &str| fs::read(p(name)).unwrap();
+    for stem in ["big-jsonl", "big-json"] {
+        assert_eq!(read(&format!("{stem}.fixed.jsonl")), read("big.jsonl"), "synthetic records need no fix");
+    }
+    let lines = |name: &str| read(name).split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+    assert_eq!((lines("big-jsonl.train.jsonl"), lines("big-jsonl.eval.jsonl")), (54000, 6000));
+    assert_eq!(read("big-json.train.jsonl"), read("big-jsonl.train.jsonl"), "both forms split alike");
+    assert_eq!(lines("big.jsonl.imported.jsonl"), 60000);
+    assert_eq!(fs::read(p("big.csv.imported.jsonl")).unwrap(), fs::read(p("big.jsonl.imported.jsonl")).unwrap(), "every form imports alike");
+    assert_eq!(fs::read(p("big.json.imported.jsonl")).unwrap(), fs::read(p("big.jsonl.imported.jsonl")).unwrap(), "every form imports alike");
 }

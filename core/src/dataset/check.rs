@@ -291,7 +291,7 @@ impl Checker<'_> {
 /// Where [`check`] hands each line of the fixed copy.
 pub type FixedLine<'a> = dyn FnMut(&str) -> Result<()> + 'a;
 
-/// Checks every record of `records` (as [`super::read_records`] or [`super::JsonlRecords`] read
+/// Checks every record of `records` (as [`super::read_records`] or [`super::Records`] read
 /// a file). With `fixed`, each record is handed to it as a JSONL line with every fixable label
 /// replaced by its span (lines that are not JSON, and records holding a key twice, left out).
 pub fn check(

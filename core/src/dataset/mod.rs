@@ -4,8 +4,8 @@
 //! ([`split`]).
 //!
 //! Everything here takes bytes, `&str` or a reader (no files), so it builds for wasm32 like the
-//! rest of core; errors are one line, `source:line: what`. JSONL is read a record at a time
-//! ([`JsonlRecords`]) by the check, so a file of millions of records is never held whole.
+//! rest of core; errors are one line, `source:line: what`. Files are read a record at a time
+//! ([`Records`], and the import's tables), so a file of millions of records is never held whole.
 
 pub mod check;
 pub mod decode;
@@ -19,5 +19,5 @@ pub mod split;
 pub use check::{check, CheckOptions, Finding, Kind, Report};
 #[cfg(feature = "import")]
 pub use import::{import, Format, Imported, Mapping};
-pub use records::{read_raw_records, read_records, JsonlRecords, RawRecord};
+pub use records::{read_raw_records, read_records, RawRecord, Records};
 pub use split::{split, Split};

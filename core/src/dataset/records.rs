@@ -3,11 +3,14 @@
 //! problem of that line instead of ending the read, so that a check can list every bad line.
 //! A broken JSON array cannot be resumed after its error, so that is an error of the file.
 
+use std::io::BufRead;
+use std::marker::PhantomData;
+
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::decode::{decode_line, decode_utf8};
+use super::decode::{decode_line, not_utf8_reason, skip_bom};
 use crate::entries::Entries;
 use crate::{Error, Result};
 
@@ -34,30 +37,86 @@ pub struct Problem {
 /// The file's records in order. Errors: an empty file, a JSON array that is broken or not
 /// UTF-8 (naming the line).
 pub fn read_records(bytes: &[u8], source: &str) -> Result<Vec<RawRecord>> {
-    read_records_as(bytes, source)
+    Records::open(bytes, source)?.collect()
 }
 
 /// [`read_records`] with each record's text kept as written.
 pub fn read_raw_records(bytes: &[u8], source: &str) -> Result<Vec<RawRecord<Box<RawValue>>>> {
-    read_records_as(bytes, source)
+    Records::open(bytes, source)?.collect()
 }
 
-fn read_records_as<T: DeserializeOwned>(bytes: &[u8], source: &str) -> Result<Vec<RawRecord<T>>> {
-    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let first = body.iter().find(|b| !b" \t\r\n".contains(b));
-    let records = if first == Some(&b'[') {
-        read_array(decode_utf8(bytes, source)?, source)?
-    } else {
-        read_jsonl(bytes)
-    };
-    if records.is_empty() {
-        return Err(Error::Format(format!("{source}: no records")));
+/// The records of a JSON array or JSONL stream, read a record at a time: a file of millions of
+/// records is never held whole. Which form it is, the first character that is not whitespace
+/// says (after a byte-order mark): `[` opens an array.
+pub struct Records<R, T = Value> {
+    form: Form<std::io::Chain<std::io::Cursor<Vec<u8>>, R>, T>,
+    /// The first record, read by [`Records::open`] to refuse a file without one.
+    first: Option<RawRecord<T>>,
+}
+
+enum Form<R, T> {
+    Jsonl(JsonlRecords<R, T>),
+    Array(ArrayRecords<R, T>),
+}
+
+impl<R: BufRead, T: DeserializeOwned> Records<R, T> {
+    /// Errors: a read error, a file without a record, a JSON array whose first record is broken.
+    pub fn open(reader: R, source: &str) -> Result<Self> {
+        let cannot = |e: std::io::Error| Error::io(source, e);
+        let mut reader = skip_bom(reader, source)?;
+        // Whitespace before the first character is consumed a buffer at a time, and its line
+        // breaks counted, so that records keep their lines.
+        let mut newlines = 0;
+        let first = loop {
+            let buf = reader.fill_buf().map_err(cannot)?;
+            if buf.is_empty() {
+                break None;
+            }
+            match buf.iter().position(|b| !b" \t\r\n".contains(b)) {
+                Some(i) => {
+                    newlines += bytecount(&buf[..i]);
+                    let first = buf[i];
+                    reader.consume(i + usize::from(first == b'['));
+                    break Some(first);
+                }
+                None => {
+                    let n = buf.len();
+                    newlines += bytecount(buf);
+                    reader.consume(n);
+                }
+            }
+        };
+        let mut form = match first {
+            Some(b'[') => Form::Array(ArrayRecords::new(reader, source, newlines + 1)),
+            _ => Form::Jsonl(JsonlRecords { reader, source: source.to_string(), index: newlines, line: Vec::new(), _t: PhantomData }),
+        };
+        let first = match &mut form {
+            Form::Jsonl(r) => r.next(),
+            Form::Array(r) => r.next(),
+        };
+        match first {
+            None => Err(Error::Format(format!("{source}: no records"))),
+            Some(first) => Ok(Self { form, first: Some(first?) }),
+        }
     }
-    Ok(records)
 }
 
-fn read_jsonl<T: DeserializeOwned>(bytes: &[u8]) -> Vec<RawRecord<T>> {
-    bytes.split(|&b| b == b'\n').enumerate().filter_map(|(i, line)| jsonl_record(line, i)).collect()
+impl<R: BufRead, T: DeserializeOwned> Iterator for Records<R, T> {
+    type Item = Result<RawRecord<T>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(first) = self.first.take() {
+            return Some(Ok(first));
+        }
+        match &mut self.form {
+            Form::Jsonl(r) => r.next(),
+            Form::Array(r) => r.next(),
+        }
+    }
+}
+
+fn bytecount(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
 }
 
 /// Line `i` (0-based, without its `\n`) of a JSONL file as a record; `None` for a blank line.
@@ -74,24 +133,17 @@ fn jsonl_record<T: DeserializeOwned>(line: &[u8], i: usize) -> Option<RawRecord<
     Some(RawRecord { line: i + 1, value, repeated_key })
 }
 
-/// The records of a JSONL stream, read a line at a time, as [`read_records`] reads them: a file
-/// of millions of records is never held whole. (A JSON array has to be parsed whole: use
-/// [`read_records`] for one.)
-pub struct JsonlRecords<R> {
+/// JSONL, a line at a time; a line that is not UTF-8 or not JSON is a [`Problem`] of that line.
+struct JsonlRecords<R, T> {
     reader: R,
     source: String,
     index: usize,
     line: Vec<u8>,
+    _t: PhantomData<T>,
 }
 
-impl<R: std::io::BufRead> JsonlRecords<R> {
-    pub fn new(reader: R, source: &str) -> Self {
-        Self { reader, source: source.to_string(), index: 0, line: Vec::new() }
-    }
-}
-
-impl<R: std::io::BufRead> Iterator for JsonlRecords<R> {
-    type Item = Result<RawRecord>;
+impl<R: BufRead, T: DeserializeOwned> Iterator for JsonlRecords<R, T> {
+    type Item = Result<RawRecord<T>>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -110,49 +162,185 @@ impl<R: std::io::BufRead> Iterator for JsonlRecords<R> {
     }
 }
 
-/// Walks the array element by element so that each record knows its line.
-fn read_array<T: DeserializeOwned>(text: &str, source: &str) -> Result<Vec<RawRecord<T>>> {
-    let line_at = |pos: usize| text[..pos].bytes().filter(|&b| b == b'\n').count() + 1;
-    let skip_ws = |mut pos: usize| {
-        while pos < text.len() && text.as_bytes()[pos].is_ascii_whitespace() {
-            pos += 1;
-        }
-        pos
-    };
-    let broken = |pos: usize, why: String| Error::Format(format!("{source}:{}: invalid JSON array: {why}", line_at(pos)));
-    let mut pos = skip_ws(0) + 1; // past '['
-    let mut out = Vec::new();
-    loop {
-        pos = skip_ws(pos);
-        match text.as_bytes().get(pos) {
-            None => return Err(broken(pos, "the array is never closed (no `]`)".into())),
-            Some(b']') if out.is_empty() => break,
-            _ => {}
-        }
-        let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<T>();
-        match stream.next() {
-            Some(Ok(value)) => {
-                let repeated_key = repeated_key(&text[pos..pos + stream.byte_offset()]);
-                out.push(RawRecord { line: line_at(pos), value: Ok(value), repeated_key })
+/// The elements of a JSON array (its `[` already read), each read as far as its end (strings,
+/// escapes and nesting followed byte by byte) and then parsed alone, so that the array is never
+/// held whole and each record knows its line. A broken array cannot be resumed after its error:
+/// the error ends the reading.
+struct ArrayRecords<R, T> {
+    reader: R,
+    source: String,
+    /// The line the reader is on.
+    line: usize,
+    /// Nothing is read after the closing `]`'s check or an error.
+    done: bool,
+    /// A record has been read: a `,` or the `]` comes next.
+    after_record: bool,
+    record: Vec<u8>,
+    _t: PhantomData<T>,
+}
+
+/// How a record's bytes end.
+enum End {
+    /// With this byte (a container's or string's closing character).
+    With,
+    /// Before this byte (a number or literal ends where a `,`, `]` or whitespace begins).
+    Before,
+}
+
+impl<R: BufRead, T: DeserializeOwned> ArrayRecords<R, T> {
+    fn new(reader: R, source: &str, line: usize) -> Self {
+        Self { reader, source: source.to_string(), line, done: false, after_record: false, record: Vec::new(), _t: PhantomData }
+    }
+
+    fn broken(&self, line: usize, why: &str) -> Error {
+        Error::Format(format!("{}:{line}: invalid JSON array: {why}", self.source))
+    }
+
+    /// The next byte that is not whitespace, consumed (`None` at the end of the file).
+    fn next_token(&mut self) -> Result<Option<u8>> {
+        loop {
+            let buf = self.reader.fill_buf().map_err(|e| Error::io(&self.source, e))?;
+            if buf.is_empty() {
+                return Ok(None);
             }
-            Some(Err(e)) => {
-                let line = line_at(pos) + e.line().saturating_sub(1);
-                return Err(Error::Format(format!("{source}:{line}: invalid JSON array: {e}")));
+            let i = buf.iter().position(|b| !b" \t\r\n".contains(b));
+            let skipped = i.unwrap_or(buf.len());
+            let found = i.map(|i| buf[i]);
+            self.line += bytecount(&buf[..skipped]);
+            self.reader.consume(skipped + usize::from(found.is_some()));
+            if found.is_some() {
+                return Ok(found);
             }
-            None => return Err(broken(pos, "the array is never closed (no `]`)".into())),
-        }
-        pos = skip_ws(pos + stream.byte_offset());
-        match text.as_bytes().get(pos) {
-            Some(b',') => pos += 1,
-            Some(b']') => break,
-            Some(_) => return Err(broken(pos, "expected `,` or `]` after a record".into())),
-            None => return Err(broken(pos, "the array is never closed (no `]`)".into())),
         }
     }
-    if skip_ws(pos + 1) < text.len() {
-        return Err(broken(skip_ws(pos + 1), "text after the closing `]`".into()));
+
+    /// Reads the record that begins with `first` (already consumed) into `self.record`.
+    fn read_record(&mut self, first: u8) -> Result<()> {
+        self.record.clear();
+        self.record.push(first);
+        let (mut depth, mut in_string, mut escaped) = (0usize, first == b'"', false);
+        if matches!(first, b'{' | b'[') {
+            depth = 1;
+        }
+        let scalar = !in_string && depth == 0;
+        let opened = self.line;
+        loop {
+            let buf = self.reader.fill_buf().map_err(|e| Error::io(&self.source, e))?;
+            if buf.is_empty() {
+                if scalar {
+                    return Ok(());
+                }
+                return Err(self.broken(opened, "the record that opens here is never closed"));
+            }
+            let mut end = None;
+            for (i, &b) in buf.iter().enumerate() {
+                if in_string {
+                    if escaped {
+                        escaped = false;
+                    } else if b == b'\\' {
+                        escaped = true;
+                    } else if b == b'"' {
+                        in_string = false;
+                        if depth == 0 && !scalar {
+                            end = Some((i, End::With));
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                match b {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' if depth > 0 => {
+                        depth -= 1;
+                        if depth == 0 && !scalar {
+                            end = Some((i, End::With));
+                            break;
+                        }
+                    }
+                    b',' | b']' | b' ' | b'\t' | b'\r' | b'\n' if depth == 0 => {
+                        end = Some((i, End::Before));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let taken = match end {
+                Some((i, End::With)) => i + 1,
+                Some((i, End::Before)) => i,
+                None => buf.len(),
+            };
+            self.record.extend_from_slice(&buf[..taken]);
+            self.line += bytecount(&buf[..taken]);
+            self.reader.consume(taken);
+            if end.is_some() {
+                return Ok(());
+            }
+        }
     }
-    Ok(out)
+
+    /// The record in `self.record`, which starts on `line`, parsed.
+    fn parse(&self, line: usize) -> Result<RawRecord<T>> {
+        let text = std::str::from_utf8(&self.record).map_err(|e| {
+            let at = e.valid_up_to();
+            let line = line + bytecount(&self.record[..at]);
+            Error::Format(format!("{}:{line}: {}", self.source, not_utf8_reason(self.record[at])))
+        })?;
+        let value = serde_json::from_str::<T>(text)
+            .map_err(|e| self.broken(line + e.line().saturating_sub(1), &e.to_string()))?;
+        Ok(RawRecord { line, value: Ok(value), repeated_key: repeated_key(text) })
+    }
+
+    fn step(&mut self) -> Result<Option<RawRecord<T>>> {
+        let mut token = self.next_token()?;
+        if self.after_record {
+            match token {
+                Some(b',') => {
+                    token = self.next_token()?;
+                    if token == Some(b']') {
+                        return Err(self.broken(self.line, "a `,` before the closing `]` (a trailing comma)"));
+                    }
+                }
+                Some(b']') => return self.closed(),
+                Some(_) => return Err(self.broken(self.line, "expected `,` or `]` after a record")),
+                None => {}
+            }
+        }
+        match token {
+            None => Err(self.broken(self.line, "the array is never closed (no `]`)")),
+            Some(b']') => self.closed(),
+            Some(first) => {
+                let line = self.line;
+                self.read_record(first)?;
+                self.after_record = true;
+                self.parse(line).map(Some)
+            }
+        }
+    }
+
+    /// After the closing `]`: nothing but whitespace may follow.
+    fn closed(&mut self) -> Result<Option<RawRecord<T>>> {
+        self.done = true;
+        match self.next_token()? {
+            None => Ok(None),
+            Some(_) => Err(self.broken(self.line, "text after the closing `]`")),
+        }
+    }
+}
+
+impl<R: BufRead, T: DeserializeOwned> Iterator for ArrayRecords<R, T> {
+    type Item = Result<RawRecord<T>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let step = self.step();
+        if step.is_err() {
+            self.done = true;
+        }
+        step.transpose()
+    }
 }
 
 /// The first key that the JSON object `text` holds twice at its top level (`None` for text that
@@ -209,17 +397,42 @@ mod tests {
         assert!(e.contains("expected `,` or `]`"), "{e}");
         let e = read_records(b"[{\"a\": 1}]\n[]", "f").unwrap_err().to_string();
         assert!(e.starts_with("f:2:") && e.contains("after the closing"), "{e}");
+        let e = read_records(b"[\n{\"a\": 1},\n]", "f").unwrap_err().to_string();
+        assert!(e.starts_with("f:3: invalid JSON array: a `,` before the closing `]`"), "{e}");
+        let e = read_records(b"[\n{\"a\": 1},\n{\"a\": \"x]}\n", "f").unwrap_err().to_string();
+        assert_eq!(e, "f:3: invalid JSON array: the record that opens here is never closed");
+        let e = read_records(b"[\n{\"a\": 1},\n{\"a\":\n\"\xC4\xE3\"}]", "f").unwrap_err().to_string();
+        assert!(e.starts_with("f:4: not valid UTF-8 (byte 0xC4)"), "{e}");
+        // Records before the break have been read, one by one, when it is found.
+        let mut records = Records::<_, Value>::open(&b"[{\"a\": 1}, {\"a\": 2} {\"a\": 3}]"[..], "f").unwrap();
+        assert_eq!(records.by_ref().take(2).filter(|r| r.is_ok()).count(), 2);
+        assert!(records.next().unwrap().is_err());
+        assert!(records.next().is_none(), "nothing is read after the error");
     }
 
-    /// The streaming reader gives what the whole-file reader gives, line for line.
+    /// A record is read the same whatever the reader's buffer cuts it into: a buffer of one byte
+    /// splits every string, escape, bracket and byte-order mark.
     #[test]
-    fn streamed_jsonl_equals_whole() {
-        let bytes = b"\xEF\xBB\xBF{\"a\": 1}\n\n{oops\r\n\xC4\xE3\n  \n{\"a\": 2, \"a\": 3}";
-        let whole = read_records(bytes, "f").unwrap();
-        let streamed: Vec<RawRecord> = JsonlRecords::new(&bytes[..], "f").collect::<Result<_>>().unwrap();
+    fn records_do_not_depend_on_where_reads_end() {
+        let files: [&[u8]; 3] = [
+            b"\xEF\xBB\xBF{\"a\": 1}\n\n{oops\r\n\xC4\xE3\n  \n{\"a\": 2, \"a\": 3}",
+            b"\n \n[ {\"a\": \"x]\\\"}{,\"}, {\"b\": [1, {\"c\": \"\\\\\"}]},\n\"s\",\n-1.5e3 ,true,null,[]\n]\n",
+            b"\xEF\xBB\xBF  [{\"k\": \"\xE4\xBD\xA0\"}]",
+        ];
         let view = |rs: &[RawRecord]| rs.iter().map(|r| (r.line, r.value.clone().map_err(|p| p.kind), r.repeated_key.clone())).collect::<Vec<_>>();
-        assert_eq!(view(&streamed), view(&whole));
-        assert_eq!(streamed.len(), 4);
+        for bytes in files {
+            let whole = read_records(bytes, "f").unwrap();
+            for capacity in 1..8 {
+                let reader = std::io::BufReader::with_capacity(capacity, bytes);
+                let streamed: Vec<RawRecord> = Records::open(reader, "f").unwrap().collect::<Result<_>>().unwrap();
+                assert_eq!(view(&streamed), view(&whole), "capacity {capacity}");
+            }
+        }
+        let array = read_records(files[1], "f").unwrap();
+        assert_eq!(array.iter().map(|r| r.line).collect::<Vec<_>>(), [3, 3, 4, 5, 5, 5, 5]);
+        assert_eq!(array[0].value.as_ref().unwrap()["a"], "x]\"}{,");
+        assert_eq!(array[3].value.as_ref().unwrap(), &serde_json::json!(-1500.0));
+        assert_eq!(read_records(files[0], "f").unwrap().len(), 4);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
-use tiqu_core::dataset::{read_records, JsonlRecords, RawRecord};
+use tiqu_core::dataset::Records;
 
 /// `Permission denied (os error 13)` → `Permission denied`.
 pub fn short(e: &std::io::Error) -> String {
@@ -22,44 +22,19 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| anyhow!("cannot read {}: {}", path.display(), short(&e)))
 }
 
-/// The SFT records of `path`: JSONL a line at a time (never held whole), a JSON array (which
-/// must be parsed whole) read whole. A file without a record is an error here, before anything
-/// is written.
-pub fn records(path: &Path) -> Result<Box<dyn Iterator<Item = tiqu_core::Result<RawRecord>>>> {
-    use std::io::{BufRead, Seek};
-    let source = path.display().to_string();
+/// The SFT records of `path`, a record at a time (a file is never held whole). A file without a
+/// record is an error here, before anything is written.
+pub fn records(path: &Path) -> Result<Records<std::io::BufReader<fs::File>>> {
+    Ok(Records::open(open(path)?, &path.display().to_string())?)
+}
+
+/// `path` for reading a record at a time; errors name it.
+pub fn open(path: &Path) -> Result<std::io::BufReader<fs::File>> {
     if path.is_dir() {
-        bail!("{source}: is a folder, not a file");
+        bail!("{}: is a folder, not a file", path.display());
     }
-    let cannot = |e: std::io::Error| anyhow!("cannot read {source}: {}", short(&e));
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, fs::File::open(path).map_err(cannot)?);
-    // The first byte that is not whitespace (after a byte-order mark) says which form it is.
-    let mut at_start = true;
-    let first = loop {
-        let buf = reader.fill_buf().map_err(cannot)?;
-        if buf.is_empty() {
-            break None;
-        }
-        let skip = if at_start && buf.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
-        at_start = false;
-        match buf[skip..].iter().position(|b| !b" \t\r\n".contains(b)) {
-            Some(i) => break Some(buf[skip + i]),
-            None => {
-                let n = buf.len();
-                reader.consume(n);
-            }
-        }
-    };
-    if first == Some(b'[') {
-        let bytes = read(path)?;
-        return Ok(Box::new(read_records(&bytes, &source)?.into_iter().map(Ok)));
-    }
-    reader.rewind().map_err(cannot)?;
-    let mut records = JsonlRecords::new(reader, &source).peekable();
-    if records.peek().is_none() {
-        bail!("{source}: no records");
-    }
-    Ok(Box::new(records))
+    let file = fs::File::open(path).map_err(|e| anyhow!("cannot read {}: {}", path.display(), short(&e)))?;
+    Ok(std::io::BufReader::with_capacity(1 << 20, file))
 }
 
 /// `dir/name.ext` → `dir/name.<suffix>`.

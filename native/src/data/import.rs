@@ -1,10 +1,12 @@
 //! `tiqu data import`: a CSV, TSV or JSON table of labelled texts → SFT JSONL for `tiqu train`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
 use tiqu_core::dataset::{import, Format, Mapping};
+use tiqu_core::sft::SftRecord;
 
 use super::files::{self, check_target};
 
@@ -44,14 +46,22 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     let fields = args.fields.iter().map(|f| Mapping::parse_field(f)).collect::<Result<Vec<_>, _>>()?;
     let mapping = Mapping { text: args.text.clone(), fields };
     check_target(&args.out, &[args.file.as_path()], args.force, "--out")?;
-    let imported = import(&files::read(&args.file)?, format, &mapping, &source)?;
-    let lines: Vec<String> = imported.records.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
-    files::write_lines(&args.out, &lines)?;
-    println!("wrote {} records to {}", imported.records.len(), args.out.display());
-    if !imported.empty_text.is_empty() {
-        let shown: Vec<String> = imported.empty_text.iter().take(10).map(usize::to_string).collect();
-        let more = if imported.empty_text.len() > 10 { ", …" } else { "" };
-        println!("left out {} row(s) with an empty text (line {}{more})", imported.empty_text.len(), shown.join(", "));
+    let reader = files::open(&args.file)?;
+    // Each record is written as its row is read; a failure leaves `--out` as it was.
+    let imported = files::write_checked(&args.out, |w| {
+        let write = |record: &SftRecord| -> tiqu_core::Result<()> {
+            serde_json::to_writer(&mut *w, record)
+                .map_err(std::io::Error::from)
+                .and_then(|()| w.write_all(b"\n"))
+                .map_err(|e| tiqu_core::Error::Other(format!("cannot write {}: {}", args.out.display(), files::short(&e))))
+        };
+        Ok(import(reader, format, &mapping, &source, write)?)
+    })?;
+    println!("wrote {} records to {}", imported.records, args.out.display());
+    if imported.empty_text > 0 {
+        let shown: Vec<String> = imported.empty_text_lines.iter().map(usize::to_string).collect();
+        let more = if imported.empty_text > shown.len() { ", …" } else { "" };
+        println!("left out {} row(s) with an empty text (line {}{more})", imported.empty_text, shown.join(", "));
     }
     if imported.not_verbatim > 0 {
         println!(
