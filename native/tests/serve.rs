@@ -212,7 +212,7 @@ fn bad_requests_get_one_json_line_and_the_server_keeps_serving() {
     assert_error(server.get("/v1/extract"), 405, &["method not allowed"]);
     // Over --max-body-bytes, announced by Content-Length and sent chunked without one.
     let big = format!("{{\"text\": \"{}\"}}", "x".repeat(70_000));
-    assert_error(raw(&big), 413, &["payload too large"]);
+    assert_error(raw(&big), 413, &["payload too large", "over 65536 bytes (--max-body-bytes)"]);
     server.still_serves();
     let chunked = reqwest::blocking::Body::new(std::io::Cursor::new(big.into_bytes()));
     assert_error(read(client().post(server.url("/v1/extract")).body(chunked).send().unwrap()), 413, &[]);
@@ -621,6 +621,39 @@ fn demo_serves_the_page_and_the_checkpoint_files_only() {
         assert_error(server.get(path), 404, &["not found"]);
     }
     assert_error(read(client().delete(server.url("/app.js")).send().unwrap()), 405, &["GET or HEAD"]);
+    // A range past a JSON file's end: the error is a JSON body, not an empty one typed as JSON.
+    let past = client().get(server.url("/model/config.json")).header("Range", "bytes=999999999-").send().unwrap();
+    assert_error(read(past), 416, &["range not satisfiable"]);
+    server.still_serves();
+}
+
+/// Proves: a client that sends requests and never reads the answers loses its connection once
+/// a write has made no progress for --idle-timeout-s; before, it held its slot for ever, and
+/// with every slot held so the server answered nobody.
+#[test]
+fn clients_that_never_read_lose_their_connection() {
+    let server = Server::start(&["--idle-timeout-s", "1", "--max-connections", "1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let stalled = TcpStream::connect(server.addr()).unwrap();
+    let writer = {
+        let mut s = stalled.try_clone().unwrap();
+        // Pipelined requests whose answers fill both sockets' buffers; the write ends with an
+        // error once the server has closed the connection.
+        std::thread::spawn(move || {
+            let requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200);
+            for _ in 0..200 {
+                if s.write_all(&requests).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    assert_eq!(server.get("/health").0, 200);
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    drop(stalled);
+    writer.join().unwrap();
     server.still_serves();
 }
 

@@ -42,7 +42,9 @@ impl ApiError {
         match self.status {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::NOT_FOUND => "not_found_error",
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => "overloaded_error",
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => "overloaded_error",
+            // The client's own slowness (its body did not arrive in time), not the server's load.
+            StatusCode::REQUEST_TIMEOUT => "timeout_error",
             s if s.is_server_error() => "server_error",
             _ => "invalid_request_error",
         }
@@ -117,8 +119,9 @@ pub async fn require_api_key(State(state): State<Arc<AppState>>, request: Reques
 }
 
 /// Errors made by layers that answer in plain text or with no body (the body limit's 413,
-/// axum's 405) get the same JSON shape as the handlers' own.
-pub async fn json_errors(request: Request, next: Next) -> Response {
+/// axum's 405, the demo's file server's 416) get the same JSON shape as the handlers' own; the
+/// body limit's is said with the limit.
+pub async fn json_errors(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     let is_json = response
@@ -126,13 +129,21 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if status.as_u16() < 400 || is_json {
+    // A file served as it is keeps its own type (`config.json`) on an error with no body.
+    let empty = axum::body::HttpBody::size_hint(response.body()).exact() == Some(0);
+    if status.as_u16() < 400 || (is_json && !empty) {
         return response;
     }
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 4096).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
     let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
-    let message = if text.is_empty() { reason } else { format!("{reason}: {text}") };
+    let message = match (status, text.is_empty()) {
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => {
+            format!("{reason}: the body is over {} bytes (--max-body-bytes)", state.settings.max_body_bytes)
+        }
+        (_, true) => reason,
+        (_, false) => format!("{reason}: {text}"),
+    };
     let mut out = ApiError::new(status, message).into_response();
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
@@ -141,4 +152,3 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     }
     out
 }
-

@@ -3,7 +3,9 @@
 //! sends nothing, holds them for ever. Here each connection has `--idle-timeout-s` to send a
 //! request's headers (an idle keep-alive connection included), at most `--max-connections` are
 //! open (the rest wait in the kernel's backlog), and shutdown is graceful: no new connections,
-//! idle ones closed, requests in flight finished.
+//! idle ones closed, requests in flight finished. A client that stops reading its responses
+//! would hold its connection for ever too (hyper waits on a full socket buffer, and no request
+//! deadline runs then): a write that makes no progress for `--idle-timeout-s` ends the connection.
 
 use std::future::Future;
 use std::pin::pin;
@@ -17,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 
 pub async fn serve(listener: TcpListener, app: Router, idle: Duration, max_connections: usize, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
@@ -42,10 +45,12 @@ pub async fn serve(listener: TcpListener, app: Router, idle: Duration, max_conne
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(idle));
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(idle)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            .serve_connection(TokioIo::new(Box::pin(stream)), TowerToHyperService::new(app.clone()));
         let watched = graceful.watch(connection);
         tokio::spawn(async move {
             // A connection's end (the client left, a parse error, the header deadline) is no error

@@ -47,7 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), limits::deadline))
         .layer(middleware::from_fn_with_state(state.clone(), count))
-        .layer(middleware::from_fn(limits::json_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::json_errors))
         .with_state(state)
 }
 
