@@ -121,6 +121,17 @@ fn fuzz_sft_records() {
 }
 
 #[test]
+fn fuzz_table() {
+    let seeds: [&[u8]; 4] = [
+        "\u{0}\u{feff}id,text,name\r\n1,\"龙琳，邮箱 a@b.cn, 说\"\"你好\"\"\n第二行\",龙琳\r\n\r\n2,,x\n3,\"\"\"q\"\"\",\n".as_bytes(),
+        "\u{1}text\tname\n投诉\t龙琳\n\n\"a\tb\"\t\n".as_bytes(),
+        "\u{2}[{\"text\": \"价格 4.50\", \"name\": 4.50},\n {\"text\": \"x\", \"name\": null}]".as_bytes(),
+        "\u{2}{\"text\": \"a\", \"name\": \"a\"}\n\n{\"text\": \"\", \"name\": \"b\"}\n".as_bytes(),
+    ];
+    fuzz("table", seeds.iter().map(|s| s.to_vec()).collect(), targets::table);
+}
+
+#[test]
 fn fuzz_schema() {
     let seeds = [
         r#"["name", "address", "email", "question"]"#,

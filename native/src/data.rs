@@ -7,7 +7,6 @@ mod files;
 mod import;
 mod split;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
@@ -96,26 +95,35 @@ fn synth(args: &SynthArgs) -> Result<()> {
         files::check_target(&heldout_path(&args.out), &[], args.force, "the held-out file")?;
     }
     let mut records = Synth::with_styles(args.seed, &styles).map(|r| r.to_sft());
-    write(&args.out, records.by_ref().take(train))?;
+    // Both files are put in place together, when both are whole.
+    let mut outputs = vec![files::Output::create(&args.out)?];
+    write_records(&mut outputs[0], records.by_ref().take(train))?;
+    let heldout = heldout_path(&args.out);
+    if train < args.n {
+        outputs.push(files::Output::create(&heldout)?);
+        write_records(&mut outputs[1], records.take(args.n - train))?;
+    }
+    files::commit(outputs)?;
     println!("wrote {train} records to {}", args.out.display());
     if train < args.n {
-        let heldout = heldout_path(&args.out);
-        write(&heldout, records.take(args.n - train))?;
         println!("wrote {} held-out records to {}", args.n - train, heldout.display());
     }
     Ok(())
 }
 
 /// Writes `records` as JSONL to `path` through a temporary file beside it, renamed when
-/// complete: a killed or failed run leaves the file as it was, never a clean-looking prefix.
+/// complete: a failed or interrupted run leaves the file as it was, never a clean-looking prefix.
 pub fn write(path: &Path, records: impl Iterator<Item = tiqu_core::sft::SftRecord>) -> Result<()> {
-    files::write_with(path, |w| {
-        for rec in records {
-            serde_json::to_writer(&mut *w, &rec)?;
-            w.write_all(b"\n")?;
-        }
-        Ok(())
-    })
+    let mut out = files::Output::create(path)?;
+    write_records(&mut out, records)?;
+    files::commit(vec![out])
+}
+
+fn write_records(out: &mut files::Output, records: impl Iterator<Item = tiqu_core::sft::SftRecord>) -> Result<()> {
+    for record in records {
+        out.line(serde_json::to_string(&record)?.as_bytes())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -252,6 +252,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cli.command, Command::Serve(_)) {
+        remove_partials_on_signal();
+    }
     let hint = memory_hint(&cli.command);
     let (message, panicked) = match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => return ExitCode::SUCCESS,
@@ -268,6 +271,26 @@ fn main() -> ExitCode {
         ExitCode::from(101)
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// A Ctrl-C or SIGTERM stops the process without running a destructor: the files and folders
+/// still being written beside their destinations are removed first, so an interrupted command
+/// leaves nothing behind. (`serve` has its own handler: it finishes the requests in flight.)
+fn remove_partials_on_signal() {
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else { return };
+        std::thread::spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let removed = tiqu_core::checkpoint::save::remove_partials();
+                let what = if removed > 0 { format!(": removed {removed} unfinished output(s)") } else { String::new() };
+                eprintln!("interrupted{what}");
+                // 128 + the signal, as a shell reports a process the signal stopped.
+                std::process::exit(128 + signal);
+            }
+        });
     }
 }
 

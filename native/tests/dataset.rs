@@ -39,8 +39,11 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         let path = entry.unwrap().path();
         if path.is_dir() {
             out.extend(snapshot(&path));
-        } else {
+        } else if path.is_file() {
             out.insert(path.clone(), fs::read(&path).unwrap());
+        } else {
+            // A FIFO would block a read: its presence is what is compared.
+            out.insert(path.clone(), Vec::new());
         }
     }
     out
@@ -431,4 +434,63 @@ fn split_is_seeded_and_keeps_duplicate_texts_on_one_side() {
     fails_cleanly(d, &["data", "split", s(&file), "--eval-fraction", "1.5"], &["--eval-fraction"]);
     fs::write(d.join("one.jsonl"), format!("{}\n{}\n", lines[0], lines[20])).unwrap();
     fails_cleanly(d, &["data", "split", s(&d.join("one.jsonl")), "--eval-fraction", "0.5"], &["leaves the evaluation set empty"]);
+}
+
+/// Proves: a command's outputs appear together or not at all. Before, `split` renamed its
+/// evaluation file into place before the training file was finished, and `check --fix` its
+/// fixed copy before the findings were written; two spellings of one path passed as two files.
+#[test]
+fn several_outputs_appear_together_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (train, _) = problem_file(d);
+    let t = s(&train);
+    let p = |name: &str| d.join(name).display().to_string();
+    ok(&tiqu(&["data", "synth", "--n", "20", "--out", &p("s.jsonl")]));
+    fs::write(d.join("s.eval.jsonl"), "KEEP\n").unwrap();
+    fs::write(d.join("fixed.jsonl"), "KEEP\n").unwrap();
+    // The second output cannot be written: the first is not put in place either, even with --force.
+    fails_cleanly(d, &["data", "split", &p("s.jsonl"), "--train-out", &p("nd/"), "--force"], &["nd/", "a file name is needed"]);
+    fails_cleanly(d, &["data", "check", t, "--fix", "--out", &p("fixed.jsonl"), "--findings", &p("nd/"), "--force"], &["nd/"]);
+    // One file under two spellings is one file.
+    let same = d.join("sub/../x.jsonl");
+    fs::create_dir(d.join("sub")).unwrap();
+    fails_cleanly(d, &["data", "split", &p("s.jsonl"), "--train-out", &p("x.jsonl"), "--eval-out", s(&same)], &["are the same file"]);
+    fails_cleanly(d, &["data", "check", t, "--fix", "--out", &p("x.jsonl"), "--findings", s(&same)], &["are the same file"]);
+    // A pipe cannot be read twice.
+    #[cfg(unix)]
+    {
+        let fifo = d.join("fifo.jsonl");
+        assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        fails_cleanly(d, &["data", "split", s(&fifo)], &["fifo.jsonl", "not a regular file"]);
+    }
+}
+
+/// Proves: Ctrl-C (SIGINT) during a long write removes the unfinished output beside its path
+/// (a signal runs no destructor; before, `.NAME.tmp-PID` files piled up) and exits with 130.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_command_leaves_no_unfinished_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("big.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tiqu"))
+        .args(["data", "synth", "--n", "10000000", "--out", s(&out)])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = || fs::read_dir(dir.path()).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".big.jsonl."));
+    let started = std::time::Instant::now();
+    while !partial() {
+        assert!(started.elapsed().as_secs() < 60, "no unfinished file appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: removed 1 unfinished output"), "{stderr}");
+    let left: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

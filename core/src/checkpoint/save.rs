@@ -28,6 +28,27 @@ fn unique_suffix() -> String {
     format!("{}-{nanos:x}-{n}", std::process::id())
 }
 
+/// The temporary files and folders this process is writing. A signal that stops the process
+/// skips every destructor, so the CLI's handler removes these ([`remove_partials`]) before it
+/// exits: an interrupted run leaves nothing behind.
+static PARTIALS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn track(path: &Path) {
+    PARTIALS.lock().unwrap_or_else(|e| e.into_inner()).push(path.to_path_buf());
+}
+
+fn untrack(path: &Path) {
+    PARTIALS.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| p != path);
+}
+
+/// Removes every temporary file and folder still being written; the number removed. For a
+/// signal handler that then exits: a rename in progress elsewhere either finished (its file is
+/// whole and in place) or finds its source gone.
+pub fn remove_partials() -> usize {
+    let partials = std::mem::take(&mut *PARTIALS.lock().unwrap_or_else(|e| e.into_inner()));
+    partials.iter().filter(|p| fs::remove_dir_all(p).or_else(|_| fs::remove_file(p)).is_ok()).count()
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     // Makes the renames and creations inside `dir` durable (a no-op where folders cannot be opened).
     #[cfg(unix)]
@@ -61,24 +82,10 @@ pub fn check_replaceable(path: &Path) -> Result<()> {
 /// Writes `bytes` to `path` through a unique temporary file in the same folder, synced before
 /// the rename: readers see the old file or the whole new one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    check_replaceable(path)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = parent_of(path).join(format!(".{name}.tiqu-tmp-{}", unique_suffix()));
-    let write = || -> std::io::Result<()> {
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        // Named by the file asked for: the temporary name beside it means nothing to the user.
-        return Err(Error::io(path.display(), e));
-    }
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io(path.display(), e)
-    })?;
-    sync_dir(&parent_of(path))
+    let mut file = PartialFile::beside(path)?;
+    // Named by the file asked for: the temporary name beside it means nothing to the user.
+    file.writer().write_all(bytes).map_err(|e| Error::io(path.display(), e))?;
+    file.commit(path, true)
 }
 
 /// A file too large to hold in memory, written under a temporary name this process created:
@@ -96,6 +103,7 @@ impl PartialFile {
         check_replaceable(dest)?;
         let path = parent_of(dest).join(format!(".{name}.tiqu-tmp-{}", unique_suffix()));
         let file = fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| Error::io(dest.display(), e))?;
+        track(&path);
         Ok(Self { path, file: std::io::BufWriter::new(file), committed: false })
     }
 
@@ -103,25 +111,42 @@ impl PartialFile {
         &mut self.file
     }
 
-    /// Renames the file to `dest`, which must not exist unless `replace`.
-    pub fn commit(mut self, dest: &Path, replace: bool) -> Result<()> {
+    /// Flushes and syncs what was written: a write error (a full disk) is found here.
+    fn sync(&mut self, dest: &Path) -> Result<()> {
         let io = |e: std::io::Error| Error::io(dest.display(), e);
         self.file.flush().map_err(io)?;
-        self.file.get_ref().sync_all().map_err(io)?;
+        self.file.get_ref().sync_all().map_err(io)
+    }
+
+    /// Renames the file to `dest`, which must not exist unless `replace`.
+    pub fn commit(mut self, dest: &Path, replace: bool) -> Result<()> {
+        self.sync(dest)?;
         check_replaceable(dest)?;
         if dest.exists() && !replace {
             return Err(Error::Format(format!("{}: exists; not overwritten", dest.display())));
         }
         fs::rename(&self.path, dest).map_err(|e| Error::io(dest.display(), e))?;
         self.committed = true;
+        untrack(&self.path);
         sync_dir(&parent_of(dest))
     }
+}
+
+/// Commits the outputs of one command together: every file is flushed and synced before the
+/// first rename, so a write error (a full disk) leaves every destination as it was.
+pub fn commit_all(files: Vec<(PartialFile, &Path)>, replace: bool) -> Result<()> {
+    let mut files = files;
+    for (file, dest) in &mut files {
+        file.sync(dest)?;
+    }
+    files.into_iter().try_for_each(|(file, dest)| file.commit(dest, replace))
 }
 
 impl Drop for PartialFile {
     fn drop(&mut self) {
         if !self.committed {
             let _ = fs::remove_file(&self.path);
+            untrack(&self.path);
         }
     }
 }
@@ -144,6 +169,7 @@ impl PartialDir {
         fs::create_dir_all(&parent).map_err(|e| Error::io(parent.display(), e))?;
         let path = parent.join(format!(".{name}.tiqu-tmp-{}", unique_suffix()));
         fs::create_dir(&path).map_err(|e| Error::io(dest.display(), e))?;
+        track(&path);
         Ok(Self { path, committed: false })
     }
 
@@ -170,6 +196,7 @@ impl PartialDir {
         }
         fs::rename(&self.path, dest).map_err(|e| Error::io(dest.display(), e))?;
         self.committed = true;
+        untrack(&self.path);
         sync_dir(&parent_of(dest))
     }
 }
@@ -178,6 +205,7 @@ impl Drop for PartialDir {
     fn drop(&mut self) {
         if !self.committed {
             let _ = fs::remove_dir_all(&self.path);
+            untrack(&self.path);
         }
     }
 }

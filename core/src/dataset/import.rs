@@ -140,16 +140,25 @@ fn read_table<R: BufRead>(reader: R, delimiter: u8, columns: &[&str], source: &s
     let next = |reader: &mut csv::Reader<Watched<_>>, record: &mut csv::ByteRecord| -> Result<Option<usize>> {
         let read = reader.read_byte_record(record);
         let watched = reader.get_mut();
-        // The quotes are read ahead of the records, and an unterminated one makes the crate
-        // read to the end: a quoting error is the first thing to say about any row.
-        if let Some((line, why)) = watched.quotes.error {
-            return Err(Error::Format(format!("{source}:{line}: {why}")));
-        }
+        // The quotes are scanned ahead of the rows (an unterminated one makes the crate read to
+        // the end): a quoting error is said once the rows reach its line, so that the first
+        // problem in the file is the one named, however the reads cut it.
+        let quote_error = watched.quotes.error;
+        let quoting = |upto: usize| match quote_error {
+            Some((line, why)) if line <= upto => Err(Error::Format(format!("{source}:{line}: {why}"))),
+            _ => Ok(()),
+        };
         match read {
-            Ok(true) => Ok(Some(watched.line_of(record.position().map_or(0, csv::Position::byte)))),
-            Ok(false) => Ok(None),
+            Ok(true) => {
+                let line = watched.line_of(record.position().map_or(0, csv::Position::byte));
+                quoting(line + bytecount(record.as_slice()))?;
+                Ok(Some(line))
+            }
+            Ok(false) => quoting(usize::MAX).map(|()| None),
             Err(e) => {
-                let line = e.position().map_or(String::new(), |p| format!(":{}", watched.line_of(p.byte())));
+                let line = e.position().map(|p| watched.line_of(p.byte()));
+                quoting(line.unwrap_or(usize::MAX))?;
+                let line = line.map_or(String::new(), |l| format!(":{l}"));
                 Err(match e.kind() {
                     csv::ErrorKind::UnequalLengths { expected_len, len, .. } => Error::Format(format!(
                         "{source}{line}: the row has {len} field(s), the header {expected_len} (an unquoted delimiter in a value?)"
@@ -169,7 +178,7 @@ fn read_table<R: BufRead>(reader: R, delimiter: u8, columns: &[&str], source: &s
         .map(|&col| match names.iter().filter(|&&h| h == col).count() {
             0 => Err(no_column(col, &names, source)),
             1 => Ok(names.iter().position(|&h| h == col).unwrap_or_default()),
-            n => Err(Error::Format(format!("{source}:{line}: column `{col}` appears {n} times in the header"))),
+            n => Err(Error::Format(format!("{source}:{line}: column `{}` appears {n} times in the header", col.escape_debug()))),
         })
         .collect::<Result<Vec<usize>>>()?;
     // The crate holds every row to the header's count of fields (UnequalLengths above).
@@ -197,10 +206,12 @@ fn fields<'a>(record: &'a csv::ByteRecord, line: usize, source: &str) -> Result<
         .collect()
 }
 
+/// Names come from the file, where a quoted header may hold a line break: shown escaped, so the
+/// error stays one line.
 fn no_column(col: &str, names: &[&str], source: &str) -> Error {
-    let shown: Vec<String> = names.iter().take(20).map(|n| format!("`{n}`")).collect();
+    let shown: Vec<String> = names.iter().take(20).map(|n| format!("`{}`", n.escape_debug())).collect();
     let more = if names.len() > 20 { ", …" } else { "" };
-    Error::Format(format!("{source}: no column `{col}` (columns: {}{more})", shown.join(", ")))
+    Error::Format(format!("{source}: no column `{}` (columns: {}{more})", col.escape_debug(), shown.join(", ")))
 }
 
 fn bytecount(bytes: &[u8]) -> usize {
@@ -346,7 +357,7 @@ fn read_objects<R: BufRead>(reader: R, columns: &[&str], source: &str, row: &mut
         };
         if let Some(key) = &raw_key {
             // Which of the two is the label is a guess no import should make.
-            return Err(Error::Format(format!("{source}:{line}: `{key}` appears twice in the record")));
+            return Err(Error::Format(format!("{source}:{line}: `{}` appears twice in the record", key.escape_debug())));
         }
         let obj = entries.0;
         for (k, _) in &obj {
@@ -360,8 +371,10 @@ fn read_objects<R: BufRead>(reader: R, columns: &[&str], source: &str, row: &mut
                 let Some((_, cell)) = obj.iter().find(|(k, _)| k == col) else { return Ok(None) };
                 let text = cell.get().trim();
                 match text.as_bytes().first() {
-                    Some(b'"') => serde_json::from_str::<String>(text).map(Some).map_err(|e| Error::Format(format!("{source}:{line}: `{col}`: {e}"))),
-                    Some(b'[' | b'{') => Err(Error::Format(format!("{source}:{line}: `{col}` holds an array or object, not text"))),
+                    Some(b'"') => serde_json::from_str::<String>(text)
+                        .map(Some)
+                        .map_err(|e| Error::Format(format!("{source}:{line}: `{}`: {e}", col.escape_debug()))),
+                    Some(b'[' | b'{') => Err(Error::Format(format!("{source}:{line}: `{}` holds an array or object, not text", col.escape_debug()))),
                     _ if text == "null" => Ok(None),
                     _ => Ok(Some(text.to_string())),
                 }

@@ -44,7 +44,45 @@ pub fn sft_records(data: &[u8]) {
     if let (Ok(strict), Ok(lenient)) = (&strict, &lenient) {
         assert_eq!(strict.len(), lenient.0.len(), "a file the strict reader takes has no bad lines");
     }
-    let _ = tiqu_core::dataset::records::read_records(data, "data.json");
+    // The data tools' reader gives the same records, or the same error, however reads cut the bytes.
+    let whole = tiqu_core::dataset::read_records(data, "data.json");
+    let reader = std::io::BufReader::with_capacity(1 + data.len() % 7, data);
+    let cut = tiqu_core::dataset::Records::open(reader, "data.json").and_then(|r| r.collect::<tiqu_core::Result<Vec<_>>>());
+    let view = |rs: &[tiqu_core::dataset::RawRecord]| {
+        rs.iter().map(|r| (r.line, r.value.clone().map_err(|p| p.message), r.repeated_key.clone())).collect::<Vec<_>>()
+    };
+    match (&whole, &cut) {
+        (Ok(a), Ok(b)) => assert_eq!(view(a), view(b)),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        _ => panic!("whole {:?} vs cut {:?}", whole.as_ref().map(|r| r.len()), cut.as_ref().map(|r| r.len())),
+    }
+    if let Ok(records) = &whole {
+        assert!(records.windows(2).all(|w| w[0].line < w[1].line) || data.first() == Some(&b'['), "JSONL lines ascend");
+    }
+}
+
+/// `data import`'s table reader (the first byte picks CSV, TSV or JSON): the same records, or
+/// the same one-line error, however reads cut the bytes; every record's text is non-empty.
+pub fn table(data: &[u8]) {
+    use tiqu_core::dataset::{import, Format, Mapping};
+    let Some((&pick, table)) = data.split_first() else { return };
+    let format = [Format::Csv, Format::Tsv, Format::Json][usize::from(pick % 3)];
+    let mapping = Mapping { text: "text".into(), fields: vec![("name".into(), "name".into())] };
+    let run = |reader: &mut dyn std::io::BufRead| {
+        let mut records = Vec::new();
+        let imported = import(reader, format, &mapping, "t", |r| Ok(records.push(r.clone())));
+        imported.map(|i| (i, records)).map_err(|e| e.to_string())
+    };
+    let whole = run(&mut &table[..]);
+    let cut = run(&mut std::io::BufReader::with_capacity(1 + usize::from(pick) % 7, table));
+    assert_eq!(whole, cut);
+    if let Ok((imported, records)) = &whole {
+        assert_eq!(imported.records, records.len());
+        assert!(records.iter().all(|r| r.input.as_deref().is_some_and(|t| !t.trim().is_empty())));
+    }
+    if let Err(e) = &whole {
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
 }
 
 /// The schema parser: a schema that parses has a system prompt and a grammar.

@@ -3,7 +3,6 @@
 //! Exit status: 0 when the file could be read (findings or not), 1 when it could not, and with
 //! `--strict` 2 when there is any finding.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
@@ -73,7 +72,7 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     check_target(&findings_path, &inputs, args.force || holds_findings(&findings_path), "--findings")?;
     if let Some(out) = out {
         check_target(out, &inputs, args.force, "--out")?;
-        if out == findings_path {
+        if files::same_output(out, &findings_path) {
             bail!("--out and --findings are the same file {}", out.display());
         }
     }
@@ -89,23 +88,21 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     };
     let names = schema.names();
     let opts = CheckOptions { fields: &names, tokenizer: tokenizer.as_ref(), max_length: args.max_length, eval: eval.as_ref() };
-    let report = match out {
+    // The fixed copy is written as the records are checked, the findings after; both are put in
+    // place together, so a failure leaves each path as it was.
+    let mut fixed = out.map(files::Output::create).transpose()?;
+    let report = match &mut fixed {
         None => check(records, &opts, None)?,
-        Some(out) => {
-            // The fixed copy is written as the records are checked; a failure leaves `out` as it was.
-            files::write_checked(out, |w| {
-                let mut sink = |line: &str| -> tiqu_core::Result<()> {
-                    w.write_all(line.as_bytes())
-                        .and_then(|()| w.write_all(b"\n"))
-                        .map_err(|e| tiqu_core::Error::Other(format!("cannot write {}: {}", out.display(), files::short(&e))))
-                };
-                Ok(check(records, &opts, Some(&mut sink))?)
-            })?
+        Some(file) => {
+            let mut sink = |line: &str| file.line(line.as_bytes()).map_err(|e| tiqu_core::Error::Other(e.to_string()));
+            check(records, &opts, Some(&mut sink))?
         }
     };
-
-    let lines: Vec<String> = report.findings.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
-    files::write_lines(&findings_path, &lines)?;
+    let mut findings = files::Output::create(&findings_path)?;
+    for finding in &report.findings {
+        findings.line(serde_json::to_string(finding)?.as_bytes())?;
+    }
+    files::commit(std::iter::once(findings).chain(fixed).collect())?;
     if args.json {
         println!("{}", summary_json(&report, &findings_path, out));
     } else {

@@ -2,11 +2,12 @@
 //! an existing file unless `--force` says so, never replace an input even then, and appear whole
 //! or not at all (written beside, then renamed), so a failed run loses nothing on disk.
 
+use std::ffi::OsStr;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
+use tiqu_core::checkpoint::save::{commit_all, PartialFile};
 use tiqu_core::dataset::Records;
 
 /// `Permission denied (os error 13)` → `Permission denied`.
@@ -37,10 +38,39 @@ pub fn open(path: &Path) -> Result<std::io::BufReader<fs::File>> {
     Ok(std::io::BufReader::with_capacity(1 << 20, file))
 }
 
-/// `dir/name.ext` → `dir/name.<suffix>`.
+/// A file that can be read twice: not a pipe, FIFO or device.
+pub fn is_regular(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// `dir/name.ext` → `dir/name.<suffix>` (a name that is not UTF-8 kept as it is).
 pub fn beside(input: &Path, suffix: &str) -> PathBuf {
-    let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    input.with_file_name(format!("{stem}.{suffix}"))
+    let mut name = input.file_stem().map(OsStr::to_os_string).unwrap_or_default();
+    name.push(format!(".{suffix}"));
+    input.with_file_name(name)
+}
+
+/// Whether two paths name one output: spelled differently (`x`, `./x`, `d/../x`, absolute), or
+/// one a link to the other. Outputs may not exist yet, so their folders are compared.
+pub fn same_output(a: &Path, b: &Path) -> bool {
+    let resolved = |p: &Path| -> Option<PathBuf> {
+        let absolute = std::path::absolute(p).ok()?;
+        let name = absolute.file_name()?.to_os_string();
+        let dir = absolute.parent()?;
+        // A folder that exists is resolved (links included); one to be created, lexically.
+        let dir = dir.canonicalize().unwrap_or_else(|_| {
+            dir.components().fold(PathBuf::new(), |mut d, c| {
+                match c {
+                    Component::ParentDir => _ = d.pop(),
+                    Component::CurDir => {}
+                    c => d.push(c),
+                }
+                d
+            })
+        });
+        Some(dir.join(name))
+    };
+    crate::storage::same_file(a, b) || resolved(a).is_some_and(|ra| resolved(b) == Some(ra))
 }
 
 /// Refuses `out` when it is one of `inputs`, or exists and `replace` is false.
@@ -58,57 +88,69 @@ pub fn check_target(out: &Path, inputs: &[&Path], replace: bool, flag: &str) -> 
     Ok(())
 }
 
-/// Writes `lines` (each followed by a newline) to `path` through a temporary file beside it.
-pub fn write_lines<S: AsRef<str>>(path: &Path, lines: &[S]) -> Result<()> {
-    write_with(path, |w| {
-        for line in lines {
-            w.write_all(line.as_ref().as_bytes())?;
-            w.write_all(b"\n")?;
-        }
-        Ok(())
-    })
+/// One output of a command, written beside its path (and removed if the command fails or is
+/// interrupted) until [`commit`] puts the command's outputs in place together.
+pub struct Output {
+    path: PathBuf,
+    file: PartialFile,
 }
 
-/// Writes whatever `fill` writes to a file beside `path`, then renames it over `path`: a failure
-/// (or a kill) at any point leaves `path` as it was.
-pub fn write_with(
-    path: &Path,
-    fill: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let fail = |e: std::io::Error| anyhow!("cannot write {}: {}", path.display(), short(&e));
-    tiqu_core::checkpoint::save::check_replaceable(path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // create_dir_all says "File exists" when a file stands in the way: name it instead.
-        if let Some(file) = dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
-            bail!("cannot write {}: {} is not a folder", path.display(), file.display());
+impl Output {
+    pub fn create(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // create_dir_all says "File exists" when a file stands in the way: name it instead.
+            if let Some(file) = dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
+                bail!("cannot write {}: {} is not a folder", path.display(), file.display());
+            }
+            fs::create_dir_all(dir).map_err(|e| anyhow!("cannot write {}: {}", path.display(), short(&e)))?;
         }
-        fs::create_dir_all(dir).map_err(fail)?;
+        if path.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) {
+            bail!("cannot write {}: a file name is needed, not a folder", path.display());
+        }
+        Ok(Self { path: path.to_path_buf(), file: PartialFile::beside(path).map_err(not_written)? })
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut w = std::io::BufWriter::new(fs::File::create(&tmp)?);
-        fill(&mut w)?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+
+    /// Writes `line` and a newline; an error names the output.
+    pub fn line(&mut self, line: &[u8]) -> Result<()> {
+        let w = self.file.writer();
+        w.write_all(line).and_then(|()| w.write_all(b"\n")).map_err(|e| anyhow!("cannot write {}: {}", self.path.display(), short(&e)))
     }
-    result.map_err(fail)
 }
 
-/// [`write_with`] for work that can fail on its own (a record read, a check): its error is
-/// returned as it is, not as a write error of `path`, and `path` is left as it was.
-pub fn write_checked<T>(path: &Path, fill: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> Result<T>) -> Result<T> {
-    let mut result = None;
-    let written = write_with(path, |w| {
-        let r = fill(w);
-        let failed = r.is_err();
-        result = Some(r);
-        if failed { Err(std::io::Error::other("not written")) } else { Ok(()) }
-    });
-    let value = result.transpose()?;
-    written?;
-    value.ok_or_else(|| anyhow!("{}: nothing was written", path.display()))
+/// Puts a command's outputs in place, all or none: each is whole and synced before the first is
+/// renamed, so a write error (a full disk) leaves every path as it was.
+pub fn commit(outputs: Vec<Output>) -> Result<()> {
+    let (files, paths): (Vec<PartialFile>, Vec<PathBuf>) = outputs.into_iter().map(|o| (o.file, o.path)).unzip();
+    commit_all(files.into_iter().zip(paths.iter().map(PathBuf::as_path)).collect(), true).map_err(not_written)
+}
+
+/// Core's I/O error on an output, said as the data tools say it.
+fn not_written(e: tiqu_core::Error) -> anyhow::Error {
+    match e {
+        tiqu_core::Error::Io { path, source } => anyhow!("cannot write {path}: {}", short(&source)),
+        e => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_beside_an_input_keep_its_name_and_spellings_of_one_path_match() {
+        assert_eq!(beside(Path::new("d/all.jsonl"), "train.jsonl"), Path::new("d/all.train.jsonl"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let input = Path::new(OsStr::from_bytes(b"d/in\xfe.jsonl"));
+            assert_eq!(beside(input, "eval.jsonl").as_os_str().as_bytes(), b"d/in\xfe.eval.jsonl", "not made UTF-8");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir(d.join("sub")).unwrap();
+        assert!(same_output(&d.join("x"), &d.join("sub/../x")));
+        assert!(same_output(&d.join("new/x"), &d.join("new/./y/../x")), "folders to be created compare lexically");
+        assert!(!same_output(&d.join("x"), &d.join("sub/x")));
+        assert!(same_output(Path::new("x.jsonl"), &std::env::current_dir().unwrap().join("x.jsonl")));
+    }
 }

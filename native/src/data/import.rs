@@ -1,6 +1,5 @@
 //! `tiqu data import`: a CSV, TSV or JSON table of labelled texts → SFT JSONL for `tiqu train`.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -48,15 +47,13 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     check_target(&args.out, &[args.file.as_path()], args.force, "--out")?;
     let reader = files::open(&args.file)?;
     // Each record is written as its row is read; a failure leaves `--out` as it was.
-    let imported = files::write_checked(&args.out, |w| {
-        let write = |record: &SftRecord| -> tiqu_core::Result<()> {
-            serde_json::to_writer(&mut *w, record)
-                .map_err(std::io::Error::from)
-                .and_then(|()| w.write_all(b"\n"))
-                .map_err(|e| tiqu_core::Error::Other(format!("cannot write {}: {}", args.out.display(), files::short(&e))))
-        };
-        Ok(import(reader, format, &mapping, &source, write)?)
-    })?;
+    let mut out = files::Output::create(&args.out)?;
+    let write = |record: &SftRecord| -> tiqu_core::Result<()> {
+        let line = serde_json::to_string(record).map_err(|e| tiqu_core::Error::Other(e.to_string()))?;
+        out.line(line.as_bytes()).map_err(|e| tiqu_core::Error::Other(e.to_string()))
+    };
+    let imported = import(reader, format, &mapping, &source, write)?;
+    files::commit(vec![out])?;
     println!("wrote {} records to {}", imported.records, args.out.display());
     if imported.empty_text > 0 {
         let shown: Vec<String> = imported.empty_text_lines.iter().map(usize::to_string).collect();

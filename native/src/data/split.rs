@@ -1,7 +1,6 @@
 //! `tiqu data split`: records into a training and an evaluation file by a seed, with no text on
 //! both sides.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
@@ -40,11 +39,14 @@ pub fn run(args: &SplitArgs) -> Result<()> {
     }
     let train_out = args.train_out.clone().unwrap_or_else(|| beside(&args.file, "train.jsonl"));
     let eval_out = args.eval_out.clone().unwrap_or_else(|| beside(&args.file, "eval.jsonl"));
-    if train_out == eval_out {
-        anyhow::bail!("--train-out and --eval-out are the same file {}", train_out.display());
+    if files::same_output(&train_out, &eval_out) {
+        anyhow::bail!("--train-out {} and --eval-out {} are the same file", train_out.display(), eval_out.display());
     }
     check_target(&train_out, &[args.file.as_path()], args.force, "--train-out")?;
     check_target(&eval_out, &[args.file.as_path()], args.force, "--eval-out")?;
+    if !files::is_regular(&args.file) {
+        anyhow::bail!("{source}: not a regular file; data split reads its input twice, which a pipe cannot give: save it to a file first");
+    }
     // Two readings, so that the file is never held whole: its texts decide the split, then each
     // record goes to its side as it is read again.
     let mut texts = Vec::new();
@@ -58,25 +60,19 @@ pub fn run(args: &SplitArgs) -> Result<()> {
     let split = split(&texts.iter().map(String::as_str).collect::<Vec<_>>(), args.eval_fraction, args.seed)?;
     drop(texts);
     let changed = || anyhow!("{source}: changed while it was being split; run again");
-    let (train, eval) = files::write_checked(&train_out, |train_w| {
-        files::write_checked(&eval_out, |eval_w| {
-            let mut records = files::records(&args.file)?;
-            let (mut train, mut eval) = (0usize, 0usize);
-            for &is_eval in &split.eval {
-                let value = records.next().ok_or_else(changed)??.value.map_err(|_| changed())?;
-                let (w, path, n) = if is_eval { (&mut *eval_w, &eval_out, &mut eval) } else { (&mut *train_w, &train_out, &mut train) };
-                let line = serde_json::to_string(&value)?;
-                w.write_all(line.as_bytes())
-                    .and_then(|()| w.write_all(b"\n"))
-                    .map_err(|e| anyhow!("cannot write {}: {}", path.display(), files::short(&e)))?;
-                *n += 1;
-            }
-            if records.next().is_some() {
-                return Err(changed());
-            }
-            Ok((train, eval))
-        })
-    })?;
+    let mut records = files::records(&args.file)?;
+    let (mut train_file, mut eval_file) = (files::Output::create(&train_out)?, files::Output::create(&eval_out)?);
+    let (mut train, mut eval) = (0usize, 0usize);
+    for &is_eval in &split.eval {
+        let value = records.next().ok_or_else(changed)??.value.map_err(|_| changed())?;
+        let (out, n) = if is_eval { (&mut eval_file, &mut eval) } else { (&mut train_file, &mut train) };
+        out.line(serde_json::to_string(&value)?.as_bytes())?;
+        *n += 1;
+    }
+    if records.next().is_some() {
+        return Err(changed());
+    }
+    files::commit(vec![train_file, eval_file])?;
     println!("wrote {train} training records to {}", train_out.display());
     println!("wrote {eval} evaluation records to {}", eval_out.display());
     if split.duplicate_groups > 0 {
