@@ -71,6 +71,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 struct RopeParameters {
     rope_theta: Option<f64>,
+    #[serde(alias = "type")]
     rope_type: Option<String>,
 }
 
@@ -127,7 +128,9 @@ impl Qwen3Config {
         let rope_type = raw.rope_parameters.as_ref().and_then(|r| r.rope_type.clone());
         let scaled = match &raw.rope_scaling {
             None | Some(Value::Null) => false,
-            Some(v) => v.get("rope_type").and_then(Value::as_str).unwrap_or("default") != "default",
+            // transformers reads `type` where `rope_type` is absent (the older key, which Qwen's
+            // own YaRN instructions still write).
+            Some(v) => v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default") != "default",
         };
         if scaled || rope_type.as_deref().is_some_and(|t| t != "default") {
             return Err(bad("RoPE scaling (yarn, linear, dynamic…) is not supported".into()));
@@ -279,6 +282,8 @@ mod tests {
         assert!(with("architectures", serde_json::json!(["Qwen2ForCausalLM"])).contains("Qwen2ForCausalLM"));
         assert!(with("num_experts", serde_json::json!(8)).contains("mixture-of-experts"));
         assert!(with("rope_scaling", serde_json::json!({"rope_type": "yarn", "factor": 4})).contains("RoPE scaling"));
+        assert!(with("rope_scaling", serde_json::json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768})).contains("RoPE scaling"));
+        assert!(with("rope_parameters", serde_json::json!({"type": "linear", "factor": 2.0, "rope_theta": 1e6})).contains("RoPE scaling"));
         assert!(with("num_key_value_heads", serde_json::json!(3)).contains("num_key_value_heads"));
         let err = Qwen3Config::from_json(b"{not json", "config.json").unwrap_err().to_string();
         assert!(err.starts_with("config.json: not valid JSON"), "{err}");

@@ -372,9 +372,9 @@ impl<'a, B: Backend> Engine<'a, B> {
             empty => {
                 // Room for the prompts at hand and their answers; more is added when needed.
                 let fields = self.slots.iter().flatten().map(|s| s.schema.fields.len()).max().unwrap_or(1);
-                let answer = 2 * ex.options().max_new_tokens + 16 * fields;
+                let answer = ex.options().max_new_tokens.saturating_mul(2).saturating_add(16 * fields);
                 let longest = self.slots.iter().flatten().map(|s| s.pending.len()).max().unwrap_or(0);
-                empty.insert(model.new_cache(self.max_seqs, (longest + answer).max(needed).min(limit))?)
+                empty.insert(model.new_cache(self.max_seqs, longest.saturating_add(answer).max(needed).min(limit))?)
             }
         };
         self.passes += 1;

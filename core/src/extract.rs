@@ -153,7 +153,7 @@ impl<B: Backend> Extractor<B> {
     /// The tokens a prompt may take: `max_input_tokens`, and at most the context minus the
     /// answer's budget; with the limit's name and what would give a prompt more room.
     fn prompt_budget(&self, schema: &Schema) -> (usize, String, String) {
-        let answer = self.options.max_new_tokens + 8 * schema.fields.len() + 8;
+        let answer = self.options.max_new_tokens.saturating_add(8 * schema.fields.len() + 8);
         let context = self.model.max_position_embeddings.saturating_sub(answer).max(16);
         if self.options.max_input_tokens < context {
             (self.options.max_input_tokens, format!("max_input_tokens ({})", self.options.max_input_tokens), "raise --max-input-tokens or use fewer fields".into())

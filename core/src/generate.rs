@@ -92,7 +92,7 @@ async fn generate_with<B: Backend>(
         )));
     }
     // Generation stops at the context limit rather than failing.
-    let capacity = (seq + opts.max_new_tokens).min(limit);
+    let capacity = seq.saturating_add(opts.max_new_tokens).min(limit);
     let mut cache = model.new_cache(batch, capacity)?;
     let mut rng = match opts.sampling {
         Sampling::Sample { seed, .. } => StdRng::seed_from_u64(seed),

@@ -268,7 +268,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     let (mut input, mut sink, done) = match &args.shard {
         Some(spec) => {
             let spec = ShardSpec::parse(spec, |k| std::env::var(k).ok())?;
-            match open_shard(args, spec)? {
+            match open_shard(args, spec, &schema.names())? {
                 Some(opened) => opened,
                 None => return Ok(()),
             }
@@ -467,7 +467,7 @@ fn open_whole(args: &ExtractArgs, names: &[&str]) -> Result<(Input, Sink, usize)
 /// Shard `spec`'s lines of the input and its part; `None` when an earlier attempt finished it.
 /// Parts on object storage are written in a local folder first (resumable there) and uploaded
 /// whole when complete.
-fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink, usize)>> {
+fn open_shard(args: &ExtractArgs, spec: ShardSpec, names: &[&str]) -> Result<Option<(Input, Sink, usize)>> {
     if args.input == "-" || args.out == "-" {
         bail!("--shard needs --input FILE and --out FOLDER (the shards' parts go there)");
     }
@@ -502,7 +502,7 @@ fn open_shard(args: &ExtractArgs, spec: ShardSpec) -> Result<Option<(Input, Sink
             (crate::storage::spool_dir(&out), Some(out.clone()))
         }
     };
-    let mut part = match PartWriter::open(&dir, spec, size, range, &fingerprint)? {
+    let mut part = match PartWriter::open(&dir, spec, size, range, &fingerprint, names)? {
         PartState::Done(marker) => {
             // Finished here but not uploaded (the upload failed, or the task was killed during
             // it): upload now, the part before its marker.

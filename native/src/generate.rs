@@ -95,7 +95,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &GenerateArgs) ->
     let context = loaded.model.max_position_embeddings;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     // (A prompt that fills the context is refused by `generate` itself.)
-    if longest < context && longest + args.max_new_tokens > context {
+    if longest < context && longest.saturating_add(args.max_new_tokens) > context {
         eprintln!(
             "warning: the context ({context} positions) leaves the longest prompt ({longest} tokens) {} new tokens, not --max-new-tokens {}",
             context.saturating_sub(longest),

@@ -259,7 +259,17 @@ fn main() -> ExitCode {
     let (message, panicked) = match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => return ExitCode::SUCCESS,
         Ok(Err(e)) => (error_line(&e), false),
-        Err(_) => (format!("internal failure: {}", LAST_PANIC.lock().ok().and_then(|l| l.clone()).unwrap_or_default()), true),
+        Err(_) => {
+            let panic = LAST_PANIC.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
+            // `println!` panics when standard output is closed (`tiqu doctor | head -0`): the
+            // reader left, which is no bug of tiqu's.
+            if let Some(why) = panic.strip_prefix("failed printing to stdout: ") {
+                let why = why.split(" (at ").next().unwrap_or(why);
+                eprintln!("error: standard output: {why}");
+                return ExitCode::FAILURE;
+            }
+            (format!("internal failure: {panic}"), true)
+        }
     };
     if is_out_of_memory(&message) {
         eprintln!("error: out of device memory; {hint} ({message})");

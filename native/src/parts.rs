@@ -169,28 +169,34 @@ impl PartWriter {
     /// Opens shard `spec`'s part in `dir` for a run over `[start, end)` of an input of
     /// `input_size` bytes. A part left by a killed attempt is resumed (each kept line checked to be
     /// this shard's answer, a torn last line cut); a part of another input or split is refused.
-    pub fn open(dir: &Path, spec: ShardSpec, input_size: u64, range: (u64, u64), fingerprint: &str) -> Result<PartState> {
+    pub fn open(dir: &Path, spec: ShardSpec, input_size: u64, range: (u64, u64), fingerprint: &str, names: &[&str]) -> Result<PartState> {
         fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
         let path = dir.join(spec.part_name());
         let done_path = dir.join(spec.done_name());
+        // A part records, as it starts, the fingerprint of the bytes it answers (the marker only
+        // comes at the end) and the schema's fields: a killed part must not resume over an input
+        // edited in place, nor under another schema (its lines would mix two sets of keys).
+        let started_path = dir.join(format!("{}.start", spec.part_name()));
+        let started: Option<Value> = match fs::read(&started_path) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: {e}", started_path.display()))?),
+            Err(_) => None,
+        };
+        if let Some(was) = started.as_ref().and_then(|s| s.get("fields")).and_then(Value::as_array) {
+            if !was.iter().map(Value::as_str).eq(names.iter().map(|&n| Some(n))) {
+                let was: Vec<&str> = was.iter().filter_map(Value::as_str).collect();
+                bail!("{}: made under another schema (fields {}, not {}); choose another --out", path.display(), was.join(", "), names.join(", "));
+            }
+        }
         if let Ok(bytes) = fs::read(&done_path) {
             return Ok(PartState::Done(finished_marker(&bytes, &done_path.display().to_string(), spec, input_size, range, fingerprint)?));
         }
-        // A part records, as it starts, the fingerprint of the bytes it answers (the marker only
-        // comes at the end): a killed part must not resume over an input edited in place.
-        let started_path = dir.join(format!("{}.start", spec.part_name()));
         let has_lines = fs::metadata(&path).is_ok_and(|m| m.len() > 0);
-        if has_lines {
-            if let Ok(bytes) = fs::read(&started_path) {
-                let was: Value = serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: {e}", started_path.display()))?;
-                if was.get("fingerprint").and_then(Value::as_str).is_some_and(|f| f != fingerprint) {
-                    return Err(other_bytes(&path.display().to_string(), range));
-                }
-            }
+        if has_lines && started.as_ref().and_then(|s| s.get("fingerprint")).and_then(Value::as_str).is_some_and(|f| f != fingerprint) {
+            return Err(other_bytes(&path.display().to_string(), range));
         }
-        let lines = resume_point(&path)?;
-        if !has_lines || !started_path.exists() {
-            let record = serde_json::json!({"input_size": input_size, "start": range.0, "end": range.1, "fingerprint": fingerprint});
+        let lines = resume_point(&path, names)?;
+        if !has_lines || started.is_none() {
+            let record = serde_json::json!({"input_size": input_size, "start": range.0, "end": range.1, "fingerprint": fingerprint, "fields": names});
             write_atomically(&started_path, format!("{record}\n").as_bytes())?;
         }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -246,10 +252,18 @@ fn other_bytes(label: &str, range: (u64, u64)) -> anyhow::Error {
     anyhow!("{label}: made from other input bytes {}..{} (the size is the same, the content is not); choose another --out", range.0, range.1)
 }
 
-/// Lines of a part already answered, each checked; a torn last line (a kill mid-write) is cut.
-fn resume_point(path: &Path) -> Result<u64> {
+/// Lines of a part already answered, each checked (and its fields to be the schema's, `names`);
+/// a torn last line (a kill mid-write) is cut.
+fn resume_point(path: &Path, names: &[&str]) -> Result<u64> {
     kept_lines(path, &["{\"line\":"], "not this shard's part (choose another --out)", &mut |n, line| {
-        check_part_line(line, n).map(|_| ()).map_err(|why| anyhow!("{}:{n}: {why}; not this shard's part (choose another --out)", path.display()))
+        let not_ours = |why: String| anyhow!("{}:{n}: {why}; not this shard's part (choose another --out)", path.display());
+        let answer = check_part_line(line, n).map_err(not_ours)?;
+        match answer.get("fields").and_then(Value::as_object) {
+            Some(fields) if !fields.keys().map(String::as_str).eq(names.iter().copied()) => {
+                Err(not_ours(format!("answers with the fields {}, not this schema's {}", fields.keys().cloned().collect::<Vec<_>>().join(", "), names.join(", "))))
+            }
+            _ => Ok(()),
+        }
     })
 }
 

@@ -325,6 +325,10 @@ fn huge_batches_and_lengths_are_refused_before_any_allocation() {
     }
     let o = tiqu(&["--backend", "cpu", "bench", "generate", "--config", config, "--batch", "1", "--prompt-len", huge, "--new-tokens", "2"]);
     assert_clean_error(&o, &["--prompt-len", "max_position_embeddings"]);
+    // The answer's budget at the largest count: no room is left for the prompt (the sum with
+    // the keys' budget overflowed: exit 101).
+    let o = tiqu(&["--backend", "cpu", "extract", "--model", model, "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-new-tokens", huge]);
+    assert_clean_error(&o, &["--max-new-tokens"]);
     // Within the row limit but far beyond any machine's memory: refused from arithmetic, before
     // weights are built (an allocation that large aborts the process).
     for args in [
@@ -436,4 +440,19 @@ fn zero_budgets_are_refused_and_capped_ones_said() {
     let out = tiqu(&["--backend", "cpu", "generate", "--model", m, "--prompt", "hi", "--max-new-tokens", "100000", "--json"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not --max-new-tokens 100000"));
+}
+
+/// Proves: a reader that closes standard output early (`tiqu doctor | head -0`) gets one error
+/// line and exit 1; `println!`'s panic was reported as an internal failure (exit 101).
+#[test]
+fn a_closed_standard_output_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_tiqu"))
+        .args(["data", "synth", "--n", "3", "--out", dir.path().join("s.jsonl").to_str().unwrap()])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_clean_error(&out, &["standard output", "Broken pipe"]);
 }

@@ -167,6 +167,13 @@ fn killed_and_restarted_shards_merge_to_the_single_process_output() {
     assert!(!retry.status.success() && stderr.contains("other input bytes"), "{stderr}");
     assert_eq!(fs::read(&part0).unwrap(), &part_before[..keep], "the part is left as it was");
     fs::write(&inp, &input_before).unwrap();
+    // Resumed under another schema: refused (it answered on, its lines under two sets of keys).
+    let schema = parts.with_file_name("two-fields.json");
+    fs::write(&schema, r#"["name", "email"]"#).unwrap();
+    let other = tiqu().args(&args).args(["--shard", "0/4", "--schema", schema.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success() && stderr.contains("made under another schema"), "{stderr}");
+    assert_eq!(fs::read(&part0).unwrap(), &part_before[..keep], "the part is left as it was");
     ok(tiqu().args(&args).args(["--shard", "0/4"]).output().unwrap());
     assert_eq!((fs::read(&part0).unwrap(), fs::read(&marker0).unwrap()), (part_before.clone(), marker_before));
 

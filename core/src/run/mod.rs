@@ -286,6 +286,9 @@ impl Run {
             observer.event(&Event::Note(&format!("skipped {} records that are not valid JSON", train_data.skipped)))?;
         }
         // Created once the model and the data have been read: a refused run leaves no folder.
+        // The weights are read below, and a run can fail before its first checkpoint (damaged
+        // weights, a loss that is NaN from the start): what it made then goes again.
+        let mut made = (!self.resume).then(|| NewRunFolder { dir: run, existed: run.exists(), finished: false });
         fs::create_dir_all(run).map_err(|e| Error::io(run.display(), e))?;
         // Of the ids before the vocabulary narrows them; checked before anything is written.
         let digest = data::digest(&train_data.examples);
@@ -485,6 +488,9 @@ impl Run {
         let summary = summarize(&run.join("metrics.jsonl"), cfg, opts, &line, elapsed, total, train_data.cut, train_data.skipped)?;
         let bytes = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Other(e.to_string()))?;
         write_atomically(&run.join("summary.json"), &bytes)?;
+        if let Some(made) = &mut made {
+            made.finished = true;
+        }
         Ok(Finished { output, summary })
     }
 
@@ -564,4 +570,24 @@ fn summarize(metrics: &Path, cfg: &RunConfig, opts: &RunOptions, trainable: &str
         "dtype": dtype,
         "tiqu_version": env!("CARGO_PKG_VERSION"),
     }))
+}/// A run folder a fresh run made, or found empty: removed again (or emptied) if the run fails
+/// before its first checkpoint, so that the next try is not told the folder holds a run to
+/// `--resume`.
+struct NewRunFolder<'a> {
+    dir: &'a Path,
+    existed: bool,
+    finished: bool,
 }
+
+impl Drop for NewRunFolder<'_> {
+    fn drop(&mut self) {
+        if !self.finished && checkpoints(self.dir).is_empty() {
+            let _ = fs::remove_dir_all(self.dir);
+            if self.existed {
+                let _ = fs::create_dir(self.dir);
+            }
+        }
+    }
+}
+
+
