@@ -227,6 +227,12 @@ fn merge_refuses_what_loading_refuses() {
     let wrong = dir.path().join("wrong-base");
     copy_with_config(&base, &wrong, |cfg| cfg["intermediate_size"] = serde_json::json!(cfg["intermediate_size"].as_u64().unwrap() * 2));
     assert_error(&merge(wrong.to_str().unwrap(), &adapter, "m3"), &["gate_proj", "config.json says"]);
+    // Training on it is refused as the weights are read, after the run folder was made: the
+    // folder goes again (it was left empty).
+    let run = dir.path().join("wrong-run");
+    let out = tiqu(&["--backend", "cpu", "train", "--model", wrong.to_str().unwrap(), "--data", &data, "--max-steps", "1", "--out", run.to_str().unwrap()]);
+    assert_error(&out, &["gate_proj", "config.json implies"]);
+    assert!(!run.exists(), "a run refused as its weights are read leaves no folder");
     for out in ["m1", "m2", "m3"] {
         assert!(!dir.path().join(out).exists(), "{out}: a refused merge leaves no folder");
     }

@@ -285,9 +285,8 @@ impl Run {
         if train_data.skipped > 0 {
             observer.event(&Event::Note(&format!("skipped {} records that are not valid JSON", train_data.skipped)))?;
         }
-        // Created once the model and the data have been read: a refused run leaves no folder.
-        // The weights are read below, and a run can fail before its first checkpoint (damaged
-        // weights, a loss that is NaN from the start): what it made then goes again.
+        // Created once the model and the data have been read: a refused run leaves no folder
+        // (the weights, read below, included).
         let mut made = (!self.resume).then(|| NewRunFolder { dir: run, existed: run.exists(), finished: false });
         fs::create_dir_all(run).map_err(|e| Error::io(run.display(), e))?;
         // Of the ids before the vocabulary narrows them; checked before anything is written.
@@ -570,9 +569,11 @@ fn summarize(metrics: &Path, cfg: &RunConfig, opts: &RunOptions, trainable: &str
         "dtype": dtype,
         "tiqu_version": env!("CARGO_PKG_VERSION"),
     }))
-}/// A run folder a fresh run made, or found empty: removed again (or emptied) if the run fails
-/// before its first checkpoint, so that the next try is not told the folder holds a run to
-/// `--resume`.
+}
+
+/// A run folder a fresh run made: removed again if the run fails before writing anything in it
+/// (weights that do not load are found only after it is made). A run that failed later keeps
+/// its config.toml, so that `--resume` starts it over with its settings.
 struct NewRunFolder<'a> {
     dir: &'a Path,
     existed: bool,
@@ -581,13 +582,9 @@ struct NewRunFolder<'a> {
 
 impl Drop for NewRunFolder<'_> {
     fn drop(&mut self) {
-        if !self.finished && checkpoints(self.dir).is_empty() {
-            let _ = fs::remove_dir_all(self.dir);
-            if self.existed {
-                let _ = fs::create_dir(self.dir);
-            }
+        let empty = fs::read_dir(self.dir).is_ok_and(|mut entries| entries.next().is_none());
+        if !self.finished && !self.existed && empty {
+            let _ = fs::remove_dir(self.dir);
         }
     }
 }
-
-
