@@ -494,7 +494,7 @@ impl<'a, B: Backend> Engine<'a, B> {
         slot.picked += 1;
         let (Some(grammar), Some(state)) = (&slot.grammar, &mut slot.state) else {
             let vocab = self.ex.model().vocab_size() as u32;
-            let best = scores.pick(0..vocab, &self.ex.options().sampling, slot.rng.as_mut());
+            let best = scores.pick(0..vocab, &self.ex.options().sampling, slot.rng.as_mut())?;
             if self.ex.eos_token_ids().contains(&best) {
                 return Ok(Vec::new());
             }
@@ -509,7 +509,7 @@ impl<'a, B: Backend> Engine<'a, B> {
             slot.truncated = true;
             return Ok(Vec::new());
         }
-        let best = scores.pick(allowed.into_iter(), &self.ex.options().sampling, slot.rng.as_mut());
+        let best = scores.pick(allowed.into_iter(), &self.ex.options().sampling, slot.rng.as_mut())?;
         let bytes = table.bytes(best).ok_or_else(|| Error::Other(format!("token {best} has no bytes")))?;
         *state = grammar.step_bytes(state, bytes).ok_or_else(|| Error::Other(format!("token {best} breaks the grammar")))?;
         slot.generated += 1;
@@ -584,30 +584,41 @@ impl Scores<'_> {
     }
 
     /// The next token among `candidates`: the argmax, or a draw from the sampled distribution
-    /// over them.
-    fn pick(&self, candidates: impl Iterator<Item = u32>, sampling: &Sampling, rng: Option<&mut StdRng>) -> u32 {
+    /// over them. A NaN logit is an error: no pick from such logits means anything (a NaN
+    /// compares false, so the argmax fell on a masked token, or on none).
+    fn pick(&self, candidates: impl Iterator<Item = u32>, sampling: &Sampling, rng: Option<&mut StdRng>) -> Result<u32> {
         match (sampling, rng) {
             (Sampling::Sample { temperature, top_k, top_p, .. }, Some(rng)) => {
                 let candidates: Vec<u32> = candidates.collect();
                 let logits: Vec<f32> = candidates.iter().map(|&id| self.get(id)).collect();
+                if logits.iter().any(|v| v.is_nan()) {
+                    return Err(nan_logits());
+                }
                 let dist = distribution(&logits, *temperature, *top_k, *top_p);
-                candidates[dist[draw(&dist, rng)].0]
+                Ok(candidates[dist[draw(&dist, rng)].0])
             }
             _ => self.argmax(candidates),
         }
     }
 
     /// The candidate with the highest logit, the lowest id among equals.
-    fn argmax(&self, candidates: impl Iterator<Item = u32>) -> u32 {
+    fn argmax(&self, candidates: impl Iterator<Item = u32>) -> Result<u32> {
         let mut best = (f32::NEG_INFINITY, u32::MAX);
         for id in candidates {
             let v = self.get(id);
+            if v.is_nan() {
+                return Err(nan_logits());
+            }
             if v > best.0 || (v == best.0 && id < best.1) {
                 best = (v, id);
             }
         }
-        best.1
+        Ok(best.1)
     }
+}
+
+fn nan_logits() -> Error {
+    Error::Tensor("the model's logits are NaN: its weights hold NaN or infinite values (a damaged checkpoint?)".into())
 }
 
 /// The allowed tokens of each pick a row makes in this pass, as far as the picks can go: the

@@ -352,6 +352,13 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
                     }
                     ("fields", ex.fields.to_json())
                 }
+                // A fault of the model (NaN logits), not of the record: every record would get
+                // it, so the job stops (the lines written so far are kept, and --resume goes on).
+                Err(e @ tiqu_core::Error::Tensor(_)) => {
+                    bar.finish_and_clear();
+                    sink.finish()?;
+                    return Err(e.into());
+                }
                 Err(e) => ("error", json!(e.to_string())),
             };
             ready.insert(line, Answer { id: rec_id, own_id, kind, value });

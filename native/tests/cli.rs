@@ -456,3 +456,21 @@ fn a_closed_standard_output_is_an_error_not_a_panic() {
         .unwrap();
     assert_clean_error(&out, &["standard output", "Broken pipe"]);
 }
+
+/// Proves: weights holding NaN stop extraction with one clear line, in every constraint mode;
+/// the copy constraint wrote all-null fields, exit 0 (a NaN logit compares false, so the argmax
+/// fell on a masked token), and `--constrain none` named a token id of 4294967295 per record.
+#[test]
+fn nan_weights_are_named_not_answered() {
+    let dir = copy_fixture("tiny-untied");
+    edit_weights(dir.path(), |t| {
+        let norm = t.iter_mut().find(|(n, _, _)| n == "model.norm.weight").unwrap();
+        norm.2 = f32::NAN.to_le_bytes().repeat(norm.2.len() / 4);
+    });
+    let input = dir.path().join("in.txt");
+    fs::write(&input, "张三 zs@x.com 噪音\n").unwrap();
+    for constrain in ["copy", "json", "none"] {
+        let out = tiqu(&["--backend", "cpu", "extract", "--model", dir.path().to_str().unwrap(), "--input", input.to_str().unwrap(), "--constrain", constrain]);
+        assert_clean_error(&out, &["logits are NaN", "damaged checkpoint"]);
+    }
+}
