@@ -105,7 +105,8 @@ fn data_tools_never_hold_a_file_whole() {
         writeln!(csv, "{},{}", quoted(&record["input"]), quoted(&record["output"])).unwrap();
     }
     array.write_all(b"\n]\n").unwrap();
-    (array.flush().unwrap(), csv.flush().unwrap());
+    array.flush().unwrap();
+    csv.flush().unwrap();
     for name in ["big.jsonl", "big.json"] {
         let stem = name.replace('.', "-");
         let (file, findings, fixed) = (p(name), p("f.jsonl"), p(&format!("{stem}.fixed.jsonl")));

@@ -395,7 +395,10 @@ mod tests {
 
     fn import_all(bytes: &[u8], format: Format, mapping: &Mapping, source: &str) -> Result<(Vec<SftRecord>, Imported)> {
         let mut records = Vec::new();
-        let imported = import(bytes, format, mapping, source, |r| Ok(records.push(r.clone())))?;
+        let imported = import(bytes, format, mapping, source, |r| {
+            records.push(r.clone());
+            Ok(())
+        })?;
         assert_eq!(imported.records, records.len());
         Ok((records, imported))
     }
@@ -447,7 +450,12 @@ mod tests {
         let m = mapping("text", &["name"]);
         for capacity in [1, 2, 3, 5, 8, 1 << 16] {
             let mut records = Vec::new();
-            let got = import(std::io::BufReader::with_capacity(capacity, &csv[..]), Format::Csv, &m, "t.csv", |r| Ok(records.push(r.clone()))).unwrap();
+            let reader = std::io::BufReader::with_capacity(capacity, &csv[..]);
+            let got = import(reader, Format::Csv, &m, "t.csv", |r| {
+                records.push(r.clone());
+                Ok(())
+            })
+            .unwrap();
             assert_eq!((got.records, got.empty_text, got.empty_text_lines.as_slice()), (1, 4, &[2, 6, 9, 10][..]), "capacity {capacity}");
             assert_eq!(records[0].input.as_deref(), Some("multi\nline"));
             let bad = b"text,name\n\"a\nb\",x\nc,\xC4\xE3\n";

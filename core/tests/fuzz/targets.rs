@@ -70,7 +70,10 @@ pub fn table(data: &[u8]) {
     let mapping = Mapping { text: "text".into(), fields: vec![("name".into(), "name".into())] };
     let run = |reader: &mut dyn std::io::BufRead| {
         let mut records = Vec::new();
-        let imported = import(reader, format, &mapping, "t", |r| Ok(records.push(r.clone())));
+        let imported = import(reader, format, &mapping, "t", |r| {
+            records.push(r.clone());
+            Ok(())
+        });
         imported.map(|i| (i, records)).map_err(|e| e.to_string())
     };
     let whole = run(&mut &table[..]);
