@@ -99,10 +99,13 @@ impl Qwen3Config {
 
         let arch = raw.architectures.as_ref().and_then(|a| a.first().cloned());
         if raw.num_experts.unwrap_or(0) > 0 || raw.model_type.as_deref() == Some("qwen3_moe") {
-            return Err(bad(format!(
-                "mixture-of-experts models ({}) are not supported; tiqu runs dense Qwen3ForCausalLM",
-                arch.as_deref().unwrap_or("qwen3_moe")
-            )));
+            // Named by what makes it one: `num_experts` (even under the dense architecture's name)
+            // or the model type.
+            let what = match raw.num_experts.filter(|&n| n > 0) {
+                Some(n) => format!("num_experts {n}"),
+                None => "model_type qwen3_moe".to_string(),
+            };
+            return Err(bad(format!("mixture-of-experts models ({what}) are not supported; tiqu runs dense Qwen3ForCausalLM")));
         }
         match (&arch, raw.model_type.as_deref()) {
             (Some(a), _) if a != "Qwen3ForCausalLM" => {

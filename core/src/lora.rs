@@ -189,9 +189,9 @@ impl LoraConfig {
                 return Err(bad(format!("{key} is not supported")));
             }
         }
-        for key in ["rank_pattern", "alpha_pattern"] {
+        for (key, what) in [("rank_pattern", "ranks"), ("alpha_pattern", "alphas")] {
             if v.get(key).and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
-                return Err(bad(format!("{key} (per-module ranks) is not supported")));
+                return Err(bad(format!("{key} (per-module {what}) is not supported")));
             }
         }
         let target_modules = match v.get("target_modules") {

@@ -255,7 +255,7 @@ pub fn run(backend: BackendName, args: &ExtractArgs) -> Result<()> {
         bail!("--out {} is a folder: --out takes a file (a folder only with --shard)", args.out);
     }
     let schema = match &args.schema {
-        Some(p) => Schema::from_json(&fs::read(p).map_err(|e| anyhow!("{}: {e}", p.display()))?, &p.display().to_string())?,
+        Some(p) => Schema::from_json(&fs::read(p).map_err(|e| anyhow!("--schema {}: {e}", p.display()))?, &p.display().to_string())?,
         None => Schema::default(),
     };
     with_backend!(backend, |B, device| run_on::<B>(&device, args, schema))

@@ -452,6 +452,11 @@ fn several_outputs_appear_together_or_not_at_all() {
     // The second output cannot be written: the first is not put in place either, even with --force.
     fails_cleanly(d, &["data", "split", &p("s.jsonl"), "--train-out", &p("nd/"), "--force"], &["nd/", "a file name is needed"]);
     fails_cleanly(d, &["data", "check", t, "--fix", "--out", &p("fixed.jsonl"), "--findings", &p("nd/"), "--force"], &["nd/"]);
+    // A failure leaves no folder made for an output either.
+    fs::write(d.join("bad.csv"), "text,name\n\"never closed,x\n").unwrap();
+    let deep = d.join("new/deep/o.jsonl");
+    fails_cleanly(d, &["data", "import", &p("bad.csv"), "--text", "text", "--field", "name", "--out", s(&deep)], &["bad.csv:2:"]);
+    assert!(!d.join("new").exists(), "the folders made for --out went with it");
     // One file under two spellings is one file.
     let same = d.join("sub/../x.jsonl");
     fs::create_dir(d.join("sub")).unwrap();

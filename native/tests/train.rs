@@ -233,6 +233,9 @@ fn merge_refuses_what_loading_refuses() {
     let out = tiqu(&["--backend", "cpu", "train", "--model", wrong.to_str().unwrap(), "--data", &data, "--max-steps", "1", "--out", run.to_str().unwrap()]);
     assert_error(&out, &["gate_proj", "config.json implies"]);
     assert!(!run.exists(), "a run refused as its weights are read leaves no folder");
+    // A file where --out needs a folder is named (it said "File exists (os error 17)").
+    fs::write(dir.path().join("a-file"), "x").unwrap();
+    assert_error(&merge(&base, &adapter, "a-file/merged"), &["a-file is a file, not a folder"]);
     for out in ["m1", "m2", "m3"] {
         assert!(!dir.path().join(out).exists(), "{out}: a refused merge leaves no folder");
     }

@@ -166,6 +166,10 @@ impl PartialDir {
             return Err(Error::Format(format!("{}: is a symbolic link; give the path of the folder itself", dest.display())));
         }
         let parent = parent_of(dest);
+        // create_dir_all says "File exists" when a file stands in the way: name it instead.
+        if let Some(file) = parent.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
+            return Err(Error::Format(format!("{}: {} is a file, not a folder", dest.display(), file.display())));
+        }
         fs::create_dir_all(&parent).map_err(|e| Error::io(parent.display(), e))?;
         let path = parent.join(format!(".{name}.tiqu-tmp-{}", unique_suffix()));
         fs::create_dir(&path).map_err(|e| Error::io(dest.display(), e))?;

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 
 use super::decode::{not_utf8_reason, skip_bom};
 use super::output::python_json_fields;
-use super::records::Records;
+use super::records::{without_position, Records};
 use super::span::nearest;
 use crate::entries::Entries;
 use crate::schema::{Field, Schema};
@@ -373,7 +373,7 @@ fn read_objects<R: BufRead>(reader: R, columns: &[&str], source: &str, row: &mut
                 match text.as_bytes().first() {
                     Some(b'"') => serde_json::from_str::<String>(text)
                         .map(Some)
-                        .map_err(|e| Error::Format(format!("{source}:{line}: `{}`: {e}", col.escape_debug()))),
+                        .map_err(|e| Error::Format(format!("{source}:{line}: `{}`: {}", col.escape_debug(), without_position(&e)))),
                     Some(b'[' | b'{') => Err(Error::Format(format!("{source}:{line}: `{}` holds an array or object, not text", col.escape_debug()))),
                     _ if text == "null" => Ok(None),
                     _ => Ok(Some(text.to_string())),

@@ -125,6 +125,10 @@ fn jsonl_record<T: DeserializeOwned>(line: &[u8], i: usize) -> Option<RawRecord<
     let (value, repeated_key) = match decode_line(line, i == 0) {
         Err(why) => (Err(Problem { kind: "encoding", message: why }), None),
         Ok(text) if text.trim().is_empty() => return None,
+        // Where files were joined (`cat a.jsonl b.jsonl`), the second one's mark starts a line.
+        Ok(text) if text.starts_with('\u{feff}') => {
+            (Err(Problem { kind: "invalid_json", message: "a byte-order mark starts the line (files joined together?); remove it".into() }), None)
+        }
         Ok(text) => (
             serde_json::from_str::<T>(text).map_err(|e| Problem { kind: "invalid_json", message: format!("not valid JSON: {e}") }),
             repeated_key(text),
@@ -286,8 +290,7 @@ impl<R: BufRead, T: DeserializeOwned> ArrayRecords<R, T> {
             let line = line + bytecount(&self.record[..at]);
             Error::Format(format!("{}:{line}: {}", self.source, not_utf8_reason(self.record[at])))
         })?;
-        let value = serde_json::from_str::<T>(text)
-            .map_err(|e| self.broken(line + e.line().saturating_sub(1), &e.to_string()))?;
+        let value = serde_json::from_str::<T>(text).map_err(|e| self.broken(line + e.line().saturating_sub(1), &without_position(&e)))?;
         Ok(RawRecord { line, value: Ok(value), repeated_key: repeated_key(text) })
     }
 
@@ -341,6 +344,13 @@ impl<R: BufRead, T: DeserializeOwned> Iterator for ArrayRecords<R, T> {
         }
         step.transpose()
     }
+}
+
+/// serde's message without its position, which counts from the start of the text it was given
+/// (a record, a cell): the caller names the file's line instead.
+pub fn without_position(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    message.rsplit_once(" at line ").map_or(message.clone(), |(m, _)| m.to_string())
 }
 
 /// The first key that the JSON object `text` holds twice at its top level (`None` for text that
@@ -397,6 +407,8 @@ mod tests {
         assert!(e.contains("expected `,` or `]`"), "{e}");
         let e = read_records(b"[{\"a\": 1}]\n[]", "f").unwrap_err().to_string();
         assert!(e.starts_with("f:2:") && e.contains("after the closing"), "{e}");
+        let e = read_records(b"[\n{\"a\": 1},\n\n  {\"a\":\n   }]", "f").unwrap_err().to_string();
+        assert_eq!(e, "f:5: invalid JSON array: expected value", "the file's line, not the record's");
         let e = read_records(b"[\n{\"a\": 1},\n]", "f").unwrap_err().to_string();
         assert!(e.starts_with("f:3: invalid JSON array: a `,` before the closing `]`"), "{e}");
         let e = read_records(b"[\n{\"a\": 1},\n{\"a\": \"x]}\n", "f").unwrap_err().to_string();
@@ -437,9 +449,10 @@ mod tests {
 
     #[test]
     fn bad_jsonl_lines_are_problems_not_errors() {
-        let recs = read_records(b"{\"a\": 1}\n\n{oops\n\xC4\xE3\n{\"a\": 2}\r\n", "f").unwrap();
+        let recs = read_records(b"{\"a\": 1}\n\n{oops\n\xC4\xE3\n{\"a\": 2}\r\n\xEF\xBB\xBF{\"a\": 3}\n", "f").unwrap();
         let lines: Vec<(usize, Option<&str>)> =
             recs.iter().map(|r| (r.line, r.value.as_ref().err().map(|p| p.kind))).collect();
-        assert_eq!(lines, [(1, None), (3, Some("invalid_json")), (4, Some("encoding")), (5, None)]);
+        assert_eq!(lines, [(1, None), (3, Some("invalid_json")), (4, Some("encoding")), (5, None), (6, Some("invalid_json"))]);
+        assert!(recs[4].value.as_ref().unwrap_err().message.contains("byte-order mark"));
     }
 }

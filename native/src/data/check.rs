@@ -77,7 +77,7 @@ pub fn run(args: &CheckArgs) -> Result<()> {
         }
     }
     let schema = match &args.schema {
-        Some(p) => Schema::from_json(&files::read(p)?, &p.display().to_string())?,
+        Some(p) => Schema::from_json(&files::read(p).map_err(|e| anyhow!("--schema: {e}"))?, &p.display().to_string())?,
         None => Schema::default(),
     };
     let tokenizer = load_tokenizer(args)?;

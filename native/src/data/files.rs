@@ -89,39 +89,60 @@ pub fn check_target(out: &Path, inputs: &[&Path], replace: bool, flag: &str) -> 
 }
 
 /// One output of a command, written beside its path (and removed if the command fails or is
-/// interrupted) until [`commit`] puts the command's outputs in place together.
+/// interrupted) until [`commit`] puts the command's outputs in place together. Folders made for
+/// it go again with it when nothing was put in them.
 pub struct Output {
     path: PathBuf,
-    file: PartialFile,
+    file: Option<PartialFile>,
+    /// The folders made for it, innermost first.
+    made: Vec<PathBuf>,
 }
 
 impl Output {
     pub fn create(path: &Path) -> Result<Self> {
+        if path.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) {
+            bail!("cannot write {}: a file name is needed, not a folder", path.display());
+        }
+        let mut made = Vec::new();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // create_dir_all says "File exists" when a file stands in the way: name it instead.
             if let Some(file) = dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
                 bail!("cannot write {}: {} is not a folder", path.display(), file.display());
             }
+            made = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
             fs::create_dir_all(dir).map_err(|e| anyhow!("cannot write {}: {}", path.display(), short(&e)))?;
         }
-        if path.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) {
-            bail!("cannot write {}: a file name is needed, not a folder", path.display());
-        }
-        Ok(Self { path: path.to_path_buf(), file: PartialFile::beside(path).map_err(not_written)? })
+        let mut out = Self { path: path.to_path_buf(), file: None, made };
+        out.file = Some(PartialFile::beside(path).map_err(not_written)?);
+        Ok(out)
     }
 
     /// Writes `line` and a newline; an error names the output.
     pub fn line(&mut self, line: &[u8]) -> Result<()> {
-        let w = self.file.writer();
-        w.write_all(line).and_then(|()| w.write_all(b"\n")).map_err(|e| anyhow!("cannot write {}: {}", self.path.display(), short(&e)))
+        let path = &self.path;
+        let w = self.file.as_mut().ok_or_else(|| anyhow!("{}: already put in place", path.display()))?.writer();
+        w.write_all(line).and_then(|()| w.write_all(b"\n")).map_err(|e| anyhow!("cannot write {}: {}", path.display(), short(&e)))
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // Uncommitted: the file beside its path goes first, then the folders made for it.
+        if self.file.take().is_some() {
+            for dir in &self.made {
+                if fs::remove_dir(dir).is_err() {
+                    break;
+                }
+            }
+        }
     }
 }
 
 /// Puts a command's outputs in place, all or none: each is whole and synced before the first is
 /// renamed, so a write error (a full disk) leaves every path as it was.
-pub fn commit(outputs: Vec<Output>) -> Result<()> {
-    let (files, paths): (Vec<PartialFile>, Vec<PathBuf>) = outputs.into_iter().map(|o| (o.file, o.path)).unzip();
-    commit_all(files.into_iter().zip(paths.iter().map(PathBuf::as_path)).collect(), true).map_err(not_written)
+pub fn commit(mut outputs: Vec<Output>) -> Result<()> {
+    let files: Vec<(PartialFile, &Path)> = outputs.iter_mut().filter_map(|o| Some((o.file.take()?, o.path.as_path()))).collect();
+    commit_all(files, true).map_err(not_written)
 }
 
 /// Core's I/O error on an output, said as the data tools say it.

@@ -137,7 +137,7 @@ impl ServeArgs {
             bail!("--demo serves the model's files to anyone, which an API key cannot guard: drop --demo or the key (--api-key / TIQU_API_KEY)");
         }
         let schema = match &self.schema {
-            Some(p) => Schema::from_json(&fs::read(p).map_err(|e| anyhow!("{}: {e}", p.display()))?, &p.display().to_string())?,
+            Some(p) => Schema::from_json(&fs::read(p).map_err(|e| anyhow!("--schema {}: {e}", p.display()))?, &p.display().to_string())?,
             None => Schema::default(),
         };
         let model_name = model_dir
