@@ -176,6 +176,23 @@ impl<'a, B: Backend> Engine<'a, B> {
         id
     }
 
+    /// Drops request `id` wherever it is (queued, or decoding: its row is free for the next
+    /// pass); true when it was still in flight. For a client that has gone: nothing is returned
+    /// for it.
+    pub fn cancel(&mut self, id: usize) -> bool {
+        if let Some(i) = self.queue.iter().position(|(q, _)| *q == id) {
+            self.queue.remove(i);
+            return true;
+        }
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.as_ref().is_some_and(|s| s.id == id)) {
+            *slot = None;
+            return true;
+        }
+        let before = self.finished.len();
+        self.finished.retain(|(f, _)| *f != id);
+        self.finished.len() < before
+    }
+
     /// Requests submitted and not yet returned by [`Self::step`].
     pub fn in_flight(&self) -> usize {
         self.queue.len() + self.finished.len() + self.slots.iter().flatten().count()

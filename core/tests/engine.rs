@@ -8,6 +8,7 @@
 //! - a short request submitted after a long one finishes first, and a third takes the freed row
 //!   while the long one still decodes (not lock-step); rows with different schemas decode
 //!   together and each gets what it gets alone;
+//! - a cancelled request leaves its row, and the row's next request decodes as it would alone;
 //! - a record over `max_input_tokens` is cut with its own warning, one whose prompt cannot fit
 //!   gets its own error, and the records around them are unaffected.
 
@@ -107,6 +108,23 @@ fn a_short_request_overtakes_a_long_one_and_its_row_is_reused() {
         assert_eq!((got.tokens, got.truncated), (expected.tokens, expected.truncated));
     }
     assert_eq!(results[0].as_ref().unwrap().fields.names.len(), 16);
+
+    // A request cancelled while decoding leaves its row at once (a queued one never takes one);
+    // nothing comes back for either, and the row's next request decodes as it would alone.
+    let mut engine = e.engine(1);
+    let long = engine.submit(requests[0].clone());
+    let queued = engine.submit(requests[1].clone());
+    engine.step();
+    assert_eq!(engine.rows_in_use(), 1);
+    assert!(engine.cancel(long) && engine.cancel(queued) && !engine.cancel(queued));
+    assert!(engine.is_idle());
+    let next = engine.submit(requests[2].clone());
+    let mut done = Vec::new();
+    while !engine.is_idle() {
+        done.extend(engine.step());
+    }
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].0, &done[0].1.as_ref().unwrap().fields), (next, &results[2].as_ref().unwrap().fields));
 }
 
 #[test]

@@ -160,6 +160,7 @@ fn serve_on<B: Backend>(device: &B::Device, model: &ModelArgs, state: &AppState,
                 Err(_) => break,
             }
         }
+        work.drop_departed(&mut engine, state);
         work.feed(&mut engine, settings.max_batch, state);
         state.metrics.rows_in_use.set(engine.rows_in_use() as i64);
         if engine.is_idle() {
@@ -267,6 +268,23 @@ impl Extracts {
         }
     }
 
+    /// Texts already decoding for a client that has gone leave their rows before the next pass
+    /// (a text asked for in json mode may otherwise decode to --max-new-tokens for nobody).
+    fn drop_departed<B: Backend>(&mut self, engine: &mut tiqu_core::engine::Engine<'_, B>, state: &AppState) {
+        let departed: Vec<usize> = self
+            .in_engine
+            .iter()
+            .filter(|(_, (key, _))| self.open.get(key).is_some_and(|o| o.cancelled.load(Ordering::Relaxed)))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in departed {
+            engine.cancel(id);
+            if let Some((key, t)) = self.in_engine.remove(&id) {
+                self.give(key, t, Err("the client has gone".into()), state);
+            }
+        }
+    }
+
     fn finish(&mut self, id: usize, result: std::result::Result<Extraction, String>, state: &AppState) {
         let Some((key, t)) = self.in_engine.remove(&id) else { return };
         match &result {
@@ -276,6 +294,11 @@ impl Extracts {
             }
             Err(_) => state.metrics.texts.with_label_values(&["error"]).inc(),
         }
+        self.give(key, t, result, state);
+    }
+
+    /// Text `t` of job `key` is settled; the job is answered once all its texts are.
+    fn give(&mut self, key: usize, t: usize, result: std::result::Result<Extraction, String>, state: &AppState) {
         let Some(open) = self.open.get_mut(&key) else { return };
         open.results[t] = Some(result);
         open.left -= 1;
