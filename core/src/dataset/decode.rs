@@ -11,21 +11,13 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 const UTF16_LE: &[u8] = b"\xFF\xFE";
 const UTF16_BE: &[u8] = b"\xFE\xFF";
 
-/// The file's text, without a UTF-8 byte-order mark.
-pub fn decode_utf8<'a>(bytes: &'a [u8], source: &str) -> Result<&'a str> {
-    if bytes.starts_with(UTF16_LE) || bytes.starts_with(UTF16_BE) {
-        return Err(utf16(source));
-    }
-    let body = bytes.strip_prefix(BOM).unwrap_or(bytes);
-    std::str::from_utf8(body).map_err(|e| {
-        let at = e.valid_up_to();
-        let line = body[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-        Error::Format(format!("{source}:{line}: {}", not_utf8_reason(body[at])))
-    })
+/// The line breaks in `bytes`: how far a line number moves over them.
+pub fn line_breaks(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
 }
 
-/// `reader` with a leading UTF-8 byte-order mark dropped; UTF-16 (by its mark) is refused as
-/// [`decode_utf8`] refuses it. The mark is read a byte at a time, since a read may end inside
+/// `reader` with a leading UTF-8 byte-order mark dropped; UTF-16 (by its mark) is refused with
+/// the command that converts it. The mark is read a byte at a time, since a read may end inside
 /// it; bytes that turn out not to be one are put back in front.
 pub fn skip_bom<R: BufRead>(mut reader: R, source: &str) -> Result<Chain<Cursor<Vec<u8>>, R>> {
     const MARKS: [&[u8]; 3] = [BOM, UTF16_LE, UTF16_BE];
@@ -67,17 +59,6 @@ pub fn decode_line(bytes: &[u8], first: bool) -> std::result::Result<&str, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_the_line_of_the_first_foreign_byte() {
-        // "投" in UTF-8 on line 2, "投诉" in GBK (CD B6 CB DF) on line 3. CD B6 happens to be a
-        // valid UTF-8 pair; CB is the first byte that is not.
-        let bytes = b"ok\nfine \xE6\x8A\x95\n\xCD\xB6\xCB\xDF\n";
-        let e = decode_utf8(bytes, "f.csv").unwrap_err().to_string();
-        assert!(e.starts_with("f.csv:3: not valid UTF-8 (byte 0xCB)"), "{e}");
-        assert_eq!(decode_utf8(b"\xEF\xBB\xBFa\n", "f").unwrap(), "a\n");
-        assert!(decode_utf8(b"\xFF\xFEa\x00", "f").unwrap_err().to_string().contains("UTF-16"));
-    }
 
     /// The mark is found however the reads cut it, and only a whole mark is dropped.
     #[test]

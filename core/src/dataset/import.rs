@@ -16,7 +16,7 @@ use std::io::{BufRead, Read};
 
 use serde_json::value::RawValue;
 
-use super::decode::{not_utf8_reason, skip_bom};
+use super::decode::{line_breaks, not_utf8_reason, skip_bom};
 use super::output::python_json_fields;
 use super::records::{without_position, Records};
 use super::span::nearest;
@@ -151,7 +151,7 @@ fn read_table<R: BufRead>(reader: R, delimiter: u8, columns: &[&str], source: &s
         match read {
             Ok(true) => {
                 let line = watched.line_of(record.position().map_or(0, csv::Position::byte));
-                quoting(line + bytecount(record.as_slice()))?;
+                quoting(line + line_breaks(record.as_slice()))?;
                 Ok(Some(line))
             }
             Ok(false) => quoting(usize::MAX).map(|()| None),
@@ -198,9 +198,9 @@ fn fields<'a>(record: &'a csv::ByteRecord, line: usize, source: &str) -> Result<
         .map(|field| {
             let text = std::str::from_utf8(field).map_err(|e| {
                 let bad = e.valid_up_to();
-                Error::Format(format!("{source}:{}: {}", at + bytecount(&field[..bad]), not_utf8_reason(field[bad])))
+                Error::Format(format!("{source}:{}: {}", at + line_breaks(&field[..bad]), not_utf8_reason(field[bad])))
             })?;
-            at += bytecount(field);
+            at += line_breaks(field);
             Ok(text)
         })
         .collect()
@@ -214,9 +214,6 @@ fn no_column(col: &str, names: &[&str], source: &str) -> Error {
     Error::Format(format!("{source}: no column `{}` (columns: {}{more})", col.escape_debug(), shown.join(", ")))
 }
 
-fn bytecount(bytes: &[u8]) -> usize {
-    bytes.iter().filter(|&&b| b == b'\n').count()
-}
 
 /// The table's bytes on their way to the csv crate, watched: where its line breaks are, since
 /// the crate counts records and not the lines an editor shows, and the quoting the crate reads
@@ -465,6 +462,15 @@ mod tests {
             let e = import(std::io::BufReader::with_capacity(capacity, &wide[..]), Format::Csv, &m, "t.csv", |_| Ok(())).unwrap_err().to_string();
             assert!(e.starts_with("t.csv:5: the row has 3 field(s), the header 2"), "{e}");
         }
+    }
+
+    /// The line of the first byte that is not UTF-8: "投" in UTF-8 on line 2, "投诉" in GBK
+    /// (CD B6 CB DF) on line 3, where CD B6 happens to be a valid UTF-8 pair and CB is the
+    /// first byte that is not.
+    #[test]
+    fn names_the_line_of_the_first_foreign_byte() {
+        let e = import_all(b"text,name\nfine \xE6\x8A\x95,x\n\xCD\xB6\xCB\xDF,x\n", Format::Csv, &mapping("text", &["name"]), "f.csv").unwrap_err().to_string();
+        assert!(e.starts_with("f.csv:3: not valid UTF-8 (byte 0xCB)"), "{e}");
     }
 
     #[test]

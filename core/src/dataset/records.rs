@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::decode::{decode_line, not_utf8_reason, skip_bom};
+use super::decode::{decode_line, line_breaks, not_utf8_reason, skip_bom};
 use crate::entries::Entries;
 use crate::{Error, Result};
 
@@ -74,14 +74,14 @@ impl<R: BufRead, T: DeserializeOwned> Records<R, T> {
             }
             match buf.iter().position(|b| !b" \t\r\n".contains(b)) {
                 Some(i) => {
-                    newlines += bytecount(&buf[..i]);
+                    newlines += line_breaks(&buf[..i]);
                     let first = buf[i];
                     reader.consume(i + usize::from(first == b'['));
                     break Some(first);
                 }
                 None => {
                     let n = buf.len();
-                    newlines += bytecount(buf);
+                    newlines += line_breaks(buf);
                     reader.consume(n);
                 }
             }
@@ -115,9 +115,6 @@ impl<R: BufRead, T: DeserializeOwned> Iterator for Records<R, T> {
     }
 }
 
-fn bytecount(bytes: &[u8]) -> usize {
-    bytes.iter().filter(|&&b| b == b'\n').count()
-}
 
 /// Line `i` (0-based, without its `\n`) of a JSONL file as a record; `None` for a blank line.
 fn jsonl_record<T: DeserializeOwned>(line: &[u8], i: usize) -> Option<RawRecord<T>> {
@@ -210,7 +207,7 @@ impl<R: BufRead, T: DeserializeOwned> ArrayRecords<R, T> {
             let i = buf.iter().position(|b| !b" \t\r\n".contains(b));
             let skipped = i.unwrap_or(buf.len());
             let found = i.map(|i| buf[i]);
-            self.line += bytecount(&buf[..skipped]);
+            self.line += line_breaks(&buf[..skipped]);
             self.reader.consume(skipped + usize::from(found.is_some()));
             if found.is_some() {
                 return Ok(found);
@@ -275,7 +272,7 @@ impl<R: BufRead, T: DeserializeOwned> ArrayRecords<R, T> {
                 None => buf.len(),
             };
             self.record.extend_from_slice(&buf[..taken]);
-            self.line += bytecount(&buf[..taken]);
+            self.line += line_breaks(&buf[..taken]);
             self.reader.consume(taken);
             if end.is_some() {
                 return Ok(());
@@ -287,7 +284,7 @@ impl<R: BufRead, T: DeserializeOwned> ArrayRecords<R, T> {
     fn parse(&self, line: usize) -> Result<RawRecord<T>> {
         let text = std::str::from_utf8(&self.record).map_err(|e| {
             let at = e.valid_up_to();
-            let line = line + bytecount(&self.record[..at]);
+            let line = line + line_breaks(&self.record[..at]);
             Error::Format(format!("{}:{line}: {}", self.source, not_utf8_reason(self.record[at])))
         })?;
         let value = serde_json::from_str::<T>(text).map_err(|e| self.broken(line + e.line().saturating_sub(1), &without_position(&e)))?;

@@ -287,7 +287,7 @@ impl Run {
         }
         // Created once the model and the data have been read: a refused run leaves no folder
         // (the weights, read below, included).
-        let mut made = (!self.resume).then(|| NewRunFolder { dir: run, existed: run.exists(), finished: false });
+        let mut made = (!self.resume && !run.exists()).then_some(NewRunFolder { dir: run, finished: false });
         fs::create_dir_all(run).map_err(|e| Error::io(run.display(), e))?;
         // Of the ids before the vocabulary narrows them; checked before anything is written.
         let digest = data::digest(&train_data.examples);
@@ -576,14 +576,13 @@ fn summarize(metrics: &Path, cfg: &RunConfig, opts: &RunOptions, trainable: &str
 /// its config.toml, so that `--resume` starts it over with its settings.
 struct NewRunFolder<'a> {
     dir: &'a Path,
-    existed: bool,
     finished: bool,
 }
 
 impl Drop for NewRunFolder<'_> {
     fn drop(&mut self) {
         let empty = fs::read_dir(self.dir).is_ok_and(|mut entries| entries.next().is_none());
-        if !self.finished && !self.existed && empty {
+        if !self.finished && empty {
             let _ = fs::remove_dir(self.dir);
         }
     }

@@ -17,10 +17,9 @@ pub fn short(e: &std::io::Error) -> String {
 }
 
 pub fn read(path: &Path) -> Result<Vec<u8>> {
-    if path.is_dir() {
-        bail!("{}: is a folder, not a file", path.display());
-    }
-    fs::read(path).map_err(|e| anyhow!("cannot read {}: {}", path.display(), short(&e)))
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open(path)?, &mut bytes).map_err(|e| anyhow!("cannot read {}: {}", path.display(), short(&e)))?;
+    Ok(bytes)
 }
 
 /// The SFT records of `path`, a record at a time (a file is never held whole). A file without a
