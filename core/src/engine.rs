@@ -20,7 +20,7 @@ use rand::SeedableRng;
 
 use crate::constrain::{Constrain, Grammar, State};
 use crate::extract::{Extraction, Extractor, Fields};
-use crate::generate::{distribution, draw, Sampling};
+use crate::generate::{distribution, draw, nan_logits, Sampling};
 use crate::model::RowPass;
 use crate::read::{read, ready, ReadMode};
 use crate::schema::Schema;
@@ -207,6 +207,11 @@ impl<'a, B: Backend> Engine<'a, B> {
         self.passes
     }
 
+    /// Rows the KV cache holds: rows are added as requests need them, up to `max_seqs`.
+    pub fn cache_rows(&self) -> usize {
+        self.cache.as_ref().map_or(0, KvCache::rows)
+    }
+
     /// Rows in use.
     pub fn rows_in_use(&self) -> usize {
         self.slots.iter().flatten().count()
@@ -381,9 +386,13 @@ impl<'a, B: Backend> Engine<'a, B> {
         let pass = RowPass { first, seq, starts, lens: lens.to_vec() };
         let needed = pass.keys();
         let limit = model.max_position_embeddings;
+        // Rows up to the last busy one, doubled when more are needed: a `--batch` far above
+        // the requests at hand allocates for the requests, not for the batch.
+        let busy = self.slots.iter().rposition(Option::is_some).map_or(0, |r| r + 1).max(first + lens.len());
         let cache = match &mut self.cache {
             Some(cache) => {
-                cache.reserve_within(needed, limit);
+                let rows = if busy > cache.rows() { busy.max(2 * cache.rows()).min(self.max_seqs) } else { cache.rows() };
+                model.grow_cache(cache, rows, needed)?;
                 cache
             }
             empty => {
@@ -391,7 +400,7 @@ impl<'a, B: Backend> Engine<'a, B> {
                 let fields = self.slots.iter().flatten().map(|s| s.schema.fields.len()).max().unwrap_or(1);
                 let answer = ex.options().max_new_tokens.saturating_mul(2).saturating_add(16 * fields);
                 let longest = self.slots.iter().flatten().map(|s| s.pending.len()).max().unwrap_or(0);
-                empty.insert(model.new_cache(self.max_seqs, longest.saturating_add(answer).max(needed).min(limit))?)
+                empty.insert(model.new_cache(busy, longest.saturating_add(answer).max(needed).min(limit))?)
             }
         };
         self.passes += 1;
@@ -632,10 +641,6 @@ impl Scores<'_> {
         }
         Ok(best.1)
     }
-}
-
-fn nan_logits() -> Error {
-    Error::Tensor("the model's logits are NaN: its weights hold NaN or infinite values (a damaged checkpoint?)".into())
 }
 
 /// The allowed tokens of each pick a row makes in this pass, as far as the picks can go: the

@@ -67,25 +67,20 @@ impl<B: Backend> KvCache<B> {
         self.layers.first().map_or(0, |l| l.k.dims()[0])
     }
 
-    /// Grows the cache (by at least half) so that `needed` tokens fit, keeping what it holds.
-    pub fn reserve(&mut self, needed: usize) {
-        self.reserve_within(needed, usize::MAX);
-    }
-
-    /// [`Self::reserve`], growing to at most `limit` columns (the model's context) unless
-    /// `needed` itself is more.
-    pub fn reserve_within(&mut self, needed: usize, limit: usize) {
-        if needed <= self.capacity {
-            return;
-        }
-        let capacity = needed.max((self.capacity + self.capacity / 2).min(limit));
+    /// Pads the cache with zeros to `rows × capacity` (neither shrinks).
+    pub(crate) fn grow(&mut self, rows: usize, capacity: usize) {
         for layer in &mut self.layers {
-            let [b, h, _, d] = layer.k.dims();
+            let [b, h, c, d] = layer.k.dims();
             let (device, dtype) = (layer.k.device(), layer.k.dtype());
-            let extra = capacity - self.capacity;
-            layer.k = Tensor::cat(vec![layer.k.clone(), Tensor::zeros([b, h, extra, d], (&device, dtype))], 2);
-            layer.v = Tensor::cat(vec![layer.v.clone(), Tensor::zeros([b, h, extra, d], (&device, dtype))], 2);
+            for t in [&mut layer.k, &mut layer.v] {
+                if capacity > c {
+                    *t = Tensor::cat(vec![t.clone(), Tensor::zeros([b, h, capacity - c, d], (&device, dtype))], 2);
+                }
+                if rows > b {
+                    *t = Tensor::cat(vec![t.clone(), Tensor::zeros([rows - b, h, capacity.max(c), d], (&device, dtype))], 0);
+                }
+            }
         }
-        self.capacity = capacity;
+        self.capacity = self.capacity.max(capacity);
     }
 }

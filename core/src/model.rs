@@ -388,15 +388,9 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
                 self.max_position_embeddings
             )));
         }
+        self.check_cache_memory(self.cache_bytes(batch, capacity, false), &format!("a KV cache of {batch} rows × {capacity} positions takes"))?;
         let device = self.device();
         let dtype = DType::from(self.dtype());
-        // Host memory the cache would take: asked of the allocator past what is there, the
-        // process aborts instead of returning an error.
-        if crate::flex::is_cpu::<B>() {
-            let per_layer: u128 = self.model.layers.iter().map(|l| 2 * (l.self_attn.num_kv_heads * l.self_attn.head_dim) as u128).sum();
-            let bytes = per_layer * batch as u128 * capacity as u128 * dtype.size() as u128;
-            crate::weights::check_available(bytes, &format!("a KV cache of {batch} rows × {capacity} positions takes"), " (fewer rows: lower --batch)")?;
-        }
         let layers = self
             .model
             .layers
@@ -408,6 +402,41 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
             })
             .collect();
         Ok(KvCache { layers, capacity })
+    }
+
+    /// Grows `cache` to at least `rows` rows and room for `needed` tokens, keeping what it holds:
+    /// columns grow by at least half (up to the model's context), so that decoding a token at a
+    /// time copies the cache rarely; rows are added as asked (continuous batching adds rows as
+    /// requests arrive instead of allocating every row a `--batch` allows up front).
+    pub fn grow_cache(&self, cache: &mut KvCache<B>, rows: usize, needed: usize) -> Result<()> {
+        let capacity = if needed > cache.capacity { needed.max((cache.capacity * 3 / 2).min(self.max_position_embeddings)) } else { cache.capacity };
+        let rows = rows.max(cache.rows());
+        if rows == cache.rows() && capacity == cache.capacity {
+            return Ok(());
+        }
+        // The old cache is allocated already: what growing takes is the difference, and while
+        // one tensor is replaced, its copies (at most two of the grown size).
+        let (old_rows, old_capacity) = (cache.rows(), cache.capacity);
+        let more = self.cache_bytes(rows, capacity, false) - self.cache_bytes(old_rows, old_capacity, false) + 2 * self.cache_bytes(rows, capacity, true);
+        self.check_cache_memory(more, &format!("growing the KV cache to {rows} rows × {capacity} positions takes"))?;
+        cache.grow(rows, capacity);
+        Ok(())
+    }
+
+    /// Bytes of a cache of `rows × capacity`, or of its largest single tensor.
+    fn cache_bytes(&self, rows: usize, capacity: usize, one_tensor: bool) -> u128 {
+        let widths = self.model.layers.iter().map(|l| (l.self_attn.num_kv_heads * l.self_attn.head_dim) as u128);
+        let width = if one_tensor { widths.max().unwrap_or(0) } else { 2 * widths.sum::<u128>() };
+        width * rows as u128 * capacity as u128 * DType::from(self.dtype()).size() as u128
+    }
+
+    /// Host memory the cache would take: asked of the allocator past what is there, the process
+    /// aborts instead of returning an error.
+    fn check_cache_memory(&self, bytes: u128, what_takes: &str) -> Result<()> {
+        if !crate::flex::is_cpu::<B>() {
+            return Ok(());
+        }
+        crate::weights::check_available(bytes, what_takes, " (fewer rows: lower --batch)")
     }
 
     /// Final hidden states `[batch, seq, hidden]` (after `model.norm`) for `ids` `[batch * seq]`.

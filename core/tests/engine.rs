@@ -9,6 +9,8 @@
 //!   while the long one still decodes (not lock-step); rows with different schemas decode
 //!   together and each gets what it gets alone;
 //! - a cancelled request leaves its row, and the row's next request decodes as it would alone;
+//! - an engine allowed [`MAX_ROWS`] rows holds cache rows for the requests at hand only, and
+//!   rows added while another decodes leave that row's cache and results as they were;
 //! - a record over `max_input_tokens` is cut with its own warning, one whose prompt cannot fit
 //!   gets its own error, and the records around them are unaffected.
 
@@ -16,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::backend::Flex;
-use tiqu_core::engine::Request;
+use tiqu_core::engine::{Request, MAX_ROWS};
 use tiqu_core::{Constrain, ExtractOptions, Extractor, Field, Schema};
 
 const TEXTS: [&str; 5] = [
@@ -125,6 +127,37 @@ fn a_short_request_overtakes_a_long_one_and_its_row_is_reused() {
     }
     assert_eq!(done.len(), 1);
     assert_eq!((done[0].0, &done[0].1.as_ref().unwrap().fields), (next, &results[2].as_ref().unwrap().fields));
+}
+
+#[test]
+fn cache_rows_follow_the_requests_not_the_row_limit() {
+    let options = ExtractOptions { max_new_tokens: 40, ..Default::default() };
+    let e = extractor("tiny-untied", options);
+    let alone: Vec<_> = TEXTS[..4].iter().map(|t| e.extract_batch(&[t]).remove(0).unwrap()).collect();
+    let mut engine = e.engine(MAX_ROWS);
+    let mut results = vec![None; 4];
+    engine.submit(e.request(TEXTS[0]));
+    for _ in 0..3 {
+        for (id, r) in engine.step() {
+            results[id] = Some(r.unwrap());
+        }
+    }
+    assert_eq!(engine.cache_rows(), 1, "one request, one row");
+    assert!(results[0].is_none() && engine.rows_in_use() == 1, "request 0 is still decoding");
+    // Rows 1..3 are added while row 0 is decoding: its cached keys must survive the growth.
+    for t in &TEXTS[1..4] {
+        engine.submit(e.request(t));
+    }
+    while !engine.is_idle() {
+        for (id, r) in engine.step() {
+            results[id] = Some(r.unwrap());
+        }
+    }
+    assert_eq!(engine.cache_rows(), 4, "rows grow to the requests in flight, not to {MAX_ROWS}");
+    for (got, expected) in results.iter().zip(&alone) {
+        let got = got.as_ref().unwrap();
+        assert_eq!((&got.fields, got.tokens, got.truncated), (&expected.fields, expected.tokens, expected.truncated));
+    }
 }
 
 #[test]
