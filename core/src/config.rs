@@ -114,6 +114,10 @@ impl Qwen3Config {
             (None, Some(t)) if t != "qwen3" => {
                 return Err(bad(format!("model_type {t} is not supported; tiqu runs qwen3")))
             }
+            // transformers picks the config class, and from it the model, by model_type.
+            (Some(a), Some(t)) if t != "qwen3" => {
+                return Err(bad(format!("model_type {t} does not match architectures {a} (transformers would load a {t} model); tiqu runs qwen3")))
+            }
             (None, None) => return Err(bad("neither `architectures` nor `model_type` is set".into())),
             _ => {}
         }
@@ -283,6 +287,7 @@ mod tests {
             Qwen3Config::from_json(c.to_string().as_bytes(), "config.json").unwrap_err().to_string()
         };
         assert!(with("architectures", serde_json::json!(["Qwen2ForCausalLM"])).contains("Qwen2ForCausalLM"));
+        assert!(with("model_type", serde_json::json!("llama")).contains("model_type llama does not match architectures Qwen3ForCausalLM"));
         assert!(with("num_experts", serde_json::json!(8)).contains("mixture-of-experts"));
         assert!(with("rope_scaling", serde_json::json!({"rope_type": "yarn", "factor": 4})).contains("RoPE scaling"));
         assert!(with("rope_scaling", serde_json::json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768})).contains("RoPE scaling"));

@@ -88,6 +88,25 @@ impl Qwen3Config {
         Ok(())
     }
 
+    /// Refuses a tensor no weight of this config reads (a projection's bias, a LoRA pair saved
+    /// into the base, another architecture's weight): loading would drop it without a word and
+    /// run another model than the checkpoint's. Tolerated as transformers tolerates them: RoPE's
+    /// `inv_freq` buffers older exports hold, and `lm_head.weight` beside tied embeddings
+    /// (transformers ties it to the embedding).
+    pub fn check_unexpected<S: AsRef<str>>(&self, names: impl IntoIterator<Item = S>, source: &str) -> crate::Result<()> {
+        let expected: std::collections::HashSet<String> = self.tensor_shapes().into_iter().map(|(n, _)| n).collect();
+        for name in names {
+            let name = name.as_ref();
+            let tolerated = name.ends_with("rotary_emb.inv_freq") || (name == "lm_head.weight" && self.tie_word_embeddings);
+            if !tolerated && !expected.contains(name) {
+                return Err(crate::Error::Tensor(format!(
+                    "{source}: tensor `{name}` is not a weight of this Qwen3 config; loading would ignore it and run another model than the checkpoint's"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Every checkpoint tensor of this config, as transformers names and shapes it.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let h = self.hidden_size;

@@ -184,10 +184,22 @@ impl LoraConfig {
                 return Err(bad(format!("bias = \"{bias}\" is not supported (only \"none\")")));
             }
         }
-        for key in ["modules_to_save", "layers_to_transform"] {
-            if v.get(key).is_some_and(|x| !x.is_null()) {
+        // Each changes which weights the adapter holds or where they apply: ignored, the model
+        // would silently be another one.
+        for key in ["modules_to_save", "layers_to_transform", "trainable_token_indices", "exclude_modules", "target_parameters", "layer_replication"] {
+            let set = match v.get(key) {
+                None | Some(Value::Null) => false,
+                Some(Value::Array(a)) => !a.is_empty(),
+                Some(Value::Object(m)) => !m.is_empty(),
+                Some(Value::String(s)) => !s.is_empty(),
+                Some(_) => true,
+            };
+            if set {
                 return Err(bad(format!("{key} is not supported")));
             }
+        }
+        if flag("lora_bias")?.unwrap_or(false) {
+            return Err(bad("lora_bias = true is not supported".into()));
         }
         for (key, what) in [("rank_pattern", "ranks"), ("alpha_pattern", "alphas")] {
             if v.get(key).and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
@@ -228,6 +240,15 @@ pub fn init_lora<B: Backend>(inp: usize, out: usize, cfg: &LoraConfig, rng: &mut
         scaling: cfg.scaling(),
         dropout: cfg.lora_dropout,
         tag,
+    }
+}
+
+/// A tensor of an adapter that no LoRA weight reads (trainable tokens, a module saved whole)
+/// would be dropped without a word: the adapter would apply without part of what it holds.
+pub fn only_lora_weights<'a>(mut names: impl Iterator<Item = &'a str>, source: &str) -> Result<()> {
+    match names.find(|n| !n.contains(".lora_A.") && !n.contains(".lora_B.")) {
+        Some(other) => Err(Error::Unsupported(format!("{source}: tensor `{other}` is not a LoRA weight; adapters holding other weights are not supported"))),
+        None => Ok(()),
     }
 }
 
@@ -325,6 +346,7 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
                 tag: tag as u64,
             });
         }
+        only_lora_weights(weights.names(), source)?;
         let lora_keys = weights.names().filter(|n| n.contains(".lora_")).count();
         if lora_keys != used {
             let layers = self.model.layers.len();
@@ -415,6 +437,12 @@ mod tests {
             (serde_json::json!({"target_modules": ".*proj"}), "regex"),
             (serde_json::json!({"target_modules": ["embed_tokens"]}), "embed_tokens"),
             (serde_json::json!({"fan_in_fan_out": true}), "fan_in_fan_out"),
+            // What changes where an adapter applies or what it holds (were ignored).
+            (serde_json::json!({"trainable_token_indices": [11, 13]}), "trainable_token_indices"),
+            (serde_json::json!({"exclude_modules": ["down_proj"]}), "exclude_modules"),
+            (serde_json::json!({"target_parameters": ["mlp.experts.down_proj"]}), "target_parameters"),
+            (serde_json::json!({"layer_replication": [[0, 1]]}), "layer_replication"),
+            (serde_json::json!({"lora_bias": true}), "lora_bias"),
             // A value of the wrong type is named, never taken as PEFT's default.
             (serde_json::json!({"lora_alpha": "32"}), "`lora_alpha` must be a number"),
             (serde_json::json!({"use_rslora": "yes"}), "`use_rslora` must be true or false"),
@@ -427,6 +455,13 @@ mod tests {
             let err = peft(extra).unwrap_err().to_string();
             assert!(err.starts_with("adapter_config.json: ") && err.contains(needle), "{err}");
         }
+    }
+
+    /// PEFT writes these keys empty or null when unused: that is no feature to refuse.
+    #[test]
+    fn unused_peft_keys_are_accepted() {
+        let unused = serde_json::json!({"exclude_modules": null, "target_parameters": [], "trainable_token_indices": null, "lora_bias": false, "layer_replication": null});
+        assert!(peft(unused).is_ok());
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub fn add_low_rank(w: &mut [f32], a: &[f32], b: &[f32], out: usize, inp: usize,
 /// Returns how many weight matrices were changed.
 ///
 /// Refused before anything is written: a base tensor whose shape is not what `config` says, an
-/// adapter holding LoRA tensors the config does not target (generation refuses those too);
+/// adapter holding LoRA tensors the config does not target, or tensors that are not LoRA's
+/// (generation refuses those too);
 /// while writing, an adapter tensor that is not finite.
 pub fn merge_into<W: std::io::Write>(
     base: &mut SafetensorsFile,
@@ -64,6 +65,7 @@ pub fn merge_into<W: std::io::Write>(
             targets.insert(format!("{path}.weight"), (key("lora_A"), key("lora_B")));
         }
     }
+    crate::lora::only_lora_weights(adapter.names(), "the adapter")?;
     let lora_keys = adapter.names().filter(|n| n.contains(".lora_")).count();
     if lora_keys != 2 * targets.len() {
         return Err(Error::Tensor(format!(

@@ -63,11 +63,20 @@ fn an_eos_id_that_is_not_an_id_is_refused_by_file() {
     let input = dir.path().join("in.txt");
     fs::write(&input, "龙琳，邮箱 nafan@example.com\n").unwrap();
     let extract = || tiqu(&["--backend", "cpu", "extract", "--model", m, "--input", input.to_str().unwrap(), "--out", "-", "--max-new-tokens", "4"]);
-    for (value, needle) in [("\"151645\"", "generation_config.json: eos_token_id"), ("[151645, \"<|im_end|>\"]", "generation_config.json: eos_token_id"), ("200000", "eos token id 200000")] {
-        fs::write(model.join("generation_config.json"), format!("{{\"eos_token_id\": {value}}}")).unwrap();
-        let out = extract();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && out.stdout.is_empty(), "{value}: {stderr}");
-        assert!(stderr.lines().count() == 1 && stderr.contains(needle), "{value}: {stderr}");
+    let generate = || tiqu(&["--backend", "cpu", "generate", "--model", m, "--prompt", "你好", "--max-new-tokens", "4"]);
+    let cases = [
+        ("{\"eos_token_id\": \"151645\"}", "generation_config.json: eos_token_id"),
+        ("{\"eos_token_id\": [151645, \"<|im_end|>\"]}", "generation_config.json: eos_token_id"),
+        // Named with its file, and refused by `generate` too (it ran to its token limit).
+        ("{\"eos_token_id\": 200000}", "generation_config.json: eos_token_id 200000 is outside the model's vocabulary"),
+        ("[]", "generation_config.json: not a JSON object"),
+    ];
+    for (body, needle) in cases {
+        fs::write(model.join("generation_config.json"), body).unwrap();
+        for out in [extract(), generate()] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && out.stdout.is_empty(), "{body}: {stderr}");
+            assert!(stderr.lines().count() == 1 && stderr.contains(needle), "{body}: {stderr}");
+        }
     }
 }

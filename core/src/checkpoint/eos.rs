@@ -17,13 +17,16 @@ pub fn eos_token_ids(files: &dyn Files, tokenizer_files: Option<&dyn Files>, con
     if files.exists("generation_config.json") {
         let path = files.path("generation_config.json");
         let value: Value = serde_json::from_slice(&files.read("generation_config.json")?).map_err(|e| Error::json(&path, e))?;
+        if !value.is_object() {
+            return Err(Error::Format(format!("{path}: not a JSON object")));
+        }
         let ids = value.get("eos_token_id").map(|v| token_ids(v, &path)).transpose()?.unwrap_or_default();
         if !ids.is_empty() {
-            return Ok(ids);
+            return in_vocabulary(ids, config, &path);
         }
     }
     if !config.eos_token_ids.is_empty() {
-        return Ok(config.eos_token_ids.clone());
+        return in_vocabulary(config.eos_token_ids.clone(), config, &files.path("config.json"));
     }
     for source in tokenizer_files.into_iter().chain([files]) {
         if !source.exists("tokenizer_config.json") {
@@ -45,4 +48,13 @@ pub fn eos_token_ids(files: &dyn Files, tokenizer_files: Option<&dyn Files>, con
         break;
     }
     Ok(tokenizer.token_to_id("<|im_end|>").into_iter().collect())
+}
+
+/// An eos id past the embedding would end no answer (generation ran on to its limit): named
+/// with the file that gives it.
+fn in_vocabulary(ids: Vec<u32>, config: &Qwen3Config, path: &str) -> Result<Vec<u32>> {
+    match ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+        Some(id) => Err(Error::Format(format!("{path}: eos_token_id {id} is outside the model's vocabulary of {} tokens", config.vocab_size))),
+        None => Ok(ids),
+    }
 }

@@ -172,6 +172,7 @@ impl Checkpoint {
             None => {
                 let mut weights = self.weights()?;
                 self.config.check_layer_indices(weights.names(), &self.files.label())?;
+                self.config.check_unexpected(weights.names(), &self.files.label())?;
                 Qwen3ForCausalLM::load_with(&self.config, &mut weights, device, opts)?
             }
         };
