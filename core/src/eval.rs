@@ -23,8 +23,14 @@ pub fn labelled(records: &[Located<SftRecord>], names: &[&str]) -> (Vec<Labelled
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     for rec in records {
         let r = &rec.value;
+        // The text values are copied from, as `data check` takes it: `input`, else `instruction`.
+        let blank = |s: &&String| s.trim().is_empty();
+        let Some(text) = r.input.as_ref().filter(|s| !blank(s)).or(Some(&r.instruction).filter(|s| !blank(s))) else {
+            bad.push((rec.line, "empty text: neither `input` nor `instruction` holds one".to_string()));
+            continue;
+        };
         match reference_fields(r.output.as_deref().unwrap_or(""), names) {
-            Ok(reference) => good.push(Labelled { line: rec.line, text: r.input.clone().unwrap_or_else(|| r.instruction.clone()), reference }),
+            Ok(reference) => good.push(Labelled { line: rec.line, text: text.clone(), reference }),
             Err(why) => bad.push((rec.line, why)),
         }
     }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use tiqu_core::lora::LoraConfig;
-use tiqu_core::sft::{parse_records, Example};
+use tiqu_core::dataset::sft_records::parse_records;
+use tiqu_core::sft::Example;
 use tiqu_core::train::{AdamWConfig, Method, Trainer};
 use tiqu_core::{Checkpoint, Qwen3ForCausalLM};
 

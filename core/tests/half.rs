@@ -15,7 +15,8 @@ use burn::tensor::{DType, FloatDType};
 use serde_json::Value;
 use tiqu_core::lora::LoraConfig;
 use tiqu_core::loss::total_nll;
-use tiqu_core::sft::{parse_records, Example};
+use tiqu_core::dataset::sft_records::parse_records;
+use tiqu_core::sft::Example;
 use tiqu_core::train::{AdamWConfig, Method, Trainer};
 use tiqu_core::{Checkpoint, Qwen3ForCausalLM, Tokenizer};
 

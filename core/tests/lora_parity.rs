@@ -12,7 +12,8 @@ use burn::prelude::*;
 use serde_json::Value;
 use tiqu_core::lora::LoraConfig;
 use tiqu_core::loss::total_nll;
-use tiqu_core::sft::{parse_records, Example};
+use tiqu_core::dataset::sft_records::parse_records;
+use tiqu_core::sft::Example;
 use tiqu_core::train::{linear_lr, trainable_names, AdamWConfig, Method, Trainer};
 use tiqu_core::{Checkpoint, Qwen3Config, Qwen3ForCausalLM, RandomInit, SafetensorsFile, Tokenizer};
 

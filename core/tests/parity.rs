@@ -10,7 +10,8 @@ use serde_json::Value;
 use tiqu_core::generate::{generate, GenerateOptions, Sampling};
 use tiqu_core::loss::nll_sums;
 use tiqu_core::model::{Positions, RowPass};
-use tiqu_core::sft::{parse_records, Example};
+use tiqu_core::dataset::sft_records::parse_records;
+use tiqu_core::sft::Example;
 use tiqu_core::{Checkpoint, Qwen3Config, Qwen3ForCausalLM, Tokenizer};
 
 const FIXTURES: [&str; 2] = ["tiny-tied", "tiny-untied"];

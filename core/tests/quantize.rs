@@ -10,7 +10,8 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use tiqu_core::loss::total_nll;
 use tiqu_core::quantize::{Bits, Quantization};
-use tiqu_core::sft::{parse_records, Example};
+use tiqu_core::dataset::sft_records::parse_records;
+use tiqu_core::sft::Example;
 use tiqu_core::{Checkpoint, Qwen3ForCausalLM};
 
 fn fixtures() -> PathBuf {

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use tiqu_core::files::Folder;
 use tiqu_core::loss::total_nll;
-use tiqu_core::sft::{parse_records, Example};
+use tiqu_core::dataset::sft_records::parse_records;
+use tiqu_core::sft::Example;
 use tiqu_core::{Checkpoint, Files, LoadOptions};
 
 fn fixture(name: &str) -> PathBuf {

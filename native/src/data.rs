@@ -3,7 +3,7 @@
 //! `import`, `split` (see `tiqu_core::dataset`).
 
 mod check;
-mod files;
+pub(crate) mod files;
 mod import;
 mod split;
 

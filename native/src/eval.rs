@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use tiqu_core::eval::{evaluate_sft, SftEvalOptions};
-use tiqu_core::sft::{parse_records_bytes, parse_records_bytes_lenient};
+use tiqu_core::dataset::sft_records::{read_lenient, strict};
 use tiqu_core::{Constrain, ExtractOptions};
 
 use crate::backend::BackendName;
@@ -112,9 +112,9 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
         bail!("--max-new-tokens must be at least 1 (every answer would be empty)");
     }
     let source = args.data.display().to_string();
-    let bytes = fs::read(&args.data).map_err(|e| anyhow!("{source}: {e}"))?;
+    let read = read_lenient(crate::data::files::open(&args.data)?, &source)?;
     // The loss alone needs every record: a bad line is an error there. Extraction counts it.
-    let (records, bad_lines) = if args.loss_only { (parse_records_bytes(&bytes, &source)?, Vec::new()) } else { parse_records_bytes_lenient(&bytes, &source)? };
+    let (records, bad_lines) = if args.loss_only { (strict(read, &source)?, Vec::new()) } else { read };
     if records.is_empty() {
         bail!("{source}: no usable record to evaluate ({} unusable)", bad_lines.len());
     }
@@ -152,6 +152,16 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
     if result["records"].as_u64() == Some(0) {
         // A score of no records is no score: 0.0% would read as a model that fails everything.
         bail!("{source}: no record has a usable reference output ({} unusable; why each is, in {})", result["bad_records"], mistakes_path.display());
+    }
+    // Unusable records are left out of every score: the first is named, the rest are counted.
+    // (A record the model failed on has its text beside its error; an unusable one has none.)
+    if let Some(first) = mistakes.iter().filter(|m| m.get("error").is_some() && m.get("text").is_none()).min_by_key(|m| m["line"].as_u64()) {
+        let left_out = match result["bad_records"].as_u64().unwrap_or(1) {
+            0 | 1 => "this record is left out of the scores".to_string(),
+            n => format!("{n} unusable records, this the first, are left out of the scores"),
+        };
+        let why = first["error"].as_str().unwrap_or_default();
+        eprintln!("warning: {source}:{}: {why}; {left_out} (each named in {})", first["line"], mistakes_path.display());
     }
     Ok(result)
 }

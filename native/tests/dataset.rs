@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use tiqu_core::sft::{parse_records, Example};
+use tiqu_core::dataset::sft_records::parse_records;
+use tiqu_core::sft::Example;
 use tiqu_core::{Schema, Tokenizer};
 
 fn tiqu(args: &[&str]) -> Output {

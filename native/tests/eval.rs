@@ -25,7 +25,10 @@ fn eval_reports_fields_counts_bad_references_and_writes_mistakes() {
     bad_output["output"] = "not json".into();
     let mut missing: Value = serde_json::from_str(first).unwrap();
     missing["output"] = r#"{"name": "张伟"}"#.into();
-    fs::write(&data, format!("{good}{bad_output}\n{missing}\n{{oops\n")).unwrap();
+    // Nothing to extract from: scored, it counted as a record the model got wrong.
+    let mut empty: Value = serde_json::from_str(first).unwrap();
+    (empty["input"], empty["instruction"]) = (" ".into(), "".into());
+    fs::write(&data, format!("{good}{bad_output}\n{missing}\n{{oops\n{empty}\n")).unwrap();
     let model = repo().join("tests/fixtures/tiny-untied").display().to_string();
     let mistakes = dir.path().join("m.jsonl");
     let out = tiqu(&[
@@ -37,7 +40,7 @@ fn eval_reports_fields_counts_bad_references_and_writes_mistakes() {
     let r: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let records = good.lines().count() as u64;
     assert_eq!(r["records"], records, "{r}");
-    assert_eq!(r["bad_records"], 3, "a non-JSON output, a missing field and a non-JSON line: {r}");
+    assert_eq!(r["bad_records"], 4, "a non-JSON output, a missing field, a non-JSON line and an empty text: {r}");
     for key in ["all_fields_exact", "json_valid", "hallucinated", "records_per_s", "loss"] {
         assert!(r[key].is_number(), "{key} missing: {r}");
     }
@@ -48,9 +51,13 @@ fn eval_reports_fields_counts_bad_references_and_writes_mistakes() {
         assert!(f["exact"].as_f64().unwrap() <= f["char_f1"].as_f64().unwrap() + 1e-12, "{field}: {f}");
     }
     assert!(stdout.contains("all fields exact") && stdout.contains("char F1"), "the table: {stdout}");
+    // The table only counts them: the first unusable record is named, with its line.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let named = format!("records.jsonl:{}: reference output is not valid JSON", records + 1);
+    assert!(stderr.contains(&named) && stderr.contains("4 unusable records, this the first"), "{stderr}");
     // A random tiny model gets records wrong: each is listed with what was expected and got.
     let lines: Vec<Value> = fs::read_to_string(&mistakes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.iter().filter(|l| l.get("error").is_some() && l.get("text").is_none()).count(), 3);
+    assert_eq!(lines.iter().filter(|l| l.get("error").is_some() && l.get("text").is_none()).count(), 4);
     let wrong = lines.iter().filter(|l| l.get("expected").is_some()).count() as u64;
     let exact = (r["all_fields_exact"].as_f64().unwrap() * records as f64).round() as u64;
     assert_eq!(wrong + exact, records);

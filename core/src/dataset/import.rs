@@ -16,7 +16,7 @@ use std::io::{BufRead, Read};
 
 use serde_json::value::RawValue;
 
-use super::decode::{line_breaks, not_utf8_reason, skip_bom};
+use super::decode::{not_utf8_reason, skip_bom};
 use super::output::python_json_fields;
 use super::records::{without_position, Records};
 use super::span::nearest;
@@ -215,6 +215,25 @@ fn no_column(col: &str, names: &[&str], source: &str) -> Error {
 }
 
 
+/// Whether byte `b` after `last` ends a line as an editor shows lines: `\n`, `\r\n` (once) and
+/// a lone `\r` (old Mac files, which the csv crate reads as rows too).
+fn ends_line(last: u8, b: u8) -> bool {
+    b == b'\r' || (b == b'\n' && last != b'\r')
+}
+
+/// The lines `bytes` moves over, as [`ends_line`] counts them.
+fn line_breaks(bytes: &[u8]) -> usize {
+    let mut last = 0;
+    bytes
+        .iter()
+        .filter(|&&b| {
+            let ends = ends_line(last, b);
+            last = b;
+            ends
+        })
+        .count()
+}
+
 /// The table's bytes on their way to the csv crate, watched: where its line breaks are, since
 /// the crate counts records and not the lines an editor shows, and the quoting the crate reads
 /// past without complaint.
@@ -227,12 +246,14 @@ struct Watched<R> {
     breaks: VecDeque<(u64, u64, usize)>,
     /// Newlines before the first run kept.
     behind: usize,
+    /// The byte before (a `\n` after a `\r` ends no second line).
+    last: u8,
     quotes: QuoteScan,
 }
 
 impl<R> Watched<R> {
     fn new(inner: R, delimiter: u8) -> Self {
-        Self { inner, at: 0, newlines: 0, breaks: VecDeque::new(), behind: 0, quotes: QuoteScan::new(delimiter) }
+        Self { inner, at: 0, newlines: 0, breaks: VecDeque::new(), behind: 0, last: 0, quotes: QuoteScan::new(delimiter) }
     }
 
     /// The line of the row the crate places at byte `pos`: the crate skips blank lines before a
@@ -262,13 +283,14 @@ impl<R: Read> Read for Watched<R> {
         for &b in &buf[..n] {
             self.quotes.feed(b);
             if b == b'\r' || b == b'\n' {
-                self.newlines += usize::from(b == b'\n');
+                self.newlines += usize::from(ends_line(self.last, b));
                 match self.breaks.back_mut() {
                     Some(run) if run.1 == self.at => (run.1, run.2) = (self.at + 1, self.newlines),
                     _ => self.breaks.push_back((self.at, self.at + 1, self.newlines)),
                 }
             }
             self.at += 1;
+            self.last = b;
         }
         Ok(n)
     }
@@ -284,6 +306,7 @@ struct QuoteScan {
     state: Quoting,
     /// The line the open quoted field opened on.
     opened: usize,
+    last: u8,
     error: Option<(usize, &'static str)>,
 }
 
@@ -298,13 +321,15 @@ enum Quoting {
 
 impl QuoteScan {
     fn new(delimiter: u8) -> Self {
-        Self { delimiter, line: 1, state: Quoting::Outside { field_start: true }, opened: 0, error: None }
+        Self { delimiter, line: 1, state: Quoting::Outside { field_start: true }, opened: 0, last: 0, error: None }
     }
 
     fn feed(&mut self, c: u8) {
         if self.error.is_some() {
             return;
         }
+        self.line += usize::from(ends_line(self.last, c));
+        self.last = c;
         if self.state == Quoting::Quote {
             if c == b'"' {
                 self.state = Quoting::Inside;
@@ -322,13 +347,13 @@ impl QuoteScan {
                     self.opened = self.line;
                     Quoting::Inside
                 } else {
-                    Quoting::Outside { field_start: c == b'\n' || c == self.delimiter || (c == b'\r' && field_start) }
+                    // The crate ends a row at `\r` as at `\n` (old Mac files have no other).
+                    Quoting::Outside { field_start: c == b'\n' || c == b'\r' || c == self.delimiter }
                 };
             }
             Quoting::Inside if c == b'"' => self.state = Quoting::Quote,
             _ => {}
         }
-        self.line += usize::from(c == b'\n');
     }
 
     fn finish(&mut self) {
@@ -461,6 +486,14 @@ mod tests {
             let wide = b"text,name\r\n\"a\r\n\r\nb\",x\r\n1,2,3\r\n";
             let e = import(std::io::BufReader::with_capacity(capacity, &wide[..]), Format::Csv, &m, "t.csv", |_| Ok(())).unwrap_err().to_string();
             assert!(e.starts_with("t.csv:5: the row has 3 field(s), the header 2"), "{e}");
+            // Old Mac line endings: `\r` alone ends a line (it was counted as none: every row
+            // and error on line 1).
+            let mac = b"text,name\r,e1\r\r\"multi\rline\",x\r,e2\r";
+            let got = import(std::io::BufReader::with_capacity(capacity, &mac[..]), Format::Csv, &m, "t.csv", |_| Ok(())).unwrap();
+            assert_eq!((got.records, got.empty_text_lines.as_slice()), (1, &[2, 6][..]), "capacity {capacity}");
+            let open = b"text,name\rx,y\r\"a,b\r";
+            let e = import(std::io::BufReader::with_capacity(capacity, &open[..]), Format::Csv, &m, "t.csv", |_| Ok(())).unwrap_err().to_string();
+            assert!(e.starts_with("t.csv:3: a quoted field opens here"), "{e}");
         }
     }
 

@@ -13,6 +13,7 @@ pub mod decode;
 pub mod import;
 pub mod output;
 pub mod records;
+pub mod sft_records;
 pub mod span;
 pub mod split;
 

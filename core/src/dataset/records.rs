@@ -101,6 +101,13 @@ impl<R: BufRead, T: DeserializeOwned> Records<R, T> {
     }
 }
 
+impl<R, T> Records<R, T> {
+    /// The file is a JSON array (else JSONL).
+    pub fn is_array(&self) -> bool {
+        matches!(self.form, Form::Array(_))
+    }
+}
+
 impl<R: BufRead, T: DeserializeOwned> Iterator for Records<R, T> {
     type Item = Result<RawRecord<T>>;
 
@@ -127,7 +134,14 @@ fn jsonl_record<T: DeserializeOwned>(line: &[u8], i: usize) -> Option<RawRecord<
             (Err(Problem { kind: "invalid_json", message: "a byte-order mark starts the line (files joined together?); remove it".into() }), None)
         }
         Ok(text) => (
-            serde_json::from_str::<T>(text).map_err(|e| Problem { kind: "invalid_json", message: format!("not valid JSON: {e}") }),
+            serde_json::from_str::<T>(text).map_err(|e| {
+                let mut message = format!("not valid JSON: {} (column {})", without_position(&e), e.column());
+                // A file saved with old Mac line endings is one line of records joined by `\r`.
+                if text.trim_end().contains('\r') {
+                    message.push_str("; the line holds a carriage return: are its records separated by \\r alone? JSONL separates them with \\n (tr '\\r' '\\n' converts)");
+                }
+                Problem { kind: "invalid_json", message }
+            }),
             repeated_key(text),
         ),
     };
@@ -381,6 +395,18 @@ mod tests {
         assert_eq!(recs.iter().map(|r| r.repeated_key.clone()).collect::<Vec<_>>(), [None, Some("a".to_string())]);
         let recs = read_records(b"[{\"a\": 1, \"b\": 2}, {\"b\": 1, \"b\": 2}]", "f").unwrap();
         assert_eq!(recs.iter().map(|r| r.repeated_key.clone()).collect::<Vec<_>>(), [None, Some("b".to_string())]);
+    }
+
+    /// Records separated by `\r` alone read as one line: its error says so, and how to convert;
+    /// a lone bad line (or one ending in `\r\n`) gets no such hint.
+    #[test]
+    fn records_joined_by_carriage_returns_are_named() {
+        let recs = read_records(b"{\"a\": 1}\r{\"a\": 2}\r", "f").unwrap();
+        let problem = recs[0].value.as_ref().unwrap_err();
+        assert!(problem.message.starts_with("not valid JSON: trailing characters (column 10); the line holds a carriage return"), "{}", problem.message);
+        assert!(problem.message.contains("tr '\\r' '\\n'"), "{}", problem.message);
+        let recs = read_records(b"{oops\r\n", "f").unwrap();
+        assert!(!recs[0].value.as_ref().unwrap_err().message.contains("carriage"));
     }
 
     #[test]

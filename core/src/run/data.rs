@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use crate::sft::{parse_records_bytes_lenient, Example, Located, SftRecord};
+use crate::dataset::sft_records::read_lenient;
+use crate::sft::{Example, Located, SftRecord};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -22,8 +23,8 @@ pub struct Examples {
 /// [`Error::Record`] unless `skip_bad` (then counted).
 pub fn load_examples(path: &Path, tok: &Tokenizer, max_length: usize, skip_bad: bool) -> Result<Examples> {
     let source = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(&source, e))?;
-    let (records, bad) = parse_records_bytes_lenient(&bytes, &source)?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(&source, e))?;
+    let (records, bad) = read_lenient(std::io::BufReader::with_capacity(1 << 20, file), &source)?;
     if let Some((line, why)) = bad.first() {
         if !skip_bad {
             return Err(Error::Record { path: source, line: *line, message: why.clone() });

@@ -39,8 +39,8 @@ pub fn adapter_config(data: &[u8]) {
 /// The SFT/chat record parsers (training and eval data): strict and lenient agree on good files.
 pub fn sft_records(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let strict = tiqu_core::sft::parse_records(&text, "data.jsonl");
-    let lenient = tiqu_core::sft::parse_records_lenient(&text, "data.jsonl");
+    let strict = tiqu_core::dataset::sft_records::parse_records(&text, "data.jsonl");
+    let lenient = tiqu_core::dataset::sft_records::parse_records_lenient(&text, "data.jsonl");
     if let (Ok(strict), Ok(lenient)) = (&strict, &lenient) {
         assert_eq!(strict.len(), lenient.0.len(), "a file the strict reader takes has no bad lines");
     }
