@@ -357,6 +357,16 @@ pub fn dtype<B: burn::prelude::Backend>(device: &B::Device, usage: Use) -> Resul
     Ok(chosen)
 }
 
+/// Training every weight needs f32: `--dtype bf16|f16` is refused before anything is done.
+pub fn refuse_half_for_full_training() -> Result<()> {
+    let name = match DTYPE.get().copied().unwrap_or(DtypeName::Auto) {
+        DtypeName::Bf16 => "bf16",
+        DtypeName::F16 => "f16",
+        DtypeName::Auto | DtypeName::F32 => return Ok(()),
+    };
+    bail!("--dtype {name}: `--method full` trains every weight and needs f32 (half precision is for LoRA and inference)")
+}
+
 /// `f32`, `bf16`, `f16`: as `--dtype` spells it.
 pub fn dtype_name(dtype: burn::tensor::FloatDType) -> &'static str {
     use burn::tensor::FloatDType;

@@ -284,14 +284,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// A Ctrl-C or SIGTERM stops the process without running a destructor: the files and folders
+/// A Ctrl-C, SIGTERM or SIGHUP (a closed terminal) stops the process without running a
+/// destructor: the files and folders
 /// still being written beside their destinations are removed first, so an interrupted command
 /// leaves nothing behind. (`serve` has its own handler: it finishes the requests in flight.)
 fn remove_partials_on_signal() {
     #[cfg(unix)]
     {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else { return };
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else { return };
         std::thread::spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 let removed = tiqu_core::checkpoint::save::remove_partials();

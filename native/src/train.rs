@@ -120,9 +120,12 @@ pub struct TrainArgs {
     /// wgpu:0,wgpu:1 (discrete GPUs), wgpu:default, wgpu:cpu. Default: one.
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
-    /// Refused: training keeps the base weights unquantized.
-    #[command(flatten)]
-    quant: crate::checkpoint::QuantArgs,
+    /// Refused with a reason (training keeps the base weights unquantized), so not in --help:
+    /// clap's "unexpected argument" would not say why.
+    #[arg(long, hide = true, num_args = 0..=1)]
+    quantize: Option<Option<String>>,
+    #[arg(long, hide = true)]
+    quantize_block: Option<String>,
 }
 
 impl TrainArgs {
@@ -173,7 +176,8 @@ impl Observer for Progress {
                 }
             }
             Event::Step(r) => {
-                let msg = format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", r.loss, r.lr, r.tokens_per_s);
+                let loss = if r.loss.is_nan() { "- (no labelled token)".to_string() } else { format!("{:.4}", r.loss) };
+                let msg = format!("loss {loss}  lr {:.2e}  {:.0} tok/s", r.lr, r.tokens_per_s);
                 // Read before `suspend`, which holds the bar's lock while it runs the closure.
                 let total = self.bar.length().unwrap_or(0);
                 self.bar.suspend(|| eprintln!("step {}/{total}  {msg}", r.step));
@@ -192,11 +196,11 @@ impl Observer for Progress {
 }
 
 pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
-    if args.dry_run {
-        return dry_run(args);
-    }
-    if args.quant.get().is_some() {
+    if args.quantize.is_some() || args.quantize_block.is_some() {
         bail!("--quantize is for generate, eval and extract: training keeps the base weights unquantized (use --dtype bf16 for a lighter base)");
+    }
+    if args.dry_run && !args.resume {
+        return dry_run(&args.settings()?);
     }
     let out = args.out.as_ref().context("--out is required (the run folder)")?;
     let run = if args.resume {
@@ -213,7 +217,12 @@ pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
                 }
             }
         }
-        Run::resume(out, &flags)?
+        let run = Run::resume(out, &flags)?;
+        if args.dry_run {
+            // The run's own settings, as a resume would train them.
+            return dry_run(run.config());
+        }
+        run
     } else {
         if args.settings.data.is_none() && args.config.is_none() {
             bail!("--data is required");
@@ -224,7 +233,10 @@ pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
         if out.exists() && !out.is_dir() {
             bail!("{}: is a file, not a run folder; choose another --out", out.display());
         }
-        if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        if !out.exists() && out.symlink_metadata().is_ok() {
+            bail!("{}: a symbolic link to nothing (a folder moved or removed?); remove it or choose another --out", out.display());
+        }
+        if out.exists() && tiqu_core::run::has_content(out) {
             bail!("{}: run folder exists and is not empty; pass --resume to continue it, or another --out", out.display());
         }
         Run::create(out, args.settings()?)?
@@ -291,8 +303,7 @@ pub fn execute(backend: BackendName, run: &Run, mut opts: RunOptions, specs: &[S
     Ok(done)
 }
 
-fn dry_run(args: &TrainArgs) -> Result<()> {
-    let cfg = args.settings()?;
+fn dry_run(cfg: &RunConfig) -> Result<()> {
     let model_cfg = crate::checkpoint::resolve(&cfg.model)?.config().clone();
     let base = model_cfg.num_parameters();
     let line = match cfg.method {

@@ -130,11 +130,28 @@ fn a_run_writes_peft_adapters_metrics_and_a_report_and_is_reproducible() {
     assert!(report.contains("<svg") && report.contains("trainable params: 2,944"), "report.html lacks the curve or the line");
     let cfg = fs::read_to_string(a.join("config.toml")).unwrap();
     assert!(cfg.contains("learning_rate = 0.01") && cfg.contains("gradient_accumulation_steps = 1"), "{cfg}");
+    // A dry run of a resume reads the run's settings (it took the flags alone: "`: no such folder").
+    let dry = ok(tiqu(&["train", "--out", a.to_str().unwrap(), "--resume", "--dry-run"]));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("trainable params: 2,944"), "{}", String::from_utf8_lossy(&dry.stdout));
     // The adapter changes the model: tiqu's own eval with --adapter sees it.
     assert!(eval_loss(&fixture("tiny-untied"), Some(&a)) < eval_loss(&fixture("tiny-untied"), None));
 
     let table = String::from_utf8_lossy(&ok(tiqu(&["runs", "compare", a.to_str().unwrap(), b.to_str().unwrap()])).stdout).to_string();
     assert!(table.contains("final_loss") && table.contains("learning_rate"), "{table}");
+}
+
+/// A training process on the fixtures into `out`, returned once `out/made` exists.
+fn training_until(out: &Path, extra: &[&str], made: &str) -> std::process::Child {
+    let (model, data, out_s) = (fixture("tiny-untied"), fixture("sft_small.jsonl"), out.display().to_string());
+    let mut args = train_args(&out_s, extra);
+    args[4] = &model;
+    args[6] = &data;
+    let child = Command::new(env!("CARGO_BIN_EXE_tiqu")).args(&args).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while !out.join(made).exists() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 #[test]
@@ -143,15 +160,7 @@ fn resume_after_kill_9_continues_the_exact_curve() {
     let (full, killed) = (dir.path().join("full"), dir.path().join("killed"));
     let long = ["--save-steps", "1", "--epochs", "6"];
     ok(train(&full, &long));
-    let (model, data, out) = (fixture("tiny-untied"), fixture("sft_small.jsonl"), killed.display().to_string());
-    let mut args = train_args(&out, &long);
-    args[4] = &model;
-    args[6] = &data;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tiqu")).args(&args).stderr(Stdio::null()).spawn().unwrap();
-    let start = Instant::now();
-    while !killed.join("checkpoint-2").exists() && start.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = training_until(&killed, &long, "checkpoint-2");
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
     assert!(!killed.join("adapter_model.safetensors").exists(), "the run finished before it was killed");
@@ -161,6 +170,45 @@ fn resume_after_kill_9_continues_the_exact_curve() {
     let final_a = fs::read(full.join("adapter_model.safetensors")).unwrap();
     let final_b = fs::read(killed.join("adapter_model.safetensors")).unwrap();
     assert_eq!(final_a, final_b, "same final adapter bytes");
+}
+
+/// Proves: a step whose records keep no labelled token (each prompt fills --max-length) has no
+/// loss: null in metrics.jsonl (it was 0.0, a perfect step on the curve), and the summary's
+/// losses are those of the steps that had one.
+#[test]
+fn a_step_without_labels_has_no_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mixed.jsonl");
+    let good = fs::read_to_string(fixture("sft_small.jsonl")).unwrap();
+    let long = serde_json::json!({"instruction": "投诉".repeat(400), "input": "", "output": "{}"});
+    fs::write(&data, format!("{}\n{long}\n", good.lines().next().unwrap())).unwrap();
+    let run = dir.path().join("run");
+    let out = tiqu(&[
+        "--backend", "cpu", "train", "--model", &fixture("tiny-untied"), "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(),
+        "--batch-size", "1", "--grad-accum", "1", "--epochs", "1", "--max-length", "200",
+    ]);
+    ok(out);
+    let lines: Vec<Value> = fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let losses: Vec<&Value> = lines.iter().filter(|l| l.get("loss").is_some()).map(|l| &l["loss"]).collect();
+    assert_eq!(losses.len(), 2, "{lines:?}");
+    assert_eq!(losses.iter().filter(|l| l.is_null()).count(), 1, "{lines:?}");
+    let summary: Value = serde_json::from_slice(&fs::read(run.join("summary.json")).unwrap()).unwrap();
+    let labelled = losses.iter().find_map(|l| l.as_f64()).unwrap();
+    assert_eq!((summary["first_loss"].as_f64(), summary["final_loss"].as_f64()), (Some(labelled), Some(labelled)));
+}
+
+/// Proves: while a run trains, a second trainer on its folder is refused (both went on, writing
+/// the same checkpoints and metrics from two points of the run). The kill test resumes the same
+/// way once the trainer is gone.
+#[test]
+fn a_run_folder_takes_one_trainer_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("busy");
+    let mut child = training_until(&run, &["--epochs", "500", "--save-steps", "1"], "checkpoint-1");
+    assert_error(&resume(&run), &["another process is training in this run folder"]);
+    assert!(child.try_wait().unwrap().is_none(), "the first trainer still runs");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]
@@ -181,7 +229,7 @@ fn merged_folder_gives_the_loss_of_base_plus_adapter() {
 }
 
 /// `tiqu merge` refuses what loading refuses, before any folder appears: an adapter with LoRA
-/// tensors its config does not target, an adapter holding NaN, a base whose tensors are not
+/// tensors its config does not target or with tensors that are not LoRA's, an adapter holding NaN, a base whose tensors are not
 /// what its config.json says.
 #[test]
 fn merge_refuses_what_loading_refuses() {
@@ -209,6 +257,11 @@ fn merge_refuses_what_loading_refuses() {
     let (name, shape, data) = tensors[0].clone();
     extra.push((name.replace("layers.0.", "layers.7."), shape, data));
     assert_error(&merge(&base, &write_adapter("extra", &extra), "m1"), &["LoRA tensors", "another model"]);
+    // A tensor that is no LoRA weight (PEFT's trainable tokens) was dropped: the merge came out
+    // as if the adapter did not hold it.
+    let mut tokens = tensors.clone();
+    tokens.push(("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta".into(), vec![1, 1], 1f32.to_le_bytes().to_vec()));
+    assert_error(&merge(&base, &write_adapter("tokens", &tokens), "m1"), &["trainable_tokens_delta", "not a LoRA weight"]);
 
     let mut nan = tensors.clone();
     nan[1].2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
@@ -291,6 +344,33 @@ fn bad_training_input_gets_one_clear_line() {
     assert_error(&run(&["--devices", "cpu,cpu", "--grad-accum", "2"], &out4s), &["--devices", "one device"]);
     assert_error(&run(&["--devices", "cpu,cpu", "--grad-accum", "1"], &out4s), &["--devices", "--grad-accum 2"]);
     assert_error(&run(&["--quantize", "int8"], &out4s), &["--quantize", "unquantized"]);
+    assert_error(&run(&["--quantize", "int8", "--dry-run"], &out4s), &["--quantize", "unquantized"]);
+    // A fresh run refused after taking its (empty, existing) folder leaves it empty for the next
+    // try: its lock file is no content ("exists and is not empty; pass --resume", which then
+    // found no config.toml).
+    let pre = dir.path().join("pre");
+    fs::create_dir(&pre).unwrap();
+    let odd_base = dir.path().join("odd-base");
+    copy_with_config(&model, &odd_base, |_| {});
+    let weights = odd_base.join("model.safetensors");
+    let bytes = fs::read(&weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
+    tensors.push(("model.layers.0.self_attn.q_proj.bias".into(), vec![1], vec![0; 4]));
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        tensors.iter().map(|(n, shape, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), d).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, &weights).unwrap();
+    fs::write(&data, &good).unwrap();
+    let odd = tiqu(&["train", "--model", odd_base.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", pre.to_str().unwrap(), "--max-steps", "1"]);
+    assert_error(&odd, &["q_proj.bias"]);
+    ok(run(&[], pre.to_str().unwrap()));
+    // A link to a folder that is gone (it said "File exists (os error 17)").
+    let dangling = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("gone"), &dangling).unwrap();
+    assert_error(&run(&[], dangling.to_str().unwrap()), &["dangling", "symbolic link to nothing"]);
+    // Refused with a reason, so not offered in the help.
+    let help = tiqu(&["train", "--help"]);
+    assert!(help.status.success() && !String::from_utf8_lossy(&help.stdout).contains("--quantize"));
     // Sizes whose step arithmetic overflowed (a panic after the folder was made), settings that
     // meant nothing (a checkpoint every 0 steps, a module listed twice, an adapter that full
     // training would ignore), and 0 threads: refused before anything is made.
@@ -615,10 +695,51 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_one_before_it() {
     assert!(stderr.contains("checkpoint-3") && stderr.contains("has shape"), "{stderr}");
     assert_eq!(losses(&broken), losses(&full));
 
+    // A checkpoint copied under a later step's name holds the earlier weights: it resumed them
+    // at the name's step. Its state says which step it is: skipped like a damaged one.
+    unfinish(&broken, 2);
+    copy_dir(&broken.join("checkpoint-1"), &broken.join("checkpoint-3"));
+    let out = ok(resume(&broken));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("checkpoint-3") && stderr.contains("global_step is 1, but the folder is checkpoint-3"), "{stderr}");
+    assert_eq!(losses(&broken), losses(&full));
+
+    // Dropout is the run's setting, not what a checkpoint's adapter_config.json says (an edit
+    // there changed the curve without a word).
+    unfinish(&broken, 2);
+    let config = broken.join("checkpoint-2/adapter_config.json");
+    let mut adapter: Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    adapter["lora_dropout"] = serde_json::json!(0.5);
+    fs::write(&config, adapter.to_string()).unwrap();
+    ok(resume(&broken));
+    assert_eq!(losses(&broken), losses(&full));
+
+    // A metrics file cut short loses the curve's first steps: said, not silent.
+    unfinish(&broken, 2);
+    let metrics = broken.join("metrics.jsonl");
+    let first_line = fs::read_to_string(&metrics).unwrap().lines().next().unwrap().to_string();
+    fs::write(&metrics, format!("{first_line}\n")).unwrap();
+    let out = ok(resume(&broken));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("metrics.jsonl lacks step 2 (damaged or edited)"), "{stderr}");
+
     // Nothing restores: one line saying so.
     unfinish(&broken, 1);
     fs::write(broken.join("checkpoint-1/trainer_state.json"), "{not json").unwrap();
     assert_error(&resume(&broken), &["no checkpoint restores", "checkpoint-1/trainer_state.json"]);
+    // A checkpoint without its state is a damaged one, not none: the run started over and wrote
+    // over it.
+    fs::remove_file(broken.join("checkpoint-1/trainer_state.json")).unwrap();
+    assert_error(&resume(&broken), &["no checkpoint restores", "checkpoint-1/trainer_state.json"]);
+    assert!(broken.join("checkpoint-1/adapter_model.safetensors").exists());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
 }
 
 #[test]

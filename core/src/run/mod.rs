@@ -95,7 +95,7 @@ impl Run {
         if dir.exists() && !dir.is_dir() {
             return Err(Error::Format(format!("{}: is a file, not a run folder; choose another folder", dir.display())));
         }
-        if dir.exists() && fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        if dir.exists() && has_content(dir) {
             return Err(Error::Format(format!("{}: run folder exists and is not empty; resume it, or use another folder", dir.display())));
         }
         if config.data.is_empty() {
@@ -233,7 +233,14 @@ impl Run {
                             dir.display()
                         )));
                     }
-                    adapter.attach(&mut model)?
+                    adapter.attach(&mut model)?;
+                    // Dropout changes no weight's meaning: the run's own setting trains (the
+                    // adapter file's, or a checkpoint's edited one, would be used silently).
+                    for (_, _, linear) in model.projections_mut() {
+                        if let Some(lora) = &mut linear.lora {
+                            lora.dropout = cfg.lora.lora_dropout;
+                        }
+                    }
                 }
                 None => model.add_lora(&cfg.lora, cfg.seed)?,
             }
@@ -244,6 +251,9 @@ impl Run {
     fn train<B: AutodiffBackend>(&self, device: &B::Device, more: &[B::Device], opts: &RunOptions, observer: &mut dyn Observer) -> Result<Finished> {
         let cfg = &self.config;
         let run = self.dir.as_path();
+        // A resumed folder exists: taken before anything is read, so a second trainer is told
+        // at once.
+        let early_lock = if self.resume { Some(RunLock::acquire(run)?) } else { None };
         let base = Checkpoint::resolve(&cfg.model)?;
         let tokenizer_dir = opts.tokenizer.as_ref().map(Folder::new);
         let tokenizer_files: &dyn Files = match &tokenizer_dir {
@@ -289,6 +299,11 @@ impl Run {
         // (the weights, read below, included).
         let mut made = (!self.resume && !run.exists()).then_some(NewRunFolder { dir: run, finished: false });
         fs::create_dir_all(run).map_err(|e| Error::io(run.display(), e))?;
+        // Dropped before `made`, which then sees the folder as the run left it.
+        let _lock = match early_lock {
+            Some(lock) => lock,
+            None => RunLock::acquire(run)?,
+        };
         // Of the ids before the vocabulary narrows them; checked before anything is written.
         let digest = data::digest(&train_data.examples);
         let found = if self.resume { checkpoints(run) } else { Vec::new() };
@@ -335,6 +350,16 @@ impl Run {
             for (step, dir) in found {
                 let attempt = (|| -> Result<(Trainer<B>, TrainerState)> {
                     let state = TrainerState::read(&dir)?;
+                    // The folder's name says where training continues; the state says what the
+                    // weights are. A renamed or copied folder would resume other weights at
+                    // another step.
+                    if state.global_step != step {
+                        return Err(Error::Format(format!(
+                            "{}: global_step is {}, but the folder is checkpoint-{step} (renamed or copied?)",
+                            dir.join(state::STATE_FILE).display(),
+                            state.global_step
+                        )));
+                    }
                     let model = self.initial_model::<B>(&base, vocab.as_ref(), Some(&dir), Some(&dir), opts.dtype, device)?;
                     let mut t = Trainer::new(model, cfg.method, cfg.optimizer.adamw, cfg.optimizer.max_grad_norm, cfg.seed)?;
                     state::restore_moments(&mut t, &dir, step)?;
@@ -394,7 +419,16 @@ impl Run {
             write_atomically(&run.join("config.toml"), text.as_bytes())?;
         }
         // A resumed run keeps the lines up to its checkpoint: none when it starts over.
-        let mut metrics = MetricsFile::open(&run.join("metrics.jsonl"), self.resume.then_some(start_step))?;
+        let metrics_path = run.join("metrics.jsonl");
+        let mut metrics = MetricsFile::open(&metrics_path, self.resume.then_some(start_step))?;
+        if self.resume && start_step > 0 {
+            let missing = observer::missing_steps(&metrics_path, start_step);
+            if let (Some(first), Some(last)) = (missing.first(), missing.last()) {
+                let which = if first == last { format!("step {first}") } else { format!("{} of steps {first}..={last}", missing.len()) };
+                let note = format!("warning: {} lacks {which} (damaged or edited): the curve, report and summary will miss them", metrics_path.display());
+                observer.event(&Event::Note(&note))?;
+            }
+        }
         let mut observer = Both(&mut metrics, observer);
         observer.event(&Event::Started { start_step, total_steps: total, trainable: &line, resumed: resumed.is_some() })?;
 
@@ -450,7 +484,9 @@ impl Run {
             let record = StepRecord {
                 step: done,
                 epoch: done as f64 / per_epoch as f64,
-                loss: stats.loss,
+                // A step without a labelled token has no loss (0 would plot as a perfect step);
+                // NaN is written as null.
+                loss: if stats.label_tokens == 0 { f64::NAN } else { stats.loss },
                 lr,
                 grad_norm: stats.grad_norm,
                 tokens: stats.tokens,
@@ -581,9 +617,50 @@ struct NewRunFolder<'a> {
 
 impl Drop for NewRunFolder<'_> {
     fn drop(&mut self) {
-        let empty = fs::read_dir(self.dir).is_ok_and(|mut entries| entries.next().is_none());
-        if !self.finished && empty {
+        if !self.finished && !has_content(self.dir) {
+            let _ = fs::remove_file(self.dir.join(LOCK_FILE));
             let _ = fs::remove_dir(self.dir);
         }
+    }
+}
+
+/// Whether `dir` holds anything but a lock a failed run left (or cannot be read): an empty
+/// folder is one a new run may take.
+pub fn has_content(dir: &Path) -> bool {
+    fs::read_dir(dir).map(|entries| entries.flatten().any(|e| e.file_name() != LOCK_FILE)).unwrap_or(true)
+}
+
+/// Whether a process is training in `run` now (it holds the folder's lock).
+pub fn in_use(run: &Path) -> bool {
+    let Ok(file) = fs::OpenOptions::new().write(true).open(run.join(LOCK_FILE)) else { return false };
+    matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
+}
+
+/// Held while a process trains in a run folder: a second `--resume` of the same folder would
+/// write the same checkpoints and metrics from another point of the run. The operating system
+/// releases it when the process ends, however it ends; the file stays.
+const LOCK_FILE: &str = ".lock";
+
+struct RunLock(fs::File);
+
+impl RunLock {
+    fn acquire(run: &Path) -> Result<Self> {
+        let path = run.join(LOCK_FILE);
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(path.display(), e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self(file)),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::Unsupported(format!(
+                "{}: another process is training in this run folder (it holds {LOCK_FILE}); wait for it to end or stop it",
+                run.display()
+            ))),
+            // Where files cannot be locked (some network file systems), training goes on unguarded.
+            Err(fs::TryLockError::Error(_)) => Ok(Self(file)),
+        }
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
     }
 }

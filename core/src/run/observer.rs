@@ -110,6 +110,20 @@ impl Observer for MetricsFile {
     }
 }
 
+/// Steps `1..=through` that have no step line (one with a `loss` key) in the metrics file.
+pub fn missing_steps(path: &Path, through: usize) -> Vec<usize> {
+    let mut seen = vec![false; through + 1];
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        if let (Some(step), true) = (v["step"].as_u64(), v.get("loss").is_some()) {
+            if let Some(s) = seen.get_mut(step as usize) {
+                *s = true;
+            }
+        }
+    }
+    (1..=through).filter(|&s| !seen[s]).collect()
+}
+
 /// Every event to each observer in turn.
 pub struct Both<'a>(pub &'a mut dyn Observer, pub &'a mut dyn Observer);
 

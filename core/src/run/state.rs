@@ -74,7 +74,9 @@ pub fn save<B: AutodiffBackend>(run: &Path, trainer: &Trainer<B>, cfg: &RunConfi
     Ok(dest)
 }
 
-/// The run's checkpoints (folders `checkpoint-N` holding a trainer state), newest first.
+/// The run's checkpoints (folders `checkpoint-N`), newest first. One without its trainer state
+/// is listed too: it is a damaged checkpoint, not none (a resume that took it for none would
+/// start over and write over it).
 pub fn checkpoints(run: &Path) -> Vec<(usize, PathBuf)> {
     let mut found: Vec<(usize, PathBuf)> = fs::read_dir(run)
         .map(|entries| {
@@ -83,7 +85,7 @@ pub fn checkpoints(run: &Path) -> Vec<(usize, PathBuf)> {
                 .filter_map(|e| {
                     let name = e.file_name().to_string_lossy().to_string();
                     let step = name.strip_prefix("checkpoint-")?.parse::<usize>().ok()?;
-                    e.path().join(STATE_FILE).exists().then_some((step, e.path()))
+                    e.path().is_dir().then_some((step, e.path()))
                 })
                 .collect()
         })
