@@ -195,6 +195,11 @@ fn bad_requests_get_one_json_line_and_the_server_keeps_serving() {
     assert_error(raw(""), 400, &["empty"]);
     server.still_serves();
     assert_error(raw("[1, 2]"), 400, &["JSON object"]);
+    // The last of a key given twice would win, silently (a constraint, then `null`).
+    assert_error(raw(r#"{"text": "a", "text": "b"}"#), 400, &["the key `text` appears twice"]);
+    let twice = r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}, "response_format": null}"#;
+    let r = client().post(server.url("/v1/chat/completions")).header("content-type", "application/json").body(twice).send().unwrap();
+    assert_error(read(r), 400, &["the key `response_format` appears twice"]);
     assert_error(server.post("/v1/extract", &json!({"txt": TEXT})), 400, &["unknown field `txt`"]);
     assert_error(server.post("/v1/extract", &json!({"texts": []})), 400, &["non-empty list"]);
     let gzip = client().post(server.url("/v1/extract")).header("content-encoding", "gzip").body(json!({"text": TEXT}).to_string()).send().unwrap();
@@ -246,6 +251,53 @@ fn api_key_guards_v1() {
         assert_eq!(r.status(), 200);
         assert_eq!(server.get("/health").0, 200);
     }
+}
+
+/// A one-text extraction sent by hand with the given `Host` and `Origin` (as a browser page, or
+/// a proxy, would send it); the whole answer.
+fn post_as(server: &Server, host: &str, origin: &str) -> String {
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    let body = json!({"text": TEXT}).to_string();
+    write!(s, "POST /v1/extract HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// Proves: a page of another origin cannot make the server work (a browser sends a text/plain
+/// POST from any page without asking; the key-less server ran the model for it): 403, the
+/// request never queued; the server's own origin and clients without `Origin` are served.
+#[test]
+fn requests_from_other_origins_are_refused() {
+    let server = Server::start(&[]);
+    let body = json!({"text": TEXT}).to_string();
+    for origin in ["http://evil.example", "null", "http://localhost:1", &format!("https://evil.example/{}", server.addr())] {
+        let r = client().post(server.url("/v1/extract")).header("origin", origin).header("content-type", "text/plain").body(body.clone()).send().unwrap();
+        assert_error(read(r), 403, &["another origin", origin]);
+    }
+    assert_eq!(metric(&server.metrics(), "tiqu_tokens_generated_total"), 0.0, "nothing ran");
+    let own = format!("http://{}", server.addr());
+    let r = client().post(server.url("/v1/extract")).header("origin", own).json(&json!({"text": TEXT})).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(server.post("/v1/extract", &json!({"text": TEXT})).0, 200);
+    // A page whose own name resolves to 127.0.0.1 (DNS rebinding) is "same-origin" by the check
+    // above: a server on loopback answers only requests that name a loopback host.
+    let port = server.addr().rsplit(':').next().unwrap().to_string();
+    let raw = |host: &str| post_as(&server, host, &format!("http://{host}"));
+    let rebound = raw(&format!("attacker.example:{port}"));
+    assert!(rebound.starts_with("HTTP/1.1 403") && rebound.contains("not a name of this server"), "{rebound}");
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("[::ffff:127.0.0.1]:{port}")] {
+        assert!(raw(&host).starts_with("HTTP/1.1 200"), "{host}");
+    }
+    drop(server);
+    // Behind a reverse proxy that passes its own name through, the name is allowed by flag; a
+    // page on it may call the API even where the proxy rewrites Host.
+    let proxied = Server::start(&["--allow-host", "api.example.com"]);
+    let port = proxied.addr().rsplit(':').next().unwrap().to_string();
+    let send = |host: &str, origin: &str| post_as(&proxied, host, origin);
+    assert!(send("api.example.com", "https://api.example.com").starts_with("HTTP/1.1 200"));
+    assert!(send(&format!("127.0.0.1:{port}"), "https://api.example.com").starts_with("HTTP/1.1 200"));
+    assert!(send("evil.example", "https://evil.example").starts_with("HTTP/1.1 403"));
 }
 
 fn long_chat(max_tokens: usize) -> Value {
@@ -477,7 +529,7 @@ fn wait_cancelled(server: &Server, before: f64, within: Duration) {
 fn deadlines_give_408_and_504() {
     let server = Server::start(&["--timeout-s", "0.5", "--max-batch", "1000", "--max-texts", "3000"]);
     let mut s = TcpStream::connect(server.addr()).unwrap();
-    write!(s, "POST /v1/extract HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"text\":").unwrap();
+    write!(s, "POST /v1/extract HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"text\":").unwrap();
     let mut answer = String::new();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = s.read_to_string(&mut answer);
@@ -536,9 +588,67 @@ fn a_long_request_does_not_hold_every_row() {
     }
 }
 
+/// Proves: a chat decoding a long answer does not hold extraction: a one-text request sent
+/// meanwhile is answered while the chat still decodes (chats ran whole between engine passes:
+/// the text waited for the chat's last token), and the chat ends as it would alone.
+#[test]
+fn a_long_chat_does_not_hold_extraction() {
+    let server = Server::start(&["--timeout-s", "600"]);
+    let chat = json!({"messages": [{"role": "user", "content": TEXT}], "temperature": 2, "seed": 0, "max_tokens": 400, "stream": true});
+    let url = server.url("/v1/chat/completions");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let job = std::thread::spawn(move || {
+        let mut r = client().post(url).json(&chat).send().unwrap();
+        let mut body = String::new();
+        let mut first = [0u8; 1];
+        r.read_exact(&mut first).unwrap();
+        started_tx.send(()).unwrap();
+        r.read_to_string(&mut body).unwrap();
+        body
+    });
+    started_rx.recv().unwrap();
+    let (status, one) = server.post("/v1/extract", &json!({"text": TEXT}));
+    assert_eq!(status, 200, "{one}");
+    assert!(!job.is_finished(), "the chat should still be decoding");
+    let body = job.join().unwrap();
+    assert!(body.contains("\"finish_reason\":\"length\"") && body.trim_end().ends_with("data: [DONE]"), "{body}");
+}
+
+/// Proves: queued chats whose clients leave free their places at once (they held --max-queue,
+/// and the gauge, until the running chat ended: every other request got 503 meanwhile).
+#[test]
+fn queued_requests_of_departed_clients_free_their_places() {
+    let server = Server::start(&["--timeout-s", "600", "--max-queue", "2"]);
+    let chat = json!({"messages": [{"role": "user", "content": TEXT}], "temperature": 2, "seed": 0, "max_tokens": 400, "stream": true});
+    let url = server.url("/v1/chat/completions");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let running = std::thread::spawn(move || {
+        let mut r = client().post(url).json(&chat).send().unwrap();
+        let mut first = [0u8; 1];
+        r.read_exact(&mut first).unwrap();
+        started_tx.send(()).unwrap();
+        let mut rest = String::new();
+        r.read_to_string(&mut rest).unwrap();
+    });
+    started_rx.recv().unwrap();
+    let impatient = Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    for _ in 0..2 {
+        assert!(impatient.post(server.url("/v1/chat/completions")).json(&long_chat(400)).send().unwrap_err().is_timeout());
+    }
+    let left = Instant::now();
+    while metric(&server.metrics(), "tiqu_queue_depth") != 0.0 {
+        assert!(left.elapsed() < Duration::from_secs(3), "the departed clients' places are still held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.post("/v1/extract", &json!({"text": TEXT})).0, 200);
+    assert!(!running.is_finished(), "the running chat should still be decoding");
+    assert_eq!(metric(&server.metrics(), "tiqu_jobs_cancelled_total"), 2.0);
+    running.join().unwrap();
+}
+
 /// Proves: a client that disconnects frees its place: a queued request is skipped when the model
 /// gets to it (long before its deadline), and a streamed completion stops decoding; the model
-/// then serves the next request.
+/// then serves the next request. The request is counted, under status 499.
 #[test]
 fn clients_that_leave_free_their_place() {
     let server = Server::start(&["--timeout-s", "600", "--max-batch", "1"]);
@@ -549,6 +659,8 @@ fn clients_that_leave_free_their_place() {
     assert_eq!(job.join().unwrap().0, 200);
     wait_cancelled(&server, before, Duration::from_secs(5));
     server.still_serves();
+    // The request that was never answered is counted all the same.
+    assert_eq!(metric(&server.metrics(), r#"tiqu_http_requests_total{route="/v1/extract",status="499"}"#), 1.0);
 
     let before = metric(&server.metrics(), "tiqu_jobs_cancelled_total");
     let mut r = client().post(server.url("/v1/chat/completions")).json(&json!({"messages": [{"role": "user", "content": TEXT}], "stream": true})).send().unwrap();

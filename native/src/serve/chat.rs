@@ -3,7 +3,7 @@
 //! decides which tokens are allowed and forces keys and punctuation: the content is always the
 //! schema's object (and in copy mode its values are substrings of the user's message).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::prelude::*;
@@ -37,27 +37,26 @@ fn failed(status: u16, message: impl std::fmt::Display) -> ChatEvent {
 }
 
 /// Sends content as it becomes valid UTF-8 (a token may end inside a character).
-struct Content<'a> {
-    job: &'a ChatJob,
-    metrics: &'a Metrics,
+#[derive(Default)]
+struct Content {
     sent: String,
     started: bool,
     /// The client has gone: stop decoding.
     closed: bool,
 }
 
-impl Content<'_> {
+impl Content {
     /// `text` is the whole content so far; what extends what was sent goes out.
-    fn update(&mut self, text: &str) {
+    fn update(&mut self, job: &ChatJob, metrics: &Metrics, text: &str) {
         let Some(delta) = text.strip_prefix(self.sent.as_str()) else { return };
         if delta.is_empty() {
             return;
         }
         if !self.started {
             self.started = true;
-            self.metrics.first_token.observe(self.job.arrived.elapsed().as_secs_f64());
+            metrics.first_token.observe(job.arrived.elapsed().as_secs_f64());
         }
-        self.closed |= self.job.events.send(ChatEvent::Delta(delta.to_string())).is_err();
+        self.closed |= job.events.send(ChatEvent::Delta(delta.to_string())).is_err();
         self.sent.push_str(delta);
     }
 }
@@ -92,48 +91,122 @@ fn force(g: &Grammar, s: &mut State, room: usize, tokenizer: &Tokenizer, table: 
     Ok(tokens)
 }
 
-pub fn run<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: &ChatJob, cancelled: &AtomicBool, metrics: &Metrics) -> Result<(), ChatEvent> {
-    let model = extractor.model();
-    let tokenizer = extractor.tokenizer();
-    let limit = model.max_position_embeddings;
-    // Only a tokenizer without the chat markers fails here: the server's fault, not the request's.
-    let mut feed = job.plan.prompt.encode(tokenizer).map_err(|e| failed(500, e))?;
-    let prompt_tokens = feed.len();
-    if prompt_tokens >= limit {
-        return Err(failed(400, format!("the prompt has {prompt_tokens} tokens; the model's context is {limit} (messages too long)")));
-    }
-    let budget = job.plan.max_tokens.unwrap_or(usize::MAX).min(limit - prompt_tokens);
-    let grammar = job.plan.format.as_ref().map(|(schema, mode, text)| Grammar::new(schema, *mode, text)).transpose().map_err(|e| failed(422, e))?;
-    let mut state = grammar.as_ref().map(Grammar::start);
-    // Constrained content is the bytes the grammar consumed; free content is the decoded tokens.
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut free: Vec<u32> = Vec::new();
-    let mut generated = 0usize;
-    if let (Some(g), Some(s)) = (&grammar, &mut state) {
-        let tokens = force(g, s, budget, tokenizer, table, &mut bytes)?;
-        generated += tokens.len();
-        feed.extend(tokens);
-    }
-    // The forced opening goes out with the first picked token, so that the time to the first
-    // content includes the prompt's forward pass.
-    let mut content = Content { job, metrics, sent: String::new(), started: false, closed: false };
-    let capacity = (feed.len() + budget.min(4096) + 16).min(limit);
-    let mut cache = model.new_cache(1, capacity).map_err(|e| failed(500, e))?;
-    let mut pos = Positions::left_padded(&[feed.len()], feed.len());
-    let mut next_pos = feed.len();
-    let mut rng = StdRng::seed_from_u64(job.plan.seed);
-    let eos = extractor.eos_token_ids();
-    let finish_reason = loop {
-        if cancelled.load(Ordering::Relaxed) || content.closed {
-            metrics.tokens.inc_by(generated as u64);
-            metrics.cancelled.inc();
-            return Ok(());
+/// One chat completion being decoded, a forward pass per [`ChatRun::step`]: the model thread
+/// interleaves its passes with the extraction engine's, so that a long answer does not hold
+/// every `/v1/extract` request until it ends.
+pub struct ChatRun<'a, B: Backend> {
+    extractor: &'a Extractor<B>,
+    table: &'a TokenTable,
+    job: ChatJob,
+    place: Arc<super::worker::Place>,
+    grammar: Option<Grammar>,
+    state: Option<State>,
+    /// Constrained content is the bytes the grammar consumed; free content is the decoded tokens.
+    bytes: Vec<u8>,
+    free: Vec<u32>,
+    generated: usize,
+    budget: usize,
+    prompt_tokens: usize,
+    content: Content,
+    cache: tiqu_core::KvCache<B>,
+    feed: Vec<u32>,
+    pos: Positions,
+    next_pos: usize,
+    rng: StdRng,
+}
+
+/// Where a chat stands after a step.
+pub enum Step {
+    Going,
+    /// Answered, stopped for a departed client, or failed (the error was sent).
+    Over,
+}
+
+impl<'a, B: Backend> ChatRun<'a, B> {
+    /// The prompt encoded and the grammar's opening forced; nothing decoded yet. An error is the
+    /// request's answer.
+    pub fn start(extractor: &'a Extractor<B>, table: &'a TokenTable, job: ChatJob, place: Arc<super::worker::Place>) -> Result<Self, ChatEvent> {
+        let model = extractor.model();
+        let tokenizer = extractor.tokenizer();
+        let limit = model.max_position_embeddings;
+        // Only a tokenizer without the chat markers fails here: the server's fault, not the request's.
+        let mut feed = job.plan.prompt.encode(tokenizer).map_err(|e| failed(500, e))?;
+        let prompt_tokens = feed.len();
+        if prompt_tokens >= limit {
+            return Err(failed(400, format!("the prompt has {prompt_tokens} tokens; the model's context is {limit} (messages too long)")));
         }
-        if generated >= budget {
-            break "length";
+        let budget = job.plan.max_tokens.unwrap_or(usize::MAX).min(limit - prompt_tokens);
+        let grammar = job.plan.format.as_ref().map(|(schema, mode, text)| Grammar::new(schema, *mode, text)).transpose().map_err(|e| failed(422, e))?;
+        let mut state = grammar.as_ref().map(Grammar::start);
+        let mut bytes = Vec::new();
+        let mut generated = 0usize;
+        if let (Some(g), Some(s)) = (&grammar, &mut state) {
+            let tokens = force(g, s, budget, tokenizer, table, &mut bytes)?;
+            generated += tokens.len();
+            feed.extend(tokens);
         }
-        cache.reserve(pos.past + pos.seq);
-        let hidden = model.hidden(&feed, &pos, Some(&mut cache)).map_err(|e| failed(500, e))?;
+        // The forced opening goes out with the first picked token, so that the time to the first
+        // content includes the prompt's forward pass.
+        let capacity = (feed.len() + budget.min(4096) + 16).min(limit);
+        let cache = model.new_cache(1, capacity).map_err(|e| failed(500, e))?;
+        let pos = Positions::left_padded(&[feed.len()], feed.len());
+        let next_pos = feed.len();
+        let rng = StdRng::seed_from_u64(job.plan.seed);
+        Ok(Self { extractor, table, job, place, grammar, state, bytes, free: Vec::new(), generated, budget, prompt_tokens, content: Content::default(), cache, feed, pos, next_pos, rng })
+    }
+
+    /// One forward pass and the token(s) it decides; the answer's end, or an error, is sent.
+    pub fn step(&mut self, metrics: &Metrics) -> Step {
+        let outcome = match self.pass(metrics) {
+            Ok(None) => return Step::Going,
+            Ok(Some(reason)) => reason,
+            Err(e) => {
+                metrics.tokens.inc_by(self.generated as u64);
+                let _ = self.job.events.send(e);
+                return Step::Over;
+            }
+        };
+        metrics.tokens.inc_by(self.generated as u64);
+        let Some(finish_reason) = outcome else {
+            self.place.count_cancel();
+            return Step::Over;
+        };
+        // What was held back for being incomplete goes out as it is.
+        let text = if self.grammar.is_some() {
+            String::from_utf8_lossy(&self.bytes).into_owned()
+        } else {
+            match self.extractor.tokenizer().decode(&self.free, true) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = self.job.events.send(failed(500, e));
+                    return Step::Over;
+                }
+            }
+        };
+        self.content.update(&self.job, metrics, &text);
+        let done = ChatEvent::Done { finish_reason, prompt_tokens: self.prompt_tokens, completion_tokens: self.generated };
+        let _ = self.job.events.send(done);
+        Step::Over
+    }
+
+    /// Ends the chat with a server error (its pass panicked).
+    pub fn fail(&mut self, message: &str) {
+        let _ = self.job.events.send(failed(500, message));
+    }
+
+    /// `Ok(None)`: going on; `Ok(Some(None))`: the client left; `Ok(Some(Some(reason)))`: done.
+    fn pass(&mut self, metrics: &Metrics) -> Result<Option<Option<&'static str>>, ChatEvent> {
+        let model = self.extractor.model();
+        let tokenizer = self.extractor.tokenizer();
+        let limit = model.max_position_embeddings;
+        if self.place.is_cancelled() || self.content.closed {
+            return Ok(Some(None));
+        }
+        if self.generated >= self.budget {
+            return Ok(Some(Some("length")));
+        }
+        model.grow_cache(&mut self.cache, 1, self.pos.past + self.pos.seq).map_err(|e| failed(503, e))?;
+        let hidden = model.hidden(&self.feed, &self.pos, Some(&mut self.cache)).map_err(|e| failed(500, e))?;
         let [_, t, d] = hidden.dims();
         let logits: Vec<f32> = model
             .logits(hidden.narrow(1, t - 1, 1).reshape([1, d]))
@@ -141,61 +214,56 @@ pub fn run<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: &ChatJ
             .convert::<f32>()
             .to_vec()
             .map_err(|e| failed(500, format!("reading logits: {e:?}")))?;
+        if logits.iter().any(|v| v.is_nan()) {
+            return Err(failed(500, tiqu_core::generate::nan_logits()));
+        }
         let mut chunk = Vec::new();
         let mut done = false;
-        match (&grammar, &mut state) {
+        match (&self.grammar, &mut self.state) {
             (Some(g), Some(s)) => {
-                let allowed = g.allowed(table, s);
+                let allowed = g.allowed(self.table, s);
                 if allowed.is_empty() {
-                    break "length";
+                    return Ok(Some(Some("length")));
                 }
-                let best = choose(&logits, Some(&allowed), job, &mut rng);
-                let piece = table.bytes(best).ok_or_else(|| failed(500, "an allowed token has no bytes"))?;
+                let best = choose(&logits, Some(&allowed), &self.job, &mut self.rng);
+                let piece = self.table.bytes(best).ok_or_else(|| failed(500, "an allowed token has no bytes"))?;
                 *s = g.step_bytes(s, piece).ok_or_else(|| failed(500, "the grammar rejected an allowed token"))?;
-                bytes.extend_from_slice(piece);
-                generated += 1;
+                self.bytes.extend_from_slice(piece);
+                self.generated += 1;
                 chunk.push(best);
                 if g.is_done(s) {
                     done = true;
                 } else {
-                    let tokens = force(g, s, budget - generated, tokenizer, table, &mut bytes)?;
-                    generated += tokens.len();
+                    let tokens = force(g, s, self.budget - self.generated, tokenizer, self.table, &mut self.bytes)?;
+                    self.generated += tokens.len();
                     chunk.extend(tokens);
                 }
-                content.update(whole_utf8(&bytes));
+                self.content.update(&self.job, metrics, whole_utf8(&self.bytes));
             }
             _ => {
-                let best = choose(&logits, None, job, &mut rng);
-                if eos.contains(&best) {
-                    break "stop";
+                let best = choose(&logits, None, &self.job, &mut self.rng);
+                if self.extractor.eos_token_ids().contains(&best) {
+                    return Ok(Some(Some("stop")));
                 }
-                free.push(best);
-                generated += 1;
+                self.free.push(best);
+                self.generated += 1;
                 chunk.push(best);
                 // A token that ends inside a character decodes to U+FFFD until the rest comes.
-                let text = tokenizer.decode(&free, true).map_err(|e| failed(500, e))?;
-                content.update(text.trim_end_matches('\u{FFFD}'));
+                let text = tokenizer.decode(&self.free, true).map_err(|e| failed(500, e))?;
+                self.content.update(&self.job, metrics, text.trim_end_matches('\u{FFFD}'));
             }
         }
         if done {
-            break "stop";
+            return Ok(Some(Some("stop")));
         }
-        if next_pos + chunk.len() > limit {
-            break "length";
+        if self.next_pos + chunk.len() > limit {
+            return Ok(Some(Some("length")));
         }
-        pos = pos.next(&[chunk.len()], &[next_pos], chunk.len());
-        next_pos += chunk.len();
-        feed = chunk;
-    };
-    // What was held back for being incomplete goes out as it is.
-    if grammar.is_some() {
-        content.update(&String::from_utf8_lossy(&bytes));
-    } else {
-        content.update(&tokenizer.decode(&free, true).map_err(|e| failed(500, e))?);
+        self.pos = self.pos.next(&[chunk.len()], &[self.next_pos], chunk.len());
+        self.next_pos += chunk.len();
+        self.feed = chunk;
+        Ok(None)
     }
-    metrics.tokens.inc_by(generated as u64);
-    let _ = job.events.send(ChatEvent::Done { finish_reason, prompt_tokens, completion_tokens: generated });
-    Ok(())
 }
 
 /// The next token: the most likely (temperature 0) or a draw, among `allowed` when given.

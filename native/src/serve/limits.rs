@@ -41,6 +41,7 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self.status {
             StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => "overloaded_error",
             // The client's own slowness (its body did not arrive in time), not the server's load.
@@ -78,6 +79,56 @@ pub async fn identity_encoding(request: Request, next: Next) -> Response {
         }
         _ => next.run(request).await,
     }
+}
+
+/// A page on another site may POST to this server without asking first (a "simple" request:
+/// `text/plain` or a form), and a server without a key, on localhost, would run the model for
+/// it. Browsers name the page's origin in `Origin`; a request from another origin than the
+/// server's own is refused. A page can also make its own name resolve to 127.0.0.1 (DNS
+/// rebinding) and then be "same-origin": a server listening on loopback only answers requests
+/// that name a loopback host. Clients outside a browser send no `Origin` and name the address
+/// they connect to; the demo page is served from this origin.
+pub async fn same_origin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let settings = &state.settings;
+    let allowed = |name: &str| {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        settings.allowed_hosts.contains(&name)
+    };
+    let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // A request without Host is no browser's.
+    if settings.loopback && !host.is_empty() && !is_loopback_name(host_name(host)) && !allowed(host_name(host)) {
+        let message = format!(
+            "Host `{host}` is not a name of this server, which listens on loopback only (a page whose name resolves to 127.0.0.1?); a reverse proxy's name is allowed with --allow-host"
+        );
+        return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
+    }
+    let Some(origin) = request.headers().get(header::ORIGIN) else { return next.run(request).await };
+    let origin = origin.to_str().unwrap_or("?");
+    let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+    let own = authority.is_some_and(|o| (!host.is_empty() && o.eq_ignore_ascii_case(host)) || allowed(host_name(o)));
+    if own {
+        return next.run(request).await;
+    }
+    let message = format!(
+        "requests from pages of another origin ({origin}) are refused: call the API from a server, from the page `tiqu serve --demo` serves, or allow the page's host with --allow-host"
+    );
+    ApiError::new(StatusCode::FORBIDDEN, message).into_response()
+}
+
+/// `host[:port]` or `[v6][:port]` without its port.
+fn host_name(host: &str) -> &str {
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// `localhost` (and names under it, `localhost.localdomain`), 127.0.0.0/8 and ::1 (also as
+/// `::ffff:127.0.0.1`).
+pub fn is_loopback_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost" || name.ends_with(".localhost") || name == "localhost.localdomain" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// When the request must be answered by; handlers waiting for the model stop there (504).

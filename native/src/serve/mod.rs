@@ -34,6 +34,11 @@ pub struct ServeArgs {
     /// Address to listen on; anything but a loopback address exposes the model to the network.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// A host name requests may carry besides loopback ones, and browser pages on it may call
+    /// the API (a reverse proxy that passes its own Host through, a web app behind it); repeat
+    /// for several. Without it, on loopback, other Host names get 403 (DNS rebinding).
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_host: Vec<String>,
     /// 0 picks a free port; the address is printed on stdout (`serving http://…/`).
     #[arg(long, default_value_t = 8080)]
     port: u16,
@@ -100,6 +105,11 @@ pub struct Settings {
     pub speculate: tiqu_core::Speculate,
     /// The name /v1/models lists and completions report.
     pub model_name: String,
+    /// Listening on a loopback address only: requests must then name a loopback host or one of
+    /// `allowed_hosts`.
+    pub loopback: bool,
+    /// `--allow-host` names, lowercase, without a port.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl ServeArgs {
@@ -120,11 +130,21 @@ impl ServeArgs {
         if self.max_connections == 0 {
             bail!("--max-connections must be at least 1");
         }
+        // Counted with semaphores, whose permits are bounded; far above what a machine serves.
+        const MOST: usize = 1 << 20;
+        for (flag, value) in [("--max-queue", self.max_queue), ("--max-connections", self.max_connections)] {
+            if value > MOST {
+                bail!("{flag} {value} is above the limit of {MOST}");
+            }
+        }
         if self.max_body_bytes == 0 {
             bail!("--max-body-bytes must be at least 1");
         }
         if self.max_texts == 0 {
             bail!("--max-texts must be at least 1");
+        }
+        if let Some(bad) = self.allow_host.iter().find(|h| h.trim().is_empty() || (h.contains(['/', ':', ' ']) && !h.starts_with('['))) {
+            bail!("--allow-host `{bad}`: give a host name without scheme or port (api.example.com)");
         }
         let api_key = match self.api_key.as_deref().map(str::trim) {
             Some("") => bail!("--api-key (or TIQU_API_KEY) is empty; unset it to serve without a key"),
@@ -157,6 +177,8 @@ impl ServeArgs {
             max_new_tokens: self.max_new_tokens,
             speculate: self.speculate,
             model_name,
+            loopback: limits::is_loopback_name(&self.host),
+            allowed_hosts: self.allow_host.iter().map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase()).collect(),
         })
     }
 }

@@ -78,6 +78,9 @@ fn text_of(content: &Value, at: &str) -> Result<String, String> {
         Value::Array(parts) => {
             let mut out = String::new();
             for (j, part) in parts.iter().enumerate() {
+                if let Some(key) = part.as_object().and_then(|p| p.keys().find(|k| !["type", "text"].contains(&k.as_str()))) {
+                    return Err(format!("{at}.content[{j}].{key}: not supported (a text part is {{\"type\": \"text\", \"text\": \"…\"}})"));
+                }
                 match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
                     (Some("text"), Some(t)) => out.push_str(t),
                     (Some(other), _) if other != "text" => return Err(format!("{at}.content[{j}].type `{other}` is not supported (text only)")),
@@ -108,8 +111,30 @@ pub fn check_keys(body: &Value) -> Result<(), String> {
             if let Some(i) = list.iter().position(|m| !m.get("role").is_some_and(Value::is_string)) {
                 return Err(format!("messages[{i}] must be an object with a \"role\" string and \"content\""));
             }
+            // `name` tells participants apart, which one user message does not need.
+            for (i, m) in list.iter().enumerate() {
+                if let Some(key) = m.as_object().and_then(|m| m.keys().find(|k| !["role", "content", "name"].contains(&k.as_str()))) {
+                    return Err(format!("messages[{i}].{key}: not a message key this server reads"));
+                }
+            }
         }
         Some(_) => return Err("messages must be a list of {\"role\", \"content\"}".into()),
+    }
+    if obj.get("model").is_some_and(|m| !m.is_string() && !m.is_null()) {
+        return Err("model must be a string (the served model answers whatever it names)".into());
+    }
+    match obj.get("stream_options") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(options)) => {
+            // include_obfuscation pads streamed chunks against length side channels; none here.
+            if let Some(key) = options.keys().find(|k| !["include_usage", "include_obfuscation"].contains(&k.as_str())) {
+                return Err(format!("stream_options.{key}: not an option this server supports"));
+            }
+            if obj.get("stream").and_then(Value::as_bool) != Some(true) {
+                return Err("stream_options: only allowed when stream is true".into());
+            }
+        }
+        Some(_) => return Err("stream_options must be an object".into()),
     }
     for (key, value) in obj {
         match key.as_str() {
@@ -406,6 +431,8 @@ mod tests {
         assert!(plan(json!({"messages": user, "response_format": {"type": "json_object"}, "constrain": "none"})).err().unwrap().contains("unenforced"));
         assert!(plan(json!({"messages": user, "response_format": {"type": "yaml"}})).err().unwrap().contains("`yaml`"));
         assert!(plan(json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})).err().unwrap().contains("messages[0].content[0].type"));
+        let cached = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "a", "cache_control": {}}]}]});
+        assert!(plan(cached).err().unwrap().starts_with("messages[0].content[0].cache_control: not supported"));
         // Nothing to answer: a user message without text, however it is written.
         for content in [json!(null), json!(""), json!(" \n"), json!([])] {
             let err = plan(json!({"messages": [{"role": "user", "content": content}]})).err().unwrap();
@@ -436,6 +463,14 @@ mod tests {
             assert!(check_keys(&json!({"messages": user, key: 1})).unwrap_err().starts_with(key));
         }
         assert!(check_keys(&json!({"messages": user, "presence_penalty": 0.5})).is_err());
+        // Keys inside what the server reads are checked too (they were ignored).
+        let tagged = json!([{"role": "user", "content": "hi", "foo": 1}]);
+        assert_eq!(check_keys(&json!({"messages": tagged})).unwrap_err(), "messages[0].foo: not a message key this server reads");
+        assert!(check_keys(&json!({"messages": [{"role": "user", "content": "hi", "name": "a"}]})).is_ok());
+        assert_eq!(check_keys(&json!({"messages": user, "stream": true, "stream_options": {"include_usage": true, "x": 1}})).unwrap_err(), "stream_options.x: not an option this server supports");
+        assert!(check_keys(&json!({"messages": user, "stream_options": {"include_usage": true}})).unwrap_err().contains("only allowed when stream is true"));
+        assert!(check_keys(&json!({"messages": user, "stream": true, "stream_options": {"include_usage": true, "include_obfuscation": false}})).is_ok());
+        assert!(check_keys(&json!({"messages": user, "model": 5})).unwrap_err().starts_with("model must be a string"));
         // serde would read arrays as the structs' fields in order; the shapes are checked first.
         assert_eq!(check_keys(&json!([[{"role": "user", "content": "hi"}]])).unwrap_err(), "the body must be a JSON object with \"messages\"");
         assert_eq!(check_keys(&json!({"messages": [["user", "hi"]]})).unwrap_err(), "messages[0] must be an object with a \"role\" string and \"content\"");

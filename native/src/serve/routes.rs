@@ -35,7 +35,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
         .route_layer(middleware::from_fn(limits::identity_encoding))
-        .route_layer(middleware::from_fn_with_state(state.clone(), limits::require_api_key));
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits::require_api_key))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits::same_origin));
     // The last layer added runs first: errors become JSON around everything, then counting,
     // the deadline, and the body limit closest to the handlers.
     Router::new()
@@ -51,18 +52,36 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Requests by route pattern and status, and their latency to the response's headers.
+/// Requests by route pattern and status, and their latency to the response's headers. A client
+/// that leaves before its answer drops the request's future here: it is counted under status
+/// 499 (nginx's "client closed request"), so the counter holds every request.
 async fn count(State(state): Shared, request: Request, next: Next) -> Response {
     let route = match request.extensions().get::<MatchedPath>() {
         Some(p) => p.as_str().to_string(),
         None if state.site.is_some() => "demo".to_string(),
         None => "unmatched".to_string(),
     };
-    let started = std::time::Instant::now();
+    let mut counted = Counted { state, route, started: std::time::Instant::now(), status: None };
     let response = next.run(request).await;
-    state.metrics.latency.with_label_values(&[route.as_str()]).observe(started.elapsed().as_secs_f64());
-    state.metrics.requests.with_label_values(&[route.as_str(), response.status().as_str()]).inc();
+    counted.status = Some(response.status());
     response
+}
+
+struct Counted {
+    state: Arc<AppState>,
+    route: String,
+    started: std::time::Instant,
+    /// `None` while no response was made.
+    status: Option<StatusCode>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let status = self.status.as_ref().map_or("499", StatusCode::as_str);
+        let metrics = &self.state.metrics;
+        metrics.latency.with_label_values(&[self.route.as_str()]).observe(self.started.elapsed().as_secs_f64());
+        metrics.requests.with_label_values(&[self.route.as_str(), status]).inc();
+    }
 }
 
 async fn health(State(state): Shared) -> Response {
@@ -98,7 +117,67 @@ fn parse_json(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the body is empty: send a JSON object"));
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+    let value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+    // A key given twice keeps its last value when parsed: `"response_format"` twice, the second
+    // `null`, would drop the constraint without a word.
+    serde::de::DeserializeSeed::deserialize(NoRepeatedKeys, &mut serde_json::Deserializer::from_slice(&body))
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+/// Walks a JSON document and fails at the first object that holds a key twice.
+struct NoRepeatedKeys;
+
+impl<'de> serde::de::DeserializeSeed<'de> for NoRepeatedKeys {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoRepeatedKeys {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                return Err(serde::de::Error::custom(format!("the key `{}` appears twice in one object", key.escape_debug())));
+            }
+            map.next_value_seed(NoRepeatedKeys)?;
+            seen.insert(key);
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(NoRepeatedKeys)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
 }
 
 /// Waits for `rx` until the deadline: 504 after it, 500 when the model thread dropped the job.

@@ -3,8 +3,9 @@
 //! [`Job`]s and await their replies. Extraction texts run on core's continuous-batching engine
 //! (`--max-batch` rows): a text takes a row as soon as one is free, the requests with texts
 //! waiting taking turns, and each request is answered when its last text finishes; rows carry
-//! each request's own schema and constraint. Chats run one by one between engine passes
-//! (`chat.rs`). The handlers see jobs and replies, never the model.
+//! each request's own schema and constraint. Chats decode one at a time, a pass of the chat
+//! between passes of the engine (`chat.rs`), so neither holds the other until it ends. The
+//! handlers see jobs and replies, never the model.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,10 +17,10 @@ use anyhow::Result;
 use burn::prelude::Backend;
 use tiqu_core::constrain::TokenTable;
 use tiqu_core::engine::Request;
-use tiqu_core::{Constrain, ExtractOptions, Extraction, Extractor, Schema};
+use tiqu_core::{Constrain, ExtractOptions, Extraction, Schema};
 use tokio::sync::{mpsc, oneshot};
 
-use super::chat::{self, ChatJob};
+use super::chat::{self, ChatJob, ChatRun};
 use super::limits::ApiError;
 use super::state::{AppState, Phase};
 use crate::backend::BackendName;
@@ -40,9 +41,44 @@ pub enum Work {
 
 pub struct Job {
     work: Work,
+    place: Arc<Place>,
+}
+
+/// A request's place: whether its client is still there, and whether it still waits for the
+/// model (counted in `tiqu_queue_depth`, which `--max-queue` bounds). Shared by the handler's
+/// [`Ticket`] and the model thread, so a client that leaves frees its place at once, not when
+/// the model thread reaches its job.
+pub struct Place {
     /// Set when the client is gone (its handler was dropped) or timed out: the job is skipped,
-    /// or a chat stops at its next token.
-    cancelled: Arc<AtomicBool>,
+    /// its texts leave their rows, or a chat stops at its next token.
+    cancelled: AtomicBool,
+    waiting: AtomicBool,
+    cancel_counted: AtomicBool,
+    depth: prometheus::IntGauge,
+    cancelled_total: prometheus::IntCounter,
+}
+
+impl Place {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Leaves the queue's depth, once: when the job starts on the model, or its client leaves
+    /// while it waits. True for the call that left.
+    fn leave_queue(&self) -> bool {
+        let left = self.waiting.swap(false, Ordering::AcqRel);
+        if left {
+            self.depth.dec();
+        }
+        left
+    }
+
+    /// Counts the job as cancelled, once, whoever notices first.
+    pub fn count_cancel(&self) {
+        if !self.cancel_counted.swap(true, Ordering::AcqRel) {
+            self.cancelled_total.inc();
+        }
+    }
 }
 
 /// The handlers' end of the queue.
@@ -55,20 +91,28 @@ pub struct Jobs {
     rx: mpsc::Receiver<Job>,
 }
 
+/// The channel into the model thread. Admission is `--max-queue` against the depth (jobs still
+/// waiting); the channel holds more, since jobs whose clients left keep their slot in it until
+/// the model thread takes them off.
 pub fn queue(max_queue: usize) -> (Queue, Jobs) {
-    let (tx, rx) = mpsc::channel(max_queue);
+    let (tx, rx) = mpsc::channel(max_queue.saturating_mul(2).max(1));
     (Queue { tx }, Jobs { rx })
 }
 
 /// Held by the handler (or its response stream) while a job is queued or running: dropping it,
-/// which is what happens when the client disconnects, cancels the job.
+/// which is what happens when the client disconnects, cancels the job (and frees its place in
+/// the queue at once if it was still waiting).
 pub struct Ticket {
-    cancelled: Arc<AtomicBool>,
+    place: Arc<Place>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.cancelled.store(true, Ordering::Relaxed);
+        self.place.cancelled.store(true, Ordering::Relaxed);
+        // Still waiting: its place is freed now, and the model thread will only skip it.
+        if self.place.leave_queue() {
+            self.place.count_cancel();
+        }
     }
 }
 
@@ -79,12 +123,24 @@ pub fn submit(state: &AppState, work: Work) -> std::result::Result<Ticket, ApiEr
         Phase::Loading => return Err(ApiError::unavailable("the model is still loading", 2)),
         Phase::Failed(why) => return Err(ApiError::unavailable(&format!("the model failed to load: {why}"), 60)),
     }
-    let cancelled = Arc::new(AtomicBool::new(false));
+    // The depth counts every job not started yet, those the model thread has taken off the
+    // channel included (chats waiting their turn, texts waiting for a row).
+    if state.metrics.queue_depth.get() >= state.settings.max_queue as i64 {
+        return Err(ApiError::unavailable(&format!("the queue is full ({} requests waiting); retry later", state.settings.max_queue), 1));
+    }
     // Counted before sending so that the worker's decrement can never run first.
     state.metrics.queue_depth.inc();
-    match state.queue.tx.try_send(Job { work, cancelled: cancelled.clone() }) {
-        Ok(()) => Ok(Ticket { cancelled }),
+    let place = Arc::new(Place {
+        cancelled: AtomicBool::new(false),
+        waiting: AtomicBool::new(true),
+        cancel_counted: AtomicBool::new(false),
+        depth: state.metrics.queue_depth.clone(),
+        cancelled_total: state.metrics.cancelled.clone(),
+    });
+    match state.queue.tx.try_send(Job { work, place: place.clone() }) {
+        Ok(()) => Ok(Ticket { place }),
         Err(e) => {
+            place.waiting.store(false, Ordering::Release);
             state.metrics.queue_depth.dec();
             Err(match e {
                 mpsc::error::TrySendError::Full(_) => ApiError::unavailable(
@@ -134,35 +190,64 @@ fn serve_on<B: Backend>(device: &B::Device, model: &ModelArgs, state: &AppState,
 
     let mut engine = extractor.engine(settings.max_batch);
     let mut work = Extracts::default();
+    // The chat decoding, a pass at a time between the engine's passes, and the chats waiting
+    // for their turn (one decodes at a time: its sampling loop is not the engine's).
+    let mut chat: Option<ChatRun<'_, B>> = None;
+    let mut chats: VecDeque<(ChatJob, Arc<Place>)> = VecDeque::new();
     loop {
-        // Block for a job only when nothing is decoding or waiting for a row; otherwise take
-        // what has arrived, as long as rows would be free for it, and decode one more pass.
-        // Jobs left in the channel keep it full, which is what answers 503 under overload.
-        if engine.is_idle() && work.waiting == 0 {
+        // Block for a job only when nothing is decoding or waiting; otherwise take what has
+        // arrived, as long as rows would be free for it, and decode one more pass. Jobs left in
+        // the channel keep it full, which is what answers 503 under overload.
+        if engine.is_idle() && work.waiting == 0 && chat.is_none() && chats.is_empty() {
             match jobs.rx.blocking_recv() {
-                Some(job) => {
-                    work.accept(job, &extractor, &table, state);
-                }
+                Some(job) => work.accept(job, &mut chats),
                 None => break,
             }
         }
         // Up to --max-batch requests share the rows in turn (see `Extracts`); beyond that, jobs
-        // stay in the channel, whose bound answers 503.
+        // stay in the channel, whose bound answers 503. Chats taken off it wait in `chats`,
+        // still counted in the queue's depth, which `submit` holds to --max-queue.
         while engine.in_flight() + work.waiting < settings.max_batch || work.pending.len() < settings.max_batch {
             match jobs.rx.try_recv() {
-                // A chat runs whole inside `accept`: one per pass, so that chats arriving
-                // steadily cannot hold the texts already decoding.
-                Ok(job) => {
-                    if work.accept(job, &extractor, &table, state) {
-                        break;
-                    }
-                }
+                Ok(job) => work.accept(job, &mut chats),
                 Err(_) => break,
             }
         }
-        work.drop_departed(&mut engine, state);
-        work.feed(&mut engine, settings.max_batch, state);
-        state.metrics.rows_in_use.set(engine.rows_in_use() as i64);
+        while chat.is_none() {
+            let Some((job, place)) = chats.pop_front() else { break };
+            place.leave_queue();
+            if place.is_cancelled() {
+                place.count_cancel();
+                continue;
+            }
+            // Its reply channel is kept aside: a panic while starting (an allocation the
+            // device refuses) fails this chat, not the server.
+            let events = job.events.clone();
+            match std::panic::catch_unwind(AssertUnwindSafe(|| ChatRun::start(&extractor, &table, job, place))) {
+                Ok(Ok(run)) => chat = Some(run),
+                Ok(Err(e)) => {
+                    let _ = events.send(e);
+                }
+                Err(_) => {
+                    let _ = events.send(chat::ChatEvent::Error { status: 500, message: format!("internal failure: {}", last_panic()) });
+                }
+            }
+        }
+        if let Some(run) = chat.as_mut() {
+            let over = match std::panic::catch_unwind(AssertUnwindSafe(|| run.step(&state.metrics))) {
+                Ok(step) => matches!(step, chat::Step::Over),
+                Err(_) => {
+                    run.fail(&format!("internal failure: {}", last_panic()));
+                    true
+                }
+            };
+            if over {
+                chat = None;
+            }
+        }
+        work.drop_departed(&mut engine);
+        work.feed(&mut engine, settings.max_batch);
+        state.metrics.rows_in_use.set((engine.rows_in_use() + usize::from(chat.is_some())) as i64);
         if engine.is_idle() {
             continue;
         }
@@ -172,7 +257,7 @@ fn serve_on<B: Backend>(device: &B::Device, model: &ModelArgs, state: &AppState,
                     work.finish(id, result.map_err(|e| e.to_string().replace('\n', " ")), state);
                 }
                 // Also before blocking on an empty queue: the gauge must not keep a past batch.
-                state.metrics.rows_in_use.set(engine.rows_in_use() as i64);
+                state.metrics.rows_in_use.set((engine.rows_in_use() + usize::from(chat.is_some())) as i64);
             }
             Err(_) => {
                 // The engine's rows are in an unknown state: every text in it fails, and a new
@@ -190,7 +275,7 @@ fn serve_on<B: Backend>(device: &B::Device, model: &ModelArgs, state: &AppState,
 struct Open {
     job: ExtractJob,
     schema: Arc<Schema>,
-    cancelled: Arc<AtomicBool>,
+    place: Arc<Place>,
     results: Vec<Option<std::result::Result<Extraction, String>>>,
     left: usize,
     /// The next of its texts to take a row.
@@ -212,39 +297,38 @@ struct Extracts {
 }
 
 impl Extracts {
-    /// Takes a job off the queue: a chat runs now (on its own, as before the engine: its sampling
-    /// loop is not the engine's), an extraction's texts join `pending`. True when a chat ran.
-    fn accept<B: Backend>(&mut self, job: Job, extractor: &Extractor<B>, table: &TokenTable, state: &AppState) -> bool {
-        state.metrics.queue_depth.dec();
-        if job.cancelled.load(Ordering::Relaxed) {
-            state.metrics.cancelled.inc();
-            return false;
-        }
-        match job.work {
+    /// Takes a job off the queue: a chat waits in `chats` for its turn, an extraction's texts
+    /// join `pending`.
+    fn accept(&mut self, job: Job, chats: &mut VecDeque<(ChatJob, Arc<Place>)>) {
+        // Either still waits (and counts in the queue's depth) until it starts.
+        let e = match job.work {
             Work::Chat(chat) => {
-                run_chat(extractor, table, chat, &job.cancelled, state);
-                true
+                chats.push_back((chat, job.place));
+                return;
             }
-            Work::Extract(e) => {
-                let key = self.next_key;
-                self.next_key += 1;
-                let n = e.texts.len();
-                let schema = Arc::new(e.schema.clone());
-                self.open.insert(key, Open { job: e, schema, cancelled: job.cancelled, results: vec![None; n], left: n, next: 0 });
-                if n == 0 {
-                    self.close(key, state);
-                } else {
-                    self.pending.push_back(key);
-                    self.waiting += n;
-                }
-                false
-            }
+            Work::Extract(e) => e,
+        };
+        if job.place.is_cancelled() {
+            job.place.leave_queue();
+            job.place.count_cancel();
+            return;
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let n = e.texts.len();
+        let schema = Arc::new(e.schema.clone());
+        self.open.insert(key, Open { job: e, schema, place: job.place, results: vec![None; n], left: n, next: 0 });
+        if n == 0 {
+            self.close(key);
+        } else {
+            self.pending.push_back(key);
+            self.waiting += n;
         }
     }
 
     /// Submits waiting texts while rows are free; texts of a job whose client has gone are
     /// dropped instead, so a request that timed out stops taking rows.
-    fn feed<B: Backend>(&mut self, engine: &mut tiqu_core::engine::Engine<'_, B>, rows: usize, state: &AppState) {
+    fn feed<B: Backend>(&mut self, engine: &mut tiqu_core::engine::Engine<'_, B>, rows: usize) {
         while engine.in_flight() < rows {
             let Some(key) = self.pending.pop_front() else { break };
             let Some(open) = self.open.get_mut(&key) else { continue };
@@ -254,11 +338,13 @@ impl Extracts {
             if open.next < open.job.texts.len() {
                 self.pending.push_back(key);
             }
-            if open.cancelled.load(Ordering::Relaxed) {
+            // Its first text taking a row starts the job: it no longer waits.
+            open.place.leave_queue();
+            if open.place.is_cancelled() {
                 open.results[t] = Some(Err("the client has gone".into()));
                 open.left -= 1;
                 if open.left == 0 {
-                    self.close(key, state);
+                    self.close(key);
                 }
                 continue;
             }
@@ -270,17 +356,17 @@ impl Extracts {
 
     /// Texts already decoding for a client that has gone leave their rows before the next pass
     /// (a text asked for in json mode may otherwise decode to --max-new-tokens for nobody).
-    fn drop_departed<B: Backend>(&mut self, engine: &mut tiqu_core::engine::Engine<'_, B>, state: &AppState) {
+    fn drop_departed<B: Backend>(&mut self, engine: &mut tiqu_core::engine::Engine<'_, B>) {
         let departed: Vec<usize> = self
             .in_engine
             .iter()
-            .filter(|(_, (key, _))| self.open.get(key).is_some_and(|o| o.cancelled.load(Ordering::Relaxed)))
+            .filter(|(_, (key, _))| self.open.get(key).is_some_and(|o| o.place.is_cancelled()))
             .map(|(&id, _)| id)
             .collect();
         for id in departed {
             engine.cancel(id);
             if let Some((key, t)) = self.in_engine.remove(&id) {
-                self.give(key, t, Err("the client has gone".into()), state);
+                self.give(key, t, Err("the client has gone".into()));
             }
         }
     }
@@ -294,16 +380,16 @@ impl Extracts {
             }
             Err(_) => state.metrics.texts.with_label_values(&["error"]).inc(),
         }
-        self.give(key, t, result, state);
+        self.give(key, t, result);
     }
 
     /// Text `t` of job `key` is settled; the job is answered once all its texts are.
-    fn give(&mut self, key: usize, t: usize, result: std::result::Result<Extraction, String>, state: &AppState) {
+    fn give(&mut self, key: usize, t: usize, result: std::result::Result<Extraction, String>) {
         let Some(open) = self.open.get_mut(&key) else { return };
         open.results[t] = Some(result);
         open.left -= 1;
         if open.left == 0 {
-            self.close(key, state);
+            self.close(key);
         }
     }
 
@@ -315,25 +401,14 @@ impl Extracts {
     }
 
     /// Sends a finished job's results (its client may have gone since: nothing to do then).
-    fn close(&mut self, key: usize, state: &AppState) {
+    fn close(&mut self, key: usize) {
         let Some(open) = self.open.remove(&key) else { return };
-        if open.cancelled.load(Ordering::Relaxed) {
-            state.metrics.cancelled.inc();
+        open.place.leave_queue();
+        if open.place.is_cancelled() {
+            open.place.count_cancel();
             return;
         }
         let results = open.results.into_iter().map(|r| r.unwrap_or_else(|| Err("not extracted".into()))).collect();
         let _ = open.job.reply.send(results);
     }
-}
-
-fn run_chat<B: Backend>(extractor: &Extractor<B>, table: &TokenTable, job: ChatJob, cancelled: &AtomicBool, state: &AppState) {
-    state.metrics.rows_in_use.set(1);
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| chat::run(extractor, table, &job, cancelled, &state.metrics)));
-    state.metrics.rows_in_use.set(0);
-    let failure = match outcome {
-        Ok(Ok(())) => return,
-        Ok(Err(e)) => e,
-        Err(_) => chat::ChatEvent::Error { status: 500, message: format!("internal failure: {}", last_panic()) },
-    };
-    let _ = job.events.send(failure);
 }
