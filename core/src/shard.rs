@@ -183,6 +183,12 @@ pub struct PartMarker {
     /// edited in place, its size kept, is another input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// The part's own size and [`Fingerprint`] when it finished (absent in older markers): a part
+    /// damaged or edited since is not taken as this shard's answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_fingerprint: Option<String>,
 }
 
 impl PartMarker {
@@ -220,13 +226,15 @@ pub fn check_part_line(line: &[u8], expected: u64) -> std::result::Result<Map<St
         Some(line) => return Err(format!("answers line {line} where line {expected} of the shard was expected (answers are missing)")),
         None => return Err(format!("has no \"line\" number (expected line {expected} of the shard)")),
     }
-    let answer = matches!(
-        (obj.get("fields"), obj.get("error")),
-        (Some(Value::Object(_)), None) | (None, Some(Value::String(_)))
-    );
+    // Every value the model writes is a string or null.
+    let answer = match (obj.get("fields"), obj.get("error")) {
+        (Some(Value::Object(fields)), None) => fields.values().all(|v| v.is_string() || v.is_null()),
+        (None, Some(Value::String(_))) => true,
+        _ => false,
+    };
     let known = obj.keys().all(|k| ["line", "id", "fields", "error"].contains(&k.as_str()));
     if !answer || !known {
-        return Err("not an answer (one of \"fields\" or \"error\")".into());
+        return Err("not an answer (one of \"fields\", of strings or nulls, or \"error\")".into());
     }
     Ok(obj)
 }
@@ -290,12 +298,15 @@ pub fn merge(src: &mut dyn PartSource, count: usize, input_size: u64, mut out: O
         let part_name = src.label(&spec.part_name());
         let mut reader = src.part(spec)?;
         let (mut n, mut buf) = (0u64, Vec::new());
+        let (mut bytes, mut part_fingerprint) = (0u64, Fingerprint::default());
         loop {
             buf.clear();
             let read = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(&part_name, e))?;
             if read == 0 {
                 break;
             }
+            bytes += read as u64;
+            part_fingerprint.update(&buf);
             if buf.last() != Some(&b'\n') {
                 return Err(Error::Format(format!("{part_name}:{}: torn last line (no newline)", n + 1)));
             }
@@ -352,6 +363,12 @@ pub fn merge(src: &mut dyn PartSource, count: usize, input_size: u64, mut out: O
         }
         if n != marker.lines {
             return Err(Error::Format(format!("{part_name}: has {n} lines; its marker says {}", marker.lines)));
+        }
+        let changed = marker.part_bytes.is_some_and(|b| b != bytes) || marker.part_fingerprint.as_ref().is_some_and(|f| *f != part_fingerprint.hex());
+        if changed {
+            return Err(Error::Format(format!(
+                "{part_name}: changed since its shard finished ({marker_name} records other bytes); extract shard {index}/{count} again (remove both)"
+            )));
         }
         report.lines += n;
     }
@@ -438,7 +455,7 @@ mod tests {
     }
 
     fn part(spec: (usize, usize), range: (u64, u64), lines: &[&str]) -> (Option<Vec<u8>>, Vec<u8>) {
-        let marker = PartMarker { shard: ShardSpec::new(spec.0, spec.1).unwrap(), input_size: 10, start: range.0, end: range.1, lines: lines.len() as u64, fingerprint: None };
+        let marker = PartMarker { shard: ShardSpec::new(spec.0, spec.1).unwrap(), input_size: 10, start: range.0, end: range.1, lines: lines.len() as u64, fingerprint: None, part_bytes: None, part_fingerprint: None };
         (Some(marker.to_bytes()), lines.iter().map(|l| format!("{l}\n")).collect::<String>().into_bytes())
     }
 

@@ -208,6 +208,20 @@ fn is_jsonl_line(raw: &[u8]) -> std::result::Result<bool, String> {
     }
 }
 
+/// An id written as an integer that serde_json could only keep as a float (beyond i64 and u64):
+/// written back, it would be another number, and two such ids could become one.
+fn too_long_integer(id: &Value, line: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: &'a serde_json::value::RawValue,
+    }
+    if !id.as_number().is_some_and(serde_json::Number::is_f64) {
+        return false;
+    }
+    serde_json::from_str::<Id>(line).is_ok_and(|r| !r.id.get().contains(['.', 'e', 'E']))
+}
+
 /// One line (without its line end) as a record; ids are line numbers unless JSONL gives one.
 fn parse_record(raw: &[u8], line: usize, jsonl: bool) -> Record {
     let line_no = json!(line);
@@ -225,6 +239,10 @@ fn parse_record(raw: &[u8], line: usize, jsonl: bool) -> Record {
         Ok(s) => match serde_json::from_str::<Value>(&s) {
             Ok(v) => {
                 let (id, own_id) = match v.get("id") {
+                    Some(id) if too_long_integer(id, &s) => {
+                        let why = "the id is an integer beyond 64 bits, which JSON readers round (100000000000000000001 becomes 1e+20): give it as a string";
+                        return numbered(Err(why.into()));
+                    }
                     Some(id) => (id.clone(), true),
                     None => (line_no.clone(), false),
                 };
@@ -265,6 +283,7 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     if args.input != "-" && args.out != "-" && crate::storage::same_file(Path::new(&args.input), Path::new(&args.out)) {
         bail!("{}: --out is the input file; choose another --out", args.out);
     }
+    let made_out = args.shard.is_none() && args.out != "-" && fs::symlink_metadata(&args.out).is_err();
     let (mut input, mut sink, done) = match &args.shard {
         Some(spec) => {
             let spec = ShardSpec::parse(spec, |k| std::env::var(k).ok())?;
@@ -275,7 +294,6 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
         }
         None => open_whole(args, &schema.names())?,
     };
-    let loaded = checkpoint::load::<B>(&args.model.load_options(), device)?;
     let options = ExtractOptions {
         constrain: args.constrain,
         max_new_tokens: args.max_new_tokens,
@@ -284,7 +302,18 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
         speculate: args.speculate,
         sampling: args.sampling.sampling(args.model.seed),
     };
-    let extractor = loaded.into_extractor(schema, options)?;
+    let extractor = match checkpoint::load::<B>(&args.model.load_options(), device).and_then(|loaded| Ok(loaded.into_extractor(schema, options)?)) {
+        Ok(extractor) => extractor,
+        Err(e) => {
+            // The output was opened first (a resume checks it before the model loads): one made
+            // for this run is still empty, and goes with the run.
+            if made_out && fs::metadata(&args.out).is_ok_and(|m| m.len() == 0) {
+                drop(sink);
+                let _ = fs::remove_file(&args.out);
+            }
+            return Err(e);
+        }
+    };
     let mut engine = extractor.engine(args.batch);
 
     let bar = indicatif::ProgressBar::new_spinner();
@@ -591,7 +620,9 @@ fn is_answer(line: &[u8], expected: &Expected, names: &[&str]) -> bool {
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(line) else { return false };
     let fields_fit = match (obj.get("fields"), obj.get("error")) {
         (Some(Value::Object(fields)), None) => {
+            // Every value the model writes is a string or null.
             fields.keys().map(String::as_str).eq(names.iter().copied())
+                && fields.values().all(|v| v.is_string() || v.is_null())
                 && expected.copied_from.as_ref().is_none_or(|text| {
                     // A text cut to fit is copied from in NFC (it was decoded from its tokens).
                     let mut normalized = None;
@@ -645,6 +676,9 @@ mod tests {
         assert!(!is_answer(&line("Maria"), &expected, &names), "not in this record's text");
         assert!(!is_answer(&json!({"id": 1, "fields": {"city": null, "name": null}}).to_string().into_bytes(), &expected, &names), "keys out of order");
         assert!(is_answer(&json!({"id": 1, "error": "empty text"}).to_string().into_bytes(), &expected, &names));
+        for value in [json!(5), json!(true), json!({"x": [1, 2]}), json!(["a"])] {
+            assert!(!is_answer(&json!({"id": 1, "fields": {"name": value, "city": null}}).to_string().into_bytes(), &expected, &names), "{value}");
+        }
         assert!(!is_answer(&line("Jose\u{301}"), &Expected { id: json!(2), copied_from: None }, &names), "another id");
     }
 }

@@ -104,6 +104,11 @@ pub fn run_merge(args: &MergeArgs) -> Result<()> {
                     }
                 }
             }
+            if let Location::Local(o) = &dest {
+                if o.is_dir() {
+                    bail!("--out {out} is a folder: --out takes a file (the merged JSONL)");
+                }
+            }
             if dest.size()?.is_some() && !args.force {
                 bail!("{out}: exists; pass --force to replace it");
             }
@@ -188,7 +193,20 @@ impl PartWriter {
             }
         }
         if let Ok(bytes) = fs::read(&done_path) {
-            return Ok(PartState::Done(finished_marker(&bytes, &done_path.display().to_string(), spec, input_size, range, fingerprint)?));
+            let marker = finished_marker(&bytes, &done_path.display().to_string(), spec, input_size, range, fingerprint)?;
+            // A retried task skips its work only for the part its marker describes: one cut,
+            // removed or edited since would stay wrong for ever, found only by the merge.
+            if let (Some(was_bytes), Some(was)) = (marker.part_bytes, &marker.part_fingerprint) {
+                let now = part_digest(&path).ok();
+                if now.as_ref().is_none_or(|(b, f)| *b != was_bytes || f != was) {
+                    bail!(
+                        "{}: changed or removed since this shard finished ({} records other bytes); remove both to extract the shard again",
+                        path.display(),
+                        done_path.display()
+                    );
+                }
+            }
+            return Ok(PartState::Done(marker));
         }
         let has_lines = fs::metadata(&path).is_ok_and(|m| m.len() > 0);
         if has_lines && started.as_ref().and_then(|s| s.get("fingerprint")).and_then(Value::as_str).is_some_and(|f| f != fingerprint) {
@@ -225,10 +243,28 @@ impl PartWriter {
     pub fn finish(mut self, input_size: u64, range: (u64, u64), fingerprint: &str) -> Result<PartMarker> {
         self.flush()?;
         self.out.get_ref().sync_all().map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
-        let marker = PartMarker { shard: self.spec, input_size, start: range.0, end: range.1, lines: self.lines, fingerprint: Some(fingerprint.to_string()) };
+        let (bytes, part) = part_digest(&self.path)?;
+        let marker = PartMarker {
+            shard: self.spec,
+            input_size,
+            start: range.0,
+            end: range.1,
+            lines: self.lines,
+            fingerprint: Some(fingerprint.to_string()),
+            part_bytes: Some(bytes),
+            part_fingerprint: Some(part),
+        };
         write_atomically(&self.done_path, &marker.to_bytes())?;
         Ok(marker)
     }
+}
+
+/// A part file's size and [`shard::Fingerprint`], as its marker records them.
+fn part_digest(path: &Path) -> Result<(u64, String)> {
+    let mut file = File::open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let size = file.metadata().map_err(|e| anyhow!("{}: {e}", path.display()))?.len();
+    let digest = shard::Fingerprint::of_range(&mut file, (0, size)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok((size, digest))
 }
 
 /// A finished part's marker, checked to be this shard's of this input: a retried task may skip

@@ -128,6 +128,15 @@ fn the_first_line_decides_jsonl_and_a_broken_one_is_named() {
     let (o, out) = run("bom.jsonl", format!("\u{feff}{}\n", serde_json::json!({"id": "a1", "text": TEXTS[0]})).as_bytes());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(lines(&fs::read(&out).unwrap())[0]["id"], "a1");
+    // Integer ids beyond 64 bits were written back rounded (two of them as one `1e+20`): such a
+    // line gets an error, numbered by its line; ids that fit are kept exactly.
+    let big = "{\"id\": 100000000000000000001, \"text\": \"x\"}\n{\"id\": -9223372036854775808, \"text\": \"y\"}\n{\"id\": 18446744073709551615, \"text\": \"z\"}\n";
+    let (o, out) = run("big-ids.jsonl", big.as_bytes());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = fs::read_to_string(&out).unwrap();
+    let got: Vec<&str> = text.lines().collect();
+    assert!(got[0].starts_with("{\"id\":1,\"error\":\"the id is an integer beyond 64 bits"), "{}", got[0]);
+    assert!(got[1].starts_with("{\"id\":-9223372036854775808,") && got[2].starts_with("{\"id\":18446744073709551615,"), "{text}");
     for (name, body, needle) in [
         ("torn.jsonl", "\n{\"id\": \"a1\", \"text\": \"x\"\n", "torn.jsonl:2: the first line looks like JSON but is not valid JSON"),
         ("input-key.jsonl", "{\"id\": \"a1\", \"input\": \"x\"}\n", "input-key.jsonl:1: a JSON object without \"text\" (its keys: id, input)"),
@@ -159,6 +168,12 @@ fn the_first_line_decides_jsonl_and_a_broken_one_is_named() {
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && stderr.lines().count() == 1 && stderr.contains(needle), "{stderr}");
     }
+    // A model that fails to load leaves no empty output behind.
+    let input = dir.path().join("brace0.txt");
+    fs::write(&input, "x\n").unwrap();
+    let out = dir.path().join("never.jsonl");
+    let o = tiqu(&["extract", "--model", dir.path().join("nope").to_str().unwrap(), "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()], None);
+    assert!(!o.status.success() && !out.exists(), "{}", String::from_utf8_lossy(&o.stderr));
     // Texts that merely have braces are still texts.
     for (i, text) in ["{紧急} 王小明 上海市浦东新区 xm@example.org", "{紧急} 订单未到 {补发}", "{\"急\"} 没收到货", "{}"].iter().enumerate() {
         let (o, out) = run(&format!("brace{i}.txt"), format!("{text}\n").as_bytes());

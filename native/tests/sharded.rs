@@ -183,7 +183,37 @@ fn killed_and_restarted_shards_merge_to_the_single_process_output() {
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already complete"), "{}", String::from_utf8_lossy(&again.stderr));
     assert_eq!(fs::read(parts.join("part-00000-of-00004.jsonl")).unwrap(), before);
+    // A finished part changed since its marker (edited so that it still reads as answers, or cut)
+    // was merged as it stood, and a retried task called it complete for ever.
+    let part1 = parts.join("part-00001-of-00004.jsonl");
+    let body1 = fs::read(&part1).unwrap();
+    let first_end = body1.iter().position(|&b| b == b'\n').unwrap();
+    let edited_part = [&body1[..first_end], b" ", &body1[first_end..]].concat();
+    for changed in [edited_part, body1[..first_end + 1].to_vec()] {
+        fs::write(&part1, &changed).unwrap();
+        let retry = tiqu().args(&args).args(["--shard", "1/4"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&retry.stderr);
+        assert!(!retry.status.success() && stderr.contains("part-00001-of-00004.jsonl: changed or removed since this shard finished"), "{stderr}");
+        let verify = tiqu().args(["parts", "merge", "--input", &inp, "--parts", &parts_s, "--shards", "4"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&verify.stderr);
+        assert!(!verify.status.success() && (stderr.contains("changed since its shard finished") || stderr.contains("its marker says")), "{stderr}");
+    }
+    fs::write(&part1, &body1).unwrap();
+    // A value that is no string (the model writes strings or nulls) is not an answer.
+    let text1 = String::from_utf8(body1.clone()).unwrap();
+    let numbered = text1.replacen("\"fields\":{\"name\":", "\"fields\":{\"name\":12345,\"x\":", 1);
+    assert_ne!(numbered, text1);
+    fs::write(&part1, numbered).unwrap();
+    let verify = tiqu().args(["parts", "merge", "--input", &inp, "--parts", &parts_s, "--shards", "4"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success() && stderr.contains("part-00001-of-00004.jsonl:") && stderr.contains("of strings or nulls"), "{stderr}");
+    fs::write(&part1, &body1).unwrap();
 
+    // A folder as --out is named (it was "Is a directory (os error 21)", or "Device or resource
+    // busy" for `.`).
+    let merged_into_folder = tiqu().args(["parts", "merge", "--input", &inp, "--parts", &parts_s, "--shards", "4", "--force", "--out", &parts_s]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&merged_into_folder.stderr);
+    assert!(!merged_into_folder.status.success() && stderr.contains("is a folder: --out takes a file"), "{stderr}");
     // A torn part (its marker says more lines) and a missing marker are named.
     let part3 = parts.join("part-00003-of-00004.jsonl");
     let body = fs::read(&part3).unwrap();
