@@ -38,9 +38,10 @@ pub struct BenchExtractArgs {
     /// A config.json, or a preset: qwen3-0.6b, qwen3-1.7b, qwen3-4b.
     #[arg(long)]
     config: String,
-    /// The Qwen3 tokenizer folder.
-    #[arg(long, default_value = "assets/qwen3-tokenizer")]
-    tokenizer: std::path::PathBuf,
+    /// The Qwen3 tokenizer folder (default: the repository's assets/qwen3-tokenizer, found from
+    /// the working directory or from where this binary was built).
+    #[arg(long)]
+    tokenizer: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Records to extract (default: one batch).
@@ -266,7 +267,7 @@ fn bench_verify<B: Backend>(device: &B::Device, backend: BackendName, args: &Ben
         bail!("--acceptance must be a share from 0 to 1, got {:?}", args.acceptance);
     }
     let cfg = load_bench_config(&args.config)?;
-    if args.cache + longest > cfg.max_position_embeddings {
+    if args.cache.saturating_add(longest) > cfg.max_position_embeddings {
         bail!("--cache {} + {longest} positions exceed the model's context ({})", args.cache, cfg.max_position_embeddings);
     }
     let positions = args.cache + longest;
@@ -425,7 +426,7 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
         bail!("--records and --text-chars are at most 1000000");
     }
     let cfg = load_bench_config(&args.config)?;
-    let tokenizer = tiqu_core::Checkpoint::tokenizer_in(&tiqu_core::Folder::new(&args.tokenizer))?;
+    let tokenizer = tiqu_core::Checkpoint::tokenizer_in(&tiqu_core::Folder::new(crate::quickstart::find_tokenizer(args.tokenizer.as_deref())?))?;
     let model: Qwen3ForCausalLM<B> = args.quant.random_model(&cfg, device)?;
     let dtype = model.dtype();
     let options = ExtractOptions {
@@ -451,6 +452,17 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
     // In `none` mode random weights rarely produce JSON: such records count, their tokens don't.
     let tokens: usize = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.tokens).sum();
     let failed = results.iter().filter(|r| r.is_err()).count();
+    // Records that failed are no measurement: all of them failing is an error; some, a warning
+    // with the first reason (figures over the rest). Not in `none` mode, where random weights
+    // failing to write JSON is what is expected.
+    let first_failure = results.iter().find(|r| r.is_err()).filter(|_| args.constrain != tiqu_core::Constrain::None);
+    if let Some(Err(first)) = first_failure {
+        let why = first.to_string().replace('\n', " ");
+        if failed == n {
+            bail!("every record failed, so there is nothing to measure: {why}");
+        }
+        eprintln!("warning: {failed} of {n} records failed (the figures count the others' tokens); the first: {why}");
+    }
     let constrain_s: f64 = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.constrain_s).sum();
     let drafted: usize = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.drafted).sum();
     let accepted: usize = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.accepted).sum();

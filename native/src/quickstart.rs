@@ -18,7 +18,7 @@ use tiqu_core::checkpoint::TOKENIZER_FILES;
 use tiqu_core::eval::{evaluate_sft, SftEvalOptions};
 use tiqu_core::files::Folder;
 use tiqu_core::run::{OptimizerConfig, Run, RunConfig, RunOptions};
-use tiqu_core::sft::parse_records_lenient;
+use tiqu_core::dataset::sft_records::parse_records_lenient;
 use tiqu_core::train::{AdamWConfig, Method};
 use tiqu_core::{Checkpoint, ExtractOptions};
 
@@ -95,7 +95,7 @@ pub struct QuickstartArgs {
 
 /// Where the Qwen3 tokenizer is when `--tokenizer` is not given: the repository's copy, found
 /// from the working directory or from where this binary was built.
-fn find_tokenizer(given: Option<&Path>) -> Result<PathBuf> {
+pub fn find_tokenizer(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = given {
         if !dir.join("tokenizer.json").is_file() {
             bail!("{}: no tokenizer.json in this folder", dir.display());
@@ -114,11 +114,44 @@ fn find_tokenizer(given: Option<&Path>) -> Result<PathBuf> {
 pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
     let started = Instant::now();
     // 16 records per step as two micro-batches of 8, computed on two threads.
-    let (micro, accumulation) = (8, 2);
+    let (micro, accumulation): (usize, usize) = (8, 2);
     let batch = micro * accumulation;
     let steps = args.steps.unwrap_or(DEFAULT_STEPS);
     if steps == 0 || args.heldout == 0 || args.records == Some(0) {
         bail!("--steps, --records and --heldout must be at least 1");
+    }
+    // Everything that can be refused is, before an earlier quickstart's folder is replaced.
+    const MOST_RECORDS: usize = 10_000_000;
+    let records = match args.records {
+        Some(n) => n,
+        None if args.model.is_some() => 1000,
+        None => batch.checked_mul(steps).filter(|&n| n <= MOST_RECORDS).ok_or_else(|| {
+            anyhow!("--steps {steps}: {batch} new records a step would be over {MOST_RECORDS} records (give --records, or fewer --steps)")
+        })?,
+    };
+    for (flag, value) in [("--records", records), ("--heldout", args.heldout)] {
+        if value > MOST_RECORDS {
+            bail!("{flag} {value} is above the limit of {MOST_RECORDS}");
+        }
+    }
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        bail!("--lr must be a positive number, got {}", args.lr);
+    }
+    if args.model.is_none() {
+        // Trained from scratch with every weight: f32 only, as `train --method full`.
+        crate::backend::refuse_half_for_full_training()?;
+    }
+    // The from-scratch model's config.json as written into the folder, and its shape.
+    let (base_config, shape) = match &args.base_config {
+        Some(path) => {
+            let bytes = fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let shape = tiqu_core::Qwen3Config::from_json(&bytes, &path.display().to_string())?;
+            (bytes, shape)
+        }
+        None => (SMALL_CONFIG.as_bytes().to_vec(), tiqu_core::Qwen3Config::from_json(SMALL_CONFIG.as_bytes(), "the built-in config")?),
+    };
+    if let Some(model) = &args.model {
+        Checkpoint::resolve(model)?;
     }
     let held_out = Style::parse_list(&args.hold_out).map_err(|e| anyhow!("--hold-out: {e}"))?;
     let trained: Vec<Style> = Style::ALL.into_iter().filter(|s| !held_out.contains(s)).collect();
@@ -127,62 +160,14 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
     }
     let tokenizer = find_tokenizer(args.tokenizer.as_deref())?;
     let out = &args.out;
-    // A previous quickstart folder is replaced; anything else is not ours to delete.
-    if out.exists() {
-        let ours = out.join("quickstart.json").exists() || out.join(".quickstart").exists();
-        if !ours && fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-            bail!("{}: exists and is not a quickstart folder; pass another --out", out.display());
-        }
-        fs::remove_dir_all(out).map_err(|e| anyhow!("{}: {e}", out.display()))?;
-    }
-    fs::create_dir_all(out).map_err(|e| anyhow!("cannot create {}: {e}", out.display()))?;
-    fs::write(out.join(".quickstart"), b"").map_err(|e| anyhow!("cannot write in {}: {e}", out.display()))?;
-
-    let records = args.records.unwrap_or(if args.model.is_some() { 1000 } else { batch * steps });
     let train_path = out.join("data/train.jsonl");
     let heldout_path = out.join("data/heldout.jsonl");
     let unseen_path = out.join("data/heldout-styles.jsonl");
     let seed_path = out.join("data/seed-example.jsonl");
-    data::write(&train_path, Synth::with_styles(args.seed, &trained).take(records).map(|r| r.to_sft()))?;
-    // Different streams: held-out records are not drawn from the training sequence.
-    let heldout: Vec<SynthRecord> = Synth::with_styles(args.seed ^ 0x0004_E1D0_u64, &trained).take(args.heldout).collect();
-    data::write(&heldout_path, heldout.iter().map(SynthRecord::to_sft))?;
-    let unseen: Vec<SynthRecord> = if held_out.is_empty() {
-        Vec::new()
-    } else {
-        Synth::with_styles(args.seed ^ 0x0005_7E1E_u64, &held_out).take(args.heldout.div_ceil(2)).collect()
-    };
-    data::write(&unseen_path, unseen.iter().map(SynthRecord::to_sft))?;
-    data::write(&seed_path, std::iter::once(seed_example().to_sft()))?;
-    let handwritten_path = out.join("data/handwritten.jsonl");
-    fs::write(&handwritten_path, HANDWRITTEN).map_err(|e| anyhow!("{}: {e}", handwritten_path.display()))?;
-    eprintln!(
-        "synthesised {records} training and {} held-out records in the styles {}, and {} in the held-out styles {}, in {}",
-        heldout.len(),
-        names(&trained),
-        unseen.len(),
-        if held_out.is_empty() { "(none)".to_string() } else { names(&held_out) },
-        out.join("data").display()
-    );
-
     let run_dir = out.join("run");
+    let base = out.join("base");
     let (cfg, opts) = match &args.model {
         None => {
-            let base = out.join("base");
-            fs::create_dir_all(&base)?;
-            match &args.base_config {
-                Some(path) => {
-                    tiqu_core::Qwen3Config::from_json(&fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?, &path.display().to_string())?;
-                    fs::copy(path, base.join("config.json"))?;
-                }
-                None => fs::write(base.join("config.json"), SMALL_CONFIG)?,
-            }
-            for name in TOKENIZER_FILES {
-                if tokenizer.join(name).exists() {
-                    fs::copy(tokenizer.join(name), base.join(name)).map_err(|e| anyhow!("{}: {e}", tokenizer.join(name).display()))?;
-                }
-            }
-            eprintln!("training a small Qwen3-architecture model (2 layers, hidden 128) from scratch: it shows the pipeline, not Qwen3-0.6B's quality");
             let cfg = RunConfig {
                 model: base.display().to_string(),
                 method: Method::Full,
@@ -209,7 +194,6 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
             (cfg, RunOptions::default())
         }
         Some(model) => {
-            eprintln!("fine-tuning {model} with the seed's LoRA recipe");
             let cfg = RunConfig {
                 model: model.clone(),
                 data: train_path.display().to_string(),
@@ -221,6 +205,63 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
             (cfg, RunOptions { tokenizer: args.tokenizer.clone(), ..RunOptions::default() })
         }
     };
+    cfg.validate()?;
+    // A quickstart still training in this folder holds its run's lock: its folder is not ours
+    // to replace.
+    if tiqu_core::run::in_use(&run_dir) {
+        bail!("{}: another process is training in this quickstart folder; wait for it or pass another --out", out.display());
+    }
+    // A previous quickstart folder is replaced; anything else is not ours to delete.
+    if out.exists() {
+        let ours = out.join("quickstart.json").exists() || out.join(".quickstart").exists();
+        if !ours && fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            bail!("{}: exists and is not a quickstart folder; pass another --out", out.display());
+        }
+        fs::remove_dir_all(out).map_err(|e| anyhow!("{}: {e}", out.display()))?;
+    }
+    fs::create_dir_all(out).map_err(|e| anyhow!("cannot create {}: {e}", out.display()))?;
+    fs::write(out.join(".quickstart"), b"").map_err(|e| anyhow!("cannot write in {}: {e}", out.display()))?;
+
+    data::write(&train_path, Synth::with_styles(args.seed, &trained).take(records).map(|r| r.to_sft()))?;
+    // Different streams: held-out records are not drawn from the training sequence.
+    let heldout: Vec<SynthRecord> = Synth::with_styles(args.seed ^ 0x0004_E1D0_u64, &trained).take(args.heldout).collect();
+    data::write(&heldout_path, heldout.iter().map(SynthRecord::to_sft))?;
+    let unseen: Vec<SynthRecord> = if held_out.is_empty() {
+        Vec::new()
+    } else {
+        Synth::with_styles(args.seed ^ 0x0005_7E1E_u64, &held_out).take(args.heldout.div_ceil(2)).collect()
+    };
+    data::write(&unseen_path, unseen.iter().map(SynthRecord::to_sft))?;
+    data::write(&seed_path, std::iter::once(seed_example().to_sft()))?;
+    let handwritten_path = out.join("data/handwritten.jsonl");
+    fs::write(&handwritten_path, HANDWRITTEN).map_err(|e| anyhow!("{}: {e}", handwritten_path.display()))?;
+    eprintln!(
+        "synthesised {records} training and {} held-out records in the styles {}, and {} in the held-out styles {}, in {}",
+        heldout.len(),
+        names(&trained),
+        unseen.len(),
+        if held_out.is_empty() { "(none)".to_string() } else { names(&held_out) },
+        out.join("data").display()
+    );
+
+    match &args.model {
+        None => {
+            fs::create_dir_all(&base).map_err(|e| anyhow!("{}: {e}", base.display()))?;
+            let config = base.join("config.json");
+            fs::write(&config, &base_config).map_err(|e| anyhow!("{}: {e}", config.display()))?;
+            for name in TOKENIZER_FILES {
+                if tokenizer.join(name).exists() {
+                    let to = base.join(name);
+                    fs::copy(tokenizer.join(name), &to).map_err(|e| anyhow!("copying {} to {}: {e}", tokenizer.join(name).display(), to.display()))?;
+                }
+            }
+            eprintln!(
+                "training a small Qwen3-architecture model ({} layers, hidden {}) from scratch: it shows the pipeline, not Qwen3-0.6B's quality",
+                shape.num_hidden_layers, shape.hidden_size
+            );
+        }
+        Some(model) => eprintln!("fine-tuning {model} with the seed's LoRA recipe"),
+    }
     let training = Instant::now();
     let run = Run::create(&run_dir, cfg)?;
     let finished = crate::train::execute(backend, &run, opts, &[])?;

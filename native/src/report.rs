@@ -18,7 +18,7 @@ mod ticks;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
 use chart::{Chart, Curve};
@@ -49,6 +49,11 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         anyhow!("{}{}: {}", cfg_path.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), e.message().trim().replace('\n', "; "))
     })?;
+    // Every run's config.toml names its model and data: another tool's config.toml (cargo's,
+    // say) is not a run, and its folder's report.html is not ours to write.
+    if !["model", "data"].iter().all(|k| config.get(k).is_some_and(toml::Value::is_str)) {
+        bail!("{}: has no `model` and `data` settings: not a tiqu run folder", cfg_path.display());
+    }
     let summary_path = dir.join("summary.json");
     let summary = match fs::read(&summary_path) {
         Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: {e}", summary_path.display()))?),
@@ -332,7 +337,10 @@ pub(crate) mod tests {
         fs::write(dir.path().join("config.toml"), "model = \"x\"\nlearning_rate = = 3\n").unwrap();
         let e = format!("{:#}", load_run(dir.path()).err().unwrap());
         assert!(e.contains("config.toml:2:") && !e.contains('\n'), "{e}");
-        fs::write(dir.path().join("config.toml"), "model = \"x\"\n").unwrap();
+        fs::write(dir.path().join("config.toml"), "[build]\njobs = 2\n").unwrap();
+        let e = format!("{:#}", load_run(dir.path()).err().unwrap());
+        assert!(e.contains("config.toml: has no `model` and `data` settings: not a tiqu run folder"), "{e}");
+        fs::write(dir.path().join("config.toml"), "model = \"x\"\ndata = \"d\"\n").unwrap();
         fs::write(dir.path().join("summary.json"), "{\"steps\": ").unwrap();
         let e = format!("{:#}", load_run(dir.path()).err().unwrap());
         assert!(e.contains("summary.json") && !e.contains('\n'), "{e}");

@@ -339,12 +339,19 @@ fn huge_batches_and_lengths_are_refused_before_any_allocation() {
         let o = tiqu(&[&["--backend", "cpu"][..], args].concat());
         assert_clean_error(&o, &["takes at least", "GiB available"]);
     }
+    for flag in ["--cache", "--positions"] {
+        let o = tiqu(&["--backend", "cpu", "bench", "verify", "--config", "qwen3-0.6b", flag, "18446744073709551615"]);
+        assert_clean_error(&o, &["exceed the model's context"]);
+    }
     let o = tiqu(&["--backend", "cpu", "bench", "train", "--config", "qwen3-0.6b", "--seq", "100000000"]);
     assert_clean_error(&o, &["--seq", "max_position_embeddings"]);
     // Zero work is not a measurement (it printed 0 tokens/s, or records/s of nothing, exit 0).
     let o = tiqu(&["--backend", "cpu", "bench", "generate", "--config", config, "--new-tokens", "0"]);
     assert_clean_error(&o, &["--new-tokens must be at least 1"]);
     let tokenizer = fixture("tiny-tied");
+    // Records that all fail measure nothing (it printed 0 tokens/s and records/s of errors).
+    let o = tiqu(&["--backend", "cpu", "bench", "extract", "--config", config, "--tokenizer", tokenizer.to_str().unwrap(), "--records", "2", "--batch", "2", "--max-new-tokens", "100000"]);
+    assert_clean_error(&o, &["every record failed", "lower --max-new-tokens"]);
     for (flag, value) in [("--records", "0"), ("--max-new-tokens", "0")] {
         let o = tiqu(&["--backend", "cpu", "bench", "extract", "--config", config, "--tokenizer", tokenizer.to_str().unwrap(), flag, value]);
         assert_clean_error(&o, &["--max-new-tokens and --records must be at least 1"]);
@@ -352,6 +359,12 @@ fn huge_batches_and_lengths_are_refused_before_any_allocation() {
     // More client threads than the OS gives: refused by name (was a panic on thread spawn).
     let o = tiqu(&["bench", "serve", "--url", "http://127.0.0.1:9", "--input", input.to_str().unwrap(), "--clients", "1,100000"]);
     assert_clean_error(&o, &["--clients 100000: at most 4096"]);
+    // Semaphores bound their permits: tokio's panic (exit 101) after "serving http://…".
+    let model = fixture("tiny-untied");
+    for flag in ["--max-queue", "--max-connections"] {
+        let o = tiqu(&["serve", "--model", model.to_str().unwrap(), "--port", "0", flag, "18446744073709551615"]);
+        assert_clean_error(&o, &[flag, "above the limit of 1048576"]);
+    }
 }
 
 /// Usage errors (a flag that does not exist, a value that does not parse, a missing required
@@ -457,9 +470,22 @@ fn a_closed_standard_output_is_an_error_not_a_panic() {
     assert_clean_error(&out, &["standard output", "Broken pipe"]);
 }
 
+/// Proves: a tensor no weight of the config reads (a projection's bias, a LoRA pair saved into
+/// the base) is named, not dropped: loading ignored it and ran another model, exit 0.
+#[test]
+fn tensors_the_model_would_ignore_are_named() {
+    for extra in ["model.layers.0.self_attn.q_proj.bias", "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] {
+        let dir = copy_fixture("tiny-untied");
+        edit_weights(dir.path(), |t| t.push((extra.to_string(), vec![4], vec![0; 16])));
+        let out = tiqu(&["--backend", "cpu", "generate", "--model", dir.path().to_str().unwrap(), "--prompt", "你好", "--max-new-tokens", "2"]);
+        assert_clean_error(&out, &[extra, "not a weight of this Qwen3 config"]);
+    }
+}
+
 /// Proves: weights holding NaN stop extraction with one clear line, in every constraint mode;
 /// the copy constraint wrote all-null fields, exit 0 (a NaN logit compares false, so the argmax
-/// fell on a masked token), and `--constrain none` named a token id of 4294967295 per record.
+/// fell on a masked token), and `--constrain none` named a token id of 4294967295 per record;
+/// `generate` stops with the same line, greedy and sampled.
 #[test]
 fn nan_weights_are_named_not_answered() {
     let dir = copy_fixture("tiny-untied");
@@ -472,5 +498,12 @@ fn nan_weights_are_named_not_answered() {
     for constrain in ["copy", "json", "none"] {
         let out = tiqu(&["--backend", "cpu", "extract", "--model", dir.path().to_str().unwrap(), "--input", input.to_str().unwrap(), "--constrain", constrain]);
         assert_clean_error(&out, &["logits are NaN", "damaged checkpoint"]);
+    }
+    // `generate` printed whatever token the device's argmax settled on, greedy or sampled.
+    let model = dir.path().to_str().unwrap();
+    for sampling in [&[][..], &["--temperature", "0.7"]] {
+        let mut args = vec!["--backend", "cpu", "generate", "--model", model, "--prompt", "你好", "--max-new-tokens", "4"];
+        args.extend(sampling);
+        assert_clean_error(&tiqu(&args), &["logits are NaN", "damaged checkpoint"]);
     }
 }

@@ -136,4 +136,25 @@ fn bad_quickstart_input_gets_one_line_and_deletes_nothing() {
     }
     assert!(theirs.join("keep.txt").exists(), "a folder that is not a quickstart's is never deleted");
     assert!(!dir.path().join("qs").exists(), "nothing is created before the inputs are checked");
+
+    // An earlier quickstart's folder is replaced only by a run whose inputs pass: each of these
+    // deleted it first, then failed (or panicked on the step count).
+    let earlier = dir.path().join("earlier");
+    std::fs::create_dir(&earlier).unwrap();
+    std::fs::write(earlier.join("quickstart.json"), "{}").unwrap();
+    let cases: [(&[&str], &[&str], &str); 6] = [
+        (&["--dtype", "bf16"], &[], "--dtype bf16"),
+        (&[], &["--lr", "nan"], "--lr must be a positive number"),
+        (&[], &["--base-config", "/nonexistent-config.json"], "/nonexistent-config.json"),
+        (&[], &["--model", "/nonexistent-model"], "/nonexistent-model"),
+        (&[], &["--steps", "2000000000000000000"], "over 10000000 records"),
+        (&[], &["--heldout", "1000000000000000"], "--heldout 1000000000000000 is above the limit"),
+    ];
+    for (global, args, needle) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_tiqu")).args(["--backend", "cpu"]).args(global).args(["quickstart", "--out"]).arg(&earlier).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.lines().count() == 1 && stderr.contains(needle), "{needle}: {stderr}");
+        assert!(earlier.join("quickstart.json").exists(), "{needle}: the earlier quickstart is kept");
+    }
 }

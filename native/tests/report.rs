@@ -50,7 +50,7 @@ fn make_run(dir: &Path, method: &str, lr: &str, steps: usize) {
     fs::create_dir_all(dir).unwrap();
     fs::write(
         dir.join("config.toml"),
-        format!("model = \"m\"\nmethod = \"{method}\"\nr = 8\nlora_alpha = 32.0\nlearning_rate = {lr}\nsave_steps = 5\nseed = 42\n"),
+        format!("model = \"m\"\ndata = \"d.jsonl\"\nmethod = \"{method}\"\nr = 8\nlora_alpha = 32.0\nlearning_rate = {lr}\nsave_steps = 5\nseed = 42\n"),
     )
     .unwrap();
     let mut lines = String::new();
@@ -103,12 +103,16 @@ fn bad_inputs_are_refused_in_one_line_and_touch_nothing() {
     let html = dir.path().join("old.html");
     fs::write(&html, "keep me").unwrap();
     let (sa, sb) = (a.to_str().unwrap(), b.to_str().unwrap());
-    let before = snapshot(dir.path());
     let metrics = a.join("metrics.jsonl");
     let missing = dir.path().join("no/such/folder/c.html");
     let nothing = dir.path().join("nothing");
     let report = a.join("report.html");
     let fresh = dir.path().join("new.html");
+    let site = dir.path().join("site");
+    fs::create_dir(&site).unwrap();
+    fs::write(site.join("config.toml"), "[build]\njobs = 2\n").unwrap();
+    fs::write(site.join("report.html"), "mine").unwrap();
+    let before = snapshot(dir.path());
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         // A slip that would overwrite a run's metrics.
         (vec!["runs", "compare", sa, sb, "--html", metrics.to_str().unwrap()], vec!["metrics.jsonl", "not an .html file name"]),
@@ -120,6 +124,8 @@ fn bad_inputs_are_refused_in_one_line_and_touch_nothing() {
         (vec!["runs", "compare", sa, sb, "--html", html.to_str().unwrap()], vec!["old.html", "--force"]),
         (vec!["runs", "compare", sa, sb, "--html", report.to_str().unwrap()], vec!["report.html", "--force"]),
         (vec!["runs", "report", nothing.to_str().unwrap()], vec!["config.toml", "not a tiqu run folder"]),
+        // Another tool's config.toml is no run: its folder's report.html was replaced.
+        (vec!["runs", "report", site.to_str().unwrap()], vec!["config.toml", "not a tiqu run folder"]),
     ];
     for (args, needles) in &cases {
         assert_error(&tiqu(args), needles);
