@@ -224,7 +224,7 @@ fn bad_requests_get_one_json_line_and_the_server_keeps_serving() {
     server.still_serves();
     // A header of 1 MiB: hyper refuses it (431) before any handler runs.
     let mut s = TcpStream::connect(server.addr()).unwrap();
-    let _ = write!(s, "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "y".repeat(1 << 20));
+    let _ = write!(s, "GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "y".repeat(1 << 20));
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 431"), "{}", &answer[..answer.len().min(200)]);
@@ -289,6 +289,17 @@ fn requests_from_other_origins_are_refused() {
     for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("[::ffff:127.0.0.1]:{port}")] {
         assert!(raw(&host).starts_with("HTTP/1.1 200"), "{host}");
     }
+    // The metrics too: a rebound page could otherwise read them.
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: attacker.example:{port}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // Two Hosts (or two Origins) could be read differently by a proxy and by this server.
+    let two_hosts = post_as(&server, &format!("localhost:{port}\r\nHost: attacker.example"), &format!("http://localhost:{port}"));
+    assert!(two_hosts.starts_with("HTTP/1.1 400") && two_hosts.contains("more than one Host"), "{two_hosts}");
+    let two_origins = post_as(&server, &format!("localhost:{port}"), &format!("http://localhost:{port}\r\nOrigin: http://evil.example"));
+    assert!(two_origins.starts_with("HTTP/1.1 400") && two_origins.contains("more than one Origin"), "{two_origins}");
     drop(server);
     // Behind a reverse proxy that passes its own name through, the name is allowed by flag; a
     // page on it may call the API even where the proxy rewrites Host.
@@ -386,6 +397,7 @@ fn chat_completions_with_a_json_schema_whole_and_streamed() {
     let finish: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"][0].get("finish_reason")).filter(|f| !f.is_null()).collect();
     assert_eq!(finish, [&json!("stop")]);
     assert_eq!(chunks.last().unwrap()["usage"], *usage, "usage chunk");
+    assert_eq!(metric(&server.metrics(), r#"tiqu_chat_streams_total{outcome="done"}"#), 1.0);
 
     // json_object: the served schema's object.
     let (status, obj) = server.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": TEXT}], "response_format": {"type": "json_object"}}));
@@ -670,6 +682,8 @@ fn clients_that_leave_free_their_place() {
     // Counted when the decoding loop stops for its client, not at the end of the context.
     wait_cancelled(&server, before, Duration::from_secs(5));
     server.still_serves();
+    // Its status was 200 once the stream began: how it ended is counted apart.
+    assert_eq!(metric(&server.metrics(), r#"tiqu_chat_streams_total{outcome="left"}"#), 1.0);
 }
 
 /// Proves: texts already decoding for a client that has gone leave their rows at the next pass
@@ -774,7 +788,7 @@ fn clients_that_never_read_lose_their_connection() {
         // Pipelined requests whose answers fill both sockets' buffers; the write ends with an
         // error once the server has closed the connection.
         std::thread::spawn(move || {
-            let requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200);
+            let requests = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(200);
             for _ in 0..200 {
                 if s.write_all(&requests).is_err() {
                     break;

@@ -81,31 +81,42 @@ pub async fn identity_encoding(request: Request, next: Next) -> Response {
     }
 }
 
-/// A page on another site may POST to this server without asking first (a "simple" request:
-/// `text/plain` or a form), and a server without a key, on localhost, would run the model for
-/// it. Browsers name the page's origin in `Origin`; a request from another origin than the
-/// server's own is refused. A page can also make its own name resolve to 127.0.0.1 (DNS
-/// rebinding) and then be "same-origin": a server listening on loopback only answers requests
-/// that name a loopback host. Clients outside a browser send no `Origin` and name the address
-/// they connect to; the demo page is served from this origin.
-pub async fn same_origin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// A page can make its own name resolve to 127.0.0.1 (DNS rebinding) and then read this server
+/// as "same-origin", `/metrics` included: a server listening on loopback only answers requests
+/// that name a loopback host (or one allowed with `--allow-host`). A request naming two hosts is
+/// refused as HTTP/1.1 requires, since the proxy and this server could each read another one.
+pub async fn own_host(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let settings = &state.settings;
-    let allowed = |name: &str| {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        settings.allowed_hosts.contains(&name)
-    };
+    if request.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return ApiError::new(StatusCode::BAD_REQUEST, "more than one Host header".to_string()).into_response();
+    }
     let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
     // A request without Host is no browser's.
-    if settings.loopback && !host.is_empty() && !is_loopback_name(host_name(host)) && !allowed(host_name(host)) {
+    if settings.loopback && !host.is_empty() && !is_loopback_name(host_name(host)) && !settings.allows(host_name(host)) {
         let message = format!(
             "Host `{host}` is not a name of this server, which listens on loopback only (a page whose name resolves to 127.0.0.1?); a reverse proxy's name is allowed with --allow-host"
         );
         return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
     }
-    let Some(origin) = request.headers().get(header::ORIGIN) else { return next.run(request).await };
+    next.run(request).await
+}
+
+/// A page on another site may POST to this server without asking first (a "simple" request:
+/// `text/plain` or a form), and a server without a key, on localhost, would run the model for
+/// it. Browsers name the page's origin in `Origin`; a request from another origin than the
+/// server's own is refused. Clients outside a browser send no `Origin`; the demo page is served
+/// from this origin.
+pub async fn same_origin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let settings = &state.settings;
+    let mut origins = request.headers().get_all(header::ORIGIN).iter();
+    let Some(origin) = origins.next() else { return next.run(request).await };
+    if origins.next().is_some() {
+        return ApiError::new(StatusCode::BAD_REQUEST, "more than one Origin header".to_string()).into_response();
+    }
+    let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
     let origin = origin.to_str().unwrap_or("?");
     let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
-    let own = authority.is_some_and(|o| (!host.is_empty() && o.eq_ignore_ascii_case(host)) || allowed(host_name(o)));
+    let own = authority.is_some_and(|o| (!host.is_empty() && o.eq_ignore_ascii_case(host)) || settings.allows(host_name(o)));
     if own {
         return next.run(request).await;
     }

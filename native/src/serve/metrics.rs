@@ -13,6 +13,8 @@ pub struct Metrics {
     pub first_token: Histogram,
     pub texts: IntCounterVec,
     pub cancelled: IntCounter,
+    /// A streamed chat's status is 200 once its headers are out: how it ended is counted here.
+    pub streams: IntCounterVec,
     pub ready: IntGauge,
     /// Read from /proc at each scrape: whether memory stays flat under load.
     resident: IntGauge,
@@ -41,6 +43,11 @@ impl Metrics {
         .expect("valid metric");
         let texts = IntCounterVec::new(Opts::new("tiqu_extract_texts_total", "Texts extracted, by outcome"), &["outcome"]).expect("valid metric");
         let cancelled = IntCounter::new("tiqu_jobs_cancelled_total", "Queued jobs skipped and chats stopped because their client left or timed out").expect("valid metric");
+        let streams = IntCounterVec::new(
+            Opts::new("tiqu_chat_streams_total", "Streamed chat completions by how they ended: done, timeout, error, left (the client went first)"),
+            &["outcome"],
+        )
+        .expect("valid metric");
         let ready = IntGauge::new("tiqu_model_ready", "1 once the model is loaded").expect("valid metric");
         let resident = IntGauge::new("tiqu_resident_memory_bytes", "Resident memory of the server process (Linux; 0 elsewhere)").expect("valid metric");
         for c in [
@@ -52,12 +59,13 @@ impl Metrics {
             Box::new(first_token.clone()),
             Box::new(texts.clone()),
             Box::new(cancelled.clone()),
+            Box::new(streams.clone()),
             Box::new(ready.clone()),
             Box::new(resident.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Self { registry, requests, latency, queue_depth, rows_in_use, tokens, first_token, texts, cancelled, ready, resident }
+        Self { registry, requests, latency, queue_depth, rows_in_use, tokens, first_token, texts, cancelled, streams, ready, resident }
     }
 
     pub fn render(&self) -> String {

@@ -112,6 +112,13 @@ pub struct Settings {
     pub allowed_hosts: Vec<String>,
 }
 
+impl Settings {
+    /// `name` (without its port) is one of the `--allow-host` names.
+    pub fn allows(&self, name: &str) -> bool {
+        self.allowed_hosts.contains(&name.trim_end_matches('.').to_ascii_lowercase())
+    }
+}
+
 impl ServeArgs {
     fn settings(&self, model_dir: &std::path::Path) -> Result<Settings> {
         if self.max_queue == 0 {

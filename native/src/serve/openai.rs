@@ -116,6 +116,9 @@ pub fn check_keys(body: &Value) -> Result<(), String> {
                 if let Some(key) = m.as_object().and_then(|m| m.keys().find(|k| !["role", "content", "name"].contains(&k.as_str()))) {
                     return Err(format!("messages[{i}].{key}: not a message key this server reads"));
                 }
+                if m.get("name").is_some_and(|n| !n.is_string() && !n.is_null()) {
+                    return Err(format!("messages[{i}].name must be a string"));
+                }
             }
         }
         Some(_) => return Err("messages must be a list of {\"role\", \"content\"}".into()),
@@ -181,6 +184,13 @@ impl ChatRequest {
             return Err(format!("messages[{}].content is empty: the user message needs text", messages.len() - 1));
         }
 
+        // Both names of one limit: OpenAI deprecated max_tokens for max_completion_tokens, and a
+        // client sending both with different values could not know which one was obeyed.
+        if let (Some(a), Some(b)) = (self.max_completion_tokens, self.max_tokens) {
+            if a != b {
+                return Err(format!("max_completion_tokens ({a}) and max_tokens ({b}) differ: send one of them"));
+            }
+        }
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             Some(0) => return Err("max_tokens must be at least 1".into()),
             Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
@@ -449,6 +459,9 @@ mod tests {
         let schema = json!({"name": "c", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}});
         assert!(plan(json!({"messages": user, "response_format": {"type": "text", "json_schema": schema}})).err().unwrap().contains("response_format.json_schema is not read"));
         assert!(plan(json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": {}, "strct": true}}})).err().unwrap().contains("json_schema.strct"));
+        // Two names of one limit with different values: which one would be obeyed is not guessed.
+        assert!(plan(json!({"messages": user, "max_tokens": 5, "max_completion_tokens": 7})).err().unwrap().contains("differ"));
+        assert!(plan(json!({"messages": user, "max_tokens": 5, "max_completion_tokens": 5})).is_ok());
     }
 
     /// Keys this server would not read are refused by name; the ones clients send that do not
@@ -476,5 +489,7 @@ mod tests {
         assert_eq!(check_keys(&json!({"messages": [["user", "hi"]]})).unwrap_err(), "messages[0] must be an object with a \"role\" string and \"content\"");
         assert!(check_keys(&json!({"messages": "hi"})).unwrap_err().starts_with("messages must be a list"));
         assert!(check_keys(&json!({"model": "m"})).unwrap_err().starts_with("the body needs \"messages\""));
+        assert!(check_keys(&json!({"messages": [{"role": "user", "content": "hi", "name": "ann"}]})).is_ok());
+        assert_eq!(check_keys(&json!({"messages": [{"role": "user", "content": "hi", "name": 7}]})).unwrap_err(), "messages[0].name must be a string");
     }
 }

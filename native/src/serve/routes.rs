@@ -46,6 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::own_host))
         .layer(middleware::from_fn_with_state(state.clone(), limits::deadline))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(middleware::from_fn_with_state(state.clone(), limits::json_errors))
@@ -295,7 +296,7 @@ async fn chat(State(state): Shared, Extension(at): Extension<Deadline>, body: Re
         return Err(event_error(status, message));
     }
     if stream {
-        let mut stream = ChatStream { rx, _ticket: ticket, at, completion, include_usage, pending: VecDeque::new(), finished: false };
+        let mut stream = ChatStream { rx, _ticket: ticket, at, completion, include_usage, pending: VecDeque::new(), ended: None, state: state.clone() };
         stream.pending.push_back(stream.completion.chunk(json!({"role": "assistant", "content": ""}), None).to_string());
         stream.push(event);
         let events = futures_util::stream::unfold(stream, |mut s| async move { s.next().await.map(|e| (Ok::<Event, Infallible>(e), s)) });
@@ -325,7 +326,24 @@ struct ChatStream {
     completion: Completion,
     include_usage: bool,
     pending: VecDeque<String>,
-    finished: bool,
+    /// How the stream ended, once it has: `tiqu_chat_streams_total`'s outcome.
+    ended: Option<&'static str>,
+    state: Arc<AppState>,
+}
+
+impl ChatStream {
+    fn end(&mut self, outcome: &'static str) {
+        self.ended = Some(outcome);
+        self.state.metrics.streams.with_label_values(&[outcome]).inc();
+    }
+}
+
+impl Drop for ChatStream {
+    fn drop(&mut self) {
+        if self.ended.is_none() {
+            self.end("left");
+        }
+    }
 }
 
 impl ChatStream {
@@ -338,12 +356,12 @@ impl ChatStream {
                     self.pending.push_back(self.completion.usage_chunk(Completion::usage(prompt_tokens, completion_tokens)).to_string());
                 }
                 self.pending.push_back("[DONE]".into());
-                self.finished = true;
+                self.end("done");
             }
             // OpenAI's clients raise on an event that carries an error.
             ChatEvent::Error { status, message } => {
                 self.pending.push_back(event_error(status, message).body().to_string());
-                self.finished = true;
+                self.end(if status == 504 { "timeout" } else { "error" });
             }
         }
     }
@@ -353,7 +371,7 @@ impl ChatStream {
             if let Some(data) = self.pending.pop_front() {
                 return Some(Event::default().data(data));
             }
-            if self.finished {
+            if self.ended.is_some() {
                 return None;
             }
             let event = match tokio::time::timeout_at(self.at.0, self.rx.recv()).await {
