@@ -20,7 +20,7 @@ use rand::SeedableRng;
 
 use crate::constrain::{Constrain, Grammar, State};
 use crate::extract::{Extraction, Extractor, Fields};
-use crate::generate::{distribution, draw, nan_logits, Sampling};
+use crate::generate::{distribution, draw, non_finite_logits, Sampling};
 use crate::model::RowPass;
 use crate::read::{read, ready, ReadMode};
 use crate::schema::Schema;
@@ -587,6 +587,11 @@ impl<'a, B: Backend> Engine<'a, B> {
     }
 }
 
+/// A logit no finite model computes (-inf is a masked token's).
+fn broken(logit: f32) -> bool {
+    logit.is_nan() || logit == f32::INFINITY
+}
+
 /// Candidates gathered for a pass's picks are at most this fraction of the vocabulary; with
 /// more, the whole output layer is cheaper than gathering its rows.
 const GATHER_FRACTION: usize = 8;
@@ -610,15 +615,16 @@ impl Scores<'_> {
     }
 
     /// The next token among `candidates`: the argmax, or a draw from the sampled distribution
-    /// over them. A NaN logit is an error: no pick from such logits means anything (a NaN
-    /// compares false, so the argmax fell on a masked token, or on none).
+    /// over them. A NaN or +inf logit is an error: no pick from such logits means anything (a NaN
+    /// compares false, so the argmax fell on a masked token, or on none; +inf wins every pick).
+    /// -inf is how [`Scores::get`] masks a token the pass did not compute.
     fn pick(&self, candidates: impl Iterator<Item = u32>, sampling: &Sampling, rng: Option<&mut StdRng>) -> Result<u32> {
         match (sampling, rng) {
             (Sampling::Sample { temperature, top_k, top_p, .. }, Some(rng)) => {
                 let candidates: Vec<u32> = candidates.collect();
                 let logits: Vec<f32> = candidates.iter().map(|&id| self.get(id)).collect();
-                if logits.iter().any(|v| v.is_nan()) {
-                    return Err(nan_logits());
+                if logits.iter().any(|&v| broken(v)) {
+                    return Err(non_finite_logits());
                 }
                 let dist = distribution(&logits, *temperature, *top_k, *top_p);
                 Ok(candidates[dist[draw(&dist, rng)].0])
@@ -632,8 +638,8 @@ impl Scores<'_> {
         let mut best = (f32::NEG_INFINITY, u32::MAX);
         for id in candidates {
             let v = self.get(id);
-            if v.is_nan() {
-                return Err(nan_logits());
+            if broken(v) {
+                return Err(non_finite_logits());
             }
             if v > best.0 || (v == best.0 && id < best.1) {
                 best = (v, id);

@@ -24,7 +24,7 @@ impl Sampling {
                 return Err(Error::Other("top_k must be at least 1".into()));
             }
             if !(*temperature > 0.0 && temperature.is_finite()) {
-                return Err(Error::Other(format!("temperature must be positive, got {temperature:?}")));
+                return Err(Error::Other(format!("temperature must be a finite number above 0, got {temperature:?}")));
             }
             if top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
                 return Err(Error::Other("top_p must be in (0, 1]".into()));
@@ -155,10 +155,11 @@ async fn pick<B: Backend>(logits: Tensor<B, 2>, sampling: &Sampling, rng: &mut S
     let read_err = |e| Error::Other(format!("reading logits: {e:?}"));
     match sampling {
         Sampling::Greedy => {
-            // A NaN compares false, so the argmax of NaN logits is some token, not an error.
-            let nan = read(logits.clone().is_nan().any(), mode).await?.convert::<bool>().to_vec::<bool>().map_err(read_err)?;
-            if nan.first() == Some(&true) {
-                return Err(nan_logits());
+            // A NaN compares false, so the argmax of NaN logits is some token, not an error; an
+            // infinite logit wins every argmax. A finite model computes neither.
+            let broken = read(logits.clone().is_finite().bool_not().any(), mode).await?.convert::<bool>().to_vec::<bool>().map_err(read_err)?;
+            if broken.first() == Some(&true) {
+                return Err(non_finite_logits());
             }
             let ids = read(logits.argmax(1), mode).await?.convert::<i64>().to_vec::<i64>().map_err(read_err)?;
             Ok(ids.into_iter().map(|i| i as u32).collect())
@@ -166,17 +167,18 @@ async fn pick<B: Backend>(logits: Tensor<B, 2>, sampling: &Sampling, rng: &mut S
         Sampling::Sample { temperature, top_k, top_p, .. } => {
             let [b, v] = logits.dims();
             let values: Vec<f32> = read(logits, mode).await?.convert::<f32>().to_vec().map_err(read_err)?;
-            if values.iter().any(|x| x.is_nan()) {
-                return Err(nan_logits());
+            if values.iter().any(|x| !x.is_finite()) {
+                return Err(non_finite_logits());
             }
             Ok((0..b).map(|r| sample_row(&values[r * v..(r + 1) * v], *temperature, *top_k, *top_p, rng)).collect())
         }
     }
 }
 
-/// Picking from NaN logits means nothing (and the greedy pick is some token all the same).
-pub fn nan_logits() -> Error {
-    Error::Tensor("the model's logits are NaN: its weights hold NaN or infinite values (a damaged checkpoint?)".into())
+/// Picking from NaN or infinite logits means nothing (and the greedy pick is some token all the
+/// same): a model whose weights are finite computes neither.
+pub fn non_finite_logits() -> Error {
+    Error::Tensor("the model's logits are NaN or infinite: its weights hold NaN or infinite values (a damaged checkpoint?)".into())
 }
 
 /// One draw from `softmax(logits / temperature)` restricted to the top-k, then to the smallest

@@ -334,7 +334,8 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
         })?;
         let candidates = crate::flex::with_f32(hidden, |x| screen.candidates(x)).flatten()?;
         let logits: Vec<f32> = self.logits_of(hidden.clone(), &candidates).into_data().to_vec().ok()?;
-        if logits.iter().any(|v| v.is_nan()) {
+        // Left to the whole head's pick, which refuses them.
+        if logits.iter().any(|v| !v.is_finite()) {
             return None;
         }
         let best = (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b });

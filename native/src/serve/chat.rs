@@ -214,8 +214,8 @@ impl<'a, B: Backend> ChatRun<'a, B> {
             .convert::<f32>()
             .to_vec()
             .map_err(|e| failed(500, format!("reading logits: {e:?}")))?;
-        if logits.iter().any(|v| v.is_nan()) {
-            return Err(failed(500, tiqu_core::generate::nan_logits()));
+        if logits.iter().any(|v| !v.is_finite()) {
+            return Err(failed(500, tiqu_core::generate::non_finite_logits()));
         }
         let mut chunk = Vec::new();
         let mut done = false;
