@@ -80,6 +80,11 @@ pub fn merge_into<W: std::io::Write>(
     write_safetensors(out, &entries, &[("format", "pt")], |i| {
         let e = &entries[i];
         let (_, mut w) = base.read_f32(&e.name)?;
+        // The merged folder is a model to serve: a weight that is not finite there is a
+        // damaged model written with exit 0 (the base's own, or a product that overflowed).
+        if w.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Tensor(format!("base tensor `{}` holds NaN or infinite values; refusing to write a merged model of it", e.name)));
+        }
         if let Some((a_key, b_key)) = targets.get(&e.name) {
             let (out_dim, inp) = (e.shape[0], e.shape[1]);
             let (a_shape, a) = adapter.read_f32(a_key)?;
@@ -94,6 +99,13 @@ pub fn merge_into<W: std::io::Write>(
                 return Err(Error::Tensor(format!("adapter tensor `{key}` holds NaN or infinite values; refusing to fold it in")));
             }
             add_low_rank(&mut w, &a, &b, out_dim, inp, lora.r, scaling);
+            let fits = |x: &f32| x.is_finite() && (e.dtype != crate::weights::Dtype::F16 || half::f16::from_f32(*x).is_finite());
+            if !w.iter().all(fits) {
+                return Err(Error::Tensor(format!(
+                    "`{}` plus the adapter's product (scaling {scaling}) overflows {:?}: the adapter's values are far too large for this base",
+                    e.name, e.dtype
+                )));
+            }
             merged += 1;
         }
         Ok(encode(&w, e.dtype))

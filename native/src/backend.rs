@@ -359,12 +359,21 @@ pub fn dtype<B: burn::prelude::Backend>(device: &B::Device, usage: Use) -> Resul
 
 /// Training every weight needs f32: `--dtype bf16|f16` is refused before anything is done.
 pub fn refuse_half_for_full_training() -> Result<()> {
-    let name = match DTYPE.get().copied().unwrap_or(DtypeName::Auto) {
-        DtypeName::Bf16 => "bf16",
-        DtypeName::F16 => "f16",
-        DtypeName::Auto | DtypeName::F32 => return Ok(()),
+    let name = match given_dtype() {
+        Some(name @ ("bf16" | "f16")) => name,
+        _ => return Ok(()),
     };
     bail!("--dtype {name}: `--method full` trains every weight and needs f32 (half precision is for LoRA and inference)")
+}
+
+/// `--dtype` as given, unless `auto`.
+pub fn given_dtype() -> Option<&'static str> {
+    match DTYPE.get().copied().unwrap_or(DtypeName::Auto) {
+        DtypeName::Auto => None,
+        DtypeName::F32 => Some("f32"),
+        DtypeName::Bf16 => Some("bf16"),
+        DtypeName::F16 => Some("f16"),
+    }
 }
 
 /// `f32`, `bf16`, `f16`: as `--dtype` spells it.

@@ -21,6 +21,10 @@ pub struct MergeArgs {
 }
 
 pub fn run(args: &MergeArgs) -> Result<()> {
+    if let Some(name) = crate::backend::given_dtype() {
+        // Accepted, it was ignored: the output kept the base's dtype whatever was asked.
+        anyhow::bail!("--dtype {name}: merge writes each weight in the base checkpoint's own dtype; drop --dtype");
+    }
     let base = crate::checkpoint::resolve(&args.model)?;
     let (merged, lora) = merge_folder(&base, &Folder::new(&args.adapter), &args.out)?;
     println!("merged {merged} weight matrices (r={}, scaling {}) into {}", lora.r, lora.scaling(), args.out.display());

@@ -277,6 +277,9 @@ impl ModelFolder<'_> {
 /// companion files. Built under a temporary name of its own, renamed when complete. Returns the
 /// number of weight matrices changed and the adapter's settings.
 pub fn merge_folder(base: &Checkpoint, adapter: &dyn Files, out: &Path) -> Result<(usize, LoraConfig)> {
+    if out.is_file() {
+        return Err(Error::Format(format!("{}: is a file; merge writes a new folder", out.display())));
+    }
     if out.exists() && fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(Error::Format(format!("{}: already exists and is not empty; merge writes a new folder", out.display())));
     }
