@@ -125,6 +125,13 @@ pub fn first_non_finite<B: Backend>(model: &Qwen3ForCausalLM<B>) -> Option<Strin
             return Some(name);
         }
     }
+    first_non_finite_lora(&model)
+}
+
+/// The first LoRA matrix holding a NaN or an infinity, by PEFT key.
+pub fn first_non_finite_lora<B: Backend>(model: &Qwen3ForCausalLM<B>) -> Option<String> {
+    let bad = |data: TensorData| data.convert::<f32>().to_vec::<f32>().unwrap_or_default().iter().any(|x| !x.is_finite());
+    let mut model = model.clone();
     for (layer, projection, linear) in model.projections_mut() {
         if let Some(lora) = &linear.lora {
             for (which, p) in [("lora_A", &lora.lora_A), ("lora_B", &lora.lora_B)] {

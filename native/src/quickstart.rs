@@ -150,6 +150,19 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
         }
         None => (SMALL_CONFIG.as_bytes().to_vec(), tiqu_core::Qwen3Config::from_json(SMALL_CONFIG.as_bytes(), "the built-in config")?),
     };
+    // The evaluation keeps 296 positions for the answer (256 new tokens and the four keys) after
+    // prompts of up to about 200 tokens: a model holding fewer positions failed after training,
+    // or first advised a --max-length the quickstart does not have.
+    const LEAST_POSITIONS: usize = 512;
+    if let Some(path) = &args.base_config {
+        if shape.max_position_embeddings < LEAST_POSITIONS {
+            bail!(
+                "{}: max_position_embeddings {} is too few for the quickstart's records and answers; it needs at least {LEAST_POSITIONS}",
+                path.display(),
+                shape.max_position_embeddings
+            );
+        }
+    }
     if let Some(model) = &args.model {
         Checkpoint::resolve(model)?;
     }
@@ -200,9 +213,10 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
                 eval_data: Some(heldout_path.display().to_string()),
                 max_steps: args.steps.unwrap_or(0),
                 seed: args.seed,
+                tokenizer: args.tokenizer.as_ref().map(|t| t.display().to_string()),
                 ..RunConfig::default()
             };
-            (cfg, RunOptions { tokenizer: args.tokenizer.clone(), ..RunOptions::default() })
+            (cfg, RunOptions::default())
         }
     };
     cfg.validate()?;

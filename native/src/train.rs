@@ -137,6 +137,9 @@ impl TrainArgs {
         if let Some(a) = &self.adapter {
             t.insert("adapter".into(), a.display().to_string().into());
         }
+        if let Some(dir) = &self.tokenizer {
+            t.insert("tokenizer".into(), dir.display().to_string().into());
+        }
         Ok(t)
     }
 
@@ -209,7 +212,7 @@ pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
             bail!("--config cannot be given with --resume: the run keeps the settings in {}", out.join("config.toml").display());
         }
         // Paths given again are compared as the run stored them: absolute.
-        for key in ["data", "eval_data", "model", "adapter"] {
+        for key in ["data", "eval_data", "model", "adapter", "tokenizer"] {
             if let Some(toml::Value::String(p)) = flags.get(key) {
                 if Path::new(p).exists() {
                     let abs = std::path::absolute(p).map_err(|e| anyhow!("{p}: {e}"))?;
@@ -245,7 +248,7 @@ pub fn run(backend: BackendName, args: &TrainArgs) -> Result<()> {
     if args.devices.len() > accumulation {
         bail!("--devices: {} devices need --grad-accum {} or more (each device takes whole micro-batches of a step)", args.devices.len(), args.devices.len());
     }
-    let opts = RunOptions { tokenizer: args.tokenizer.clone(), skip_bad_records: args.skip_bad_records, threads: args.threads.unwrap_or(0), ..Default::default() };
+    let opts = RunOptions { skip_bad_records: args.skip_bad_records, threads: args.threads.unwrap_or(0), ..Default::default() };
     let done = execute(backend, &run, opts, &args.devices)?;
     let what = if run.config().method == Method::Full { "model" } else { "adapter" };
     println!("{what}: {}", done.output.display());

@@ -142,8 +142,14 @@ fn bad_quickstart_input_gets_one_line_and_deletes_nothing() {
     let earlier = dir.path().join("earlier");
     std::fs::create_dir(&earlier).unwrap();
     std::fs::write(earlier.join("quickstart.json"), "{}").unwrap();
-    let cases: [(&[&str], &[&str], &str); 6] = [
+    let few_positions = dir.path().join("few-positions.json");
+    let small = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-tied/config.json")).unwrap();
+    let mut small: Value = serde_json::from_str(&small).unwrap();
+    small["max_position_embeddings"] = 96.into();
+    std::fs::write(&few_positions, small.to_string()).unwrap();
+    let cases: [(&[&str], &[&str], &str); 7] = [
         (&["--dtype", "bf16"], &[], "--dtype bf16"),
+        (&[], &["--base-config", few_positions.to_str().unwrap()], "max_position_embeddings 96 is too few"),
         (&[], &["--lr", "nan"], "--lr must be a positive number"),
         (&[], &["--base-config", "/nonexistent-config.json"], "/nonexistent-config.json"),
         (&[], &["--model", "/nonexistent-model"], "/nonexistent-model"),
@@ -158,3 +164,4 @@ fn bad_quickstart_input_gets_one_line_and_deletes_nothing() {
         assert!(earlier.join("quickstart.json").exists(), "{needle}: the earlier quickstart is kept");
     }
 }
+

@@ -277,6 +277,31 @@ fn merge_refuses_what_loading_refuses() {
     let out = tiqu(&["--backend", "cpu", "eval", "--model", &base, "--adapter", a, "--data", &data, "--loss-only"]);
     assert_error(&out, &[&format!("the weight `{key}` holds NaN")]);
 
+    // Finite tensors whose product overflows, and a base holding infinity, were merged with
+    // exit 0 into a model of infinite weights.
+    let mut huge = tensors.clone();
+    for (_, _, data) in huge.iter_mut().filter(|(n, _, _)| n.contains("lora_B")) {
+        for chunk in data.chunks_mut(4) {
+            chunk.copy_from_slice(&f32::MAX.to_le_bytes());
+        }
+    }
+    assert_error(&merge(&base, &write_adapter("huge", &huge), "m4"), &["overflows", "far too large"]);
+    let inf_base = dir.path().join("inf-base");
+    copy_dir(Path::new(&base), &inf_base);
+    let st_path = inf_base.join("model.safetensors");
+    let bytes = fs::read(&st_path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut weights: Vec<(String, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
+    let norm = weights.iter_mut().find(|(n, _, _)| n == "model.norm.weight").unwrap();
+    norm.2[..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        weights.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
+    fs::write(&st_path, safetensors::serialize(views, None).unwrap()).unwrap();
+    assert_error(&merge(inf_base.to_str().unwrap(), &adapter, "m5"), &["model.norm.weight", "NaN or infinite"]);
+    // --dtype was accepted and ignored: the output kept the base's dtype.
+    let out = tiqu(&["--dtype", "bf16", "merge", "--model", &base, "--adapter", adapter.to_str().unwrap(), "--out", dir.path().join("m6").to_str().unwrap()]);
+    assert_error(&out, &["--dtype bf16", "base checkpoint's own dtype"]);
+
     let wrong = dir.path().join("wrong-base");
     copy_with_config(&base, &wrong, |cfg| cfg["intermediate_size"] = serde_json::json!(cfg["intermediate_size"].as_u64().unwrap() * 2));
     assert_error(&merge(wrong.to_str().unwrap(), &adapter, "m3"), &["gate_proj", "config.json says"]);
@@ -289,7 +314,7 @@ fn merge_refuses_what_loading_refuses() {
     // A file where --out needs a folder is named (it said "File exists (os error 17)").
     fs::write(dir.path().join("a-file"), "x").unwrap();
     assert_error(&merge(&base, &adapter, "a-file/merged"), &["a-file is a file, not a folder"]);
-    for out in ["m1", "m2", "m3"] {
+    for out in ["m1", "m2", "m3", "m4", "m5", "m6"] {
         assert!(!dir.path().join(out).exists(), "{out}: a refused merge leaves no folder");
     }
     assert!(fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("partial")), "no partial folder left");
@@ -650,6 +675,33 @@ fn resume_refuses_changed_settings_and_edited_configs_and_finds_its_data_from_an
     ok(resume(&moved));
 }
 
+/// Proves: a run keeps its `--tokenizer` and resumes with it (a resume without the flag read the
+/// model's tokenizer and refused the unchanged data as edited), and a resume that would hold the
+/// base in another dtype is refused, naming the run's (it went on with other numbers, exit 0).
+#[test]
+fn a_resume_keeps_the_runs_tokenizer_and_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    // A tokenizer that splits the records otherwise than the model's: fewer merges.
+    let tok = dir.path().join("tok");
+    fs::create_dir(&tok).unwrap();
+    let mut json: Value = serde_json::from_slice(&fs::read(Path::new(&fixture("tiny-tied")).join("tokenizer.json")).unwrap()).unwrap();
+    json["model"]["merges"].as_array_mut().unwrap().drain(..2000);
+    fs::write(tok.join("tokenizer.json"), json.to_string()).unwrap();
+    let run = dir.path().join("run");
+    ok(train(&run, &["--max-steps", "2", "--save-steps", "1", "--tokenizer", tok.to_str().unwrap()]));
+    assert!(fs::read_to_string(run.join("config.toml")).unwrap().contains("tokenizer = "));
+    // As a kill after checkpoint 1 leaves the folder.
+    for f in ["adapter_model.safetensors", "adapter_config.json", "summary.json", "report.html"] {
+        let _ = fs::remove_file(run.join(f));
+    }
+    fs::remove_dir_all(run.join("checkpoint-2")).unwrap();
+    let kept = snapshot(&run);
+    let out = tiqu(&["--backend", "cpu", "--dtype", "bf16", "train", "--out", run.to_str().unwrap(), "--resume"]);
+    assert_error(&out, &["checkpoint-1 was trained with the base weights in f32", "--dtype f32"]);
+    assert_eq!(snapshot(&run), kept, "a refused resume changes nothing");
+    ok(resume(&run));
+}
+
 #[test]
 fn a_damaged_newest_checkpoint_falls_back_to_the_one_before_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -693,6 +745,23 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_one_before_it() {
     let out = ok(resume(&broken));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("checkpoint-3") && stderr.contains("has shape"), "{stderr}");
+    assert_eq!(losses(&broken), losses(&full));
+
+    // A NaN moment made every step after the resume NaN (and the saved adapter, exit 0): named,
+    // then skipped the same way.
+    unfinish(&broken, 3);
+    let opt = broken.join("checkpoint-3/optimizer.safetensors");
+    let bytes = fs::read(&opt).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
+    tensors.sort();
+    tensors[0].2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        tensors.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
+    fs::write(&opt, safetensors::serialize(views, None).unwrap()).unwrap();
+    let out = ok(resume(&broken));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("checkpoint-3") && stderr.contains("holds NaN"), "{stderr}");
     assert_eq!(losses(&broken), losses(&full));
 
     // A checkpoint copied under a later step's name holds the earlier weights: it resumed them

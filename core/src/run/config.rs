@@ -61,6 +61,10 @@ pub struct RunConfig {
     /// ones; its r, alpha, targets and rsLoRA are the run's ([`RunConfig::continuing`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
+    /// A folder whose tokenizer.json is read instead of the model's (stored absolute): the
+    /// records' tokens depend on it, so a resume reads the same one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
     #[serde(flatten)]
     pub lora: LoraConfig,
     #[serde(flatten)]
@@ -89,6 +93,7 @@ impl Default for RunConfig {
             data: String::new(),
             eval_data: None,
             adapter: None,
+            tokenizer: None,
             eval_sample: 32,
             lora: LoraConfig::default(),
             optimizer: OptimizerConfig::default(),
@@ -126,6 +131,7 @@ impl RunConfig {
         let mut keys: Vec<String> = Self::default().to_table().map(|t| t.keys().cloned().collect()).unwrap_or_default();
         keys.push("eval_data".into());
         keys.push("adapter".into());
+        keys.push("tokenizer".into());
         keys
     }
 
@@ -236,6 +242,22 @@ impl RunConfig {
         if !self.qk_norm_init.is_finite() {
             return Err(Error::Unsupported(format!("qk_norm_init {} must be a finite number", self.qk_norm_init)));
         }
+        // Read as f64, used as f32: a value f32 cannot hold became inf (a learning rate of 1e39
+        // wrote an adapter of NaN, exit 0) or 0 (an adam_epsilon of 1e-50 divided by zero).
+        for (name, value) in [
+            ("learning_rate", self.optimizer.learning_rate),
+            ("adam_epsilon", adamw.eps),
+            ("weight_decay", adamw.weight_decay),
+            ("max_grad_norm", self.optimizer.max_grad_norm),
+            ("init_std", self.init_std),
+            ("qk_norm_init", self.qk_norm_init),
+            ("lora_alpha", self.lora.lora_alpha),
+        ] {
+            let single = value as f32;
+            if !single.is_finite() || (value != 0.0 && single == 0.0) {
+                return Err(Error::Unsupported(format!("{name} {value:e} is beyond what f32, the precision training uses, holds (magnitudes up to 3.4e38 and down to 1.4e-45)")));
+            }
+        }
         if self.num_train_epochs == 0 && self.max_steps == 0 {
             return Err(Error::Unsupported("num_train_epochs must be at least 1 (or max_steps set): 0 trains nothing".into()));
         }
@@ -255,6 +277,18 @@ impl RunConfig {
             return Err(Error::Unsupported(
                 "an adapter is continued by LoRA training; --method full trains the base weights and would ignore it: merge the adapter first (tiqu merge) or drop --method full".into(),
             ));
+        }
+        // Settings this run would never read, given other than their defaults: accepted, they
+        // were written into config.toml and did nothing.
+        let (set, default) = (self.to_table()?, Self::default().to_table()?);
+        let unused: Vec<(&str, &str)> = LORA_ONLY
+            .iter()
+            .filter(|_| self.method == Method::Full)
+            .map(|k| (*k, "--method lora"))
+            .chain(RANDOM_ONLY.iter().filter(|_| !self.random_weights).map(|k| (*k, "random weights (--random-weights)")))
+            .collect();
+        if let Some((key, needs)) = unused.into_iter().find(|(k, _)| set.get(*k) != default.get(*k)) {
+            return Err(Error::Unsupported(format!("{key} is only read with {needs}; this run would ignore it")));
         }
         let targets = &self.lora.target_modules;
         if let Some((_, t)) = targets.iter().enumerate().find(|(i, t)| targets[..*i].contains(t)) {
@@ -318,11 +352,26 @@ mod tests {
             ("init_std = -1.0", "init_std -1"),
             ("lora_alpha = -5.0", "lora_alpha -5"),
             ("num_train_epochs = 0", "num_train_epochs must be at least 1"),
+            // Finite in f64, but inf or 0 in f32, where an adapter of NaN was saved with exit 0.
+            ("learning_rate = 1e39", "learning_rate 1e39 is beyond what f32"),
+            ("adam_epsilon = 1e-50", "adam_epsilon 1e-50 is beyond what f32"),
+            ("lora_alpha = 1e300", "lora_alpha 1e300 is beyond what f32"),
         ] {
             let err = RunConfig::from_layers(&[("run.toml", table(text))]).unwrap_err().to_string();
             assert!(err.contains(needle) && !err.contains('\n'), "{text}: {err}");
         }
         assert!(RunConfig::from_layers(&[("run.toml", table("num_train_epochs = 0\nmax_steps = 5"))]).is_ok());
+    }
+
+    /// Proves: a new run refuses settings it would never read (LoRA's under --method full,
+    /// the random init's without random weights); they were saved and ignored.
+    #[test]
+    fn settings_a_run_never_reads_are_refused() {
+        let new = |text: &str| RunConfig::from_layers(&[("run.toml", table(text))]).unwrap().check_new().map_err(|e| e.to_string());
+        assert!(new("method = \"full\"\nr = 4").unwrap_err().contains("r is only read with --method lora"));
+        assert!(new("init_std = 5.0").unwrap_err().contains("init_std is only read with random weights"));
+        assert!(new("previous_token_init = true").unwrap_err().contains("previous_token_init"));
+        assert!(new("method = \"full\"").is_ok() && new("random_weights = true\ninit_std = 0.5").is_ok() && new("r = 4").is_ok());
     }
 
     #[test]

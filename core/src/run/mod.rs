@@ -52,8 +52,6 @@ use crate::{Error, Result};
 /// How a run executes, besides its settings: nothing here changes its numbers.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Read tokenizer.json (and tokenizer_config.json) from this folder instead of the model's.
-    pub tokenizer: Option<PathBuf>,
     /// Skip records that are not valid JSON (counted) instead of stopping.
     pub skip_bad_records: bool,
     /// Micro-batches computed at once on their own threads (at least 1).
@@ -78,6 +76,15 @@ pub struct Run {
     dir: PathBuf,
     config: RunConfig,
     resume: bool,
+}
+
+/// The base weights' dtype as `--dtype` spells it (`None`: f32).
+fn dtype_name(dtype: Option<FloatDType>) -> &'static str {
+    match dtype {
+        Some(FloatDType::BF16) => "bf16",
+        Some(FloatDType::F16) => "f16",
+        _ => "f32",
+    }
 }
 
 /// `path` made absolute (without resolving links), so a resumed run finds it from any folder.
@@ -112,6 +119,9 @@ impl Run {
         }
         if let Some(a) = &config.adapter {
             config.adapter = Some(absolute(a)?);
+        }
+        if let Some(t) = &config.tokenizer {
+            config.tokenizer = Some(absolute(t)?);
         }
         Ok(Self { dir: dir.to_path_buf(), config, resume: false })
     }
@@ -255,7 +265,7 @@ impl Run {
         // at once.
         let early_lock = if self.resume { Some(RunLock::acquire(run)?) } else { None };
         let base = Checkpoint::resolve(&cfg.model)?;
-        let tokenizer_dir = opts.tokenizer.as_ref().map(Folder::new);
+        let tokenizer_dir = cfg.tokenizer.as_ref().map(Folder::new);
         let tokenizer_files: &dyn Files = match &tokenizer_dir {
             Some(f) => f,
             None => base.files(),
@@ -367,6 +377,13 @@ impl Run {
                 })();
                 match attempt {
                     Ok((t, state)) => {
+                        let now = dtype_name(opts.dtype);
+                        if let Some(then) = state.dtype.as_deref().filter(|then| *then != now) {
+                            return Err(Error::Unsupported(format!(
+                                "{} was trained with the base weights in {then}; this resume would hold them in {now} (--dtype, or another backend's default): resume with --dtype {then}",
+                                dir.display()
+                            )));
+                        }
                         trainer = Some(t);
                         resumed = Some((step, dir, state));
                         break;
@@ -497,7 +514,26 @@ impl Run {
             };
             observer.event(&Event::Step(&record))?;
             if done % cfg.save_steps.max(1) == 0 || done == total {
-                let state = TrainerState { global_step: done, total_steps: total, elapsed_s: record.elapsed_s, config: Some(cfg.clone()), data_digest: Some(digest.clone()) };
+                // A step can overflow the weights while its loss was finite (a learning rate
+                // far too high): such weights are never saved as a checkpoint or the result.
+                let broken = match cfg.method {
+                    Method::Lora => crate::params::first_non_finite_lora(&trainer.model),
+                    Method::Full => crate::params::first_non_finite(&trainer.model),
+                };
+                if let Some(name) = broken {
+                    let kept = last_saved.as_ref().map_or("no checkpoint was saved".to_string(), |d| format!("the last good checkpoint is {}", d.display()));
+                    return Err(Error::Other(format!(
+                        "the weight `{name}` became NaN or infinite by step {done} (learning rate {lr:e} too high?); stopped, {kept}"
+                    )));
+                }
+                let state = TrainerState {
+                    global_step: done,
+                    total_steps: total,
+                    elapsed_s: record.elapsed_s,
+                    config: Some(cfg.clone()),
+                    data_digest: Some(digest.clone()),
+                    dtype: Some(dtype_name(opts.dtype).to_string()),
+                };
                 let dir = state::save(run, &trainer, cfg, &folder, &state)?;
                 observer.event(&Event::Saved { step: done, dir: &dir })?;
                 last_saved = Some(dir);
@@ -583,11 +619,7 @@ fn summarize(metrics: &Path, cfg: &RunConfig, opts: &RunOptions, trainable: &str
     let (loss, eval) = (series("loss"), series("eval_loss"));
     let tokens: f64 = series("tokens").iter().sum();
     let step_time: f64 = series("step_s").iter().sum();
-    let dtype = match opts.dtype {
-        Some(FloatDType::BF16) => "bf16",
-        Some(FloatDType::F16) => "f16",
-        _ => "f32",
-    };
+    let dtype = dtype_name(opts.dtype);
     Ok(json!({
         "steps": steps,
         "final_loss": loss.last(),

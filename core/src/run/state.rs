@@ -35,6 +35,10 @@ pub struct TrainerState {
     /// over other data, or the same file under another tokenizer, is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_digest: Option<String>,
+    /// The base weights' dtype (`f32`, `bf16`, `f16`; absent in older checkpoints): resumed in
+    /// another, the curve would go on from other numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
 }
 
 impl TrainerState {
@@ -109,6 +113,10 @@ pub fn restore_moments<B: AutodiffBackend>(trainer: &mut Trainer<B>, dir: &Path,
             let (shape, values) = moments.read_f32(&key)?;
             if shape != expected {
                 return Err(Error::Tensor(format!("{label}: tensor `{key}` has shape {shape:?}, but `{name}` is {expected:?}")));
+            }
+            // Resumed from, a NaN moment makes every later step's weights NaN.
+            if values.iter().any(|v| !v.is_finite() || (which == "exp_avg_sq" && *v < 0.0)) {
+                return Err(Error::Tensor(format!("{label}: tensor `{key}` holds NaN, infinite or (for exp_avg_sq) negative values")));
             }
             *slot = Tensor::<B, 2>::from_data(TensorData::new(values, expected), &device).inner();
         }
