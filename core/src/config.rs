@@ -137,10 +137,16 @@ impl Qwen3Config {
             None | Some(Value::Null) => false,
             // transformers reads `type` where `rope_type` is absent (the older key, which Qwen's
             // own YaRN instructions still write).
-            Some(v) => v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default") != "default",
+            Some(v @ Value::Object(_)) => v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default") != "default",
+            Some(other) => return Err(bad(format!("rope_scaling must be an object (or null), got {other}"))),
         };
         if scaled || rope_type.as_deref().is_some_and(|t| t != "default") {
             return Err(bad("RoPE scaling (yarn, linear, dynamic…) is not supported".into()));
+        }
+        if let (Some(inner), Some(outer)) = (raw.rope_parameters.as_ref().and_then(|r| r.rope_theta), raw.rope_theta) {
+            if inner != outer {
+                return Err(bad(format!("rope_parameters.rope_theta ({inner}) and rope_theta ({outer}) differ: which is meant?")));
+            }
         }
         let rope_theta = raw
             .rope_parameters
@@ -293,6 +299,9 @@ mod tests {
         assert!(with("rope_scaling", serde_json::json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768})).contains("RoPE scaling"));
         assert!(with("rope_parameters", serde_json::json!({"type": "linear", "factor": 2.0, "rope_theta": 1e6})).contains("RoPE scaling"));
         assert!(with("num_key_value_heads", serde_json::json!(3)).contains("num_key_value_heads"));
+        // Were read past: a scaling that is no object, and a second rope_theta that differs.
+        assert!(with("rope_scaling", serde_json::json!("linear")).contains("rope_scaling must be an object"));
+        assert!(with("rope_parameters", serde_json::json!({"rope_type": "default", "rope_theta": 1e6})).contains("differ"));
         let err = Qwen3Config::from_json(b"{not json", "config.json").unwrap_err().to_string();
         assert!(err.starts_with("config.json: not valid JSON"), "{err}");
     }

@@ -174,7 +174,14 @@ impl LoraConfig {
         if peft_type != "LORA" {
             return Err(bad(format!("peft_type {peft_type} is not supported (only LORA)")));
         }
-        for key in ["use_dora", "fan_in_fan_out"] {
+        // A sequence-classification (or other) head's adapter applies to another model.
+        if let Some(task) = text("task_type")? {
+            if task != "CAUSAL_LM" {
+                return Err(bad(format!("task_type {task} is not supported (only CAUSAL_LM, a language model's adapter)")));
+            }
+        }
+        // QALoRA pools the input by groups before A: merged as plain LoRA, the model was another.
+        for key in ["use_dora", "fan_in_fan_out", "use_qalora"] {
             if flag(key)?.unwrap_or(false) {
                 return Err(bad(format!("{key} = true is not supported")));
             }
@@ -443,6 +450,8 @@ mod tests {
             (serde_json::json!({"target_parameters": ["mlp.experts.down_proj"]}), "target_parameters"),
             (serde_json::json!({"layer_replication": [[0, 1]]}), "layer_replication"),
             (serde_json::json!({"lora_bias": true}), "lora_bias"),
+            (serde_json::json!({"use_qalora": true}), "use_qalora"),
+            (serde_json::json!({"task_type": "SEQ_CLS"}), "task_type SEQ_CLS"),
             // A value of the wrong type is named, never taken as PEFT's default.
             (serde_json::json!({"lora_alpha": "32"}), "`lora_alpha` must be a number"),
             (serde_json::json!({"use_rslora": "yes"}), "`use_rslora` must be true or false"),

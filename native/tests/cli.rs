@@ -417,8 +417,9 @@ fn tensors_of_layers_the_config_lacks_are_refused() {
     assert!(!merged.exists());
 }
 
-/// A tokenizer with more tokens than the model's vocabulary (another model's) is refused as the
-/// checkpoint loads, naming both sizes, instead of failing each record that uses a high id.
+/// A tokenizer with ids past the model's vocabulary (another model's, or one edited) is refused
+/// as the checkpoint loads, naming the file, the token and the size, instead of failing each
+/// record that uses a high id.
 #[test]
 fn a_tokenizer_larger_than_the_vocabulary_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -432,7 +433,7 @@ fn a_tokenizer_larger_than_the_vocabulary_is_refused() {
     cfg["vocab_size"] = serde_json::json!(1000);
     fs::write(small.join("config.json"), cfg.to_string()).unwrap();
     let out = tiqu(&["--backend", "cpu", "generate", "--model", small.to_str().unwrap(), "--prompt", "hi", "--max-new-tokens", "2"]);
-    assert_clean_error(&out, &["tokenizer has", "vocab_size is 1000", "not this model's tokenizer"]);
+    assert_clean_error(&out, &["tokenizer.json: token `", "vocab_size 1000", "not this model's tokenizer"]);
 }
 
 /// A token budget of 0 (every answer empty, exit 0 before) and top_k 0 are refused by flag;

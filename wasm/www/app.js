@@ -91,7 +91,7 @@ async function fetchFile(base, name, optional, onBytes) {
 }
 
 // The files of a model folder at `base`, as `tiqu` reads a folder: config.json, tokenizer.json,
-// generation_config.json (optional), the index's shards or model.safetensors.
+// generation_config.json (optional), model.safetensors or else the index's shards.
 async function fetchModel(base, adapterBase) {
   base = new URL(base.endsWith('/') ? base : base + '/', location.href).href;
   const files = {};
@@ -115,8 +115,12 @@ async function fetchModel(base, adapterBase) {
   await get(base, 'config.json', false);
   await get(base, 'tokenizer.json', false);
   await get(base, 'generation_config.json', true);
-  const index = await get(base, 'model.safetensors.index.json', true);
-  if (index) {
+  // transformers' order (and tiqu's): a single file first, then an index's shards.
+  const single = await get(base, 'model.safetensors', true);
+  const index = single ? null : await get(base, 'model.safetensors.index.json', true);
+  if (single) {
+    // Nothing more: the weights are in one file.
+  } else if (index) {
     let map;
     try {
       map = JSON.parse(new TextDecoder().decode(index)).weight_map;

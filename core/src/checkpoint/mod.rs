@@ -118,7 +118,18 @@ impl Checkpoint {
 
     /// `tokenizer.json` from `from` if given, else from the checkpoint.
     pub fn tokenizer(&self, from: Option<&dyn Files>) -> Result<Tokenizer> {
-        Self::tokenizer_in(from.unwrap_or(self.files.as_ref()))
+        let files = from.unwrap_or(self.files.as_ref());
+        let tokenizer = Self::tokenizer_in(files)?;
+        // A token the model has no row for failed deep in a forward pass, naming neither the
+        // file nor the token, and only once a text used it.
+        let vocab = self.config.vocab_size;
+        if let Some((token, id)) = tokenizer.inner().get_vocab(true).into_iter().filter(|(_, id)| *id as usize >= vocab).max_by_key(|(_, id)| *id) {
+            return Err(Error::Format(format!(
+                "{}: token `{token}` has id {id}, beyond the model's vocabulary (vocab_size {vocab} in config.json): not this model's tokenizer",
+                files.path("tokenizer.json")
+            )));
+        }
+        Ok(tokenizer)
     }
 
     /// `tokenizer.json` of any folder.
@@ -136,14 +147,15 @@ impl Checkpoint {
         eos_token_ids(self.files.as_ref(), tokenizer_files, &self.config, tokenizer)
     }
 
-    /// The names of the safetensors files that hold the weights: the index's shards, else
-    /// `model.safetensors`, else every `*.safetensors` but an adapter's.
+    /// The names of the safetensors files that hold the weights: `model.safetensors`, else the
+    /// index's shards, else every `*.safetensors` but an adapter's. transformers' order: a folder
+    /// holding both a single file and an index loads the same weights here as there.
     pub fn weight_files(&self) -> Result<Vec<String>> {
         let files = self.files.as_ref();
-        let names = if files.exists(WEIGHTS_INDEX) {
-            shard_names(&files.read(WEIGHTS_INDEX)?, &files.path(WEIGHTS_INDEX))?
-        } else if files.exists(WEIGHTS) {
+        let names = if files.exists(WEIGHTS) {
             vec![WEIGHTS.to_string()]
+        } else if files.exists(WEIGHTS_INDEX) {
+            shard_names(&files.read(WEIGHTS_INDEX)?, &files.path(WEIGHTS_INDEX))?
         } else {
             files.list()?.into_iter().filter(|n| n.ends_with(".safetensors") && n != ADAPTER_WEIGHTS).collect()
         };
@@ -184,15 +196,8 @@ impl Checkpoint {
 
     /// Model, tokenizer and eos ids.
     pub fn load<B: Backend>(&self, opts: &LoadOptions, device: &B::Device) -> Result<Loaded<B>> {
-        let tokenizer = self.tokenizer(opts.tokenizer)?;
         // Checked before the weights load: ids past the embedding would fail every record.
-        let (tokens, vocab) = (tokenizer.vocab_size(), self.config.vocab_size);
-        if tokens > vocab {
-            return Err(Error::Format(format!(
-                "{}: the tokenizer has {tokens} tokens but config.json's vocab_size is {vocab}: not this model's tokenizer",
-                self.files.label()
-            )));
-        }
+        let tokenizer = self.tokenizer(opts.tokenizer)?;
         let eos_token_ids = self.eos_token_ids(&tokenizer, opts.tokenizer)?;
         let model = self.load_model(opts, device)?;
         Ok(Loaded { config: self.config.clone(), model, tokenizer, eos_token_ids })
