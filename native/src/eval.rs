@@ -4,7 +4,6 @@
 //! loss). `--loss-only` skips extraction.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
@@ -12,6 +11,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use tiqu_core::eval::{evaluate_sft, SftEvalOptions};
 use tiqu_core::dataset::sft_records::{read_lenient, strict};
+use tiqu_core::checkpoint::save::PartialFile;
 use tiqu_core::{Constrain, ExtractOptions};
 
 use crate::backend::BackendName;
@@ -25,8 +25,9 @@ pub struct EvalArgs {
     /// `input` (or `instruction` without it); `output` holds the expected fields as JSON.
     #[arg(long)]
     pub data: PathBuf,
-    /// Report only the loss (no extraction).
-    #[arg(long)]
+    /// Report only the loss (no extraction). The extraction's settings are refused beside it:
+    /// accepted, they did nothing.
+    #[arg(long, conflicts_with_all = ["constrain", "max_new_tokens", "mistakes", "threads"])]
     pub loss_only: bool,
     /// Records per forward pass.
     #[arg(long, default_value_t = 16)]
@@ -116,7 +117,10 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
     // The loss alone needs every record: a bad line is an error there. Extraction counts it.
     let (records, bad_lines) = if args.loss_only { (strict(read, &source)?, Vec::new()) } else { read };
     if records.is_empty() {
-        bail!("{source}: no usable record to evaluate ({} unusable)", bad_lines.len());
+        match bad_lines.first() {
+            Some((line, why)) => bail!("{source}:{line}: {why}; no usable record to evaluate ({} unusable, this the first)", bad_lines.len()),
+            None => bail!("{source}: no record to evaluate"),
+        }
     }
     let mistakes_path = args.mistakes.clone().unwrap_or_else(|| default_mistakes(&args.data));
     if !args.loss_only {
@@ -133,21 +137,23 @@ pub fn evaluate<B: burn::prelude::Backend>(device: &B::Device, args: &EvalArgs) 
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} records  ETA {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
-    // Opened before the work, so an unwritable path is known at once.
-    let mut file = if args.loss_only {
+    // Created before the work, so an unwritable path is known at once; written under a temporary
+    // name and renamed at the end, so an eval that fails leaves an earlier mistakes file as it was.
+    let file = if args.loss_only {
         None
     } else {
-        Some(fs::File::create(&mistakes_path).map_err(|e| anyhow!("cannot write {}: {e}", mistakes_path.display()))?)
+        Some(PartialFile::beside(&mistakes_path)?)
     };
     let (mut result, mistakes) = evaluate_sft(loaded, &records, &bad_lines, &source, &opts, &|n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    let Some(file) = file.as_mut() else {
+    let Some(mut file) = file else {
         println!("loss {:.6} over {} response tokens in {} records", result["loss"].as_f64().unwrap_or(f64::NAN), result["tokens"], records.len());
         return Ok(result);
     };
     for entry in &mistakes {
-        writeln!(file, "{entry}")?;
+        writeln!(file.writer(), "{entry}").map_err(|e| anyhow!("{}: {e}", mistakes_path.display()))?;
     }
+    file.commit(&mistakes_path, true)?;
     result["mistakes"] = json!(mistakes_path.display().to_string());
     if result["records"].as_u64() == Some(0) {
         // A score of no records is no score: 0.0% would read as a model that fails everything.

@@ -348,6 +348,31 @@ fn check_names_keys_written_twice() {
     assert_eq!(got, [(2, "repeated_key".to_string(), "input".to_string()), (3, "repeated_key".to_string(), "output".to_string())]);
 }
 
+/// Proves: a record key spelt with other case (`Input`) is a finding, and training refuses the
+/// record (it trained without its text, and the check said nothing); an evaluation file with
+/// no readable record is an error (the overlap check compared against nothing, exit 0).
+#[test]
+fn check_names_misspelt_keys_and_unreadable_eval_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = r#"{\"name\": \"龙琳\", \"address\": null, \"email\": null, \"question\": null}"#;
+    let file = dir.path().join("typo.jsonl");
+    fs::write(&file, format!("{{\"instruction\": \"提取\", \"Input\": \"{T1}\", \"output\": \"{out}\"}}\n")).unwrap();
+    let findings = dir.path().join("f.jsonl");
+    let o = tiqu(&["data", "check", s(&file), "--findings", s(&findings), "--strict"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let found = jsonl(&findings);
+    assert_eq!((found[0]["kind"].as_str(), found[0]["field"].as_str(), found[0]["suggestion"].as_str()), (Some("bad_field"), Some("Input"), Some("input")));
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-tied");
+    let run = dir.path().join("run");
+    fails_cleanly(dir.path(), &["--backend", "cpu", "train", "--model", s(&model), "--data", s(&file), "--max-steps", "1", "--out", s(&run)], &["typo.jsonl:1", "`Input` is not a key"]);
+
+    let good = dir.path().join("good.jsonl");
+    fs::write(&good, format!("{{\"instruction\": \"提取\", \"input\": \"{T1}\", \"output\": \"{out}\"}}\n")).unwrap();
+    let garbage = dir.path().join("garbage.jsonl");
+    fs::write(&garbage, "garbage\nmore garbage\n").unwrap();
+    fails_cleanly(dir.path(), &["data", "check", s(&good), "--eval", s(&garbage)], &["garbage.jsonl:1", "no record with a text"]);
+}
+
 #[test]
 fn check_reads_the_seeds_json_array_and_names_array_lines() {
     let dir = tempfile::tempdir().unwrap();

@@ -116,5 +116,41 @@ fn eval_never_writes_its_mistakes_over_another_file() {
     let unusable = dir.path().join("bad.jsonl");
     fs::write(&unusable, "{oops\n").unwrap();
     let out = tiqu(&["--backend", "cpu", "eval", "--model", &model, "--data", unusable.to_str().unwrap()]);
+    // The line and why, not only a count.
+    refused(&out, "bad.jsonl:1: ");
     refused(&out, "no usable record");
+
+    // An eval that fails leaves the earlier mistakes file as it was (it was emptied at the
+    // start), and makes none where there was none.
+    let before = fs::read(&mistakes).unwrap();
+    assert!(!before.is_empty(), "the random model gets the record wrong");
+    let broken = dir.path().join("broken");
+    fs::create_dir(&broken).unwrap();
+    for entry in fs::read_dir(repo().join("tests/fixtures/tiny-untied")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), broken.join(entry.file_name())).unwrap();
+    }
+    // An infinite norm weight: the loss is NaN, found after the mistakes file was opened.
+    let weights = broken.join("model.safetensors");
+    let bytes = fs::read(&weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
+    let norm = tensors.iter_mut().find(|(n, _, _)| n == "model.norm.weight").unwrap();
+    norm.2[..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        tensors.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
+    fs::write(&weights, safetensors::serialize(views, None).unwrap()).unwrap();
+    let out = tiqu(&["--backend", "cpu", "eval", "--model", broken.to_str().unwrap(), "--data", data.to_str().unwrap(), "--max-new-tokens", "4", "--mistakes", mistakes.to_str().unwrap()]);
+    refused(&out, "model.norm.weight");
+    assert_eq!(fs::read(&mistakes).unwrap(), before);
+    let fresh = dir.path().join("fresh.jsonl");
+    let out = tiqu(&["--backend", "cpu", "eval", "--model", broken.to_str().unwrap(), "--data", data.to_str().unwrap(), "--max-new-tokens", "4", "--mistakes", fresh.to_str().unwrap()]);
+    refused(&out, "model.norm.weight");
+    assert!(!fresh.exists());
+    assert!(fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("tiqu-tmp")), "no temporary file left");
+
+    // Extraction's settings beside --loss-only did nothing: refused.
+    let out = tiqu(&["--backend", "cpu", "eval", "--model", &model, "--data", data.to_str().unwrap(), "--loss-only", "--mistakes", fresh.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--loss-only"));
 }

@@ -104,17 +104,40 @@ pub struct CheckOptions<'a> {
     pub eval: Option<&'a HashMap<String, usize>>,
 }
 
-/// The texts of an evaluation file's records, folded as the check compares them, each with the
-/// first line it is on.
-pub fn eval_texts(records: impl IntoIterator<Item = Result<RawRecord>>) -> Result<HashMap<String, usize>> {
+/// An evaluation file's texts, folded as the check compares them, each with the first line it is
+/// on; and the records without a text.
+pub struct EvalTexts {
+    pub texts: HashMap<String, usize>,
+    pub unusable: usize,
+    /// The first record without a text: its line and why.
+    pub first_unusable: Option<(usize, String)>,
+}
+
+/// The texts of an evaluation file's records ([`EvalTexts`]). Errors: no record has a text (the
+/// overlap check would compare against nothing, silently).
+pub fn eval_texts(records: impl IntoIterator<Item = Result<RawRecord>>, source: &str) -> Result<EvalTexts> {
     let mut texts = HashMap::new();
+    let (mut unusable, mut first) = (0, None);
     for raw in records {
         let raw = raw?;
-        if let Some(text) = raw.value.as_ref().ok().and_then(record_text) {
-            texts.entry(fold(text)).or_insert(raw.line);
-        }
+        let why = match &raw.value {
+            Ok(value) => match record_text(value) {
+                Some(text) => {
+                    texts.entry(fold(text)).or_insert(raw.line);
+                    continue;
+                }
+                None => "no text (`input` and `instruction` are missing, empty or not strings)".to_string(),
+            },
+            Err(problem) => problem.message.clone(),
+        };
+        unusable += 1;
+        first.get_or_insert((raw.line, why));
     }
-    Ok(texts)
+    if texts.is_empty() {
+        let (line, why) = first.unwrap_or((1, "no records".into()));
+        return Err(crate::Error::Format(format!("{source}:{line}: {why}; the evaluation file has no record with a text to compare against")));
+    }
+    Ok(EvalTexts { texts, unusable, first_unusable: first })
 }
 
 /// Token lengths of the usable records.
@@ -187,6 +210,11 @@ impl Checker<'_> {
             return None;
         };
         let mut ok = true;
+        if let Some((key, meant)) = crate::sft::misnamed_key(obj.keys().map(String::as_str)) {
+            let msg = format!("`{key}` is not a key of a record; `{meant}` is (keys are case-sensitive): training refuses the record");
+            self.add(line, Kind::BadField, Some(key), msg, Some(meant.to_string()), false);
+            ok = false;
+        }
         for (key, required) in [("instruction", true), ("output", true), ("input", false), ("system", false)] {
             match obj.get(key) {
                 None if required => {
@@ -201,7 +229,7 @@ impl Checker<'_> {
                 }
                 Some(Value::Object(_)) if key == "output" => {
                     let suggestion = python_json_value(&obj[key]);
-                    let msg = "`output` is an object; training reads it as a string holding the JSON object".to_string();
+                    let msg = "`output` is an object; training refuses it, as it reads a string holding the JSON object (the suggestion)".to_string();
                     self.add(line, Kind::BadField, Some(key), msg, Some(suggestion), false);
                     ok = false;
                 }

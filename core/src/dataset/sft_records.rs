@@ -29,6 +29,11 @@ pub fn read_lenient<R: BufRead>(reader: R, source: &str) -> Result<Lenient> {
                 continue;
             }
         };
+        let keys = serde_json::from_str::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(raw.get()).unwrap_or_default();
+        if let Some((key, meant)) = crate::sft::misnamed_key(keys.keys().map(String::as_str)) {
+            bad.push((record.line, format!("`{key}` is not a key of a record; `{meant}` is (keys are case-sensitive)")));
+            continue;
+        }
         match serde_json::from_str::<SftRecord>(raw.get()) {
             Ok(value) if value.output.is_none() => return Err(Error::Format(format!("{source}:{}: record has no `output`", record.line))),
             Ok(value) => out.push(Located { line: record.line, value }),
@@ -81,5 +86,15 @@ mod tests {
 
         let missing = parse_records_lenient("{\"instruction\": \"a\"}\n", "f.jsonl").unwrap_err().to_string();
         assert_eq!(missing, "f.jsonl:1: record has no `output`");
+    }
+
+    /// A known key spelt with other case (`Input`) was an unknown key, dropped: the record
+    /// trained without its text. Other keys (an `id`) are still read past.
+    #[test]
+    fn a_misnamed_key_is_a_bad_line() {
+        let text = "{\"instruction\": \"a\", \"Input\": \"张伟\", \"output\": \"{}\"}\n{\"id\": 7, \"instruction\": \"a\", \"output\": \"{}\"}\n";
+        let (records, bad) = parse_records_lenient(text, "f.jsonl").unwrap();
+        assert_eq!(records.iter().map(|r| r.line).collect::<Vec<_>>(), [2]);
+        assert_eq!(bad, [(1, "`Input` is not a key of a record; `input` is (keys are case-sensitive)".to_string())]);
     }
 }

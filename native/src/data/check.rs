@@ -83,7 +83,13 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     let tokenizer = load_tokenizer(args)?;
     let records = files::records(&args.file)?;
     let eval = match &args.eval {
-        Some(p) => Some(eval_texts(files::records(p)?)?),
+        Some(p) => {
+            let eval = eval_texts(files::records(p)?, &p.display().to_string())?;
+            if let Some((line, why)) = &eval.first_unusable {
+                eprintln!("warning: {}:{line}: {why}; {} record(s) of the evaluation file have no text to compare against", p.display(), eval.unusable);
+            }
+            Some(eval.texts)
+        }
         None => None,
     };
     let names = schema.names();
