@@ -75,8 +75,13 @@ impl ShardSpec {
             let count = number("SLURM_ARRAY_TASK_COUNT")?
                 .ok_or_else(|| Error::Format("--shard auto: SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not".into()))?;
             let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
-            let index = id.checked_sub(min).ok_or_else(|| Error::Format(format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")))?;
-            return Self::new(index, count);
+            let offset = id.checked_sub(min).ok_or_else(|| Error::Format(format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")))?;
+            // `--array=1-7:2` runs tasks 1, 3, 5, 7: the shard is the task's place in that list.
+            let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+            if !offset.is_multiple_of(step) {
+                return Err(Error::Format(format!("SLURM_ARRAY_TASK_ID {id} is not on the array's steps ({min} + a multiple of {step})")));
+            }
+            return Self::new(offset / step, count);
         }
         Err(Error::Format(
             "--shard auto: neither JOB_COMPLETION_INDEX (Kubernetes Indexed Job) nor SLURM_ARRAY_TASK_ID (Slurm array) is set".into(),
@@ -393,6 +398,9 @@ mod tests {
         assert_eq!(ShardSpec::parse("auto", env(&[("JOB_COMPLETION_INDEX", "2"), ("JOB_COMPLETIONS", "8")])).unwrap(), ShardSpec { index: 2, count: 8 });
         let slurm = [("SLURM_ARRAY_TASK_ID", "5"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_COUNT", "8")];
         assert_eq!(ShardSpec::parse("auto", env(&slurm)).unwrap(), ShardSpec { index: 4, count: 8 });
+        // `--array=1-3:2`: tasks 1 and 3 are shards 0 and 1 of 2 (task 3 was "shard 2 of 2").
+        let stepped = [("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_COUNT", "2"), ("SLURM_ARRAY_TASK_STEP", "2")];
+        assert_eq!(ShardSpec::parse("auto", env(&stepped)).unwrap(), ShardSpec { index: 1, count: 2 });
         for (spec, needle) in [("16/16", "does not exist"), ("0/0", "between 1"), ("a/3", "expected I/N"), ("3", "expected I/N")] {
             let err = ShardSpec::parse(spec, env(&[])).unwrap_err().to_string();
             assert!(err.contains(needle), "{spec}: {err}");

@@ -269,6 +269,10 @@ pub fn run(backend: BackendName, args: &ExtractArgs) -> Result<()> {
             bail!("{flag} is empty: give a file, or - for standard {}", if flag == "--input" { "input" } else { "output" });
         }
     }
+    // As `train --out`: a link to nothing is a folder moved or removed, not a name to create.
+    if args.out != "-" && fs::metadata(&args.out).is_err() && fs::symlink_metadata(&args.out).is_ok() {
+        bail!("--out {}: a symbolic link to nothing (a file moved or removed?); remove it or choose another --out", args.out);
+    }
     if args.shard.is_none() && args.out != "-" && fs::metadata(&args.out).is_ok_and(|m| m.is_dir()) {
         bail!("--out {} is a folder: --out takes a file (a folder only with --shard)", args.out);
     }
@@ -332,6 +336,8 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     let (mut drafted, mut accepted, mut cut) = (0, 0, 0usize);
     let mut at_end = false;
     let mut flushed = Instant::now();
+    // Records whose line holds an error instead of fields, and the first of them.
+    let (mut failed, mut first_failure) = (0usize, None::<(Value, String)>);
     loop {
         let admit = !args.lock_step || engine.is_idle();
         while admit && !at_end && engine.in_flight() < args.batch && ready.len() < reorder_limit {
@@ -351,6 +357,12 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
             read += 1;
         }
         while let Some(answer) = ready.remove(&written) {
+            if answer.kind == "error" {
+                failed += 1;
+                if first_failure.is_none() {
+                    first_failure = Some((answer.id.clone(), answer.value.as_str().unwrap_or_default().to_string()));
+                }
+            }
             sink.write(answer)?;
             written += 1;
             bar.inc(1);
@@ -398,6 +410,14 @@ fn run_on<B: burn::prelude::Backend>(device: &B::Device, args: &ExtractArgs, sch
     let n = written - done;
     let secs = start.elapsed().as_secs_f64();
     eprintln!("{n} records in {secs:.1}s ({:.2} records/s)", n as f64 / secs.max(1e-9));
+    if let Some((id, why)) = &first_failure {
+        // Every record failing is a job that did nothing (a UTF-16 file, a wrong --input-format):
+        // not exit 0. The lines stay written, each saying why.
+        if failed == n {
+            bail!("every record failed ({n}), record {id} first: {why}");
+        }
+        eprintln!("warning: {failed} of {n} records failed (their lines hold \"error\"), record {id} first: {why}");
+    }
     if cut > 0 {
         eprintln!("{cut} answers reached --max-new-tokens {} (their last value may be cut short; raise it)", args.max_new_tokens);
     }

@@ -68,7 +68,17 @@ fn one_line_out_per_line_in_with_errors_in_place() {
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("warning: record 5") && stderr.contains("cut"), "{stderr}");
+    assert!(stderr.contains("warning: 2 of 5 records failed") && stderr.contains("record 2 first: empty text"), "{stderr}");
     assert!(!stderr.contains("panicked"));
+
+    // A file in which no record could be read (UTF-16 here) is a job that did nothing: it
+    // exited 0 with only error lines. The lines are still written.
+    let utf16: Vec<u8> = [0xff, 0xfe].into_iter().chain("hi".encode_utf16().flat_map(u16::to_le_bytes)).collect();
+    let out = tiqu(&["extract", "--model", &m, "--max-new-tokens", "4"], Some(&utf16));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: every record failed (1), record 1 first: ") && stderr.contains("UTF-8"), "{stderr}");
+    assert_eq!(lines(&out.stdout).len(), 1);
 }
 
 #[test]
@@ -211,6 +221,12 @@ fn resume_refuses_files_it_did_not_write_and_out_is_never_the_input() {
         let link = dir.path().join("link.txt");
         std::os::unix::fs::symlink(&input, &link).unwrap();
         refused(run(&link, &["--resume"]), "--out a link to the input");
+        // A link to nothing: its target was created (train refuses such a --out).
+        let dangling = dir.path().join("dangling.jsonl");
+        std::os::unix::fs::symlink(dir.path().join("away.jsonl"), &dangling).unwrap();
+        let err = refused(run(&dangling, &[]), "--out a dangling link");
+        assert!(err.contains("a symbolic link to nothing"), "{err}");
+        assert!(!dir.path().join("away.jsonl").exists());
     }
     assert_eq!(fs::read(&input).unwrap(), before, "the input is untouched");
 
@@ -361,6 +377,6 @@ fn sampled_extraction_is_reproducible_by_seed_and_still_copies() {
     }
     let bad = tiqu(&["extract", "--model", &m, "--temperature", "0"], Some(input.as_bytes()));
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success() && stderr.contains("temperature must be positive") && !stderr.contains("panicked"), "{stderr}");
+    assert!(!bad.status.success() && stderr.contains("temperature must be a finite number above 0") && !stderr.contains("panicked"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
