@@ -333,12 +333,32 @@ impl WeightSource for RandomInit {
     }
 }
 
-/// `MemAvailable` of /proc/meminfo in bytes, where there is one (Linux).
+/// Host memory this process can still take, in bytes, where Linux says: the least of
+/// `MemAvailable` (/proc/meminfo), what is left under the container's cgroup limit (a pod's
+/// memory limit, where going over is an OOM kill, while MemAvailable counts the whole node), and
+/// what is left under the address-space limit (`ulimit -v`, where an allocation over it aborts).
 pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let field_kib = |text: &str, key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].split_whitespace().next()?.parse::<u64>().ok().map(|k| k.saturating_mul(1024))
+    };
+    let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
+    let meminfo = read("/proc/meminfo").and_then(|t| field_kib(&t, "MemAvailable:"));
+    // cgroup v2 says "max" where there is no limit (the parse fails: no bound); v1 an enormous number.
+    let cgroup = match number(read("/sys/fs/cgroup/memory.max")) {
+        Some(limit) => Some(limit.saturating_sub(number(read("/sys/fs/cgroup/memory.current")).unwrap_or(0))),
+        None => number(read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+            .filter(|&limit| limit < 1 << 60)
+            .map(|limit| limit.saturating_sub(number(read("/sys/fs/cgroup/memory/memory.usage_in_bytes")).unwrap_or(0))),
+    };
+    let address_space = read("/proc/self/limits").and_then(|limits| {
+        let line = limits.lines().find(|l| l.starts_with("Max address space"))?;
+        let soft: u64 = line["Max address space".len()..].split_whitespace().next()?.parse().ok()?;
+        let used = read("/proc/self/status").and_then(|t| field_kib(&t, "VmSize:")).unwrap_or(0);
+        Some(soft.saturating_sub(used))
+    });
+    [meminfo, cgroup, address_space].into_iter().flatten().min()
 }
 
 /// Refuses `bytes` of host memory when the machine has less available: asked of the allocator,
