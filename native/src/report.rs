@@ -56,7 +56,11 @@ pub fn load_run(dir: &Path) -> Result<Run> {
     }
     let summary_path = dir.join("summary.json");
     let summary = match fs::read(&summary_path) {
-        Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: {e}", summary_path.display()))?),
+        Ok(bytes) => match serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: {e}", summary_path.display()))? {
+            summary @ Value::Object(_) => Some(summary),
+            // `[]` or `null` read as "not finished": a damaged file, not an unfinished run.
+            other => bail!("{}: not a JSON object (holds {})", summary_path.display(), if other.is_array() { "an array" } else { "a JSON value" }),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(anyhow!("{}: {e}", summary_path.display())),
     };
@@ -66,6 +70,9 @@ pub fn load_run(dir: &Path) -> Result<Run> {
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             let metrics: Vec<Value> = lines.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok().filter(Value::is_object)).collect();
             let unreadable = lines.len() - metrics.len();
+            if let Some(first) = lines.iter().position(|l| !serde_json::from_str::<Value>(l).is_ok_and(|v| v.is_object())) {
+                eprintln!("warning: {}: {unreadable} line(s) are not JSON objects (the first: line {}), skipped", metrics_path.display(), first + 1);
+            }
             (metrics, unreadable)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
@@ -344,6 +351,9 @@ pub(crate) mod tests {
         fs::write(dir.path().join("summary.json"), "{\"steps\": ").unwrap();
         let e = format!("{:#}", load_run(dir.path()).err().unwrap());
         assert!(e.contains("summary.json") && !e.contains('\n'), "{e}");
+        fs::write(dir.path().join("summary.json"), "[]").unwrap();
+        let e = format!("{:#}", load_run(dir.path()).err().unwrap());
+        assert!(e.contains("summary.json: not a JSON object"), "{e}");
         let e = format!("{:#}", load_run(&dir.path().join("nothing")).err().unwrap());
         assert!(e.contains("config.toml") && e.contains("not a tiqu run folder"), "{e}");
     }
