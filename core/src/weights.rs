@@ -345,12 +345,21 @@ pub fn available_memory() -> Option<u64> {
     };
     let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
     let meminfo = read("/proc/meminfo").and_then(|t| field_kib(&t, "MemAvailable:"));
-    // cgroup v2 says "max" where there is no limit (the parse fails: no bound); v1 an enormous number.
+    // cgroup v2 says "max" where there is no limit (the parse fails: no bound); v1 an enormous
+    // number. Usage counts the page cache, which fills up to the limit and is reclaimed on
+    // demand: what is in use is the working set, usage less the inactive file pages (kubelet's).
+    let stat = |text: Option<String>, key: &str| -> u64 {
+        text.and_then(|t| t.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())).unwrap_or(0)
+    };
     let cgroup = match number(read("/sys/fs/cgroup/memory.max")) {
-        Some(limit) => Some(limit.saturating_sub(number(read("/sys/fs/cgroup/memory.current")).unwrap_or(0))),
-        None => number(read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
-            .filter(|&limit| limit < 1 << 60)
-            .map(|limit| limit.saturating_sub(number(read("/sys/fs/cgroup/memory/memory.usage_in_bytes")).unwrap_or(0))),
+        Some(limit) => {
+            let usage = number(read("/sys/fs/cgroup/memory.current")).unwrap_or(0);
+            Some(limit.saturating_sub(usage.saturating_sub(stat(read("/sys/fs/cgroup/memory.stat"), "inactive_file"))))
+        }
+        None => number(read("/sys/fs/cgroup/memory/memory.limit_in_bytes")).filter(|&limit| limit < 1 << 60).map(|limit| {
+            let usage = number(read("/sys/fs/cgroup/memory/memory.usage_in_bytes")).unwrap_or(0);
+            limit.saturating_sub(usage.saturating_sub(stat(read("/sys/fs/cgroup/memory/memory.stat"), "total_inactive_file")))
+        }),
     };
     let address_space = read("/proc/self/limits").and_then(|limits| {
         let line = limits.lines().find(|l| l.starts_with("Max address space"))?;
