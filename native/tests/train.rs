@@ -634,6 +634,9 @@ fn resume_refuses_changed_settings_and_edited_configs_and_finds_its_data_from_an
     // Flags given with --resume that would change the run are refused by name, not ignored.
     let out = tiqu(&["--backend", "cpu", "train", "--out", r, "--resume", "--data", "/nonexistent", "--max-steps", "80"]);
     assert_error(&out, &["cannot change", "data", "max_steps"]);
+    // A resume may change save_steps, but not to 0 (refused for new runs, accepted here).
+    let out = tiqu(&["--backend", "cpu", "train", "--out", r, "--resume", "--save-steps", "0"]);
+    assert_error(&out, &["save_steps must be at least 1"]);
     // A setting given again with its stored value, and one a resume may change, are fine.
     ok(tiqu(&["--backend", "cpu", "train", "--out", r, "--resume", "--max-steps", "2", "--save-steps", "1"]));
     // config.toml edited after the start (r 8 -> 16): refused, naming the setting and the file.
@@ -691,15 +694,31 @@ fn a_resume_keeps_the_runs_tokenizer_and_dtype() {
     ok(train(&run, &["--max-steps", "2", "--save-steps", "1", "--tokenizer", tok.to_str().unwrap()]));
     assert!(fs::read_to_string(run.join("config.toml")).unwrap().contains("tokenizer = "));
     // As a kill after checkpoint 1 leaves the folder.
-    for f in ["adapter_model.safetensors", "adapter_config.json", "summary.json", "report.html"] {
-        let _ = fs::remove_file(run.join(f));
-    }
-    fs::remove_dir_all(run.join("checkpoint-2")).unwrap();
+    let unfinish = || {
+        for f in ["adapter_model.safetensors", "adapter_config.json", "summary.json", "report.html"] {
+            let _ = fs::remove_file(run.join(f));
+        }
+        fs::remove_dir_all(run.join("checkpoint-2")).unwrap();
+    };
+    unfinish();
     let kept = snapshot(&run);
     let out = tiqu(&["--backend", "cpu", "--dtype", "bf16", "train", "--out", run.to_str().unwrap(), "--resume"]);
     assert_error(&out, &["checkpoint-1 was trained with the base weights in f32", "--dtype f32"]);
     assert_eq!(snapshot(&run), kept, "a refused resume changes nothing");
     ok(resume(&run));
+
+    // A run from before the tokenizer was stored: its flag, given again, is taken and recorded.
+    unfinish();
+    let config = run.join("config.toml");
+    let stored: String = fs::read_to_string(&config).unwrap().lines().filter(|l| !l.starts_with("tokenizer = ")).map(|l| format!("{l}\n")).collect();
+    fs::write(&config, stored).unwrap();
+    let state = run.join("checkpoint-1/trainer_state.json");
+    let mut json: Value = serde_json::from_slice(&fs::read(&state).unwrap()).unwrap();
+    json["config"].as_object_mut().unwrap().remove("tokenizer").unwrap();
+    fs::write(&state, json.to_string()).unwrap();
+    assert_error(&resume(&run), &["differ from those checkpoint-1 was trained on", "another tokenizer"]);
+    ok(tiqu(&["--backend", "cpu", "train", "--out", run.to_str().unwrap(), "--resume", "--tokenizer", tok.to_str().unwrap()]));
+    assert!(fs::read_to_string(&config).unwrap().contains("tokenizer = "));
 }
 
 #[test]

@@ -288,7 +288,7 @@ impl RunConfig {
             .chain(RANDOM_ONLY.iter().filter(|_| !self.random_weights).map(|k| (*k, "random weights (--random-weights)")))
             .collect();
         if let Some((key, needs)) = unused.into_iter().find(|(k, _)| set.get(*k) != default.get(*k)) {
-            return Err(Error::Unsupported(format!("{key} is only read with {needs}; this run would ignore it")));
+            return Err(Error::Unsupported(format!("{key} is only read with {needs}; this run would ignore it (drop it from the flags or the --config file)")));
         }
         let targets = &self.lora.target_modules;
         if let Some((_, t)) = targets.iter().enumerate().find(|(i, t)| targets[..*i].contains(t)) {

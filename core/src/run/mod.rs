@@ -137,7 +137,12 @@ impl Run {
         let label = path.display().to_string();
         let stored = RunConfig::from_layers(&[(label.as_str(), RunConfig::parse_file(&path)?)])?;
         if let Some(started) = checkpoints(dir).iter().find_map(|(_, d)| TrainerState::read(d).ok()?.config) {
-            let edited: Vec<String> = stored.differences(&started)?.into_iter().filter(|k| !RESUMABLE.contains(&k.as_str())).collect();
+            // A checkpoint from before the tokenizer was stored says nothing about it.
+            let edited: Vec<String> = stored
+                .differences(&started)?
+                .into_iter()
+                .filter(|k| !RESUMABLE.contains(&k.as_str()) && !(k == "tokenizer" && started.tokenizer.is_none()))
+                .collect();
             if !edited.is_empty() {
                 return Err(Error::Unsupported(format!(
                     "{label}: {} changed since the run started; a resumed run cannot change {} (start a new run instead)",
@@ -152,7 +157,10 @@ impl Run {
         let mut table = stored.to_table()?;
         let mut refused = Vec::new();
         for (key, value) in changes {
-            if started && table.get(key) != Some(value) && !RESUMABLE.contains(&key.as_str()) {
+            // Runs from before the tokenizer was stored read it from the flag: given again, it
+            // is recorded (the data digest still refuses one that reads the records otherwise).
+            let unrecorded = key == "tokenizer" && !table.contains_key(key);
+            if started && !unrecorded && table.get(key) != Some(value) && !RESUMABLE.contains(&key.as_str()) {
                 refused.push(key.clone());
             }
             table.insert(key.clone(), value.clone());
@@ -165,6 +173,11 @@ impl Run {
             )));
         }
         let mut config = RunConfig::from_layers(&[("settings", table)])?;
+        // A stored 0 (runs from before the check) still resumes, as 1; a 0 given now is refused
+        // as a new run refuses it.
+        if changes.contains_key("save_steps") && config.save_steps == 0 {
+            return Err(Error::Unsupported("save_steps must be at least 1 (a checkpoint every N optimizer steps)".into()));
+        }
         if let Some(e) = &config.eval_data {
             config.eval_data = Some(absolute(e)?);
         }
@@ -320,7 +333,7 @@ impl Run {
         let saved = found.iter().find_map(|(step, dir)| Some((*step, TrainerState::read(dir).ok()?.data_digest?)));
         if let Some((step, _)) = saved.filter(|(_, was)| *was != digest) {
             return Err(Error::Unsupported(format!(
-                "{}: the training records differ from those checkpoint-{step} was trained on; restore the file, or start a new run",
+                "{}: the training records differ from those checkpoint-{step} was trained on (the file changed, or another tokenizer reads it); restore the file, or start a new run",
                 cfg.data
             )));
         }
@@ -380,7 +393,7 @@ impl Run {
                         let now = dtype_name(opts.dtype);
                         if let Some(then) = state.dtype.as_deref().filter(|then| *then != now) {
                             return Err(Error::Unsupported(format!(
-                                "{} was trained with the base weights in {then}; this resume would hold them in {now} (--dtype, or another backend's default): resume with --dtype {then}",
+                                "{} was trained with the base weights in {then}; this resume would hold them in {now} (--dtype, or another backend's default): resume with --dtype {then}, on a device that holds it",
                                 dir.display()
                             )));
                         }
@@ -486,13 +499,19 @@ impl Run {
             let t0 = crate::clock::now();
             let stats = match trainer.step(&refs, lr) {
                 Ok(s) => s,
-                Err(Error::NonFinite { step, loss }) => {
-                    // Weights that were never finite are the cause to name, not the step.
-                    if let Some(name) = crate::params::first_non_finite(&trainer.model) {
-                        return Err(Error::Tensor(format!("loss became {loss} at step {step}: the weight `{name}` holds NaN or infinite values (a damaged checkpoint or adapter?)")));
-                    }
+                Err(Error::NonFinite { step: failed, loss }) => {
+                    // Weights that were never finite are the cause to name, not the step; after a
+                    // finite step of this process they were finite, and training made them not.
                     let kept = last_saved.as_ref().map_or("no checkpoint was saved yet (--resume starts the run over, and may change its settings)".to_string(), |d| format!("the last good checkpoint is {}", d.display()));
-                    return Err(Error::Other(format!("loss became {loss} at step {step}; stopped, {kept}")));
+                    if let Some(name) = crate::params::first_non_finite(&trainer.model) {
+                        if step == start_step {
+                            return Err(Error::Tensor(format!("loss became {loss} at step {failed}: the weight `{name}` holds NaN or infinite values (a damaged checkpoint or adapter?)")));
+                        }
+                        return Err(Error::Tensor(format!(
+                            "loss became {loss} at step {failed}: the weight `{name}` became NaN or infinite in training (learning rate {lr:e} too high?); stopped, {kept}"
+                        )));
+                    }
+                    return Err(Error::Other(format!("loss became {loss} at step {failed}; stopped, {kept}")));
                 }
                 Err(e) => return Err(e),
             };
