@@ -83,16 +83,22 @@ pub async fn identity_encoding(request: Request, next: Next) -> Response {
 
 /// A page can make its own name resolve to 127.0.0.1 (DNS rebinding) and then read this server
 /// as "same-origin", `/metrics` included: a server listening on loopback only answers requests
-/// that name a loopback host (or one allowed with `--allow-host`). A request naming two hosts is
-/// refused as HTTP/1.1 requires, since the proxy and this server could each read another one.
+/// that name a loopback host, an address, or a name allowed with `--allow-host`. A request naming
+/// two hosts is refused as HTTP/1.1 requires, since a proxy and this server could each read
+/// another one; so is one with two origins.
 pub async fn own_host(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let settings = &state.settings;
     if request.headers().get_all(header::HOST).iter().nth(1).is_some() {
         return ApiError::new(StatusCode::BAD_REQUEST, "more than one Host header".to_string()).into_response();
     }
+    if request.headers().get_all(header::ORIGIN).iter().nth(1).is_some() {
+        return ApiError::new(StatusCode::BAD_REQUEST, "more than one Origin header".to_string()).into_response();
+    }
     let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-    // A request without Host is no browser's.
-    if settings.loopback && !host.is_empty() && !is_loopback_name(host_name(host)) && !settings.allows(host_name(host)) {
+    // A request without Host is no browser's; rebinding needs a name, so an address (a proxy
+    // beside the server passing the pod's IP to a probe) is no rebound page.
+    let is_address = host_name(host).trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok();
+    if settings.loopback && !host.is_empty() && !is_address && !is_loopback_name(host_name(host)) && !settings.allows(host_name(host)) {
         let message = format!(
             "Host `{host}` is not a name of this server, which listens on loopback only (a page whose name resolves to 127.0.0.1?); a reverse proxy's name is allowed with --allow-host"
         );
@@ -108,11 +114,8 @@ pub async fn own_host(State(state): State<Arc<AppState>>, request: Request, next
 /// from this origin.
 pub async fn same_origin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let settings = &state.settings;
-    let mut origins = request.headers().get_all(header::ORIGIN).iter();
-    let Some(origin) = origins.next() else { return next.run(request).await };
-    if origins.next().is_some() {
-        return ApiError::new(StatusCode::BAD_REQUEST, "more than one Origin header".to_string()).into_response();
-    }
+    // (A second Origin is refused by `own_host`, on every route.)
+    let Some(origin) = request.headers().get(header::ORIGIN) else { return next.run(request).await };
     let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
     let origin = origin.to_str().unwrap_or("?");
     let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
