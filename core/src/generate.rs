@@ -87,9 +87,12 @@ async fn generate_with<B: Backend>(
     let seq = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let limit = model.max_position_embeddings;
     if seq > limit {
-        return Err(Error::Limit(format!(
-            "the prompt has {seq} tokens, more than the model's max_position_embeddings ({limit})"
-        )));
+        // Which one, among several (`generate --prompt a --prompt b`), counted from 1.
+        let which = match prompts.iter().position(|p| p.len() == seq) {
+            Some(i) if batch > 1 => format!("prompt {}", i + 1),
+            _ => "the prompt".to_string(),
+        };
+        return Err(Error::Limit(format!("{which} has {seq} tokens, more than the model's max_position_embeddings ({limit})")));
     }
     // Generation stops at the context limit rather than failing.
     let capacity = seq.saturating_add(opts.max_new_tokens).min(limit);

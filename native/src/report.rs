@@ -70,7 +70,9 @@ pub fn load_run(dir: &Path) -> Result<Run> {
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             let metrics: Vec<Value> = lines.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok().filter(Value::is_object)).collect();
             let unreadable = lines.len() - metrics.len();
-            if let Some(first) = lines.iter().position(|l| !serde_json::from_str::<Value>(l).is_ok_and(|v| v.is_object())) {
+            // Numbered as the file's lines, blank ones included.
+            let is_record = |l: &str| l.trim().is_empty() || serde_json::from_str::<Value>(l).is_ok_and(|v| v.is_object());
+            if let Some(first) = text.lines().position(|l| !is_record(l)) {
                 eprintln!("warning: {}: {unreadable} line(s) are not JSON objects (the first: line {}), skipped", metrics_path.display(), first + 1);
             }
             (metrics, unreadable)
