@@ -141,7 +141,7 @@ impl Run {
             let edited: Vec<String> = stored
                 .differences(&started)?
                 .into_iter()
-                .filter(|k| !RESUMABLE.contains(&k.as_str()) && !(k == "tokenizer" && started.tokenizer.is_none()))
+                .filter(|k| !(RESUMABLE.contains(&k.as_str()) || (k == "tokenizer" && started.tokenizer.is_none())))
                 .collect();
             if !edited.is_empty() {
                 return Err(Error::Unsupported(format!(
