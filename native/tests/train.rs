@@ -288,15 +288,10 @@ fn merge_refuses_what_loading_refuses() {
     assert_error(&merge(&base, &write_adapter("huge", &huge), "m4"), &["overflows", "far too large"]);
     let inf_base = dir.path().join("inf-base");
     copy_dir(Path::new(&base), &inf_base);
-    let st_path = inf_base.join("model.safetensors");
-    let bytes = fs::read(&st_path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut weights: Vec<(String, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
-    let norm = weights.iter_mut().find(|(n, _, _)| n == "model.norm.weight").unwrap();
-    norm.2[..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
-    let views: Vec<(String, safetensors::tensor::TensorView)> =
-        weights.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
-    fs::write(&st_path, safetensors::serialize(views, None).unwrap()).unwrap();
+    edit_f32_tensors(&inf_base.join("model.safetensors"), |weights| {
+        let norm = weights.iter_mut().find(|(n, _, _)| n == "model.norm.weight").unwrap();
+        norm.2[..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    });
     assert_error(&merge(inf_base.to_str().unwrap(), &adapter, "m5"), &["model.norm.weight", "NaN or infinite"]);
     // --dtype was accepted and ignored: the output kept the base's dtype.
     let out = tiqu(&["--dtype", "bf16", "merge", "--model", &base, "--adapter", adapter.to_str().unwrap(), "--out", dir.path().join("m6").to_str().unwrap()]);
@@ -751,16 +746,11 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_one_before_it() {
 
     // Moments of the wrong shape (1-d) are named, then skipped the same way.
     unfinish(&broken, 3);
-    let opt = broken.join("checkpoint-3/optimizer.safetensors");
-    let bytes = fs::read(&opt).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let flat: Vec<(String, Vec<u8>, usize)> =
-        st.tensors().into_iter().map(|(n, t)| (n.clone(), t.data().to_vec(), t.shape().iter().product())).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = flat
-        .iter()
-        .map(|(n, d, len)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*len], d).unwrap()))
-        .collect();
-    fs::write(&opt, safetensors::serialize(views, None).unwrap()).unwrap();
+    edit_f32_tensors(&broken.join("checkpoint-3/optimizer.safetensors"), |tensors| {
+        for (_, shape, _) in tensors.iter_mut() {
+            *shape = vec![shape.iter().product()];
+        }
+    });
     let out = ok(resume(&broken));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("checkpoint-3") && stderr.contains("has shape"), "{stderr}");
@@ -769,15 +759,10 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_one_before_it() {
     // A NaN moment made every step after the resume NaN (and the saved adapter, exit 0): named,
     // then skipped the same way.
     unfinish(&broken, 3);
-    let opt = broken.join("checkpoint-3/optimizer.safetensors");
-    let bytes = fs::read(&opt).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
-    tensors.sort();
-    tensors[0].2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
-    let views: Vec<(String, safetensors::tensor::TensorView)> =
-        tensors.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
-    fs::write(&opt, safetensors::serialize(views, None).unwrap()).unwrap();
+    edit_f32_tensors(&broken.join("checkpoint-3/optimizer.safetensors"), |tensors| {
+        tensors.sort();
+        tensors[0].2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
     let out = ok(resume(&broken));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("checkpoint-3") && stderr.contains("holds NaN"), "{stderr}");
@@ -820,6 +805,17 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_one_before_it() {
     fs::remove_file(broken.join("checkpoint-1/trainer_state.json")).unwrap();
     assert_error(&resume(&broken), &["no checkpoint restores", "checkpoint-1/trainer_state.json"]);
     assert!(broken.join("checkpoint-1/adapter_model.safetensors").exists());
+}
+
+/// Rewrites the f32 safetensors file `path` with its (name, shape, bytes) edited by `edit`.
+fn edit_f32_tensors(path: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u8>)>)) {
+    let bytes = fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        tensors.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
+    fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
 fn copy_dir(from: &Path, to: &Path) {
