@@ -31,3 +31,13 @@ pub fn cast_param<B: Backend, const D: usize>(p: Param<Tensor<B, D>>, dtype: Flo
     }
     p.map(|t| to_dtype(t, dtype)).set_require_grad(false)
 }
+
+/// `f32`, `bf16`, `f16` (`f64`): as `--dtype` spells it.
+pub fn name(dtype: FloatDType) -> &'static str {
+    match dtype {
+        FloatDType::BF16 => "bf16",
+        FloatDType::F16 => "f16",
+        FloatDType::F64 => "f64",
+        _ => "f32",
+    }
+}

@@ -349,10 +349,10 @@ pub fn dtype<B: burn::prelude::Backend>(device: &B::Device, usage: Use) -> Resul
         }
     };
     if usage == Use::TrainFull && chosen != FloatDType::F32 {
-        bail!("--dtype {}: `--method full` trains every weight and needs f32 (half precision is for LoRA and inference)", dtype_name(chosen));
+        bail!("--dtype {}: `--method full` trains every weight and needs f32 (half precision is for LoRA and inference)", tiqu_core::dtype::name(chosen));
     }
     if !supports(chosen.into()) {
-        bail!("--dtype {}: the {} device does not support it (use --dtype f32)", dtype_name(chosen), backend.name());
+        bail!("--dtype {}: the {} device does not support it (use --dtype f32)", tiqu_core::dtype::name(chosen), backend.name());
     }
     Ok(chosen)
 }
@@ -373,17 +373,6 @@ pub fn given_dtype() -> Option<&'static str> {
         DtypeName::F32 => Some("f32"),
         DtypeName::Bf16 => Some("bf16"),
         DtypeName::F16 => Some("f16"),
-    }
-}
-
-/// `f32`, `bf16`, `f16`: as `--dtype` spells it.
-pub fn dtype_name(dtype: burn::tensor::FloatDType) -> &'static str {
-    use burn::tensor::FloatDType;
-    match dtype {
-        FloatDType::BF16 => "bf16",
-        FloatDType::F16 => "f16",
-        FloatDType::F64 => "f64",
-        _ => "f32",
     }
 }
 

@@ -239,7 +239,7 @@ fn bench_generate<B: Backend>(device: &B::Device, backend: BackendName, args: &B
     let decode_tokens = b * t.saturating_sub(1);
     let out = serde_json::json!({
         "backend": backend.name(),
-        "dtype": crate::backend::dtype_name(dtype),
+        "dtype": tiqu_core::dtype::name(dtype),
         "quantize": args.quant.describe(),
         "config": args.config,
         "batch": b,
@@ -333,7 +333,7 @@ fn bench_verify<B: Backend>(device: &B::Device, backend: BackendName, args: &Ben
         .collect();
     let out = serde_json::json!({
         "backend": backend.name(),
-        "dtype": crate::backend::dtype_name(dtype),
+        "dtype": tiqu_core::dtype::name(dtype),
         "quantize": args.quant.describe(),
         "config": args.config,
         "batch": b,
@@ -400,7 +400,7 @@ fn bench_train<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, ba
     let step_s = start.elapsed().as_secs_f64() / args.steps as f64;
     let out = serde_json::json!({
         "backend": backend.name(),
-        "dtype": crate::backend::dtype_name(dtype),
+        "dtype": tiqu_core::dtype::name(dtype),
         "config": args.config,
         "batch": args.batch,
         "seq": args.seq,
@@ -468,7 +468,7 @@ fn bench_extract<B: Backend>(device: &B::Device, backend: BackendName, args: &Be
     let accepted: usize = results.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.accepted).sum();
     let out = serde_json::json!({
         "backend": backend.name(),
-        "dtype": crate::backend::dtype_name(dtype),
+        "dtype": tiqu_core::dtype::name(dtype),
         "quantize": args.quant.describe(),
         "config": args.config,
         "constrain": format!("{:?}", args.constrain).to_lowercase(),

@@ -278,7 +278,7 @@ pub fn execute(backend: BackendName, run: &Run, mut opts: RunOptions, specs: &[S
             let devices = $devices;
             let dtype = crate::backend::dtype::<$B>(&devices[0], crate::backend::Use::training(cfg.method))?;
             if dtype != burn::tensor::FloatDType::F32 {
-                eprintln!("base weights in {}, LoRA adapters and optimizer state in f32", crate::backend::dtype_name(dtype));
+                eprintln!("base weights in {}, LoRA adapters and optimizer state in f32", tiqu_core::dtype::name(dtype));
             }
             if devices.len() > 1 {
                 eprintln!("data-parallel over {} devices: {}", devices.len(), specs.join(", "));

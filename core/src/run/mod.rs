@@ -80,11 +80,7 @@ pub struct Run {
 
 /// The base weights' dtype as `--dtype` spells it (`None`: f32).
 fn dtype_name(dtype: Option<FloatDType>) -> &'static str {
-    match dtype {
-        Some(FloatDType::BF16) => "bf16",
-        Some(FloatDType::F16) => "f16",
-        _ => "f32",
-    }
+    crate::dtype::name(dtype.unwrap_or(FloatDType::F32))
 }
 
 /// `path` made absolute (without resolving links), so a resumed run finds it from any folder.
