@@ -231,6 +231,10 @@ fn read_header(name: &str, reader: &mut Box<dyn ReadSeek>, shard: usize) -> Resu
     let mut out = Vec::new();
     for (key, value) in header {
         if key == "__metadata__" {
+            // As the safetensors library reads it: text keys to text values.
+            if !value.as_object().is_some_and(|m| m.values().all(Value::is_string)) {
+                return Err(corrupt("`__metadata__` is not an object of strings".into()));
+            }
             continue;
         }
         if !seen.insert(key.clone()) {
@@ -275,6 +279,18 @@ fn read_header(name: &str, reader: &mut Box<dyn ReadSeek>, shard: usize) -> Resu
         if start_b < end_a {
             return Err(corrupt(format!("tensors `{a}` and `{b}` overlap in the data")));
         }
+    }
+    // The tensors cover the data exactly, as the safetensors library (and so transformers)
+    // requires: a gap or trailing bytes mean offsets written wrong or files joined.
+    let mut at = data_start;
+    for &(start, end, key) in &ranges {
+        if start != at {
+            return Err(corrupt(format!("bytes {at}..{start}, before tensor `{key}`, belong to no tensor")));
+        }
+        at = end;
+    }
+    if at != file_len {
+        return Err(corrupt(format!("{} bytes after the last tensor belong to no tensor", file_len - at)));
     }
     Ok(out)
 }

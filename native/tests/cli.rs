@@ -165,6 +165,58 @@ fn corrupt_and_truncated_safetensors_are_named() {
     assert_clean_error(&tiqu(&["generate", "--model", model, "--prompt", "x"]), &["model.safetensors", "not a valid safetensors"]);
 }
 
+/// Proves: what the safetensors library (and so transformers) refuses is refused here too —
+/// bytes that belong to no tensor, `__metadata__` that is not text — and a weights "file" that
+/// is a folder or a named pipe is named as such (the folder seemed 2⁶³ bytes long; the pipe hung
+/// the load for ever), as is an index that names no shard.
+#[test]
+fn weights_the_format_refuses_are_named() {
+    let dir = copy_fixture("tiny-untied");
+    let model = dir.path().to_str().unwrap();
+    let weights = dir.path().join("model.safetensors");
+    let good = fs::read(&weights).unwrap();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let generate = || tiqu(&["generate", "--model", model, "--prompt", "x", "--max-new-tokens", "1"]);
+
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(&[0; 16]);
+    fs::write(&weights, &trailing).unwrap();
+    assert_clean_error(&generate(), &["model.safetensors", "16 bytes after the last tensor belong to no tensor"]);
+
+    let mut header: Value = serde_json::from_slice(&good[8..8 + header_len]).unwrap();
+    header["__metadata__"] = serde_json::json!({"format": 5});
+    let mut text = serde_json::to_vec(&header).unwrap();
+    text.resize(header_len, b' ');
+    assert!(text.len() == header_len, "the edited header still fits");
+    fs::write(&weights, [&good[..8], &text, &good[8 + header_len..]].concat()).unwrap();
+    assert_clean_error(&generate(), &["model.safetensors", "`__metadata__` is not an object of strings"]);
+
+    fs::remove_file(&weights).unwrap();
+    fs::create_dir(&weights).unwrap();
+    assert_clean_error(&generate(), &["model.safetensors: is a folder, not a file"]);
+    fs::remove_dir(&weights).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&weights).status().unwrap();
+    assert!(made.success());
+    assert_clean_error(&generate(), &["model.safetensors: is not a regular file"]);
+    fs::remove_file(&weights).unwrap();
+
+    fs::write(dir.path().join("model.safetensors.index.json"), r#"{"metadata": {}, "weight_map": {}}"#).unwrap();
+    assert_clean_error(&generate(), &["model.safetensors.index.json: weight_map is empty"]);
+}
+
+/// Proves: a rope_theta so small that RoPE's frequencies overflow f32 is named in config.json;
+/// the NaN rotations it made were blamed on the weights.
+#[test]
+fn a_rope_theta_past_f32_is_named() {
+    let dir = copy_fixture("tiny-untied");
+    edit_config(dir.path(), |c| {
+        c.remove("rope_parameters");
+        c.insert("rope_theta".into(), serde_json::json!(1e-300));
+    });
+    let out = tiqu(&["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "x"]);
+    assert_clean_error(&out, &["config.json", "rope_theta 1e-300 is too small"]);
+}
+
 #[test]
 fn missing_tensor_is_named() {
     let dir = copy_fixture("tiny-untied");

@@ -27,7 +27,7 @@ use crate::load::LoadOptions;
 use crate::lora::LoraConfig;
 use crate::model::Qwen3ForCausalLM;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{ReadSeek, SafetensorsFile};
+use crate::weights::{ReadSeek, SafetensorsFile, WeightSource};
 use crate::{Error, Result};
 
 pub use eos::eos_token_ids;
@@ -120,15 +120,7 @@ impl Checkpoint {
     pub fn tokenizer(&self, from: Option<&dyn Files>) -> Result<Tokenizer> {
         let files = from.unwrap_or(self.files.as_ref());
         let tokenizer = Self::tokenizer_in(files)?;
-        // A token the model has no row for failed deep in a forward pass, naming neither the
-        // file nor the token, and only once a text used it.
-        let vocab = self.config.vocab_size;
-        if let Some((token, id)) = tokenizer.inner().get_vocab(true).into_iter().filter(|(_, id)| *id as usize >= vocab).max_by_key(|(_, id)| *id) {
-            return Err(Error::Format(format!(
-                "{}: token `{token}` has id {id}, beyond the model's vocabulary (vocab_size {vocab} in config.json): not this model's tokenizer",
-                files.path("tokenizer.json")
-            )));
-        }
+        check_vocabulary(&tokenizer, &self.config, &files.path("tokenizer.json"))?;
         Ok(tokenizer)
     }
 
@@ -165,6 +157,17 @@ impl Checkpoint {
         Ok(names)
     }
 
+    /// The weights, their headers checked against config.json: every tensor it implies is there
+    /// in its shape, and none is left unread. No tensor's data is read.
+    pub fn checked_weights(&self) -> Result<SafetensorsFile> {
+        let weights = self.weights()?;
+        let label = self.files.label();
+        self.config.check_layer_indices(weights.names(), &label)?;
+        self.config.check_unexpected(weights.names(), &label)?;
+        weights.check(&self.config.tensor_shapes())?;
+        Ok(weights)
+    }
+
     /// The weights, read lazily tensor by tensor.
     pub fn weights(&self) -> Result<SafetensorsFile> {
         let files = self.files.as_ref();
@@ -181,12 +184,7 @@ impl Checkpoint {
     pub fn load_model<B: Backend>(&self, opts: &LoadOptions, device: &B::Device) -> Result<Qwen3ForCausalLM<B>> {
         let mut model = match opts.random_weights {
             Some(random) => Qwen3ForCausalLM::load_with(&self.config, &mut random.source(&self.config), device, opts)?,
-            None => {
-                let mut weights = self.weights()?;
-                self.config.check_layer_indices(weights.names(), &self.files.label())?;
-                self.config.check_unexpected(weights.names(), &self.files.label())?;
-                Qwen3ForCausalLM::load_with(&self.config, &mut weights, device, opts)?
-            }
+            None => Qwen3ForCausalLM::load_with(&self.config, &mut self.checked_weights()?, device, opts)?,
         };
         if let Some(files) = opts.adapter {
             Adapter::open(files)?.attach(&mut model)?;
@@ -204,11 +202,27 @@ impl Checkpoint {
     }
 }
 
+/// Refuses a tokenizer with a token the model has no embedding row for (`path` names its file):
+/// such a token failed deep in a forward pass, naming neither the file nor the token, and only
+/// once a text used it.
+pub fn check_vocabulary(tokenizer: &Tokenizer, config: &Qwen3Config, path: &str) -> Result<()> {
+    let vocab = config.vocab_size;
+    match tokenizer.inner().get_vocab(true).into_iter().filter(|(_, id)| *id as usize >= vocab).max_by_key(|(_, id)| *id) {
+        Some((token, id)) => Err(Error::Format(format!(
+            "{path}: token `{token}` has id {id}, beyond the model's vocabulary (vocab_size {vocab} in config.json): not this model's tokenizer"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Shard file names listed by `model.safetensors.index.json`, sorted, each once; each must stay
 /// inside the folder (the index is untrusted input).
 pub fn shard_names(index: &[u8], path: &str) -> Result<Vec<String>> {
     let value: serde_json::Value = serde_json::from_slice(index).map_err(|e| Error::json(path, e))?;
     let map = value.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Format(format!("{path}: no weight_map")))?;
+    if map.is_empty() {
+        return Err(Error::Format(format!("{path}: weight_map is empty (it names no shard)")));
+    }
     let mut names = Vec::new();
     for (tensor, file) in map {
         let file = file.as_str().ok_or_else(|| Error::Format(format!("{path}: the file of `{tensor}` is not a string")))?;
