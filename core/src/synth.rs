@@ -493,7 +493,9 @@ impl Style {
     pub fn parse_list(list: &str) -> Result<Vec<Style>, String> {
         match list.trim() {
             "all" => Ok(Style::ALL.to_vec()),
-            "none" | "" => Ok(Vec::new()),
+            "none" => Ok(Vec::new()),
+            // An empty value is more likely a shell variable left unset than a choice of none.
+            "" => Err("empty: name styles, `all` or `none`".into()),
             list => list.split(',').map(|s| Style::parse(s.trim())).collect(),
         }
     }
@@ -1074,6 +1076,7 @@ mod tests {
         assert_eq!(Style::parse_list("none"), Ok(vec![]));
         assert_eq!(Style::parse_list("all"), Ok(Style::ALL.to_vec()));
         assert!(Style::parse_list("row,,letter").is_err());
+        assert!(Style::parse_list(" ").is_err());
         let mixed: Vec<SynthRecord> = Synth::with_styles(9, &Style::HELD_OUT).take(200).collect();
         assert!(Style::HELD_OUT.iter().all(|s| mixed.iter().any(|r| r.style == *s)));
         assert!(mixed.iter().all(|r| Style::HELD_OUT.contains(&r.style)));

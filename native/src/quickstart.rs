@@ -60,7 +60,7 @@ pub struct QuickstartArgs {
     tokenizer: Option<PathBuf>,
     /// Fine-tune this checkpoint with the seed's LoRA recipe instead (e.g. Qwen/Qwen3-0.6B; wants
     /// a GPU), then merge it.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["base_config", "lr", "plain_init"])]
     model: Option<String>,
     /// A config.json for the from-scratch model instead of the built-in small one.
     #[arg(long)]
@@ -163,15 +163,27 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
             );
         }
     }
-    if let Some(model) = &args.model {
-        Checkpoint::resolve(model)?;
-    }
     let held_out = Style::parse_list(&args.hold_out).map_err(|e| anyhow!("--hold-out: {e}"))?;
     let trained: Vec<Style> = Style::ALL.into_iter().filter(|s| !held_out.contains(s)).collect();
     if trained.is_empty() {
         bail!("--hold-out: every style is held out; keep at least one to train on");
     }
     let tokenizer = find_tokenizer(args.tokenizer.as_deref())?;
+    // The tokenizer and the weights' headers are read now: each failed only once the earlier
+    // folder was gone and the data written.
+    match &args.model {
+        Some(model) => {
+            let checkpoint = crate::checkpoint::resolve(model)?;
+            checkpoint.tokenizer(args.tokenizer.as_ref().map(Folder::new).as_ref().map(|f| f as &dyn tiqu_core::files::Files))?;
+            checkpoint.checked_weights()?;
+        }
+        None => {
+            let tok = Checkpoint::tokenizer_in(&Folder::new(&tokenizer))?;
+            let config = args.base_config.as_ref().map_or("the built-in config".to_string(), |p| p.display().to_string());
+            tiqu_core::checkpoint::check_vocabulary(&tok, &shape, &tokenizer.join("tokenizer.json").display().to_string())
+                .map_err(|e| anyhow!("{e} (the model's config: {config})"))?;
+        }
+    }
     let out = &args.out;
     let train_path = out.join("data/train.jsonl");
     let heldout_path = out.join("data/heldout.jsonl");

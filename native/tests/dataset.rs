@@ -413,6 +413,10 @@ fn check_bad_inputs_are_one_line() {
     fails_cleanly(d, &["data", "check", t, "--fix", "--out", t, "--force"], &["is the input"]);
     fails_cleanly(d, &["data", "check", t, "--findings", t, "--force"], &["is the input"]);
     fails_cleanly(d, &["data", "check", t, "--tokenizer", s(&d.join("no-such-dir"))], &["cannot read the tokenizer", "no-such-dir"]);
+    // Two tokenizers named: the --model one was never read (a usage error, exit 2).
+    let both = tiqu(&["data", "check", t, "--model", "any", "--tokenizer", s(&tokenizer_dir())]);
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(both.status.code() == Some(2) && stderr.contains("'--model <MODEL>' cannot be used with '--tokenizer"), "{stderr}");
     fs::write(d.join("kept.jsonl"), "precious\n").unwrap();
     fails_cleanly(d, &["data", "check", t, "--fix", "--out", s(&d.join("kept.jsonl"))], &["kept.jsonl exists"]);
 }

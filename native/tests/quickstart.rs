@@ -114,8 +114,9 @@ fn bad_quickstart_input_gets_one_line_and_deletes_nothing() {
     let theirs = dir.path().join("theirs");
     std::fs::create_dir(&theirs).unwrap();
     std::fs::write(theirs.join("keep.txt"), "x").unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--steps", "0"], "--steps"),
+        (&["--hold-out", ""], "--hold-out: empty"),
         (&["--hold-out", "row,tabs"], "unknown style `tabs`"),
         (&["--hold-out", "all"], "every style is held out"),
         (&["--out", theirs.to_str().unwrap()], "not a quickstart folder"),
@@ -147,7 +148,20 @@ fn bad_quickstart_input_gets_one_line_and_deletes_nothing() {
     let mut small: Value = serde_json::from_str(&small).unwrap();
     small["max_position_embeddings"] = 96.into();
     std::fs::write(&few_positions, small.to_string()).unwrap();
-    let cases: [(&[&str], &[&str], &str); 7] = [
+    // A tokenizer that does not parse, and a model whose weights cannot be read: each was found
+    // only after the earlier folder was gone.
+    let broken_tokenizer = dir.path().join("broken-tokenizer");
+    std::fs::create_dir(&broken_tokenizer).unwrap();
+    std::fs::write(broken_tokenizer.join("tokenizer.json"), "").unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-tied");
+    let no_weights = dir.path().join("weights-a-folder");
+    std::fs::create_dir_all(no_weights.join("model.safetensors")).unwrap();
+    for name in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture.join(name), no_weights.join(name)).unwrap();
+    }
+    let cases: [(&[&str], &[&str], &str); 9] = [
+        (&[], &["--tokenizer", broken_tokenizer.to_str().unwrap()], "not a valid tokenizer.json"),
+        (&[], &["--model", no_weights.to_str().unwrap()], "model.safetensors: is a folder, not a file"),
         (&["--dtype", "bf16"], &[], "--dtype bf16"),
         (&[], &["--base-config", few_positions.to_str().unwrap()], "max_position_embeddings 96 is too few"),
         (&[], &["--lr", "nan"], "--lr must be a positive number"),
@@ -162,6 +176,13 @@ fn bad_quickstart_input_gets_one_line_and_deletes_nothing() {
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.lines().count() == 1 && stderr.contains(needle), "{needle}: {stderr}");
         assert!(earlier.join("quickstart.json").exists(), "{needle}: the earlier quickstart is kept");
+    }
+    // The from-scratch settings beside --model were validated and then never used.
+    for flag in [&["--lr", "0.5"][..], &["--plain-init"], &["--base-config", "c.json"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tiqu")).args(["quickstart", "--out"]).arg(&earlier).args(["--model"]).arg(&fixture).args(flag).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("cannot be used with") && stderr.contains(flag[0]), "{stderr}");
+        assert!(earlier.join("quickstart.json").exists());
     }
 }
 

@@ -25,7 +25,7 @@ pub struct CheckArgs {
     #[arg(long)]
     schema: Option<PathBuf>,
     /// Measure token lengths with this model's tokenizer.json (a folder or a Hub id in the cache).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tokenizer")]
     model: Option<String>,
     /// Measure token lengths with the tokenizer.json in this folder (or this file).
     #[arg(long)]
