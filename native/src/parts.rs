@@ -175,6 +175,9 @@ impl PartWriter {
     /// `input_size` bytes. A part left by a killed attempt is resumed (each kept line checked to be
     /// this shard's answer, a torn last line cut); a part of another input or split is refused.
     pub fn open(dir: &Path, spec: ShardSpec, input_size: u64, range: (u64, u64), fingerprint: &str, names: &[&str]) -> Result<PartState> {
+        if fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            bail!("--out {}: a file; with --shard, --out is the folder the parts go to", dir.display());
+        }
         fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
         let path = dir.join(spec.part_name());
         let done_path = dir.join(spec.done_name());
@@ -212,8 +215,17 @@ impl PartWriter {
         if has_lines && started.as_ref().and_then(|s| s.get("fingerprint")).and_then(Value::as_str).is_some_and(|f| f != fingerprint) {
             return Err(other_bytes(&path.display().to_string(), range));
         }
+        // The record is written before the part's first line: answers without it cannot be
+        // told from another input's answers (a plain-text input's lines carry no ids).
+        if has_lines && started.is_none() {
+            bail!(
+                "{}: has answers but no {} saying which input bytes they answer; remove the part to extract the shard again",
+                path.display(),
+                started_path.display()
+            );
+        }
         let lines = resume_point(&path, names)?;
-        if !has_lines || started.is_none() {
+        if !has_lines {
             let record = serde_json::json!({"input_size": input_size, "start": range.0, "end": range.1, "fingerprint": fingerprint, "fields": names});
             write_atomically(&started_path, format!("{record}\n").as_bytes())?;
         }

@@ -103,6 +103,8 @@ impl Location {
     pub fn size(&self) -> Result<Option<u64>> {
         match self {
             Self::Local(p) => match std::fs::metadata(p) {
+                // A folder's size is its directory entry's (4096), not an input's.
+                Ok(m) if m.is_dir() => bail!("{}: a folder, not a file", p.display()),
                 Ok(m) => Ok(Some(m.len())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => bail!("{}: {e}", p.display()),

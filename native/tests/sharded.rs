@@ -174,6 +174,16 @@ fn killed_and_restarted_shards_merge_to_the_single_process_output() {
     let stderr = String::from_utf8_lossy(&other.stderr);
     assert!(!other.status.success() && stderr.contains("made under another schema"), "{stderr}");
     assert_eq!(fs::read(&part0).unwrap(), &part_before[..keep], "the part is left as it was");
+    // Answers whose record of the input they answer is gone: a plain-text input's lines carry
+    // no ids, so another input's answers would have been resumed and merged.
+    let started0 = parts.join("part-00000-of-00004.jsonl.start");
+    let started_before = fs::read(&started0).unwrap();
+    fs::remove_file(&started0).unwrap();
+    let unmoored = tiqu().args(&args).args(["--shard", "0/4"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&unmoored.stderr);
+    assert!(!unmoored.status.success() && stderr.contains("has answers but no") && stderr.lines().count() == 1, "{stderr}");
+    assert_eq!(fs::read(&part0).unwrap(), &part_before[..keep], "the part is left as it was");
+    fs::write(&started0, started_before).unwrap();
     ok(tiqu().args(&args).args(["--shard", "0/4"]).output().unwrap());
     assert_eq!((fs::read(&part0).unwrap(), fs::read(&marker0).unwrap()), (part_before.clone(), marker_before));
 
@@ -256,6 +266,19 @@ fn bad_shard_specs_are_one_line() {
     }
     let out = tiqu().args(["extract", "--model", &m, "--shard", "0/2"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--shard needs --input FILE and --out FOLDER"));
+    // A file where the parts' folder belongs, and a folder where the input belongs, are named as
+    // such (an OS error 17, and the folder's 4096 bytes taken for the input's size, before).
+    let dir = tempfile::tempdir().unwrap();
+    let (input, file) = (dir.path().join("in.txt"), dir.path().join("taken.jsonl"));
+    fs::write(&input, "a\nb\n").unwrap();
+    fs::write(&file, "kept\n").unwrap();
+    let out = tiqu().args(["extract", "--model", &m, "--input", input.to_str().unwrap(), "--out", file.to_str().unwrap(), "--shard", "0/2"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("a file; with --shard, --out is the folder") && err.lines().count() == 1, "{err}");
+    assert_eq!(fs::read_to_string(&file).unwrap(), "kept\n");
+    let out = tiqu().args(["parts", "merge", "--input", dir.path().to_str().unwrap(), "--parts", dir.path().to_str().unwrap(), "--shards", "2"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("a folder, not a file") && err.lines().count() == 1, "{err}");
 }
 
 /// moto's S3 server on a free port, if installed; stopped on drop.
