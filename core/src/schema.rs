@@ -80,7 +80,7 @@ impl Schema {
         }
         for (i, f) in fields.iter().enumerate() {
             if f.name.trim().is_empty() {
-                return Err(Error::Format(format!("{source}: field {} has an empty name", i + 1)));
+                return Err(Error::Format(format!("{source}: fields[{i}] has {}", if f.name.is_empty() { "an empty name" } else { "a name of spaces only" })));
             }
             if fields[..i].iter().any(|g| g.name == f.name) {
                 return Err(Error::Format(format!("{source}: field name `{}` appears twice", f.name)));
@@ -151,7 +151,7 @@ mod tests {
         let dup = Schema::from_json(br#"["a", "b", "a"]"#, "s.json").unwrap_err().to_string();
         assert!(dup.contains("s.json") && dup.contains("`a` appears twice"), "{dup}");
         let empty = Schema::from_json(br#"["a", " "]"#, "s.json").unwrap_err().to_string();
-        assert!(empty.contains("empty name"), "{empty}");
+        assert_eq!(empty, "s.json: fields[1] has a name of spaces only");
         assert!(Schema::from_json(b"[]", "s.json").unwrap_err().to_string().contains("no fields"));
         assert!(Schema::from_json(b"{oops", "s.json").unwrap_err().to_string().starts_with("s.json: "));
         let s = Schema::from_json(br#"["a", {"name": "mail", "format": "email"}]"#, "s.json").unwrap();

@@ -41,24 +41,36 @@ fn authority(url: &str) -> Result<String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("--url {url}: only http://host:port is supported (the server is local)"))?;
-    let host = rest.split('/').next().unwrap_or_default();
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     if host.is_empty() {
         bail!("--url {url}: no host");
+    }
+    // The requests go to /v1/extract: a path given here would be dropped without a word.
+    if !path.is_empty() {
+        bail!("--url {url}: give the server's root, http://host:port (the requests go to /v1/extract)");
     }
     Ok(if host.contains(':') && !host.ends_with(']') { host.to_string() } else { format!("{host}:80") })
 }
 
 fn read_texts(path: &PathBuf) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| anyhow!("{}: not UTF-8 (byte {})", path.display(), e.utf8_error().valid_up_to()))?;
-    let texts: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| match serde_json::from_str::<Value>(l) {
-            Ok(Value::Object(o)) => o.get("text").or_else(|| o.get("input")).and_then(Value::as_str).unwrap_or(l).to_string(),
-            _ => l.to_string(),
-        })
-        .collect();
+    let mut texts = Vec::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let line = std::str::from_utf8(raw).map_err(|e| anyhow!("{}: not UTF-8 (column {})", at(), e.valid_up_to() + 1))?;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() {
+            continue;
+        }
+        // A record without its text was sent whole as the text, and measured as if it were one.
+        texts.push(match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(o)) => match o.get("text").or_else(|| o.get("input")) {
+                Some(Value::String(text)) => text.clone(),
+                _ => bail!("{}: a JSON record without a \"text\" (or \"input\") string", at()),
+            },
+            _ => line.to_string(),
+        });
+    }
     if texts.is_empty() {
         bail!("{}: no texts", path.display());
     }
@@ -270,7 +282,25 @@ mod tests {
         assert_eq!(authority("http://localhost").unwrap(), "localhost:80");
         assert_eq!(authority("http://[::1]:9000").unwrap(), "[::1]:9000");
         assert!(authority("https://x:1").unwrap_err().to_string().contains("only http://"));
+        assert!(authority("http://x:1/v1/chat").unwrap_err().to_string().contains("server's root"));
         let l = Level { clients: 1, requests: 4, seconds: 1.0, ok: vec![0.001, 0.002, 0.003, 0.1], errors: Default::default() };
         assert_eq!((l.percentile_ms(0.5), l.percentile_ms(0.99)), (Some(2.0), Some(100.0)));
+    }
+
+    /// Texts are lines or records' "text" (or "input"); a record without a text string, or a line
+    /// that is not UTF-8, is named by its line, not sent as it is.
+    #[test]
+    fn texts_are_lines_or_records_with_a_text() {
+        let dir = std::env::temp_dir().join(format!("tiqu-bench-serve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("texts.jsonl");
+        std::fs::write(&file, "plain text\r\n\n{\"text\": \"a\"}\n{\"input\": \"b\"}\n").unwrap();
+        assert_eq!(read_texts(&file).unwrap(), ["plain text", "a", "b"]);
+        for (body, why) in [(&b"a\n{\"text\": 5}\n"[..], ":2: a JSON record without"), (&b"a\nb\xff\n"[..], ":2: not UTF-8 (column 2)")] {
+            std::fs::write(&file, body).unwrap();
+            let err = read_texts(&file).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

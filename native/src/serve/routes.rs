@@ -113,8 +113,25 @@ async fn fallback(State(state): Shared, request: Request) -> Response {
 }
 
 /// The body as JSON, or why not.
-fn parse_json(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+fn parse_json(body: Result<Bytes, BytesRejection>, max_body: usize) -> Result<Value, ApiError> {
+    // A chunked body is cut off while it is read, past the check of a declared length: its
+    // answer names the limit as that check's does, and a broken chunk says what broke.
+    let body = body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(r.status(), format!("payload too large: the body is over {max_body} bytes (--max-body-bytes)"))
+        }
+        status => {
+            let mut why = Vec::new();
+            let mut source = std::error::Error::source(&r);
+            while let Some(e) = source {
+                why.push(e.to_string());
+                source = e.source();
+            }
+            why.dedup();
+            let why = if why.is_empty() { r.body_text() } else { why.join(": ") };
+            ApiError::new(status, format!("the body could not be read: {why}"))
+        }
+    })?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the body is empty: send a JSON object"));
     }
@@ -244,7 +261,7 @@ fn extraction_json(e: &Extraction) -> Value {
 }
 
 async fn extract(State(state): Shared, Extension(at): Extension<Deadline>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let (texts, single, schema, constrain) = parse_extract(parse_json(body)?, &state)?;
+    let (texts, single, schema, constrain) = parse_extract(parse_json(body, state.settings.max_body_bytes)?, &state)?;
     let valid: Vec<String> = texts.iter().filter_map(|t| t.as_ref().ok().cloned()).collect();
     let mut done = Vec::new().into_iter();
     if !valid.is_empty() {
@@ -279,7 +296,7 @@ fn event_error(status: u16, message: String) -> ApiError {
 
 async fn chat(State(state): Shared, Extension(at): Extension<Deadline>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let arrived = std::time::Instant::now();
-    let body = parse_json(body)?;
+    let body = parse_json(body, state.settings.max_body_bytes)?;
     super::openai::check_keys(&body).map_err(ApiError::bad_request)?;
     let request: ChatRequest =
         serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("not a chat completion request: {e}")))?;
