@@ -390,7 +390,19 @@ fn read_objects<R: BufRead>(reader: R, columns: &[&str], source: &str, row: &mut
         let cells = columns
             .iter()
             .map(|&col| {
-                let Some((_, cell)) = obj.iter().find(|(k, _)| k == col) else { return Ok(None) };
+                let Some((_, cell)) = obj.iter().find(|(k, _)| k == col) else {
+                    // `Name` where the column is `name` is a label spelt another way, not a
+                    // record without one: read as absent, it became null without a word.
+                    let fold = |k: &str| k.trim().to_lowercase();
+                    if let Some((key, _)) = obj.iter().find(|(k, _)| fold(k) == fold(col)) {
+                        return Err(Error::Format(format!(
+                            "{source}:{line}: key `{}` where the column is `{}` (keys are case-sensitive)",
+                            key.escape_debug(),
+                            col.escape_debug()
+                        )));
+                    }
+                    return Ok(None);
+                };
                 let text = cell.get().trim();
                 match text.as_bytes().first() {
                     Some(b'"') => serde_json::from_str::<String>(text)
@@ -452,6 +464,13 @@ mod tests {
 
     /// A number label is the digits in the file (`4.50`, as the text has it), not serde's reprint
     /// (`4.5`, which no longer occurs in the text); strings are unescaped; members keep their order.
+    #[test]
+    fn a_column_spelt_another_way_is_named() {
+        let json = "{\"text\": \"a\", \"name\": \"x\"}\n{\"text\": \"b\", \"Name\": \"y\"}\n";
+        let e = import_all(json.as_bytes(), Format::Json, &mapping("text", &["name"]), "r.jsonl").unwrap_err().to_string();
+        assert_eq!(e, "r.jsonl:2: key `Name` where the column is `name` (keys are case-sensitive)");
+    }
+
     #[test]
     fn json_numbers_are_taken_as_written() {
         let json = "{\"text\": \"价格 4.50 元, 1E3 件\", \"price\": 4.50, \"n\": 1E3, \"ok\": true, \"note\": \"a\\u00e9\", \"gone\": null}\n";
