@@ -7,6 +7,8 @@ mod attend;
 #[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
 mod causal;
 pub mod chat;
+#[cfg(feature = "templates")]
+pub mod chat_template;
 mod clock;
 pub mod checkpoint;
 pub mod config;

@@ -89,7 +89,12 @@ pub fn load<B: Backend>(opts: &LoadOptions, device: &B::Device) -> Result<Loaded
             e.into()
         }
     });
-    Ok(if load.quantize.is_some() { loaded.context("--quantize")? } else { loaded? })
+    let loaded = if load.quantize.is_some() { loaded.context("--quantize")? } else { loaded? };
+    let sources: Vec<&dyn Files> = load.tokenizer.into_iter().chain([checkpoint.files()]).collect();
+    if let Some(warning) = tiqu_core::chat_template::warning(&sources) {
+        eprintln!("{warning}");
+    }
+    Ok(loaded)
 }
 
 /// `--model` as a checkpoint: core's lookup, with the flag named in its advice.

@@ -204,6 +204,28 @@ fn weights_the_format_refuses_are_named() {
     assert_clean_error(&generate(), &["model.safetensors.index.json: weight_map is empty"]);
 }
 
+/// Proves: a checkpoint whose chat template makes other prompts than tiqu's (here Qwen3's without
+/// the empty think block, as Qwen3-2507's instruct models) is warned about, naming the file and
+/// where the prompts part; the real Qwen3 template is not.
+#[test]
+fn a_foreign_chat_template_is_warned_about() {
+    let dir = copy_fixture("tiny-tied");
+    let model = dir.path().to_str().unwrap();
+    let generate = || tiqu(&["generate", "--model", model, "--prompt", "x", "--max-new-tokens", "1"]);
+    let quiet = generate();
+    assert!(quiet.status.success() && !String::from_utf8_lossy(&quiet.stderr).contains("warning"), "{}", String::from_utf8_lossy(&quiet.stderr));
+    let path = dir.path().join("tokenizer_config.json");
+    let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let template = config["chat_template"].as_str().unwrap().replace("{{- '<think>\\n\\n</think>\\n\\n' }}", "");
+    config["chat_template"] = template.into();
+    fs::write(&path, config.to_string()).unwrap();
+    let warned = generate();
+    let stderr = String::from_utf8_lossy(&warned.stderr);
+    assert!(warned.status.success(), "{stderr}");
+    let warning = stderr.lines().find(|l| l.starts_with("warning: ")).unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(warning.contains("tokenizer_config.json") && warning.contains("<think>"), "{warning}");
+}
+
 /// Proves: a rope_theta so small that RoPE's frequencies overflow f32 is named in config.json;
 /// the NaN rotations it made were blamed on the weights.
 #[test]

@@ -280,6 +280,10 @@ impl Run {
             None => base.files(),
         };
         let tokenizer = base.tokenizer(Some(tokenizer_files))?;
+        #[cfg(feature = "templates")]
+        if let Some(warning) = crate::chat_template::warning(&[tokenizer_files, base.files()]) {
+            observer.event(&Event::Note(&warning))?;
+        }
         let eos_token_ids = base.eos_token_ids(&tokenizer, Some(tokenizer_files))?;
         let train_data = load_examples(Path::new(&cfg.data), &tokenizer, cfg.max_length, opts.skip_bad_records)?;
         let eval_data = match &cfg.eval_data {
