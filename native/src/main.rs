@@ -119,7 +119,9 @@ pub fn check_rows(flag: &str, rows: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn doctor() -> anyhow::Result<()> {
+/// The backends, and the one a command would run on. With `--backend` or `--dtype` it answers
+/// whether that choice works here, exit 1 if not (a script checking a machine before a job).
+fn doctor(asked: Option<BackendName>) -> anyhow::Result<()> {
     println!("tiqu {}", env!("CARGO_PKG_VERSION"));
     for name in [BackendName::Cpu, BackendName::Wgpu, BackendName::Cuda] {
         match backend::probe(name) {
@@ -127,10 +129,17 @@ fn doctor() -> anyhow::Result<()> {
             Err(why) => println!("{:5} missing  {why}", name.name()),
         }
     }
-    match backend::choose(None) {
-        Ok(name) => println!("default backend: {}", name.name()),
-        Err(e) => println!("default backend: none ({e})"),
-    }
+    let which = if asked.is_some() { "chosen" } else { "default" };
+    let name = match backend::choose(asked) {
+        Ok(name) => name,
+        Err(e) if asked.is_none() && backend::given_dtype().is_none() => {
+            println!("default backend: none ({e})");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let dtype = with_backend!(name, |B, device| backend::dtype::<B>(&device, backend::Use::Inference))?;
+    println!("{which} backend: {} ({} for inference)", name.name(), tiqu_core::dtype::name(dtype));
     Ok(())
 }
 
@@ -158,7 +167,7 @@ fn is_out_of_memory(message: &str) -> bool {
 fn run(cli: Cli) -> anyhow::Result<()> {
     backend::set_dtype(cli.dtype);
     match cli.command {
-        Command::Doctor => doctor(),
+        Command::Doctor => doctor(cli.backend),
         Command::Parts(parts::PartsCommand::Merge(args)) => parts::run_merge(&args),
         Command::Serve(args) => serve::run(backend::choose(cli.backend)?, &args),
         Command::Generate(args) => generate::run(backend::choose(cli.backend)?, &args),

@@ -315,6 +315,13 @@ fn doctor_lists_backends() {
     assert!(out.status.success());
     assert!(stdout.contains("cpu") && stdout.contains("ok"), "{stdout}");
     assert!(stdout.contains("default backend: "), "{stdout}");
+    // A backend asked for is checked, not ignored: the CPU and its dtype answer, and a backend
+    // that does not initialise here is an error (it printed the table and exit 0).
+    let cpu = tiqu(&["--backend", "cpu", "--dtype", "f32", "doctor"]);
+    assert!(cpu.status.success() && String::from_utf8_lossy(&cpu.stdout).contains("chosen backend: cpu (f32 for inference)"));
+    if !stdout.contains("cuda  ok") {
+        assert_clean_error(&tiqu(&["--backend", "cuda", "doctor"]), &["--backend cuda"]);
+    }
 }
 
 /// Overwrites every value of `tensor` in a safetensors file with NaN.
