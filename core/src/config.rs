@@ -172,12 +172,6 @@ impl Qwen3Config {
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(bad(format!("head_dim {head_dim} must be even and positive")));
         }
-        // RoPE's fastest frequency is rope_theta^(-(head_dim-2)/head_dim), in f32: past f32's
-        // range every rotation was NaN, and the NaN logits were blamed on the weights.
-        let fastest = rope_theta.powf(-((head_dim - 2) as f64) / head_dim as f64);
-        if !(fastest.is_finite() && fastest <= f32::MAX as f64) {
-            return Err(bad(format!("rope_theta {rope_theta:e} is too small: RoPE's highest frequency overflows f32")));
-        }
         for (name, v, max) in [
             ("vocab_size", raw.vocab_size, MAX_WIDTH),
             ("hidden_size", raw.hidden_size, MAX_WIDTH),
@@ -193,6 +187,17 @@ impl Qwen3Config {
             if v > max {
                 return Err(Error::Limit(format!("{source}: {name} {v} is over tiqu's limit of {max}")));
             }
+        }
+        // RoPE's fastest frequency is rope_theta^(-(head_dim-2)/head_dim), and its angle at the
+        // last position that times the position, in f32: past f32's range every rotation was NaN,
+        // and the NaN logits were blamed on the weights.
+        let fastest = rope_theta.powf(-((head_dim - 2) as f64) / head_dim as f64);
+        let last_angle = fastest * (raw.max_position_embeddings - 1) as f64;
+        if !(last_angle.is_finite() && last_angle <= f32::MAX as f64) {
+            return Err(bad(format!(
+                "rope_theta {rope_theta:e} is too small: RoPE's angles overflow f32 by position {}",
+                raw.max_position_embeddings - 1
+            )));
         }
         let dtype = raw.dtype.or(raw.torch_dtype).unwrap_or_else(|| "float32".into());
         let eos_token_ids = raw.eos_token_id.as_ref().map(|v| token_ids(v, source)).transpose()?.unwrap_or_default();

@@ -231,8 +231,8 @@ fn read_header(name: &str, reader: &mut Box<dyn ReadSeek>, shard: usize) -> Resu
     let mut out = Vec::new();
     for (key, value) in header {
         if key == "__metadata__" {
-            // As the safetensors library reads it: text keys to text values.
-            if !value.as_object().is_some_and(|m| m.values().all(Value::is_string)) {
+            // As the safetensors library reads it: text keys to text values, or null.
+            if !(value.is_null() || value.as_object().is_some_and(|m| m.values().all(Value::is_string))) {
                 return Err(corrupt("`__metadata__` is not an object of strings".into()));
             }
             continue;
@@ -471,6 +471,27 @@ impl SafetensorsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn file_of(header: &str, data: usize) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend(std::iter::repeat_n(0u8, data));
+        bytes
+    }
+
+    /// As the safetensors library: the tensors cover the data exactly (a gap is named), and
+    /// `__metadata__` may be null.
+    #[test]
+    fn tensors_cover_the_data_exactly() {
+        let open = |bytes: Vec<u8>| SafetensorsFile::open(vec![("w.safetensors".into(), Box::new(std::io::Cursor::new(bytes)) as Box<dyn ReadSeek>)]);
+        let tensor = |name: &str, at: usize| format!(r#""{name}":{{"dtype":"F32","shape":[1],"data_offsets":[{at},{}]}}"#, at + 4);
+        let header = format!(r#"{{"__metadata__":null,{},{}}}"#, tensor("a", 0), tensor("b", 4));
+        assert!(open(file_of(&header, 8)).is_ok());
+        let gap = format!("{{{},{}}}", tensor("a", 0), tensor("b", 8));
+        let e = open(file_of(&gap, 12)).err().unwrap().to_string();
+        let at = 8 + gap.len();
+        assert_eq!(e, format!("w.safetensors: not a valid safetensors file: bytes {}..{}, before tensor `b`, belong to no tensor", at + 4, at + 8));
+    }
 
     /// The random init applies the previous-token head when asked and only then: the shared
     /// embedding component and layer 0's norm weights of the head's pairs, nothing in layer 1;

@@ -187,7 +187,8 @@ impl PartWriter {
         let started_path = dir.join(format!("{}.start", spec.part_name()));
         let started: Option<Value> = match fs::read(&started_path) {
             Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: {e}", started_path.display()))?),
-            Err(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => bail!("{}: {e}", started_path.display()),
         };
         if let Some(was) = started.as_ref().and_then(|s| s.get("fields")).and_then(Value::as_array) {
             if !was.iter().map(Value::as_str).eq(names.iter().map(|&n| Some(n))) {

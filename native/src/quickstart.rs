@@ -173,7 +173,9 @@ pub fn run(backend: BackendName, args: &QuickstartArgs) -> Result<()> {
     // folder was gone and the data written.
     match &args.model {
         Some(model) => {
-            let checkpoint = crate::checkpoint::resolve(model)?;
+            // Core's lookup, as the training and the merge below use: a folder on object storage,
+            // which only the CLI's loaders fetch, is refused here as there.
+            let checkpoint = Checkpoint::resolve(model)?;
             checkpoint.tokenizer(args.tokenizer.as_ref().map(Folder::new).as_ref().map(|f| f as &dyn tiqu_core::files::Files))?;
             checkpoint.checked_weights()?;
         }

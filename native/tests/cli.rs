@@ -186,8 +186,8 @@ fn weights_the_format_refuses_are_named() {
     let mut header: Value = serde_json::from_slice(&good[8..8 + header_len]).unwrap();
     header["__metadata__"] = serde_json::json!({"format": 5});
     let mut text = serde_json::to_vec(&header).unwrap();
+    assert!(text.len() <= header_len, "the edited header should fit the old one's bytes");
     text.resize(header_len, b' ');
-    assert!(text.len() == header_len, "the edited header still fits");
     fs::write(&weights, [&good[..8], &text, &good[8 + header_len..]].concat()).unwrap();
     assert_clean_error(&generate(), &["model.safetensors", "`__metadata__` is not an object of strings"]);
 
@@ -230,13 +230,16 @@ fn a_foreign_chat_template_is_warned_about() {
 /// the NaN rotations it made were blamed on the weights.
 #[test]
 fn a_rope_theta_past_f32_is_named() {
-    let dir = copy_fixture("tiny-untied");
-    edit_config(dir.path(), |c| {
-        c.remove("rope_parameters");
-        c.insert("rope_theta".into(), serde_json::json!(1e-300));
-    });
-    let out = tiqu(&["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "x"]);
-    assert_clean_error(&out, &["config.json", "rope_theta 1e-300 is too small"]);
+    // 2.5e-77: the highest frequency fits f32 (2e38 at head_dim 4), its angle at later positions does not.
+    for (theta, named) in [(1e-300, "rope_theta 1e-300 is too small"), (2.5e-77, "rope_theta 2.5e-77 is too small")] {
+        let dir = copy_fixture("tiny-untied");
+        edit_config(dir.path(), |c| {
+            c.remove("rope_parameters");
+            c.insert("rope_theta".into(), serde_json::json!(theta));
+        });
+        let out = tiqu(&["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "x"]);
+        assert_clean_error(&out, &["config.json", named]);
+    }
 }
 
 #[test]

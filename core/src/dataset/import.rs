@@ -394,9 +394,10 @@ fn read_objects<R: BufRead>(reader: R, columns: &[&str], source: &str, row: &mut
                     // `Name` where the column is `name` is a label spelt another way, not a
                     // record without one: read as absent, it became null without a word.
                     let fold = |k: &str| k.trim().to_lowercase();
-                    if let Some((key, _)) = obj.iter().find(|(k, _)| fold(k) == fold(col)) {
+                    let misspelt = obj.iter().find(|(k, _)| fold(k) == fold(col) && !columns.contains(&k.as_str()));
+                    if let Some((key, _)) = misspelt {
                         return Err(Error::Format(format!(
-                            "{source}:{line}: key `{}` where the column is `{}` (keys are case-sensitive)",
+                            "{source}:{line}: key `{}` where the column is `{}` (keys are matched exactly: case and spaces count)",
                             key.escape_debug(),
                             col.escape_debug()
                         )));
@@ -462,15 +463,20 @@ mod tests {
         assert_eq!(got.not_verbatim, 0);
     }
 
-    /// A number label is the digits in the file (`4.50`, as the text has it), not serde's reprint
-    /// (`4.5`, which no longer occurs in the text); strings are unescaped; members keep their order.
+    /// A key that is a mapped column spelt with other case is named, not read as a null label;
+    /// a key that is itself mapped is not taken for another column's.
     #[test]
     fn a_column_spelt_another_way_is_named() {
         let json = "{\"text\": \"a\", \"name\": \"x\"}\n{\"text\": \"b\", \"Name\": \"y\"}\n";
         let e = import_all(json.as_bytes(), Format::Json, &mapping("text", &["name"]), "r.jsonl").unwrap_err().to_string();
-        assert_eq!(e, "r.jsonl:2: key `Name` where the column is `name` (keys are case-sensitive)");
+        assert_eq!(e, "r.jsonl:2: key `Name` where the column is `name` (keys are matched exactly: case and spaces count)");
+        // Two columns of those names mapped: each is its own label.
+        let (records, _) = import_all(json.as_bytes(), Format::Json, &mapping("text", &["name", "other=Name"]), "r.jsonl").unwrap();
+        assert_eq!(records[1].output.as_deref(), Some(r#"{"name": null, "other": "y"}"#));
     }
 
+    /// A number label is the digits in the file (`4.50`, as the text has it), not serde's reprint
+    /// (`4.5`, which no longer occurs in the text); strings are unescaped; members keep their order.
     #[test]
     fn json_numbers_are_taken_as_written() {
         let json = "{\"text\": \"价格 4.50 元, 1E3 件\", \"price\": 4.50, \"n\": 1E3, \"ok\": true, \"note\": \"a\\u00e9\", \"gone\": null}\n";
