@@ -539,19 +539,27 @@ impl Grammar {
     /// characters, which are still a substring; fields never reached are null, or "" when the
     /// schema requires them.
     pub fn values(&self, s: &State) -> Vec<Option<String>> {
+        let open = |i: usize| i == s.field && matches!(s.phase, Phase::Str { .. });
         s.values
             .iter()
             .zip(&self.nullable)
-            .map(|(v, &nullable)| match v {
+            .zip(&self.rules)
+            .enumerate()
+            .map(|(i, ((v, &nullable), rule))| match v {
+                // A value of a format that a spent budget left open (`nafa`, `nafan@example.co`)
+                // is no address, whatever its shape so far: null, never part of one.
+                Some(_) if *rule != Rule::Any && open(i) => None,
                 Some(bytes) => Some(match std::str::from_utf8(bytes) {
                     Ok(text) => text.to_string(),
                     Err(e) => String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned(),
                 }),
-                None if !nullable && !matches!(s.phase, Phase::Null { .. }) => Some(String::new()),
+                None if !nullable && *rule == Rule::Any && !matches!(s.phase, Phase::Null { .. }) => Some(String::new()),
                 None => None,
             })
             .collect()
     }
+
+
 
     pub fn mode(&self) -> Constrain {
         self.mode
@@ -640,6 +648,14 @@ mod tests {
         assert!(g.step_bytes(&open, b"ab\"").is_none());
         assert!(g.step_bytes(&open, b"ab@c.d\"").is_some());
         assert!(g.step_bytes(&open, b"a b").is_none());
+        // Cut by the budget mid-address: null, not `ab@c.d` (json: it may have gone on to
+        // `ab@c.de`) or `linjun` (copy).
+        assert_eq!(g.values(&g.step_bytes(&open, b"ab@c.d").unwrap())[2], None);
+        let copy = Grammar::new(&required, Constrain::Copy, text).unwrap();
+        let cut = copy.step_bytes(&at_email(&copy), b"\"linjun").unwrap();
+        assert_eq!(copy.values(&cut)[2], None);
+        let closed = copy.step_bytes(&at_email(&copy), b"\"linjun807@outlook.com\"").unwrap();
+        assert_eq!(copy.values(&closed)[2].as_deref(), Some("linjun807@outlook.com"));
     }
 
     /// Random logits, constrained: every output is a valid JSON object with the schema's keys in
@@ -696,12 +712,13 @@ mod tests {
                         let i = schema.names().iter().position(|n| n == k).unwrap();
                         assert_eq!(v.as_str().map(String::from), values[i], "decoded value of {k}");
                     }
-                    // The default schema's email field: an address of the text, or one shaped so.
-                    if let Some(email) = &values[2] {
-                        match mode {
-                            Constrain::Copy => assert!(crate::format::emails(text).contains(email), "{email:?} in {text:?}"),
-                            _ => assert!(crate::format::is_email(email.as_bytes()), "{email:?}"),
-                        }
+                }
+                // The default schema's email field: an address of the text, or one shaped so,
+                // also when the budget ran out mid-address (then null).
+                if let Some(email) = &values[2] {
+                    match mode {
+                        Constrain::Copy => assert!(crate::format::emails(text).contains(email), "{email:?} in {text:?}"),
+                        _ => assert!(crate::format::is_email(email.as_bytes()), "{email:?}"),
                     }
                 }
                 if mode == Constrain::Copy {

@@ -173,7 +173,7 @@ impl<B: Backend> Extractor<B> {
         // A token is at least one byte: past this many, the text is cut before tokenizing so a
         // line of gigabytes costs no more than one that just fits (tokens this far from the
         // cut are unaffected by it).
-        let head = floor_char_boundary(text, budget.saturating_mul(64));
+        let head = stable_boundary(text, budget.saturating_mul(64));
         let ids = ChatPrompt::new(Some(&system), &text[..head]).encode(&self.tokenizer)?;
         if ids.len() <= budget && head == text.len() {
             return Ok((ids, text.to_string(), None));
@@ -206,6 +206,24 @@ fn floor_char_boundary(s: &str, at: usize) -> usize {
     (0..=at).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
 }
 
+/// The largest index ≤ `at` where `s` may be cut without changing how what comes before
+/// normalises: before a character that composes with nothing before it (canonical combining
+/// class 0, NFC quick check Yes), so the head's NFC is a prefix of the whole text's. Cut between
+/// a letter and its accent, the head normalised to `é` + `e` where the text reads `é` + `é`, and a
+/// value copied from it was in neither the text nor its NFC.
+fn stable_boundary(s: &str, at: usize) -> usize {
+    use unicode_normalization::{char::canonical_combining_class, is_nfc_quick, IsNormalized};
+    let mut i = floor_char_boundary(s, at);
+    while i > 0 && i < s.len() {
+        let c = s[i..].chars().next().expect("i < len is a character's start");
+        if c.is_ascii() || (canonical_combining_class(c) == 0 && is_nfc_quick(std::iter::once(c)) == IsNormalized::Yes) {
+            break;
+        }
+        i = floor_char_boundary(s, i - 1);
+    }
+    i
+}
+
 impl<B: Backend> crate::checkpoint::Loaded<B> {
     /// An extractor over the loaded model (which needs an eos token). Whatever would fail every
     /// record is an error here, once: an eos id outside the vocabulary, a schema whose prompt
@@ -220,5 +238,25 @@ impl<B: Backend> crate::checkpoint::Loaded<B> {
         let ex = Extractor::new(self.model, self.tokenizer, self.eos_token_ids, schema, options);
         ex.prompt(&ex.schema, "x")?;
         Ok(ex)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stable_boundary;
+    use crate::tokenizer::nfc;
+
+    /// A cut never falls between a letter and its accent, nor between a Hangul syllable and the
+    /// final consonant it composes with: the head's NFC is a prefix of the whole text's.
+    #[test]
+    fn a_cut_text_normalises_as_the_start_of_the_whole() {
+        let text = "e\u{301}e\u{301}x 가\u{11A8}각 ñ";
+        for at in 0..=text.len() + 1 {
+            let head = stable_boundary(text, at);
+            assert!(head <= at && text.is_char_boundary(head), "{at}: {head}");
+            assert!(nfc(text).starts_with(&nfc(&text[..head])), "cut at {at} → {head}: {:?}", &text[..head]);
+        }
+        assert_eq!(stable_boundary(text, 2), 0, "before the first accent there is only the letter it belongs to");
+        assert_eq!(stable_boundary("abc", 10), 3);
     }
 }
