@@ -155,53 +155,12 @@ impl Qwen3Config {
             .or(raw.rope_theta)
             .ok_or_else(|| bad("no rope_theta (top-level or in rope_parameters)".into()))?;
 
-        if !(rope_theta.is_finite() && rope_theta > 0.0) {
-            return Err(bad(format!("rope_theta {rope_theta} must be a positive number")));
-        }
-        if !(raw.rms_norm_eps.is_finite() && raw.rms_norm_eps > 0.0) {
-            return Err(bad(format!("rms_norm_eps {} must be a positive number", raw.rms_norm_eps)));
-        }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
-            return Err(bad(format!(
-                "num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv_heads}"
-            )));
-        }
-        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
-        if head_dim == 0 || !head_dim.is_multiple_of(2) {
-            return Err(bad(format!("head_dim {head_dim} must be even and positive")));
-        }
-        for (name, v, max) in [
-            ("vocab_size", raw.vocab_size, MAX_WIDTH),
-            ("hidden_size", raw.hidden_size, MAX_WIDTH),
-            ("intermediate_size", raw.intermediate_size, MAX_WIDTH),
-            ("num_hidden_layers", raw.num_hidden_layers, MAX_LAYERS),
-            ("num_attention_heads", heads, MAX_HEADS),
-            ("head_dim", head_dim, MAX_HEAD_DIM),
-            ("max_position_embeddings", raw.max_position_embeddings, MAX_POSITIONS),
-        ] {
-            if v == 0 {
-                return Err(bad(format!("{name} must be positive")));
-            }
-            if v > max {
-                return Err(Error::Limit(format!("{source}: {name} {v} is over tiqu's limit of {max}")));
-            }
-        }
-        // RoPE's fastest frequency is rope_theta^(-(head_dim-2)/head_dim), and its angle at the
-        // last position that times the position, in f32: past f32's range every rotation was NaN,
-        // and the NaN logits were blamed on the weights.
-        let fastest = rope_theta.powf(-((head_dim - 2) as f64) / head_dim as f64);
-        let last_angle = fastest * (raw.max_position_embeddings - 1) as f64;
-        if !(last_angle.is_finite() && last_angle <= f32::MAX as f64) {
-            return Err(bad(format!(
-                "rope_theta {rope_theta:e} is too small: RoPE's angles overflow f32 by position {}",
-                raw.max_position_embeddings - 1
-            )));
-        }
+        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size.checked_div(heads).unwrap_or(0));
         let dtype = raw.dtype.or(raw.torch_dtype).unwrap_or_else(|| "float32".into());
         let eos_token_ids = raw.eos_token_id.as_ref().map(|v| token_ids(v, source)).transpose()?.unwrap_or_default();
-        Ok(Self {
+        Self {
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,
@@ -217,7 +176,65 @@ impl Qwen3Config {
             eos_token_ids,
             bos_token_id: raw.bos_token_id,
             raw: value,
-        })
+        }
+        .checked(source)
+    }
+
+    /// The config if its sizes make a model, else why not (`source` names it in the message).
+    /// [`Self::from_json`] calls it, and loading calls it again: the fields are public, and a
+    /// config built by hand (`num_key_value_heads` that does not divide the heads) failed deep
+    /// in a forward pass with a reshape's panic.
+    pub fn checked(self, source: &str) -> Result<Self> {
+        self.check(source)?;
+        Ok(self)
+    }
+
+    /// [`Self::checked`] by reference.
+    pub fn check(&self, source: &str) -> Result<()> {
+        let bad = |why: String| Error::Unsupported(format!("{source}: {why}"));
+        let (rope_theta, heads, kv_heads, head_dim) = (self.rope_theta, self.num_attention_heads, self.num_key_value_heads, self.head_dim);
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(bad(format!("rope_theta {rope_theta} must be a positive number")));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(bad(format!("rms_norm_eps {} must be a positive number", self.rms_norm_eps)));
+        }
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(bad(format!(
+                "num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv_heads}"
+            )));
+        }
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(bad(format!("head_dim {head_dim} must be even and positive")));
+        }
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, MAX_WIDTH),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", heads, MAX_HEADS),
+            ("head_dim", head_dim, MAX_HEAD_DIM),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
+        ] {
+            if v == 0 {
+                return Err(bad(format!("{name} must be positive")));
+            }
+            if v > max {
+                return Err(Error::Limit(format!("{source}: {name} {v} is over tiqu's limit of {max}")));
+            }
+        }
+        // RoPE's fastest frequency is rope_theta^(-(head_dim-2)/head_dim), and its angle at the
+        // last position that times the position, in f32: past f32's range every rotation was NaN,
+        // and the NaN logits were blamed on the weights.
+        let fastest = rope_theta.powf(-((head_dim - 2) as f64) / head_dim as f64);
+        let last_angle = fastest * (self.max_position_embeddings - 1) as f64;
+        if !(last_angle.is_finite() && last_angle <= f32::MAX as f64) {
+            return Err(bad(format!(
+                "rope_theta {rope_theta:e} is too small: RoPE's angles overflow f32 by position {}",
+                self.max_position_embeddings - 1
+            )));
+        }
+        Ok(())
     }
 
     /// Built-in shapes for benchmarks and dry runs (`--config qwen3-0.6b`).

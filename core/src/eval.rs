@@ -64,7 +64,23 @@ impl Evaluation {
 /// Extracts every record's text (`batch` records per pass, chunks spread over `workers`
 /// threads, results in input order) and scores it; `progress` is told how many records each
 /// finished chunk held.
-pub fn evaluate<B: Backend>(extractor: &Extractor<B>, records: &[Labelled], batch: usize, workers: usize, progress: &(dyn Fn(usize) + Sync)) -> Evaluation {
+/// A record labelled under another schema than the extractor's (another number of fields) is
+/// an error before anything is extracted.
+pub fn evaluate<B: Backend>(
+    extractor: &Extractor<B>,
+    records: &[Labelled],
+    batch: usize,
+    workers: usize,
+    progress: &(dyn Fn(usize) + Sync),
+) -> crate::Result<Evaluation> {
+    let fields = extractor.schema().fields.len();
+    if let Some(r) = records.iter().find(|r| r.reference.len() != fields) {
+        return Err(crate::Error::Unsupported(format!(
+            "the record of line {} is labelled with {} fields, the extractor's schema has {fields}: label the records with the schema's names",
+            r.line,
+            r.reference.len()
+        )));
+    }
     let started = crate::clock::now();
     let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
     let chunks: Vec<&[&str]> = texts.chunks(batch.max(1)).collect();
@@ -107,7 +123,7 @@ pub fn evaluate<B: Backend>(extractor: &Extractor<B>, records: &[Labelled], batc
             mistakes.push(entry);
         }
     }
-    Evaluation { scores, mistakes, seconds: crate::clock::elapsed_s(started) }
+    Ok(Evaluation { scores, mistakes, seconds: crate::clock::elapsed_s(started) })
 }
 
 /// How [`evaluate_sft`] runs.
@@ -162,7 +178,7 @@ pub fn evaluate_sft<B: Backend>(
     let (scored, bad_references) = labelled(records, &schema.names());
     mistakes.extend(bad_references.iter().map(|(line, why)| json!({"line": line, "error": why})));
     let extractor = loaded.into_extractor(schema, opts.extract)?;
-    let evaluation = evaluate(&extractor, &scored, opts.extract.batch, opts.workers, progress);
+    let evaluation = evaluate(&extractor, &scored, opts.extract.batch, opts.workers, progress)?;
     mistakes.extend(evaluation.mistakes.iter().cloned());
     let mut result = evaluation.to_json();
     result["loss"] = json!(loss);

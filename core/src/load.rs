@@ -114,6 +114,14 @@ impl<B: Backend> Qwen3ForCausalLM<B> {
     /// [`Self::load`] under a per-tensor byte limit (see [`LoadOptions`]): refused before any
     /// tensor is read when a tensor that cannot be split exceeds it.
     pub fn load_with(cfg: &Qwen3Config, src: &mut dyn WeightSource, device: &B::Device, opts: &LoadOptions) -> Result<Self> {
+        cfg.check("the model's config")?;
+        // A dtype the device lacks (f16 on a WebGPU adapter without shader-f16) failed in the
+        // first cast with the backend's panic.
+        if let Some(dtype) = opts.dtype {
+            if !B::supports_dtype(device, dtype.into()) {
+                return Err(Error::Unsupported(format!("dtype {}: this device does not support it (f32 works on every device)", crate::dtype::name(dtype))));
+            }
+        }
         src.check(&cfg.tensor_shapes())?;
         let max_bytes = opts.max_tensor_bytes;
         if let Some(limit) = max_bytes {

@@ -157,3 +157,15 @@ fn configs_beyond_limits_are_refused_before_allocating() {
     let err = Checkpoint::open(Box::new(files)).unwrap().load_model::<B>(&Default::default(), &Default::default()).err().unwrap().to_string();
     assert!(err.contains(&format!("model.layers.{layers}.")) && err.contains("which config.json implies, is missing"), "{err}");
 }
+
+/// Proves: a config built by hand (its fields are public) is checked as config.json is when a
+/// model is built from it: heads that the key/value heads do not divide failed in a forward
+/// pass with a reshape's panic.
+#[test]
+fn a_hand_built_config_is_checked_when_loaded() {
+    type B = burn::backend::Flex;
+    let cfg = Qwen3Config { num_key_value_heads: 3, ..Qwen3Config::preset("qwen3-0.6b").unwrap() };
+    let mut init = tiqu_core::load::RandomWeights::new(1).source(&cfg);
+    let err = tiqu_core::Qwen3ForCausalLM::<B>::load(&cfg, &mut init, &Default::default()).err().unwrap().to_string();
+    assert_eq!(err, "the model's config: num_attention_heads 16 must be a positive multiple of num_key_value_heads 3");
+}

@@ -27,6 +27,18 @@ fn a_new_schema_changes_the_prompt_and_the_keys_together() {
     assert_eq!(e.schema().names(), ["city"]);
 }
 
+/// Proves: records labelled under another schema than the extractor's are an error before
+/// anything is extracted (scoring indexed past their labels and panicked).
+#[test]
+fn evaluating_records_of_another_schema_is_an_error() {
+    use tiqu_core::sft::{Located, SftRecord};
+    let record = SftRecord { system: None, instruction: "x".into(), input: Some("张三".into()), output: Some(r#"{"name": "张三"}"#.into()) };
+    let (labelled, bad) = tiqu_core::eval::labelled(&[Located { line: 3, value: record }], &["name"]);
+    assert!(bad.is_empty());
+    let Err(e) = tiqu_core::eval::evaluate(&extractor(Constrain::Copy), &labelled, 4, 1, &|_| {}) else { panic!("one label against four fields") };
+    assert!(e.to_string().contains("line 3 is labelled with 1 fields, the extractor's schema has 4"), "{e}");
+}
+
 #[test]
 fn copy_mode_returns_only_substrings_in_schema_order() {
     let e = extractor(Constrain::Copy);

@@ -616,7 +616,7 @@ impl Run {
         };
         let options = ExtractOptions { batch: 16, ..Default::default() };
         let extractor = Extractor::new(model, tokenizer.clone(), eos.to_vec(), Schema::default(), options);
-        let result = evaluate(&extractor, sample, 16, 1, &|_| {});
+        let result = evaluate(&extractor, sample, 16, 1, &|_| {})?;
         let s = &result.scores;
         let per_field: serde_json::Map<String, Value> =
             s.fields().into_iter().map(|(n, exact, f1)| (n.to_string(), json!({"exact": exact, "f1": f1}))).collect();
