@@ -18,7 +18,7 @@ use crate::{Error, Result};
 const PROBES: [(Option<&str>, &str); 2] = [(Some("System text."), "User text."), (None, "User text.")];
 
 /// The checkpoint's template, and the file it came from: `chat_template.jinja` first (where
-/// transformers saves it since 4.43), then `tokenizer_config.json`'s `chat_template` (a string,
+/// recent transformers versions save it), then `tokenizer_config.json`'s `chat_template` (a string,
 /// or a list of named templates whose `default` one is used). `None` when neither has one.
 pub fn find(sources: &[&dyn Files]) -> Result<Option<(String, String)>> {
     for files in sources {
@@ -49,7 +49,8 @@ pub fn find(sources: &[&dyn Files]) -> Result<Option<(String, String)>> {
 /// first prompt that differs parts from tiqu's, or the template's own error.
 pub fn differs(template: &str) -> Option<String> {
     let env = environment();
-    let compiled = match env.template_from_str(template) {
+    let template = without_generation_tags(template);
+    let compiled = match env.template_from_str(&template) {
         Ok(t) => t,
         Err(e) => return Some(format!("it does not parse as Jinja ({e})")),
     };
@@ -66,6 +67,10 @@ pub fn differs(template: &str) -> Option<String> {
             enable_thinking => false,
             bos_token => "",
             eos_token => "<|im_end|>",
+            // None, as transformers passes them without tools or documents (undefined is not
+            // none to `is not none`).
+            tools => (),
+            documents => (),
         }) {
             Ok(text) => text,
             Err(e) => return Some(format!("it does not render ({e})")),
@@ -92,7 +97,33 @@ fn environment() -> Environment<'static> {
     env.add_function("raise_exception", |message: String| -> std::result::Result<String, JinjaError> {
         Err(JinjaError::new(ErrorKind::InvalidOperation, message))
     });
+    // transformers' date: any text that shows in a prompt makes it differ from tiqu's, which
+    // holds no date, as a real date would.
+    env.add_function("strftime_now", |format: String| format);
     env
+}
+
+/// `template` with transformers' `{% generation %}…{% endgeneration %}` (its AssistantTracker
+/// extension, which marks the assistant's tokens for training) as a plain `if true` block: it
+/// renders the same text, and minijinja knows no such tag.
+fn without_generation_tags(template: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find("{%") {
+        let Some(len) = rest[open..].find("%}") else { break };
+        let tag = &rest[open + 2..open + len];
+        let inner = tag.trim_start_matches(['-', '+']).trim_end_matches(['-', '+']).trim();
+        let (lead, trail) = (&tag[..tag.len() - tag.trim_start_matches(['-', '+']).len()], &tag[tag.trim_end_matches(['-', '+']).len()..]);
+        out.push_str(&rest[..open]);
+        match inner {
+            "generation" => out.push_str(&format!("{{%{lead} if true {trail}%}}")),
+            "endgeneration" => out.push_str(&format!("{{%{lead} endif {trail}%}}")),
+            _ => out.push_str(&rest[open..open + len + 2]),
+        }
+        rest = &rest[open + len + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The warning for a checkpoint whose template makes other prompts than tiqu's, or `None`.
@@ -131,6 +162,17 @@ mod tests {
         assert!(why.contains("with a system message") && why.contains("\"<think>"), "{why}");
         assert!(differs("{{ messages[0].content").unwrap().starts_with("it does not parse"));
         assert!(differs("{{ raise_exception('no system messages') }}").unwrap().contains("no system messages"));
+        // A template marked for assistant-only training (TRL's `{% generation %}` blocks) and one
+        // that tests `tools is not none` render Qwen3's prompts as transformers does: no warning.
+        let tracked = qwen3().replace(
+            "{{- '<|im_start|>' + message.role + '\\n' + content }}",
+            "{%- generation %}{{- '<|im_start|>' + message.role + '\\n' + content }}{%- endgeneration %}",
+        );
+        assert_ne!(tracked, qwen3(), "the edit should change the template");
+        assert_eq!(differs(&tracked), None);
+        let none_test = qwen3().replacen("{%- if tools %}", "{%- if tools is not none %}", 1);
+        assert_ne!(none_test, qwen3());
+        assert_eq!(differs(&none_test), None);
     }
 
     /// The renderer agrees with transformers: each prompt transformers rendered with the real

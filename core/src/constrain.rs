@@ -537,7 +537,8 @@ impl Grammar {
 
     /// The values as strings: a value cut short (the token budget ran out) keeps its complete
     /// characters, which are still a substring; fields never reached are null, or "" when the
-    /// schema requires them.
+    /// schema requires them. A value of a format (email) is whole or null: cut short or never
+    /// reached, it is null even when required ("" is no address either).
     pub fn values(&self, s: &State) -> Vec<Option<String>> {
         let open = |i: usize| i == s.field && matches!(s.phase, Phase::Str { .. });
         s.values
@@ -558,8 +559,6 @@ impl Grammar {
             })
             .collect()
     }
-
-
 
     pub fn mode(&self) -> Constrain {
         self.mode
