@@ -114,28 +114,29 @@ pub fn base_tensors<B: Backend>(model: &Qwen3ForCausalLM<B>) -> Result<Vec<Named
 /// The first parameter (base weight, then LoRA pair) holding a NaN or an infinity, by
 /// checkpoint key: what a loss that is NaN from its first step names as its cause.
 pub fn first_non_finite<B: Backend>(model: &Qwen3ForCausalLM<B>) -> Option<String> {
-    let bad = |data: TensorData| data.convert::<f32>().to_vec::<f32>().unwrap_or_default().iter().any(|x| !x.is_finite());
-    let mut model = model.clone();
-    for (name, p) in named_params_mut(&mut model) {
+    for (name, p) in named_params_mut(&mut model.clone()) {
         let found = match p {
-            ParamMut::Vector(p) => bad(p.val().into_data()),
-            ParamMut::Matrix(p) => bad(p.val().into_data()),
+            ParamMut::Vector(p) => holds_non_finite(p.val().into_data()),
+            ParamMut::Matrix(p) => holds_non_finite(p.val().into_data()),
         };
         if found {
             return Some(name);
         }
     }
-    first_non_finite_lora(&model)
+    first_non_finite_lora(model)
+}
+
+fn holds_non_finite(data: TensorData) -> bool {
+    data.convert::<f32>().to_vec::<f32>().unwrap_or_default().iter().any(|x| !x.is_finite())
 }
 
 /// The first LoRA matrix holding a NaN or an infinity, by PEFT key.
 pub fn first_non_finite_lora<B: Backend>(model: &Qwen3ForCausalLM<B>) -> Option<String> {
-    let bad = |data: TensorData| data.convert::<f32>().to_vec::<f32>().unwrap_or_default().iter().any(|x| !x.is_finite());
     let mut model = model.clone();
     for (layer, projection, linear) in model.projections_mut() {
         if let Some(lora) = &linear.lora {
             for (which, p) in [("lora_A", &lora.lora_A), ("lora_B", &lora.lora_B)] {
-                if bad(p.val().into_data()) {
+                if holds_non_finite(p.val().into_data()) {
                     return Some(format!("{}.{which}.weight", projection.path(layer)));
                 }
             }

@@ -20,14 +20,12 @@ pub struct SftRecord {
 /// The keys of a record that training reads.
 pub const KEYS: [&str; 4] = ["system", "instruction", "input", "output"];
 
-/// A key that is one of [`KEYS`] but for case or surrounding spaces (`Input`), with the key it
-/// stands for: read as an unknown key, its value was dropped without a word (a record trained
-/// on without its text).
-pub fn misnamed_key<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<(&'a str, &'static str)> {
-    keys.into_iter().find_map(|key| {
-        let folded = key.trim().to_lowercase();
-        KEYS.iter().find(|k| **k == folded && **k != key).map(|k| (key, *k))
-    })
+/// A key that is one of `known` but for case or surrounding spaces (`Input` among [`KEYS`]),
+/// with the key it stands for: read as an unknown key, its value was dropped without a word (a
+/// record trained on without its text).
+pub fn misnamed_key<'a, 'k>(keys: impl IntoIterator<Item = &'a str>, known: &[&'k str]) -> Option<(&'a str, &'k str)> {
+    let fold = |k: &str| k.trim().to_lowercase();
+    keys.into_iter().find_map(|key| known.iter().find(|k| fold(k) == fold(key) && **k != key).map(|k| (key, *k)))
 }
 
 /// A record and where it came from, for messages.

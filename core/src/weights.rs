@@ -271,23 +271,20 @@ fn read_header(name: &str, reader: &mut Box<dyn ReadSeek>, shard: usize) -> Resu
         let shape = shape.into_iter().map(|d| d as usize).collect();
         out.push((key, TensorInfo { dtype, shape, shard, start: data_start + start, end: data_start + end }));
     }
-    // Two tensors sharing bytes would let a write to one change the other; the format forbids it.
+    // The tensors cover the data exactly, as the safetensors library (and so transformers)
+    // requires. Two sharing bytes would let a write to one change the other; a gap or trailing
+    // bytes mean offsets written wrong or files joined.
     let mut ranges: Vec<(u64, u64, &str)> = out.iter().map(|(k, i)| (i.start, i.end, k.as_str())).collect();
     ranges.sort_unstable();
-    for pair in ranges.windows(2) {
-        let ((_, end_a, a), (start_b, _, b)) = (pair[0], pair[1]);
-        if start_b < end_a {
-            return Err(corrupt(format!("tensors `{a}` and `{b}` overlap in the data")));
-        }
-    }
-    // The tensors cover the data exactly, as the safetensors library (and so transformers)
-    // requires: a gap or trailing bytes mean offsets written wrong or files joined.
-    let mut at = data_start;
+    let (mut at, mut previous) = (data_start, "");
     for &(start, end, key) in &ranges {
-        if start != at {
+        if start < at {
+            return Err(corrupt(format!("tensors `{previous}` and `{key}` overlap in the data")));
+        }
+        if start > at {
             return Err(corrupt(format!("bytes {at}..{start}, before tensor `{key}`, belong to no tensor")));
         }
-        at = end;
+        (at, previous) = (end, key);
     }
     if at != file_len {
         return Err(corrupt(format!("{} bytes after the last tensor belong to no tensor", file_len - at)));

@@ -210,7 +210,7 @@ impl Checker<'_> {
             return None;
         };
         let mut ok = true;
-        if let Some((key, meant)) = crate::sft::misnamed_key(obj.keys().map(String::as_str)) {
+        if let Some((key, meant)) = crate::sft::misnamed_key(obj.keys().map(String::as_str), &crate::sft::KEYS) {
             let msg = format!("`{key}` is not a key of a record; `{meant}` is (keys are case-sensitive): training refuses the record");
             self.add(line, Kind::BadField, Some(key), msg, Some(meant.to_string()), false);
             ok = false;

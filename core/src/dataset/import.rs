@@ -393,9 +393,8 @@ fn read_objects<R: BufRead>(reader: R, columns: &[&str], source: &str, row: &mut
                 let Some((_, cell)) = obj.iter().find(|(k, _)| k == col) else {
                     // `Name` where the column is `name` is a label spelt another way, not a
                     // record without one: read as absent, it became null without a word.
-                    let fold = |k: &str| k.trim().to_lowercase();
-                    let misspelt = obj.iter().find(|(k, _)| fold(k) == fold(col) && !columns.contains(&k.as_str()));
-                    if let Some((key, _)) = misspelt {
+                    let unmapped = obj.iter().map(|(k, _)| k.as_str()).filter(|k| !columns.contains(k));
+                    if let Some((key, _)) = crate::sft::misnamed_key(unmapped, &[col]) {
                         return Err(Error::Format(format!(
                             "{source}:{line}: key `{}` where the column is `{}` (keys are matched exactly: case and spaces count)",
                             key.escape_debug(),

@@ -30,7 +30,7 @@ pub fn read_lenient<R: BufRead>(reader: R, source: &str) -> Result<Lenient> {
             }
         };
         let keys = serde_json::from_str::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(raw.get()).unwrap_or_default();
-        if let Some((key, meant)) = crate::sft::misnamed_key(keys.keys().map(String::as_str)) {
+        if let Some((key, meant)) = crate::sft::misnamed_key(keys.keys().map(String::as_str), &crate::sft::KEYS) {
             bad.push((record.line, format!("`{key}` is not a key of a record; `{meant}` is (keys are case-sensitive)")));
             continue;
         }
