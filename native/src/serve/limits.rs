@@ -183,6 +183,11 @@ pub async fn require_api_key(State(state): State<Arc<AppState>>, request: Reques
     }
 }
 
+/// The 413's message, for a body cut off by its declared length or while it was read.
+pub fn body_too_large(limit: usize) -> String {
+    format!("payload too large: the body is over {limit} bytes (--max-body-bytes)")
+}
+
 /// Errors made by layers that answer in plain text or with no body (the body limit's 413,
 /// axum's 405, the demo's file server's 416) get the same JSON shape as the handlers' own; the
 /// body limit's is said with the limit.
@@ -203,9 +208,7 @@ pub async fn json_errors(State(state): State<Arc<AppState>>, request: Request, n
     let text = axum::body::to_bytes(body, 4096).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
     let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
     let message = match (status, text.is_empty()) {
-        (StatusCode::PAYLOAD_TOO_LARGE, _) => {
-            format!("{reason}: the body is over {} bytes (--max-body-bytes)", state.settings.max_body_bytes)
-        }
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => body_too_large(state.settings.max_body_bytes),
         (_, true) => reason,
         (_, false) => format!("{reason}: {text}"),
     };

@@ -117,9 +117,7 @@ fn parse_json(body: Result<Bytes, BytesRejection>, max_body: usize) -> Result<Va
     // A chunked body is cut off while it is read, past the check of a declared length: its
     // answer names the limit as that check's does, and a broken chunk says what broke.
     let body = body.map_err(|r| match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(r.status(), format!("payload too large: the body is over {max_body} bytes (--max-body-bytes)"))
-        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(r.status(), limits::body_too_large(max_body)),
         status => {
             let mut why = Vec::new();
             let mut source = std::error::Error::source(&r);
